@@ -1,0 +1,35 @@
+# The two set-up commands of README.md. Both bootstrap .venv from nothing on a fresh clone.
+#   make reproduce   # create .venv if missing, install, run the smoke profile, render the manuscript
+#   make test        # the test suite (what CI runs)
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= smoke
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: reproduce test install export clean-nbs check-sync bench
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel lies on disk; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+reproduce: install
+	$(BIN)/xai-hsg reproduce --profile $(PROFILE)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+export: install
+	$(BIN)/nbdev-export
+
+clean-nbs: install
+	$(BIN)/nbdev-clean
+
+bench: install
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,179 @@
+"""Render the Quarto manuscript in `paper/` to HTML and PDF.
+
+Numbers reach the manuscript as Quarto variables: `write_variables` turns `results/<profile>/*.json` into
+`paper/_variables.yml` (`{{< var simulation.msd_slope >}}`), and figures are copied from `figures/<profile>/`
+to `paper/figures/`. With `quarto` on PATH, Quarto renders the manuscript project. Without it (it cannot be
+installed offline), the same `index.qmd` goes through pandoc (`pypandoc-binary`) with a Lua filter for
+Quarto-style figure numbering and `@fig-` cross-references, to standalone HTML and, via Typst (`typst`), to PDF.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import core
+
+__all__ = ["RenderError", "format_value", "collect_variables", "write_variables", "substitute_variables",
+           "render_paper"]
+
+_VAR_RE = re.compile(r"\{\{<\s*var\s+([^\s>]+)\s*>\}\}")
+_SHORTCODE_RE = re.compile(r"\{\{<.*?>\}\}")
+_FIGURE_PATH_RE = re.compile(r"\]\((figures/[^)\s]+)")
+
+
+class RenderError(RuntimeError):
+    "The manuscript could not be rendered; the message says where and why."
+
+
+def format_value(value: Any) -> Any:
+    "How a result appears in prose: integers with thousands separators, floats to 3 significant digits."
+    if isinstance(value, dict): return {k: format_value(v) for k, v in value.items()}
+    if isinstance(value, list): return ", ".join(str(format_value(v)) for v in value)
+    if value is None: return "n/a"
+    if isinstance(value, bool): return "yes" if value else "no"
+    if isinstance(value, int): return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0: return "0"
+        if abs(value) >= 1000: return f"{value:,.0f}"
+        if abs(value) < 1e-3: return f"{value:.2e}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def stage_variable_name(stage: str) -> str:
+    "`01_simulation` -> `simulation`: variables read `{{< var simulation.key >}}`."
+    return re.sub(r"^\d+_", "", stage)
+
+
+def collect_variables(profile: str, root: str | Path | None = None) -> dict:
+    "All results of `profile`, formatted, keyed by stage name without its number."
+    results_dir = core.paths(profile, root).results
+    variables: dict = {"profile": profile}
+    for f in sorted(results_dir.glob("*.json")):
+        variables[stage_variable_name(f.stem)] = format_value(json.loads(f.read_text()))
+    return variables
+
+
+def write_variables(profile: str, root: str | Path | None = None) -> Path:
+    "Write `paper/_variables.yml` from `results/<profile>/` (read by Quarto and by the fallback renderer)."
+    out = core.paths(profile, root).paper/"_variables.yml"
+    header = f"# Written by xai-hsg from results/{profile}/ — do not edit; edit the notebooks instead.\n"
+    out.write_text(header + yaml.safe_dump(collect_variables(profile, root), sort_keys=True, allow_unicode=True))
+    return out
+
+
+def _lookup(variables: dict, name: str):
+    node: Any = variables
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node: raise KeyError(name)
+        node = node[part]
+    if isinstance(node, dict): raise KeyError(name)
+    return node
+
+
+def _known_names(variables: dict, prefix: str = "") -> list[str]:
+    names = []
+    for k, v in variables.items():
+        names += _known_names(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return names
+
+
+def substitute_variables(text: str, variables: dict, source: str = "index.qmd") -> str:
+    "Replace `{{< var a.b >}}` by its value; an unknown variable or another shortcode is an error naming the line."
+    def replace(m: re.Match, lineno: int) -> str:
+        try: return str(_lookup(variables, m.group(1)))
+        except KeyError:
+            near = [n for n in _known_names(variables) if n.split(".")[0] == m.group(1).split(".")[0]]
+            raise RenderError(f"{source}:{lineno}: unknown variable {m.group(1)!r} (has its notebook run and saved it "
+                              f"with core.save_results?); known here: {near or sorted(variables)}") from None
+    lines = []
+    for lineno, line in enumerate(text.splitlines(keepends=True), 1):
+        line = _VAR_RE.sub(lambda m: replace(m, lineno), line)
+        if other := _SHORTCODE_RE.search(line):
+            raise RenderError(f"{source}:{lineno}: the fallback renderer supports only {{{{< var ... >}}}}, not {other.group(0)}")
+        lines.append(line)
+    return "".join(lines)
+
+
+def _copy_figures(profile: str, root: Path) -> Path:
+    where = core.paths(profile, root)
+    target = where.paper/"figures"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    if where.figures.is_dir():
+        for f in where.figures.iterdir():
+            if f.suffix in (".png", ".svg"): shutil.copy2(f, target/f.name)
+    return target
+
+
+def _asset(name: str) -> str:
+    return str(resources.files("xai_hsg")/"assets"/name)
+
+
+def _pandoc(args: list[str], cwd: Path) -> None:
+    import pypandoc
+    proc = subprocess.run([pypandoc.get_pandoc_path(), *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RenderError(f"pandoc failed ({' '.join(args)}):\n{proc.stderr.strip()}")
+
+
+def render_with_pandoc(paper: Path, variables: dict) -> dict:
+    "The Quarto-free path: pandoc + Lua cross-references → HTML; pandoc → Typst → PDF."
+    import typst
+    qmd = paper/"index.qmd"
+    text = substitute_variables(qmd.read_text(), variables, source=str(qmd))
+    missing = sorted({p for p in _FIGURE_PATH_RE.findall(text) if not (paper/p).exists()})
+    if missing:
+        raise RenderError(f"{qmd}: figures not found: {missing} — did the notebook that makes them run for this profile?")
+    out = paper/"_output"
+    out.mkdir(exist_ok=True)
+    source = paper/".render-index.md"
+    source.write_text(text)
+    common = [source.name, "--from", "markdown", "--lua-filter", _asset("crossref.lua"), "--citeproc",
+              "--resource-path", str(paper)]
+    try:
+        html = out/"index.html"
+        _pandoc([*common, "--to", "html5", "--standalone", "--embed-resources", "--css", _asset("paper.css"),
+                 "--mathml", "--section-divs", "--output", str(html)], cwd=paper)
+        typ = paper/".render-index.typ"  # next to the figures so that typst resolves their relative paths
+        _pandoc([*common, "--to", "typst", "--standalone", "--output", typ.name], cwd=paper)
+        pdf = out/"index.pdf"
+        try: typst.compile(str(typ), output=str(pdf), root=str(paper))
+        except Exception as e: raise RenderError(f"typst failed on {typ}: {e}") from e
+        shutil.copy2(typ, out/"index.typ")
+    finally:
+        source.unlink(missing_ok=True)
+        (paper/".render-index.typ").unlink(missing_ok=True)
+    return {"engine": "pandoc+typst", "html": html, "pdf": pdf}
+
+
+def render_with_quarto(paper: Path) -> dict:
+    proc = subprocess.run(["quarto", "render", str(paper)], capture_output=True, text=True)
+    if proc.returncode != 0: raise RenderError(f"quarto render failed:\n{proc.stderr.strip()[-4000:]}")
+    out = paper/"_output"
+    return {"engine": "quarto", "html": out/"index.html", "pdf": out/"index.pdf"}
+
+
+def render_paper(profile: str = "smoke", root: str | Path | None = None, engine: str = "auto", console=None) -> dict:
+    "Write the variables, copy the figures and render `paper/` with Quarto if present, else pandoc + Typst."
+    root = Path(root).resolve() if root else core.find_root()
+    paper = root/"paper"
+    if not (paper/"index.qmd").is_file(): raise RenderError(f"no manuscript at {paper/'index.qmd'}")
+    write_variables(profile, root)
+    _copy_figures(profile, root)
+    variables = collect_variables(profile, root)
+    if engine not in ("auto", "quarto", "pandoc"): raise ValueError(f"engine must be auto, quarto or pandoc, not {engine!r}")
+    use_quarto = engine == "quarto" or (engine == "auto" and shutil.which("quarto"))
+    if engine == "quarto" and not shutil.which("quarto"): raise RenderError("engine='quarto' but quarto is not on PATH")
+    result = render_with_quarto(paper) if use_quarto else render_with_pandoc(paper, variables)
+    if console is not None:
+        console.print(f"rendered manuscript ({result['engine']}): {result['html'].relative_to(root)}, "
+                      f"{result['pdf'].relative_to(root)}")
+    return result
