@@ -146,15 +146,13 @@ def _fmt_s(seconds: float | None) -> str:
 
 
 def _failure_message(stage: Stage, err, out_nb: Path) -> str:
-    "Name the notebook, the cell (as numbered in the source notebook) and the error."
-    nb = nbformat.read(out_nb, as_version=4) if out_nb.exists() else None
-    cell_no, first_line = "?", ""
-    if nb is not None and getattr(err, "cell_index", None) is not None:
-        # papermill inserts an 'injected-parameters' cell: count source cells only
-        injected = sum(1 for c in nb.cells[:err.cell_index] if "injected-parameters" in (c.metadata.get("tags") or []))
-        cell_no = err.cell_index - injected
-        first_line = next((ln for ln in nb.cells[err.cell_index].source.splitlines() if ln.strip()), "")
-    return (f"{stage.path.name} failed in cell {cell_no} ({first_line!r}): {err.ename}: {err.evalue}\n"
+    "Name the notebook, the cell (numbered as in the source notebook, from 1) and the error."
+    cells = nbformat.read(stage.path, as_version=4).cells
+    source = getattr(err, "source", None) or ""
+    where = next((i for i, c in enumerate(cells) if c.cell_type == "code" and c.source == source), None)
+    cell = f"{where + 1} of {len(cells)}" if where is not None else f"#{getattr(err, 'exec_count', '?')} (execution count)"
+    first_line = next((ln for ln in source.splitlines() if ln.strip()), "")
+    return (f"{stage.path.name} failed in cell {cell} ({first_line!r}): {err.ename}: {err.evalue}\n"
             f"  the executed notebook with the full traceback: {out_nb}")
 
 
@@ -199,6 +197,11 @@ def reproduce(profile: str = "smoke", root: str | Path | None = None, only: Iter
     console.print(f"[bold]xai-hsg reproduce[/] profile [cyan]{prof.name}[/] — {len(selected)} of {len(stages)} notebooks, "
                   f"code {version}")
     for stage in stages:
+        last = state.get(stage.name)
+        if stage not in selected:
+            if last.get("key"):  # not selected: downstream stages use its last successful run
+                keys[stage.name] = last["key"]
+            continue
         params = prof.params_for(stage.name, stage.declared)
         upstream = []
         for need in _needs_of(stage, stages):
@@ -207,22 +210,18 @@ def reproduce(profile: str = "smoke", root: str | Path | None = None, only: Iter
                                     f"run it first: xai-hsg reproduce --profile {prof.name} --only {need[:2]}")
             upstream.append(keys[need])
         key = core.cache_key({"notebook": stage.source_hash, "params": params}, upstream, version)
-        last = state.get(stage.name)
         out_nb = where.runs/stage.path.name
-        if stage not in selected:
-            if last.get("key"):  # not selected: downstream stages use its last successful run
-                keys[stage.name] = last["key"]
-            continue
         i = selected.index(stage) + 1
         if not force and last.get("key") == key and out_nb.exists():
             keys[stage.name] = key
             outcome[stage.name] = "cached"
             remaining.pop(stage.name, None)
-            console.print(f"[{i}/{len(selected)}] {stage.name:<24} [green]cached[/] (key {key}, unchanged since {last.get('finished')})")
+            console.print(f"[{i}/{len(selected)}] {stage.name:<20} [green]cached[/] (key {key}, unchanged since {last.get('finished')})",
+                          soft_wrap=True)
             continue
         eta = None if any(v is None for v in remaining.values()) else sum(remaining.values())
-        console.print(f"[{i}/{len(selected)}] {stage.name:<24} [yellow]running[/] — last run took {_fmt_s(last.get('seconds'))}, "
-                      f"chain remaining ≈ {_fmt_s(eta)}; elapsed {_fmt_s(time.perf_counter() - t_chain)}")
+        console.print(f"[{i}/{len(selected)}] {stage.name:<20} [yellow]running[/] (last run {_fmt_s(last.get('seconds'))}; "
+                      f"chain ≈ {_fmt_s(eta)} left; elapsed {_fmt_s(time.perf_counter() - t_chain)})", soft_wrap=True)
         where.runs.mkdir(parents=True, exist_ok=True)
         # stale outputs must not survive a re-run: clear this stage's results and figures first
         (where.results/f"{stage.name}.json").unlink(missing_ok=True)
@@ -240,7 +239,7 @@ def reproduce(profile: str = "smoke", root: str | Path | None = None, only: Iter
         keys[stage.name] = key
         outcome[stage.name] = "ran"
         remaining.pop(stage.name, None)
-        console.print(f"      {stage.name:<24} [green]done[/] in {_fmt_s(seconds)} → {out_nb.relative_to(root)}")
+        console.print(f"\r      {stage.name:<20} [green]done[/] in {_fmt_s(seconds)} → {out_nb.relative_to(root)}", soft_wrap=True)
     if render:
         from .render import render_paper
         outcome["render"] = render_paper(prof.name, root=root, console=console)

@@ -175,5 +175,5 @@ def render_paper(profile: str = "smoke", root: str | Path | None = None, engine:
     result = render_with_quarto(paper) if use_quarto else render_with_pandoc(paper, variables)
     if console is not None:
         console.print(f"rendered manuscript ({result['engine']}): {result['html'].relative_to(root)}, "
-                      f"{result['pdf'].relative_to(root)}")
+                      f"{result['pdf'].relative_to(root)}", soft_wrap=True)
     return result

@@ -1,0 +1,96 @@
+"""xai_hsg.core: profiles, cache keys, the artifact cache, results and devices."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xai_hsg import core
+
+
+def test_cache_key_changes_with_params_upstream_and_version(monkeypatch):
+    base = core.cache_key({"n": 10, "rc_nm": 100.0}, ["aaa"])
+    assert base == core.cache_key({"rc_nm": 100.0, "n": 10}, ["aaa"])  # order of parameters is irrelevant
+    assert base != core.cache_key({"n": 10, "rc_nm": 100.5}, ["aaa"])
+    assert base != core.cache_key({"n": 10, "rc_nm": 100.0}, ["aab"])
+    assert base != core.cache_key({"n": 10, "rc_nm": 100.0}, ["aaa"], version="0.0.0+other")
+    assert core.stable_hash(np.arange(3)) != core.stable_hash(np.arange(4))
+    with pytest.raises(TypeError, match="cannot hash"):
+        core.stable_hash({"f": object()})
+
+
+def test_code_version_tracks_library_source():
+    version = core.code_version()
+    assert version.startswith(core.xai_hsg.__version__ + "+") and len(version.split("+")[1]) == 12
+
+
+def test_artifact_cache_computes_once_and_never_leaves_half_written(tmp_path):
+    cache, calls = core.ArtifactCache(tmp_path), []
+    def compute():
+        calls.append(1)
+        return {"x": np.ones(3)}
+    a = cache.get_or_compute("thing", {"k": 1}, compute, verbose=False)
+    b = cache.get_or_compute("thing", {"k": 1}, compute, verbose=False)
+    assert len(calls) == 1 and b.cached and np.array_equal(b.value["x"], np.ones(3))
+    assert json.loads((a.path/"_key.json").read_text())["params"] == {"k": 1}
+
+    def broken_save(value, folder):
+        (folder/"partial.bin").write_bytes(b"x")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        cache.get_or_compute("thing", {"k": 2}, compute, save=broken_save, verbose=False)
+    assert sorted(p.name for p in (tmp_path/"thing").iterdir()) == [a.key]  # nothing partial left behind
+    with pytest.raises(ValueError, match="artifact name"):
+        cache.get_or_compute("bad/name", {}, compute)
+
+
+def test_profiles_fail_loudly(tmp_path):
+    (tmp_path/"nbs").mkdir(); (tmp_path/"profiles").mkdir()
+    (tmp_path/"profiles"/"ok.yml").write_text("defaults: {seed: 3}\nnotebooks:\n  01_a: {n: 2}\n")
+    prof = core.load_profile("ok", root=tmp_path)
+    assert prof.params_for("01_a", ["profile", "seed", "n"]) == {"seed": 3, "n": 2, "profile": "ok"}
+    assert prof.params_for("01_a", ["profile", "n"]) == {"n": 2, "profile": "ok"}  # defaults only where declared
+    with pytest.raises(FileNotFoundError, match=r"known profiles: \['ok'\]"):
+        core.load_profile("nope", root=tmp_path)
+    (tmp_path/"profiles"/"bad.yml").write_text("notebook: {}\n")
+    with pytest.raises(ValueError, match="unknown top-level keys"):
+        core.load_profile("bad", root=tmp_path)
+
+
+def test_results_round_trip_and_key_validation(tmp_path):
+    core.save_results("01_x", {"a": np.float64(1.5), "t": torch.tensor(2.0), "v": np.arange(2), "nan": float("nan")},
+                      profile="p", root=tmp_path)
+    core.save_results("01_x", {"b": 3}, profile="p", root=tmp_path)  # merges
+    assert core.load_results("01_x", profile="p", root=tmp_path) == {"a": 1.5, "t": 2.0, "v": [0, 1], "nan": None, "b": 3}
+    with pytest.raises(ValueError, match="identifiers"):
+        core.save_results("01_x", {"bad-key": 1}, profile="p", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="run it first"):
+        core.load_results("02_y", profile="p", root=tmp_path)
+
+
+def test_save_figure_needs_a_label(tmp_path):
+    import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
+    fig = plt.figure()
+    with pytest.raises(ValueError, match="needs a label"):
+        core.save_figure(fig, profile="p", root=tmp_path)
+    with pytest.raises(ValueError, match="must look like"):
+        core.save_figure(fig, "msd plot", profile="p", root=tmp_path)
+    plt.close(fig)
+
+
+def test_find_root_and_device(tmp_path, monkeypatch):
+    monkeypatch.setenv(core.ROOT_ENV, str(tmp_path))
+    assert core.find_root() == tmp_path.resolve()
+    monkeypatch.delenv(core.ROOT_ENV)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No xai_hsg repository"):
+        core.find_root()
+    assert core.get_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert core.get_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            core.get_device("cuda")
+    with pytest.raises(ValueError):
+        core.seed_everything(-1)

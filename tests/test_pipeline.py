@@ -1,0 +1,113 @@
+"""End to end: the fixture chain through papermill, the cache, failures, and the rendered manuscript."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from pypdf import PdfReader
+
+from conftest import ALPHA_CELLS, ALPHA_PARAMS, make_notebook, write_profile
+from xai_hsg import cli, pipeline
+from xai_hsg.pipeline import PipelineError, reproduce
+
+
+def _pdf_text(path) -> str:
+    "All text of a PDF with whitespace (Typst uses non-breaking spaces) collapsed to single spaces."
+    return " ".join(" ".join(page.extract_text() for page in PdfReader(path).pages).split())
+
+
+def _pdf_image_count(path) -> int:
+    return sum(len(page.images) for page in PdfReader(path).pages)
+
+
+def test_chain_runs_caches_and_reruns_downstream_only(mini_repo):
+    first = reproduce("smoke", root=mini_repo)
+    assert [first[s] for s in ("01_alpha", "02_beta", "03_gamma")] == ["ran", "ran", "ran"]
+    # artifacts of the run: executed notebooks, figure (png + svg), results
+    assert (mini_repo/"runs/smoke/01_alpha.ipynb").exists()
+    assert (mini_repo/"figures/smoke/fig-alpha.png").exists() and (mini_repo/"figures/smoke/fig-alpha.svg").exists()
+    assert json.loads((mini_repo/"results/smoke/02_beta.json").read_text()) == {"total": 43.0}
+
+    # the figure and the numbers reach both renderings, with Quarto-style numbering and cross-reference
+    html = first["render"]["html"].read_text()
+    assert "data:image/png;base64" in html and "Figure 1:" in html and 'href="#fig-alpha"' in html
+    assert "The answer is 42 and the total is 43" in html
+    pdf_text = _pdf_text(first["render"]["pdf"])
+    assert "The answer is 42 and the total is 43, as Figure 1 shows" in pdf_text
+    assert "Figure 1: The answer as a slope" in pdf_text and _pdf_image_count(first["render"]["pdf"]) == 1
+
+    # second run: everything cached
+    second = reproduce("smoke", root=mini_repo, render=False)
+    assert second == {"01_alpha": "cached", "02_beta": "cached", "03_gamma": "cached"}
+
+    # a parameter of 02 changes: only 02 re-runs
+    write_profile(mini_repo, beta={"offset": 5})
+    third = reproduce("smoke", root=mini_repo, render=False)
+    assert third == {"01_alpha": "cached", "02_beta": "ran", "03_gamma": "cached"}
+    assert json.loads((mini_repo/"results/smoke/02_beta.json").read_text())["total"] == 47.0
+
+    # a parameter of 01 changes: 01 and its downstream 02 re-run, the independent 03 does not
+    write_profile(mini_repo, alpha={"scale": 1.0}, beta={"offset": 5})
+    fourth = reproduce("smoke", root=mini_repo, render=False)
+    assert fourth == {"01_alpha": "ran", "02_beta": "ran", "03_gamma": "cached"}
+    assert json.loads((mini_repo/"results/smoke/02_beta.json").read_text())["total"] == 26.0
+
+    # --only re-runs nothing that is cached; --force does
+    assert reproduce("smoke", root=mini_repo, only=["02"], render=False) == {"02_beta": "cached"}
+    assert reproduce("smoke", root=mini_repo, only=["02"], force=True, render=False) == {"02_beta": "ran"}
+
+
+def test_failing_notebook_exits_nonzero_naming_notebook_cell_and_error(mini_repo, monkeypatch, capsys):
+    make_notebook(mini_repo/"nbs"/"04_boom.ipynb",
+                  [("code", "x = 1"), ("code", "raise ValueError('boom 123')")], '# needs: none\nprofile = "smoke"')
+    monkeypatch.setenv("XAI_HSG_ROOT", str(mini_repo))
+    code = cli.main(["reproduce", "--only", "04", "--no-render"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "04_boom.ipynb failed in cell 3 of 3" in err and "ValueError: boom 123" in err
+    assert "raise ValueError" in err  # the failing line is quoted
+    assert not (mini_repo/"runs/smoke/_state.json").exists() or "04_boom" not in (mini_repo/"runs/smoke/_state.json").read_text()
+
+
+def test_missing_parameters_tag_is_a_clear_error(mini_repo):
+    make_notebook(mini_repo/"nbs"/"04_untagged.ipynb", [("code", 'profile = "smoke"\nn = 3')], parameters=None)
+    with pytest.raises(PipelineError, match="no cell is tagged 'parameters'"):
+        reproduce("smoke", root=mini_repo, render=False)
+
+
+def test_profile_parameter_the_notebook_does_not_declare_is_refused(mini_repo):
+    write_profile(mini_repo, alpha={"scael": 3.0})
+    with pytest.raises(ValueError, match="scael"):
+        reproduce("smoke", root=mini_repo, render=False)
+
+
+def test_figure_cell_that_saves_nothing_is_an_error(mini_repo):
+    make_notebook(mini_repo/"nbs"/"04_nofig.ipynb", [("code", "#| label: fig-lost\nx = 1")], '# needs: none\nprofile = "smoke"')
+    with pytest.raises(PipelineError, match="fig-lost"):
+        reproduce("smoke", root=mini_repo, only=["04"], render=False)
+
+
+def test_stage_key_follows_code_not_prose(mini_repo):
+    path = mini_repo/"nbs"/"01_alpha.ipynb"
+    before = pipeline.parse_stage(path).source_hash
+    make_notebook(path, [("md", "Different prose.")] + [c for c in ALPHA_CELLS if c[0] == "code"],
+                  ALPHA_PARAMS)
+    assert pipeline.parse_stage(path).source_hash == before
+    make_notebook(path, ALPHA_CELLS + [("code", "y = 2")], ALPHA_PARAMS)
+    assert pipeline.parse_stage(path).source_hash != before
+
+
+def test_needs_and_selection(mini_repo):
+    stages = pipeline.discover_stages(mini_repo)
+    assert [s.needs for s in stages] == [None, ("01_alpha",), ()]
+    assert [s.name for s in pipeline.select_stages(stages, start="02")] == ["02_beta", "03_gamma"]
+    with pytest.raises(PipelineError, match="matches 0 notebooks"):
+        pipeline.select_stages(stages, only=["09"])
+    make_notebook(mini_repo/"nbs"/"04_bad.ipynb", [], '# needs: 05_later\nprofile = "smoke"')
+    with pytest.raises(PipelineError, match="not an earlier notebook"):
+        pipeline.discover_stages(mini_repo)
+
+
+def test_only_a_stage_whose_upstream_never_ran_says_what_to_run(mini_repo):
+    with pytest.raises(PipelineError, match="01_alpha, which has not run"):
+        reproduce("smoke", root=mini_repo, only=["02"], render=False)

@@ -1,0 +1,86 @@
+"""The Quarto-free renderer: variable substitution, figure numbering, cross-references, clear errors."""
+from __future__ import annotations
+
+import re
+
+import matplotlib
+import pytest
+from pypdf import PdfReader
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from xai_hsg import core, render
+from xai_hsg.render import RenderError
+
+TWO_FIGURES = """
+---
+title: "Two figures"
+---
+
+First see @fig-second, then @fig-first; the value is {{< var demo.value >}} of {{< var demo.count >}}.
+
+![The first one.](figures/fig-first.png){#fig-first}
+
+![The second one.](figures/fig-second.png){#fig-second}
+"""
+
+
+@pytest.fixture
+def paper_repo(tmp_path):
+    root = tmp_path/"repo"
+    for d in ("nbs", "profiles", "paper"): (root/d).mkdir(parents=True)
+    for label in ("fig-first", "fig-second"):
+        fig, ax = plt.subplots(figsize=(2, 2)); ax.plot([0, 1]); core.save_figure(fig, label, profile="smoke", root=root)
+        plt.close(fig)
+    core.save_results("09_demo", {"value": 0.123456, "count": 12000}, profile="smoke", root=root)
+    (root/"paper"/"index.qmd").write_text(TWO_FIGURES.lstrip())
+    return root
+
+
+def test_numbering_follows_document_order_and_references_resolve(paper_repo):
+    out = render.render_paper("smoke", root=paper_repo, engine="pandoc")
+    html = out["html"].read_text()
+    # figures numbered in order of appearance, references carry the number and link to the figure
+    assert re.search(r"Figure\s+1:</strong>\s*The first one", html) and re.search(r"Figure\s+2:</strong>\s*The second one", html)
+    assert re.search(r'<a href="#fig-second">Figure\s+2</a>, then <a href="#fig-first">Figure\s+1</a>', html)
+    assert "the value is 0.123 of 12,000" in html  # formatted variables
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(out["pdf"]).pages).split())
+    assert "First see Figure 2, then Figure 1" in text and "Figure 1: The first one" in text
+    assert "the value is 0.123 of 12,000" in text
+    assert (paper_repo/"paper/_variables.yml").read_text().count("value: '0.123'") == 1
+
+
+def test_unknown_variable_names_the_line(paper_repo):
+    (paper_repo/"paper/index.qmd").write_text("---\ntitle: x\n---\n\nok\n\n{{< var demo.missing >}}\n")
+    with pytest.raises(RenderError, match=r"index.qmd:7: unknown variable 'demo.missing'"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")
+
+
+def test_unknown_figure_reference_is_an_error(paper_repo):
+    (paper_repo/"paper/index.qmd").write_text("See @fig-nowhere.\n")
+    with pytest.raises(RenderError, match="unknown figure reference @fig-nowhere"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")
+
+
+def test_missing_figure_file_is_an_error(paper_repo):
+    (paper_repo/"paper/index.qmd").write_text("![Lost.](figures/fig-lost.png){#fig-lost}\n")
+    with pytest.raises(RenderError, match="fig-lost.png"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")
+
+
+def test_other_shortcodes_are_refused_not_dropped():
+    with pytest.raises(RenderError, match="only"):
+        render.substitute_variables("{{< meta title >}}", {})
+
+
+def test_quarto_engine_requested_without_quarto(paper_repo, monkeypatch):
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    with pytest.raises(RenderError, match="quarto is not on PATH"):
+        render.render_paper("smoke", root=paper_repo, engine="quarto")
+
+
+@pytest.mark.parametrize("value,text", [(3, "3"), (12000, "12,000"), (0.5, "0.5"), (0.000123, "1.23e-04"),
+                                        (1234.6, "1,235"), (None, "n/a"), (True, "yes"), ("cpu", "cpu"), (0.0, "0")])
+def test_format_value(value, text):
+    assert render.format_value(value) == text
