@@ -69,6 +69,17 @@ def test_missing_figure_file_is_an_error(paper_repo):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
 
 
+def test_bibliography_from_project_config_and_unknown_citations(paper_repo):
+    (paper_repo/"paper/_quarto.yml").write_text("project:\n  type: manuscript\nbibliography: refs.bib\n")
+    (paper_repo/"paper/refs.bib").write_text("@article{known2020, title={A title}, author={Doe, Jane}, journal={J}, year={2020}}\n")
+    (paper_repo/"paper/index.qmd").write_text("As shown [@known2020].\n")
+    html = render.render_paper("smoke", root=paper_repo, engine="pandoc")["html"].read_text()
+    assert "Doe" in html and "2020" in html and "known2020?" not in html
+    (paper_repo/"paper/index.qmd").write_text("As shown [@unknown1999].\n")
+    with pytest.raises(RenderError, match="unknown1999"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")
+
+
 def test_other_shortcodes_are_refused_not_dropped():
     with pytest.raises(RenderError, match="only"):
         render.substitute_variables("{{< meta title >}}", {})

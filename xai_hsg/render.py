@@ -122,6 +122,21 @@ def _pandoc(args: list[str], cwd: Path) -> None:
     proc = subprocess.run([pypandoc.get_pandoc_path(), *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RenderError(f"pandoc failed ({' '.join(args)}):\n{proc.stderr.strip()}")
+    if unresolved := re.findall(r"Citeproc: citation (\S+) not found", proc.stderr):
+        raise RenderError(f"citations not found in the bibliography: {sorted(set(unresolved))}")
+
+
+def _project_metadata(paper: Path) -> list[str]:
+    "Project-level options of `_quarto.yml` that pandoc needs too (bibliography, csl)."
+    config = paper/"_quarto.yml"
+    data = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
+    args = []
+    bibs = data.get("bibliography") or []
+    for bib in [bibs] if isinstance(bibs, str) else bibs:
+        if not (paper/bib).is_file(): raise RenderError(f"{config}: bibliography {bib!r} not found in {paper}")
+        args += ["--bibliography", bib]
+    if csl := data.get("csl"): args += ["--csl", csl]
+    return args
 
 
 def render_with_pandoc(paper: Path, variables: dict) -> dict:
@@ -137,7 +152,7 @@ def render_with_pandoc(paper: Path, variables: dict) -> dict:
     source = paper/".render-index.md"
     source.write_text(text)
     common = [source.name, "--from", "markdown", "--lua-filter", _asset("crossref.lua"), "--citeproc",
-              "--resource-path", str(paper)]
+              *_project_metadata(paper), "--resource-path", str(paper)]
     try:
         html = out/"index.html"
         _pandoc([*common, "--to", "html5", "--standalone", "--embed-resources", "--css", _asset("paper.css"),
