@@ -2,6 +2,7 @@
 
     xai-hsg reproduce [--profile smoke|paper] [--only 03] [--from 05] [--force] [--no-render]
     xai-hsg render [--profile smoke] [--engine auto|quarto|pandoc]
+    xai-hsg simulate --n N --rc NM --sigma-loc NM --seed S --out DIR
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _cmd_simulate(args) -> int:
+    from .simulate import SimParams, write_simulation
+    params = SimParams(r_c_nm=args.rc, sigma_loc_nm=args.sigma_loc, n_frames=args.frames)
+    tracks, truth = write_simulation(args.out, args.n, params, seed=args.seed, device=args.device, fmt=args.format)
+    print(f"wrote {tracks} and {truth} ({args.n} traces x {args.frames} frames, r_c = {args.rc:g} nm, "
+          f"sigma_loc = {args.sigma_loc:g} nm, seed {args.seed})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-hsg", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "quarto", "pandoc"],
                    help="quarto if on PATH (auto), else pandoc + typst")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("simulate", help="simulate EP-distance + MS2 traces with ground truth (tracks file + truth.json)")
+    p.add_argument("--n", type=int, default=100, help="number of traces (default: 100)")
+    p.add_argument("--rc", type=float, default=100.0, help="contact radius r_c in nm (default: 100)")
+    p.add_argument("--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)")
+    p.add_argument("--frames", type=int, default=601, help="frames per trace, 30 s apart (default: 601)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--format", default="csv", choices=["csv", "parquet"], help="tracks file format (default: csv)")
+    p.add_argument("--out", required=True, help="output folder: writes tracks.csv and truth.json")
+    p.set_defaults(func=_cmd_simulate)
     return parser
 
 
