@@ -52,3 +52,11 @@ def test_readme_gives_exactly_the_two_setup_commands():
     assert "make reproduce" in readme and "make test" in readme
     ci = (REPO/".ci"/"run").read_text()
     assert "make test" in ci
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO/"nbs").glob("*.ipynb") if not p.name[:2].isdigit() or p.name[2] != "_"))
+def test_companion_notebooks_execute(name, tmp_path):
+    "Notebooks outside the chain (index, library companions such as 01a_tracks) run too: their cells are checks."
+    import papermill as pm
+    pm.execute_notebook(str(REPO/"nbs"/name), str(tmp_path/name), kernel_name="python3", cwd=str(REPO/"nbs"),
+                        progress_bar=False)
