@@ -95,3 +95,26 @@ def test_quarto_engine_requested_without_quarto(paper_repo, monkeypatch):
                                         (1234.6, "1,235"), (None, "n/a"), (True, "yes"), ("cpu", "cpu"), (0.0, "0")])
 def test_format_value(value, text):
     assert render.format_value(value) == text
+
+
+def test_tables_are_included_numbered_and_referenced(paper_repo):
+    import pandas as pd
+    core.save_table(pd.DataFrame({"model": ["gated", "control"], "R2": [0.27812, 0.2761]}), "tbl-models",
+                    "Held-out R² per model.", profile="smoke", root=paper_repo)
+    (paper_repo/"paper/index.qmd").write_text("See @tbl-models and @fig-first.\n\n{{< include tables/tbl-models.md >}}\n\n"
+                                               "![The first one.](figures/fig-first.png){#fig-first}\n")
+    out = render.render_paper("smoke", root=paper_repo, engine="pandoc")
+    html = out["html"].read_text()
+    assert re.search(r'<a href="#tbl-models">Table\s+1</a> and <a href="#fig-first">Figure\s+1</a>', html)
+    assert re.search(r"Table\s+1:</strong>\s*Held-out R² per model", html) and "<td" in html and "0.278" in html
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(out["pdf"]).pages).split())
+    assert "See Table 1 and Figure 1" in text and "0.278" in text and "control" in text
+
+
+def test_missing_included_table_is_an_error(paper_repo):
+    (paper_repo/"paper/index.qmd").write_text("ok\n\n{{< include tables/tbl-absent.md >}}\n")
+    with pytest.raises(RenderError, match=r"index.qmd:3: included file 'tables/tbl-absent.md' not found"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")
+    (paper_repo/"paper/index.qmd").write_text("See @tbl-absent.\n")
+    with pytest.raises(RenderError, match="unknown table reference @tbl-absent"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")

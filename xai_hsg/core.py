@@ -29,7 +29,7 @@ import xai_hsg
 __all__ = ['ROOT_ENV', 'PROFILE_ENV', 'DEFAULT_PROFILE', 'find_root', 'current_profile', 'Paths', 'paths', 'Profile',
            'load_profile', 'seed_everything', 'get_device', 'stable_hash', 'code_version', 'cache_key', 'Artifact',
            'save_default', 'load_default', 'ArtifactCache', 'save_results', 'load_results', 'artifact_dir',
-           'cell_label', 'save_figure', 'environment_report']
+           'cell_label', 'save_figure', 'save_table', 'environment_report']
 
 # %% ../nbs/00_core.ipynb #e3c9cc92
 ROOT_ENV = "XAI_HSG_ROOT"        # point the library at a checkout from anywhere
@@ -72,6 +72,8 @@ class Paths:
     def figures(self) -> Path: return self.root/"figures"/self.profile
     @property
     def results(self) -> Path: return self.root/"results"/self.profile
+    @property
+    def tables(self) -> Path: return self.root/"tables"/self.profile
     @property
     def artifacts(self) -> Path: return self.root/"artifacts"/self.profile
     @property
@@ -303,6 +305,31 @@ def save_figure(fig=None, label: str | None = None, profile: str | None = None, 
     fig.savefig(png, dpi=dpi, bbox_inches="tight")
     fig.savefig(folder/f"{label}.svg", bbox_inches="tight")
     return png
+
+# %% ../nbs/00_core.ipynb #241d80f8
+def _markdown_cell(value: Any) -> str:
+    from xai_hsg.render import format_value   # the manuscript's number format (render imports core: import here)
+    if isinstance(value, float) and not math.isfinite(value): return "–"
+    return str(format_value(value.item() if isinstance(value, np.generic) else value)).replace("|", "\\|")
+
+def save_table(df, label: str, caption: str, profile: str | None = None, root: str | Path | None = None) -> Path:
+    """Save a DataFrame as `tables/<profile>/<label>.md` (pipe table + `: caption {#label}`) and `<label>.csv`.
+    The manuscript includes it with `{{< include tables/<label>.md >}}`; `label` must look like 'tbl-name'."""
+    import pandas as pd
+    if not isinstance(df, pd.DataFrame): raise TypeError(f"save_table needs a pandas DataFrame, got {type(df).__name__}")
+    if not re.fullmatch(r"tbl-[A-Za-z0-9_-]+", label): raise ValueError(f"table label {label!r} must look like 'tbl-name'")
+    if df.empty: raise ValueError(f"table {label}: the DataFrame is empty")
+    if not caption.strip() or "\n" in caption: raise ValueError(f"table {label}: the caption must be one non-empty line")
+    cols = [str(c) for c in df.columns]
+    align = ["---:" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else ":---" for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    folder = paths(profile, root).tables
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder/f"{label}.md"
+    tmp = md.with_name(f".{md.name}.tmp"); tmp.write_text("\n".join(lines) + f"\n\n: {caption.strip()} {{#{label}}}\n"); os.replace(tmp, md)
+    df.to_csv(folder/f"{label}.csv", index=False)
+    return md
 
 # %% ../nbs/00_core.ipynb #231ad31b
 def environment_report(device: str | None = "auto") -> dict:

@@ -1,10 +1,11 @@
 """Render the Quarto manuscript in `paper/` to HTML and PDF.
 
 Numbers reach the manuscript as Quarto variables: `write_variables` turns `results/<profile>/*.json` into
-`paper/_variables.yml` (`{{< var simulation.msd_slope >}}`), and figures are copied from `figures/<profile>/`
-to `paper/figures/`. With `quarto` on PATH, Quarto renders the manuscript project. Without it (it cannot be
+`paper/_variables.yml` (`{{< var simulation.msd_slope >}}`); figures are copied from `figures/<profile>/`
+to `paper/figures/` and tables (`core.save_table`) from `tables/<profile>/` to `paper/tables/`, where the manuscript
+includes them (`{{< include tables/tbl-x.md >}}`). With `quarto` on PATH, Quarto renders the manuscript project. Without it (it cannot be
 installed offline), the same `index.qmd` goes through pandoc (`pypandoc-binary`) with a Lua filter for
-Quarto-style figure numbering and `@fig-` cross-references, to standalone HTML and, via Typst (`typst`), to PDF.
+Quarto-style figure and table numbering and `@fig-` / `@tbl-` cross-references, to standalone HTML and, via Typst (`typst`), to PDF.
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ import yaml
 from . import core
 
 __all__ = ["RenderError", "format_value", "collect_variables", "write_variables", "substitute_variables",
-           "render_paper"]
+           "expand_includes", "render_paper"]
 
 _VAR_RE = re.compile(r"\{\{<\s*var\s+([^\s>]+)\s*>\}\}")
 _SHORTCODE_RE = re.compile(r"\{\{<.*?>\}\}")
+_INCLUDE_RE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}\s*$")
 _FIGURE_PATH_RE = re.compile(r"\]\((figures/[^)\s]+)")
 
 
@@ -102,15 +104,33 @@ def substitute_variables(text: str, variables: dict, source: str = "index.qmd") 
     return "".join(lines)
 
 
-def _copy_figures(profile: str, root: Path) -> Path:
-    where = core.paths(profile, root)
-    target = where.paper/"figures"
+def _copy_outputs(source: Path, target: Path, suffixes: tuple) -> Path:
+    "Replace `target` by the files of `source` with these suffixes (a stale file of an earlier run must not survive)."
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    if where.figures.is_dir():
-        for f in where.figures.iterdir():
-            if f.suffix in (".png", ".svg"): shutil.copy2(f, target/f.name)
+    if source.is_dir():
+        for f in source.iterdir():
+            if f.suffix in suffixes: shutil.copy2(f, target/f.name)
     return target
+
+def _copy_figures(profile: str, root: Path) -> Path:
+    where = core.paths(profile, root)
+    _copy_outputs(where.tables, where.paper/"tables", (".md", ".csv"))
+    return _copy_outputs(where.figures, where.paper/"figures", (".png", ".svg"))
+
+
+def expand_includes(text: str, base: Path, source: str = "index.qmd") -> str:
+    "Quarto's `{{< include path >}}` (alone on its line) for the fallback renderer; a missing file is an error naming the line."
+    lines = []
+    for lineno, line in enumerate(text.splitlines(keepends=True), 1):
+        if m := _INCLUDE_RE.match(line.strip()):
+            f = base/m.group(1)
+            if not f.is_file():
+                raise RenderError(f"{source}:{lineno}: included file {m.group(1)!r} not found in {base} — did the notebook "
+                                  f"that writes it (core.save_table) run for this profile?")
+            line = f.read_text().rstrip("\n") + "\n"
+        lines.append(line)
+    return "".join(lines)
 
 
 def _asset(name: str) -> str:
@@ -143,7 +163,7 @@ def render_with_pandoc(paper: Path, variables: dict) -> dict:
     "The Quarto-free path: pandoc + Lua cross-references → HTML; pandoc → Typst → PDF."
     import typst
     qmd = paper/"index.qmd"
-    text = substitute_variables(qmd.read_text(), variables, source=str(qmd))
+    text = substitute_variables(expand_includes(qmd.read_text(), paper, source=str(qmd)), variables, source=str(qmd))
     missing = sorted({p for p in _FIGURE_PATH_RE.findall(text) if not (paper/p).exists()})
     if missing:
         raise RenderError(f"{qmd}: figures not found: {missing} — did the notebook that makes them run for this profile?")

@@ -1,32 +1,35 @@
 -- Quarto-style cross-references for the pandoc fallback renderer.
--- Figures whose identifier starts with "fig-" are numbered in document order; "@fig-x" becomes "Figure N".
--- HTML: the caption gets a "Figure N:" prefix and references become links.
--- Typst: typst numbers figures itself, so references become native "@fig-x" references.
--- An unknown "@fig-" reference is an error, as in Quarto, not a silently broken link.
+-- Figures ("#fig-x") and tables ("#tbl-x", from a caption line ": Caption {#tbl-x}") are numbered in document
+-- order, each kind on its own; "@fig-x" becomes "Figure N", "@tbl-x" becomes "Table N".
+-- HTML: the caption gets a "Figure N:" / "Table N:" prefix and references become links.
+-- Typst: typst numbers figures and tables itself, so references become native "@fig-x" / "@tbl-x" references.
+-- An unknown "@fig-" or "@tbl-" reference is an error, as in Quarto, not a silently broken link.
 
-local numbers = {}
+local KINDS = { fig = "Figure", tbl = "Table" }
+local numbers = {}   -- identifier -> number
+local counts = { fig = 0, tbl = 0 }
 
 local function is_typst() return FORMAT:match("typst") ~= nil end
+local function kind_of(id) return id:match("^(%a+)%-") end
 
-local function number_figures(blocks)
-  local n = 0
-  return blocks:walk({
-    Figure = function(fig)
-      if not fig.identifier:match("^fig%-") then return nil end
-      n = n + 1
-      numbers[fig.identifier] = n
-      if not is_typst() then
-        local prefix = pandoc.Inlines({pandoc.Strong({pandoc.Str("Figure"), pandoc.Space(), pandoc.Str(n .. ":")}), pandoc.Space()})
-        local long = fig.caption.long
-        if #long > 0 and long[1].content then
-          long[1].content = prefix .. long[1].content
-        else
-          fig.caption.long = pandoc.Blocks({pandoc.Plain(prefix)})
-        end
-      end
-      return fig
-    end,
-  })
+local function prefix_caption(caption, word, n)
+  local prefix = pandoc.Inlines({pandoc.Strong({pandoc.Str(word), pandoc.Space(), pandoc.Str(n .. ":")}), pandoc.Space()})
+  local long = caption.long
+  if #long > 0 and long[1].content then
+    long[1].content = prefix .. long[1].content
+  else
+    caption.long = pandoc.Blocks({pandoc.Plain(prefix)})
+  end
+end
+
+local function number(el)
+  local kind = kind_of(el.identifier or "")
+  if not (kind and KINDS[kind]) then return nil end
+  if (el.t == "Figure") ~= (kind == "fig") then return nil end  -- #fig- on figures, #tbl- on tables
+  counts[kind] = counts[kind] + 1
+  numbers[el.identifier] = counts[kind]
+  if not is_typst() then prefix_caption(el.caption, KINDS[kind], counts[kind]) end
+  return el
 end
 
 local function resolve_references(blocks)
@@ -34,19 +37,21 @@ local function resolve_references(blocks)
     Cite = function(cite)
       local ids = {}
       for _, c in ipairs(cite.citations) do
-        if not c.id:match("^fig%-") then return nil end  -- a bibliography citation: leave it to citeproc
+        local kind = kind_of(c.id)
+        if not (kind and KINDS[kind]) then return nil end  -- a bibliography citation: leave it to citeproc
         table.insert(ids, c.id)
       end
       local out = pandoc.Inlines({})
       for i, id in ipairs(ids) do
+        local word = KINDS[kind_of(id)]
         if numbers[id] == nil then
-          error("unknown figure reference @" .. id .. " (no figure has the identifier #" .. id .. ")")
+          error("unknown " .. word:lower() .. " reference @" .. id .. " (nothing has the identifier #" .. id .. ")")
         end
         if i > 1 then out:insert(pandoc.Str(i == #ids and " and " or ", ")) end
         if is_typst() then
           out:insert(pandoc.RawInline("typst", "@" .. id))
         else
-          out:insert(pandoc.Link({pandoc.Str("Figure"), pandoc.Space(), pandoc.Str(tostring(numbers[id]))}, "#" .. id))
+          out:insert(pandoc.Link({pandoc.Str(word), pandoc.Space(), pandoc.Str(tostring(numbers[id]))}, "#" .. id))
         end
       end
       return out
@@ -55,7 +60,7 @@ local function resolve_references(blocks)
 end
 
 function Pandoc(doc)
-  doc.blocks = number_figures(doc.blocks)
+  doc.blocks = doc.blocks:walk({ Figure = number, Table = number })
   doc.blocks = resolve_references(doc.blocks)
   return doc
 end
