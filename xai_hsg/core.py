@@ -28,8 +28,8 @@ import xai_hsg
 # %% auto #0
 __all__ = ['ROOT_ENV', 'PROFILE_ENV', 'DEFAULT_PROFILE', 'find_root', 'current_profile', 'Paths', 'paths', 'Profile',
            'load_profile', 'seed_everything', 'get_device', 'stable_hash', 'code_version', 'cache_key', 'Artifact',
-           'save_default', 'load_default', 'ArtifactCache', 'save_results', 'load_results', 'artifact_dir',
-           'cell_label', 'save_figure', 'save_table', 'environment_report']
+           'save_default', 'load_default', 'ArtifactCache', 'atomic_write', 'write_json_atomic', 'save_results',
+           'load_results', 'artifact_dir', 'cell_label', 'save_figure', 'save_table', 'environment_report']
 
 # %% ../nbs/00_core.ipynb #e3c9cc92
 ROOT_ENV = "XAI_HSG_ROOT"        # point the library at a checkout from anywhere
@@ -248,11 +248,24 @@ def _jsonable(value: Any, key: str) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)): return value
     raise TypeError(f"result {key!r}: cannot store a {type(value).__name__} as JSON")
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """Write a file so that a reader (or a crash) sees the old file or the new one, never half of it: `write(tmp)`
+    fills a temporary file beside `path`, flushed to disk (`fsync`), then renamed over `path`."""
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh: os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+def write_json_atomic(path: str | Path, data: Any, **json_kwargs) -> Path:
+    "`atomic_write` of `json.dumps(data)` (default: indented, sorted keys)."
+    text = json.dumps(data, **{"indent": 2, "sort_keys": True, **json_kwargs}) + "\n"
+    return atomic_write(path, lambda p: p.write_text(text))
 
 def save_results(stage: str, values: Mapping[str, Any], profile: str | None = None, root: str | Path | None = None) -> Path:
     "Merge `values` into `results/<profile>/<stage>.json` (keys must be identifiers: they become manuscript variables)."
@@ -261,7 +274,7 @@ def save_results(stage: str, values: Mapping[str, Any], profile: str | None = No
     path = paths(profile, root).results/f"{stage}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update({k: _jsonable(v, k) for k, v in values.items()})
-    _write_json_atomic(path, data)
+    write_json_atomic(path, data)
     return path
 
 def load_results(stage: str, profile: str | None = None, root: str | Path | None = None) -> dict:
@@ -327,8 +340,8 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
     folder = paths(profile, root).tables
     folder.mkdir(parents=True, exist_ok=True)
     md = folder/f"{label}.md"
-    tmp = md.with_name(f".{md.name}.tmp"); tmp.write_text("\n".join(lines) + f"\n\n: {caption.strip()} {{#{label}}}\n"); os.replace(tmp, md)
-    df.to_csv(folder/f"{label}.csv", index=False)
+    atomic_write(md, lambda p: p.write_text("\n".join(lines) + f"\n\n: {caption.strip()} {{#{label}}}\n"))
+    atomic_write(folder/f"{label}.csv", lambda p: df.to_csv(p, index=False))
     return md
 
 # %% ../nbs/00_core.ipynb #231ad31b

@@ -420,18 +420,6 @@ def pretrained_default(train: SequenceSet, heldout: SequenceSet | None = None, *
 # %% ../nbs/05a_embed.ipynb #nb05-034
 STORE_VERSION = 1
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh: os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-def _write_json_atomic(path: Path, data) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1, default=str)))
-
 def model_fingerprint(model) -> str:
     "Hash of the config and of a checksum of every parameter (cheap: sums, not bytes)."
     import torch
@@ -623,7 +611,7 @@ def extract_hidden_states(model, tokenizer: NTTokenizer, seqset: SequenceSet, ou
             return HiddenStateStore.open(out_dir)
     sdir.mkdir(parents=True, exist_ok=True)
     for junk in list(sdir.glob(".*.tmp-*")) + list(out_dir.glob(".*.tmp-*")): junk.unlink()   # half-written files of a killed run
-    _write_json_atomic(out_dir/"manifest.json", manifest)
+    core.write_json_atomic(out_dir/"manifest.json", manifest, indent=1, sort_keys=False, default=str)
     def done(k: int) -> bool:
         f = sdir/manifest["shards"][k]["file"]
         if not (f.exists() and (sdir/manifest["shards"][k]["tokens_file"]).exists()): return False
@@ -658,14 +646,14 @@ def extract_hidden_states(model, tokenizer: NTTokenizer, seqset: SequenceSet, ou
                     raise FloatingPointError(f"shard {k}, {name}: non-finite values in {store_dtype}; use store_dtype='float32' or 'bfloat16'")
             table.insert(0, "row", np.arange(len(table), dtype=np.int32)); table.insert(0, "shard", np.int32(k))
             assert len(table) == manifest["shards"][k]["n_tokens"] == tensors[f"layer_{layers[0]}"].shape[0]
-            _atomic_write(sdir/manifest["shards"][k]["tokens_file"], lambda p: table.to_parquet(p, index=False))
-            _atomic_write(sdir/manifest["shards"][k]["file"],
+            core.atomic_write(sdir/manifest["shards"][k]["tokens_file"], lambda p: table.to_parquet(p, index=False))
+            core.atomic_write(sdir/manifest["shards"][k]["file"],
                           lambda p: save_file(tensors, str(p), metadata={"fingerprint": fingerprint, "shard": str(k)}))
             if on_shard_done is not None: on_shard_done(k)
     finally:
         bar.close()
     table = pd.concat([pd.read_parquet(sdir/s["tokens_file"]) for s in manifest["shards"]], ignore_index=True)
-    _atomic_write(out_dir/"tokens.parquet", lambda p: table.to_parquet(p, index=False))
+    core.atomic_write(out_dir/"tokens.parquet", lambda p: table.to_parquet(p, index=False))
     manifest["status"] = "complete"
-    _write_json_atomic(out_dir/"manifest.json", manifest)
+    core.write_json_atomic(out_dir/"manifest.json", manifest, indent=1, sort_keys=False, default=str)
     return HiddenStateStore.open(out_dir)

@@ -130,14 +130,10 @@ class _State:
 
     def record(self, name: str, key: str, seconds: float) -> None:
         self.data[name] = {"key": key, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        core.write_json_atomic(self.path, self.data, sort_keys=False)
 
     def forget(self, name: str) -> None:
-        if self.data.pop(name, None) is not None:
-            self.path.write_text(json.dumps(self.data, indent=2))
+        if self.data.pop(name, None) is not None: core.write_json_atomic(self.path, self.data, sort_keys=False)
 
 
 def _fmt_s(seconds: float | None) -> str:
