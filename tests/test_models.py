@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from xai_hsg.models import (CausalHazard, ContactGate, EPModel, ResNet1d, SeedsGateModel, TrainConfig, UNet1d,
-                            estimate_sigma_r, evaluate, masked_bce, masked_gaussian_nll, rice3_cdf, task_loss,
-                            to_tensors, train)
+from xai_hsg.models import (FiLM, CausalHazard, ContactGate, EPModel, PastSummary, ResNet1d, SeedsGateModel,
+                            TrainConfig, TransformerEncoder1d, UNet1d, estimate_sigma_r, eval_loss, evaluate,
+                            far_distance_nm, integrated_gradients, masked_bce, masked_gaussian_nll, off_to_on, predict,
+                            rice3_cdf, rotary, task_loss, to_tensors, train, triggered)
 from xai_hsg.simulate import maxwell_cdf
 
 torch.set_num_threads(1)
@@ -102,17 +103,22 @@ def test_backbones_preserve_odd_lengths(T):
     x = torch.randn(2, 3, T)
     assert UNet1d(3, 8, 3)(x).shape == (2, 8, T)
     assert ResNet1d(3, 8, 2)(x).shape == (2, 8, T)
-    for backbone in ("unet", "resnet"):
-        out = EPModel("ms2", backbone=backbone, past_ms2=True)(100 + 200 * torch.rand(2, T), torch.ones(2, T, dtype=torch.bool),
+    assert TransformerEncoder1d(3, 8, n_heads=2)(x).shape == (2, 8, T)
+    for backbone in ("unet", "resnet", "transformer"):
+        out = EPModel("ms2", backbone=backbone, past_ms2=True, past_summary=True)(100 + 200 * torch.rand(2, T), torch.ones(2, T, dtype=torch.bool),
                                                               torch.randn(2, T))
         assert out["mean"].shape == (2, T) and out["logvar"].shape == (2, T)
 
 
+@pytest.mark.parametrize("kw", [dict(past_ms2=True), dict(past_summary=True),
+                                dict(past_ms2=True, past_summary=True, backbone="transformer")])
 @pytest.mark.parametrize("t", [0, 17, 59])
-def test_no_leakage_of_current_or_future_ms2(t):
+def test_no_leakage_of_current_or_future_ms2(t, kw):
     torch.manual_seed(0)
     B, T = 2, 60
-    model = EPModel("ms2", past_ms2=True, width=8, depth=2)
+    model = EPModel("ms2", width=8, depth=2, **kw)
+    if model.film is not None:                       # FiLM starts as the identity: make it non-trivial
+        for p in model.film.parameters(): torch.nn.init.normal_(p, std=0.3)
     ms2 = torch.randn(B, T, requires_grad=True)
     out = model(100 + 200 * torch.rand(B, T), torch.ones(B, T, dtype=torch.bool), ms2)
     out["mean"][:, t].sum().backward()
@@ -137,7 +143,8 @@ def test_nan_distances_and_ms2_are_masked_no_nan_anywhere():
     arrays = {"distance_nm": d.numpy().astype(float), "mask": np.isfinite(d.numpy()), "ms2": ms2.numpy().astype(float),
               "state": (torch.rand(B, T) > 0.5).numpy().astype(float)}
     data = to_tensors(arrays)
-    for model in (EPModel("ms2", past_ms2=True), EPModel("state"), SeedsGateModel("ms2"), SeedsGateModel("state")):
+    for model in (EPModel("ms2", past_ms2=True), EPModel("state"), SeedsGateModel("ms2"), SeedsGateModel("state"),
+                  EPModel("ms2", past_summary=True), EPModel("state", backbone="transformer", width=16, past_summary=True)):
         loss, out = task_loss(model, data)
         loss.backward()
         assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in out.values())
@@ -192,3 +199,137 @@ def test_tiny_training_run_reduces_loss():
     assert hist["val_loss"][-1] < 0.5 * min(before, constant)
     metrics = evaluate(model, data)
     assert set(metrics) == {"state_f1", "state_accuracy", "state_bce"} and metrics["state_f1"] > 0.8
+
+
+def test_transformer_rejects_bad_head_dimension_and_backbone_name():
+    with pytest.raises(ValueError):
+        TransformerEncoder1d(3, width=12, n_heads=4)           # head dimension 3: rotary needs it even
+    with pytest.raises(ValueError):
+        EPModel("ms2", backbone="lstm")
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    "q_i·k_j after rotary equals q_{i+s}·k_{j+s} when q and k are the same at every position."
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 8, **f64).expand(50, 8), torch.randn(1, 8, **f64).expand(50, 8)
+    scores = rotary(q) @ rotary(k).T
+    for i, j, s in [(3, 10, 20), (30, 5, 12), (0, 0, 49)]:
+        assert torch.isclose(scores[i, j], scores[i + s, j + s], atol=1e-10)
+    assert not torch.isclose(scores[0, 1], scores[0, 7], atol=1e-3)
+
+
+def _past_summary_loop(ms2, obs, taus, truncate):
+    "Direct definition: frames s < t with t − 1 − s ≤ truncate·τ, weights e^{−(t−1−s)/τ}."
+    B, T = ms2.shape
+    out = np.zeros((B, 2 * len(taus), T))
+    for k, tau in enumerate(taus):
+        for b in range(B):
+            for t in range(T):
+                s = np.arange(t); lag = t - 1 - s; w = np.exp(-lag / tau) * (lag <= truncate * tau)
+                num, den = np.sum(w * obs[b, s] * np.nan_to_num(ms2[b, s])), np.sum(w * obs[b, s])
+                out[b, k, t] = num / den if den > 1e-6 else 0.0
+                out[b, len(taus) + k, t] = den / np.sum(np.exp(-np.arange(int(np.ceil(truncate * max(taus))) + 1) / tau)
+                                                        * (np.arange(int(np.ceil(truncate * max(taus))) + 1) <= truncate * tau))
+    return out
+
+
+def test_past_summary_matches_direct_definition_with_gaps():
+    rng = np.random.default_rng(0)
+    ms2 = rng.normal(size=(2, 40)); ms2[0, 5:12] = np.nan; obs = np.isfinite(ms2); obs[1, 30:] = False
+    taus, truncate = (1.5, 4.0, 10.0), 3.0
+    got = PastSummary(taus, truncate).double()(torch.tensor(ms2), torch.tensor(obs)).numpy()
+    # the kernel is built in float32 (a buffer), so agreement is to float32 precision, not float64
+    np.testing.assert_allclose(got, _past_summary_loop(ms2, obs, taus, truncate), rtol=1e-6, atol=1e-7)
+    assert np.all(got[:, :, 0] == 0)                                    # nothing observed before frame 0
+    with pytest.raises(ValueError):
+        PastSummary((0.0, 2.0))
+
+
+def test_film_starts_as_identity_and_modulates_per_channel():
+    film = FiLM(4, 6)
+    h, c = torch.randn(2, 6, 9), torch.randn(2, 4, 9)
+    assert torch.equal(film(h, c), h)
+    torch.nn.init.normal_(film.net[-1].weight)
+    y = film(h, c)
+    assert y.shape == h.shape and not torch.allclose(y, h)
+
+
+def test_predict_and_eval_loss_are_batch_size_invariant():
+    torch.manual_seed(0)
+    data = to_tensors(_toy_state_data(n=7, T=50))
+    model = EPModel("state", backbone="transformer", width=8, n_heads=2, filter_length=16)
+    a, b = predict(model, data, batch_size=3)["logit"], predict(model, data, batch_size=100)["logit"]
+    np.testing.assert_allclose(a, b, atol=1e-5)   # float32 summation order only
+    with torch.no_grad(): whole = float(task_loss(model, data)[0])
+    assert math.isclose(eval_loss(model, data, batch_size=2), whole, rel_tol=1e-5)
+
+
+def _ig_setup(task="state", **kw):
+    torch.manual_seed(0)
+    model = EPModel(task, width=8, depth=2, filter_length=16, r_c_nm=150.0, sigma_loc_nm=30.0, sigma_r_nm=200.0, **kw).double()
+    for p in model.hazard.parameters(): torch.nn.init.normal_(p, std=1.0)   # make the distance matter
+    B, T = 3, 45
+    d = 50 + 300 * torch.rand(B, T, **f64); d[1, 10:15] = float("nan")
+    data = {"distance_nm": d, "mask": torch.isfinite(d), "ms2": torch.randn(B, T, **f64), "ms2_mask": torch.ones(B, T, dtype=torch.bool)}
+    return model, data
+
+
+def _f(model, d, data, task, frames=None):
+    with torch.no_grad(): out = model(d, data["mask"], data["ms2"], data["ms2_mask"])
+    y = out["mean"] if task == "ms2" else torch.sigmoid(out["logit"])
+    return y.sum(1) if frames is None else y[torch.arange(len(y)), torch.as_tensor(frames)]
+
+
+@pytest.mark.parametrize("task,frames,kw", [("state", None, {}), ("ms2", None, dict(past_ms2=True)),
+                                            ("state", [3, 44, 20], dict(backbone="transformer"))])
+def test_integrated_gradients_completeness(task, frames, kw):
+    "Σ_t attribution = f(x) − f(far baseline), with f computed here independently; missing frames get 0."
+    model, data = _ig_setup(task, **kw)
+    attr, delta = integrated_gradients(model, data, task, n_steps=64, frames=frames)
+    assert attr.shape == data["distance_nm"].shape and np.isfinite(attr).all()
+    base = torch.full_like(data["distance_nm"], far_distance_nm(model))
+    d = torch.where(data["mask"], data["distance_nm"], base)
+    diff = (_f(model, d, data, task, frames) - _f(model, base, data, task, frames)).numpy()
+    assert np.abs(diff).max() > 1e-3                                  # the test is not vacuous
+    # 64 Gauss–Legendre steps of a smooth function in float64: 1e-4 relative is loose (captum's δ is far smaller)
+    np.testing.assert_allclose(attr.sum(1), diff, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(delta, attr.sum(1) - diff, atol=1e-7)
+    assert np.all(attr[1, 10:15] == 0)
+
+
+def test_integrated_gradients_zero_without_distance_and_checks_inputs():
+    model, data = _ig_setup("state", use_distance=False)
+    attr, _ = integrated_gradients(model, data, n_steps=8)
+    assert np.abs(attr).max() == 0
+    model, data = _ig_setup("state")
+    with torch.no_grad(): assert float(model.gate(torch.tensor([[far_distance_nm(model)]], **f64))) < 1e-9
+    with pytest.raises(ValueError):
+        integrated_gradients(model, data, "ms2")                    # a state model has no MS2 output
+    with pytest.raises(ValueError):
+        integrated_gradients(model, data, baseline_nm=100.0)        # a contact is not a neutral baseline
+    with pytest.raises(ValueError):
+        integrated_gradients(model, data, frames=[0, 1, 45])        # frame out of range
+    with pytest.raises(ValueError):
+        integrated_gradients(SeedsGateModel("state"), data)
+
+
+def test_off_to_on_and_triggered():
+    state = np.array([[0, 0, 1, 1, 0, 1, np.nan, 1], [1, 1, 0, 0, 0, 0, 0, 1]], dtype=float)
+    b, t = off_to_on(state)
+    assert b.tolist() == [0, 0, 1] and t.tolist() == [2, 5, 7]        # frame 7 of trace 0 follows a missing frame: no switch
+    v = np.arange(16, dtype=float).reshape(2, 8)
+    out = triggered(v, b, t, np.array([-3, -1, 0, 1]))
+    np.testing.assert_array_equal(out, [[np.nan, 1, 2, 3], [2, 4, 5, 6], [12, 14, 15, np.nan]])
+
+
+def test_integrated_gradients_refines_unconverged_traces():
+    "With `tol`, traces whose |δ| is above it are recomputed with more steps until they converge (or max_steps)."
+    model, data = _ig_setup("state")
+    coarse, d_coarse = integrated_gradients(model, data, n_steps=2)
+    assert np.abs(d_coarse).max() > 1e-6                              # two steps are not enough: refinement has work
+    fine, d_fine = integrated_gradients(model, data, n_steps=2, tol=1e-6, max_steps=256)
+    assert np.abs(d_fine).max() <= 1e-6
+    ref, _ = integrated_gradients(model, data, n_steps=256)
+    np.testing.assert_allclose(fine, ref, atol=1e-5)                 # converged attributions agree per frame
+    _, d_capped = integrated_gradients(model, data, n_steps=2, tol=1e-12, max_steps=4)
+    assert np.abs(d_capped).max() > 1e-12                             # max_steps caps the work
