@@ -333,7 +333,7 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
     if not re.fullmatch(r"tbl-[A-Za-z0-9_-]+", label): raise ValueError(f"table label {label!r} must look like 'tbl-name'")
     if df.empty: raise ValueError(f"table {label}: the DataFrame is empty")
     if not caption.strip() or "\n" in caption: raise ValueError(f"table {label}: the caption must be one non-empty line")
-    cols = [str(c) for c in df.columns]
+    cols = [str(c).replace("|", "\\|") for c in df.columns]
     align = ["---:" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else ":---" for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
