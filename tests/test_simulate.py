@@ -69,6 +69,34 @@ def test_defaults_follow_yang_et_al_in_seconds():
     assert np.all(np.diff(m.rate_per_s) > 0)
 
 
+def test_chunks_and_threads(monkeypatch):
+    "Chunks of traces have their own streams spawned from the seed: the numbers do not depend on the threads."
+    import xai_hsg.simulate as sim
+    monkeypatch.setattr(sim, "CHUNK_TRACES", 8)                               # 30 traces: chunks of 8, 8, 8, 6
+    p = SimParams(n_frames=40)
+    a, b = simulate(30, p, seed=8, threads=1), simulate(30, p, seed=8, threads=3)
+    for f in ("xyz_nm", "ms2", "state", "loading_counts", "initial_state"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert a.n_traces == 30 and len(a.loading_times_s) == len(a.candidate_times_s) == 30 and a.seed == 8
+    for i in (0, 9, 29):                                                     # ragged truth stays with its trace
+        np.testing.assert_allclose(a.ms2_clean[i], p.amplitude * sum(_trapezoid(a.t_s - x, p.t_rise_s, p.t_plateau_s)
+                                                                      for x in a.loading_times_s[i]), atol=1e-4)
+    assert not np.array_equal(a.xyz_nm[:8], a.xyz_nm[8:16])                  # the chunks' streams differ
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads"): simulate(2, threads=bad)
+
+
+def test_bench_runs_and_reports(tmp_path):
+    import importlib.util, pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_simulate.py"
+    spec = importlib.util.spec_from_file_location("bench_simulate", path); bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--n", "20", "--n-frames", "30", "--n-ref", "2", "--repeat", "1", "--threads", "1",
+                      "--json", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text())["speedup"] == pytest.approx(out["speedup"])
+    assert out["n_slow_modes"] == 15 and out["speedup"] > 0 and out["vectorised_trace_frames_per_s"] > 0
+
+
 def test_deterministic_per_seed():
     a, b, c = simulate(4, seed=3), simulate(4, seed=3), simulate(4, seed=4)
     for f in ("xyz_nm", "ms2", "state", "loading_counts"):
@@ -119,6 +147,97 @@ def test_msd_rouse_slope():
     msd_obs = np.mean(np.sum((obs[:, 1:] - obs[:, :-1]) ** 2, -1))
     assert msd_obs == pytest.approx(theory[0] + 12 * p.sigma_loc_nm**2, rel=0.10)
 
+
+def test_mode_selection_minimises_slow_modes():
+    "Cost-aware choice: >= variance_kept of Var(r) with the fewest slow modes (rate * dt < FRESH_DECAY), then the fewest fast."
+    from xai_hsg.simulate import FRESH_DECAY
+    for p in (SimParams(), SimParams(dt_s=5.0), SimParams(variance_kept=0.99), SimParams(separation_beads=31)):
+        m = rouse_modes(p)
+        assert m.fraction_kept >= p.variance_kept - 1e-12
+        N, k = p.n_beads, p.spring_rate_per_s                                  # every mode, from the formulas
+        a = N // 2 - p.separation_beads // 2; b = a + p.separation_beads; q = np.arange(1, N)
+        lam = 2 * (1 - np.cos(np.pi * q / N))
+        var = 2 / N * (np.cos((a + 0.5) * q * np.pi / N) - np.cos((b + 0.5) * q * np.pi / N))**2 * p.diffusion_nm2_per_s / (k * lam)
+        assert var.sum() == pytest.approx(m.var_full_nm2)
+        slow = k * lam * p.dt_s < FRESH_DECAY
+        kept = np.isin(q, m.p)
+        n_slow = int((kept & slow).sum())
+        # one slow mode fewer cannot reach the target even with every fast mode
+        if n_slow:
+            best = np.sort(var[slow])[::-1][:n_slow - 1].sum() + var[~slow].sum()
+            assert best < p.variance_kept * var.sum()
+        # the kept slow modes are the largest ones; one fast mode fewer misses the target
+        assert var[kept & slow].min(initial=np.inf) >= var[~kept & slow].max(initial=0)
+        if (kept & ~slow).any():
+            assert m.var_kept_nm2 - var[kept & ~slow].min() < p.variance_kept * var.sum()
+    # the even modes (E and P placed symmetrically) hold little variance: the default keeps 15 of the 33 slow modes
+    m, p = rouse_modes(SimParams()), SimParams()
+    assert int(np.sum(m.rate_per_s * p.dt_s < FRESH_DECAY)) == 15
+
+
+def _polymer_at(t_c, n, seed=0):
+    "r from the simulator's polymer step at frames 0, 30, 60, 90 s and at candidate times `t_c` (the same in every trace)."
+    import torch
+    from xai_hsg.simulate import _polymer
+    p = SimParams(n_frames=4)
+    t_frames = torch.arange(4, dtype=torch.float64) * p.dt_s
+    t_cand = torch.tensor(t_c, dtype=torch.float64).expand(n, -1).contiguous()
+    g = torch.Generator(); g.manual_seed(seed)
+    before = torch.get_num_threads(); torch.set_num_threads(1)     # as `simulate` would for this size (small steps)
+    try: r_f, r_c = _polymer(g, t_frames, p.dt_s, t_cand, torch.ones_like(t_cand, dtype=torch.bool), rouse_modes(p), torch.float32)
+    finally: torch.set_num_threads(before)
+    return p, np.r_[t_frames.numpy(), t_c], torch.cat([r_f, r_c], 1).double().numpy()
+
+
+@pytest.mark.parametrize("t_c", [[0.2, 10.0, 10.7, 29.5, 31.0, 75.0],        # near a frame; close; either side; alone
+                                 list(np.linspace(1.0, 58.0, 24))])         # dense: k_on ~ 0.4/s (r_c = 30 nm)
+def test_polymer_at_candidates_has_the_rouse_covariance(t_c):
+    """The exact law at the frames and at candidates, also for candidates sharing an interval, a frame, or next to one:
+    the variogram Var(r_i - r_j) of every pair of points against 2 sum_p c_p^2 std_p^2 (1 - e^{-theta_p |t_i - t_j|})."""
+    from xai_hsg.simulate import FRESH_DECAY
+    p, t, r = _polymer_at(t_c, 40000 if len(t_c) < 10 else 8000)
+    m = rouse_modes(p)
+    lag = np.abs(t[:, None] - t[None, :])
+    theory = 2 * np.sum(m.coef**2 * m.std_nm**2 * -np.expm1(-m.rate_per_s * lag[..., None]), -1)
+    x = r.transpose(0, 2, 1).reshape(-1, len(t))       # 120,000 (24,000 for the dense set) samples per point
+    emp = np.mean((x[:, :, None] - x[:, None, :]) ** 2, 0)
+    iu = np.triu_indices(len(t), 1)
+    # a variogram estimate from n Gaussian samples has SE sqrt(2/n) = 0.4% (n = 120,000; 0.9% for 24,000); tolerance
+    # 5 SE (the pairs share samples). Dropping the frames' correlation, a shared frame or the candidates' joint law
+    # moves the short lags by far more.
+    tol = 5 * math.sqrt(2 / len(x))
+    np.testing.assert_allclose(emp[iu], theory[iu], rtol=tol)
+    np.testing.assert_allclose(x.var(0), m.var_kept_nm2, rtol=tol)          # stationary variance at every point
+    # power: at the shortest lag the fast modes' share of the variogram is large, so an error of a few % in their
+    # law would fail the tolerance
+    fast = m.rate_per_s * p.dt_s >= FRESH_DECAY
+    theory_fast = 2 * np.sum((m.coef**2 * m.std_nm**2 * -np.expm1(-m.rate_per_s * lag[..., None]))[..., fast], -1)
+    k = np.argmin(lag[iu])
+    assert theory_fast[iu][k] > 0.5 * theory[iu][k]
+
+
+def test_banded_gaussian_draws_its_covariance():
+    "Chains of 6 points with covariance banded 2 wide (as the fast modes at candidates): samples have that covariance."
+    import torch
+    from xai_hsg.simulate import _banded_gaussian
+    m, n_chains = 6, 20000
+    t = np.array([0.0, 0.5, 3.0, 3.2, 9.0, 9.05])
+    C = np.exp(-np.abs(t[:, None] - t[None, :]) / 2.0) * (np.abs(np.arange(m)[:, None] - np.arange(m)[None, :]) <= 2)
+    assert np.linalg.eigvalsh(C).min() > 0                                    # a valid banded covariance
+    start = np.tile(np.maximum(np.arange(m) - 2, 0), n_chains) + np.repeat(np.arange(n_chains) * m, m)
+    band = np.zeros((m, 3)); band[:, 0] = 1.0
+    for d in (1, 2): band[d:, d] = C[np.arange(d, m), np.arange(m - d)]
+    g = torch.Generator(); g.manual_seed(0)
+    x = _banded_gaussian(g, torch.zeros(m * n_chains, 3, dtype=torch.float64), torch.ones(m * n_chains, dtype=torch.float64),
+                         torch.tensor(np.tile(band, (n_chains, 1))), torch.tensor(start), dict(dtype=torch.float32))
+    x = x.numpy().reshape(n_chains, m, 3).transpose(0, 2, 1).reshape(-1, m)   # 60,000 draws of the 6-vector
+    # covariance entries from 60,000 draws: SE <= sqrt(2/60000) = 0.006; tolerance 0.03 (5 SE)
+    np.testing.assert_allclose(np.cov(x.T), C, atol=0.03)
+    # a singular covariance (two points at the same time): finite draws, equal at the two points
+    band1 = np.array([[1.0, 0.0], [1.0, 1.0]])
+    y = _banded_gaussian(g, torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
+                         torch.tensor(band1), torch.tensor([0, 0]), dict(dtype=torch.float32))
+    assert torch.isfinite(y).all() and torch.allclose(y[0], y[1], atol=1e-5)
 
 # ---------------------------------------------------------------- promoter, Pol II, MS2
 

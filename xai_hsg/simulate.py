@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SECONDS_PER_MINUTE', 'FRESH_DECAY', 'SimParams', 'RouseModes', 'rouse_modes', 'maxwell_cdf', 'contact_probability',
-           'msd_theory', 'on_fraction_theory', 'mean_ms2_theory', 'SimResult', 'simulate', 'simulate_reference',
-           'save_simulation', 'write_simulation']
+__all__ = ['SECONDS_PER_MINUTE', 'FRESH_DECAY', 'CHUNK_TRACES', 'SimParams', 'RouseModes', 'rouse_modes', 'maxwell_cdf',
+           'contact_probability', 'msd_theory', 'on_fraction_theory', 'mean_ms2_theory', 'SimResult', 'default_threads',
+           'simulate', 'simulate_reference', 'save_simulation', 'write_simulation']
 
 # %% ../nbs/01_simulation.ipynb #28864486
 SECONDS_PER_MINUTE = 60.0
@@ -51,7 +51,7 @@ class SimParams:
     separation_beads: int = 90           # genomic E-P separation in beads (Yang: sep = 90)
     diffusion_nm2_per_s: float = 2810.0  # bead diffusion D, nm^2/s (Yang: 2810*60 nm^2/min)
     spring_rate_per_s: float = 1 / 0.177 # spring rate k, 1/s (Yang: 60/0.177 per min)
-    variance_kept: float = 0.999         # keep the fewest normal modes holding >= this fraction of Var(r)
+    variance_kept: float = 0.999         # keep normal modes holding >= this fraction of Var(r) (fewest slow ones: `rouse_modes`)
     # observation of the two spots
     sigma_loc_nm: float = 40.0           # localization error per spot and axis, nm (Yang: 40 nm)
     # promoter (two states, contact-gated activation)
@@ -118,17 +118,26 @@ class RouseModes:
     @property
     def fraction_kept(self) -> float: return self.var_kept_nm2 / self.var_full_nm2
 
+FRESH_DECAY = 17.0  # e^-17 = 4e-8, below float32 resolution: a mode decorrelated this far is an independent draw
+
 def rouse_modes(params: SimParams) -> RouseModes:
-    "The normal modes needed for the E–P vector of `params` (>= `variance_kept` of its variance)."
+    """The normal modes kept for the E–P vector of `params`: >= `variance_kept` of Var(r), chosen for the simulator's cost.
+    A *slow* mode (rate * dt_s < FRESH_DECAY) costs a random draw per frame and axis; the fast ones are nearly free (their
+    sum is one draw per point). So: the fewest slow modes (largest variance first) that reach the target together with
+    all fast modes, then the fewest fast modes (largest variance first) that complete it."""
     N, D, k = params.n_beads, params.diffusion_nm2_per_s, params.spring_rate_per_s
     a = N // 2 - params.separation_beads // 2; b = a + params.separation_beads   # 0-based bead indices
     p = np.arange(1, N)
     lam = 2 * (1 - np.cos(np.pi * p / N))
     coef = np.sqrt(2 / N) * (np.cos((a + 0.5) * p * np.pi / N) - np.cos((b + 0.5) * p * np.pi / N))
     var = coef**2 * D / (k * lam)
-    order = np.argsort(-var, kind="stable")
-    n_keep = int(np.searchsorted(np.cumsum(var[order]) / var.sum(), params.variance_kept - 1e-12) + 1)
-    keep = order[:min(n_keep, len(order))]
+    target = params.variance_kept * var.sum() * (1 - 1e-12)
+    slow = k * lam * params.dt_s < FRESH_DECAY
+    by_var = lambda idx: idx[np.argsort(-var[idx], kind="stable")]
+    s_idx, f_idx = by_var(np.flatnonzero(slow)), by_var(np.flatnonzero(~slow))
+    n_slow = min(int(np.searchsorted(np.r_[0, np.cumsum(var[s_idx])] + var[f_idx].sum(), target)), len(s_idx))
+    n_fast = min(int(np.searchsorted(np.r_[0, np.cumsum(var[f_idx])] + var[s_idx[:n_slow]].sum(), target)), len(f_idx))
+    keep = np.r_[s_idx[:n_slow], f_idx[:n_fast]]
     keep = keep[np.argsort(lam[keep], kind="stable")]
     return RouseModes(p=p[keep], rate_per_s=k * lam[keep], std_nm=np.sqrt(D / (k * lam[keep])),
                       coef=coef[keep], var_full_nm2=float(var.sum()))
@@ -245,7 +254,8 @@ class SimResult:
 def _rows_to_list(values: torch.Tensor, mask: torch.Tensor) -> list:
     "Ragged rows: values[b][mask[b]] as a list of numpy arrays."
     v, m = values.detach().cpu().numpy(), mask.detach().cpu().numpy()
-    return np.split(v[m], np.cumsum(m.sum(1))[:-1]) if len(m) else []
+    flat, ends = v[m], np.cumsum(m.sum(1)).tolist()
+    return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]   # (np.split is 30x slower on thousands of rows)
 
 def _poisson_times(g, B, rate, t0, span, dev, pad):
     "Per trace a Poisson(rate*span) number of uniform times on [t0, t0+span), sorted; padded with `pad`. Returns (times, valid)."
@@ -264,83 +274,198 @@ def _check_run_args(n_traces, seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
-FRESH_DECAY = 17.0  # e^-17 = 4e-8, below float32 resolution: a mode decorrelated this far is an independent draw
-
-def _mode_groups(rate, dt, ratio=1.6):
-    "Boundaries of mode groups (modes sorted by rate): [0, n_slow) slow (rate*dt < FRESH_DECAY), then bins of rate within x`ratio`."
-    bounds = [int(np.searchsorted(rate, FRESH_DECAY / dt))]
+def _mode_groups(rate, dt, ratio=1.6, min_fast_rate=0.0):
+    """Boundaries of mode groups (modes sorted by rate): [0, n_slow) slow (rate*dt < FRESH_DECAY, or rate < `min_fast_rate`),
+    then bins of rate within x`ratio`."""
+    bounds = [int(np.searchsorted(rate, max(FRESH_DECAY / dt, min_fast_rate)))]
     while bounds[-1] < len(rate): bounds.append(int(np.searchsorted(rate, rate[bounds[-1]] * ratio, side="right")))
     return bounds
 
-def _slow_modes(g, gaps, theta, std, coef, block=4):
-    "Slow modes: exact OU updates through every point of the merged grid. Returns their part of r, [B, J, 3]."
-    B, J = gaps.shape[0], gaps.shape[1] + 1
-    u = torch.randn(B, 3, len(theta), generator=g, dtype=std.dtype, device=std.device).mul_(std)
-    r = torch.empty(B, J, 3, dtype=std.dtype, device=std.device)
-    r[:, 0] = u @ coef
-    for j0 in range(1, J, block):                       # decays, scales and noise for a block of steps at once
-        x = gaps[:, j0 - 1:j0 - 1 + block, None] * theta
-        decay = torch.exp(-x).masked_fill_(x > 80, 0.0)  # e^-80 ~ 2e-35: keeps float32 away from slow subnormals
-        scale = torch.sqrt(-torch.expm1(-2 * x)).mul_(std)
-        noise = torch.randn(B, x.shape[1], 3, len(theta), generator=g, dtype=std.dtype, device=std.device)
-        for i in range(x.shape[1]):
-            u.mul_(decay[:, i, None]).addcmul_(noise[:, i], scale[:, i, None])
-            r[:, j0 + i] = u @ coef
-    return r
+def _ou_bridge(theta, std, s, q):
+    """Exact OU bridge, per mode: u at `s` after a point and `q` before the next one, given u at both, is
+    N(a u_before + b u_after, var). s, q: [n, 1]; theta, std: [S]. Returns a, b, var ([n, S] each)."""
+    e_s, e_q = torch.expm1(s * -theta), torch.expm1(q * -theta)       # e^{-theta x} - 1, accurate for small x
+    m_s, m_q = e_s * (-2 - e_s), e_q * (-2 - e_q)                       # 1 - e^{-2 theta x}
+    r = (m_s + m_q * (1 - m_s)).reciprocal_()                           # 1 / (1 - e^{-2 theta (s + q)})
+    a, b = (1 + e_s).mul_(m_q).mul_(r), (1 + e_q).mul_(m_s).mul_(r)
+    return a, b, m_s.mul_(m_q).mul_(r).mul_(std**2)
 
-def _fast_modes(g, r, gaps, real, theta, std, coef, bounds):
-    """Fast modes (rate*dt >= FRESH_DECAY) in groups `bounds` of similar rate. Across a frame interval they are fresh
-    draws, so each group is stepped exactly only along chains of points closer than FRESH_DECAY/rate_min (a candidate
-    and its neighbours); at every other point it is one independent N(0, sum c^2 std^2) draw per axis. Adds to r."""
-    B, J = real.shape
-    inf = torch.tensor(torch.inf, dtype=gaps.dtype, device=gaps.device)
-    gap_prev = torch.full((B, J), torch.inf, dtype=gaps.dtype, device=gaps.device)
-    gap_prev[:, 1:] = torch.where(real[:, 1:], gaps, inf)
-    gap_next = torch.full_like(gap_prev, torch.inf); gap_next[:, :-1] = gap_prev[:, 1:]
-    var_group = [float((coef[lo:hi]**2 * std[lo:hi]**2).sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    var_isolated = real.to(r.dtype) * sum(var_group)
-    reach_max = FRESH_DECAY / float(theta[bounds[0]]) if len(bounds) > 1 else 0.0
-    b_idx, j_idx = torch.nonzero((gap_prev < reach_max) | (gap_next < reach_max), as_tuple=True)  # sorted by (b, j)
-    if len(b_idx):
-        gp, gn = gap_prev[b_idx, j_idx], gap_next[b_idx, j_idx]
-        var_c = torch.full((len(b_idx),), sum(var_group), dtype=r.dtype, device=r.device)
-        add = torch.zeros(len(b_idx), 3, dtype=r.dtype, device=r.device)
-        for (lo, hi), v in zip(zip(bounds[:-1], bounds[1:]), var_group):
-            th, sd, cf = theta[lo:hi], std[lo:hi], coef[lo:hi]
-            reach = FRESH_DECAY / float(th[0])
-            link = gp < reach                                   # correlated with the previous point (= previous element)
-            chained = link | (gn < reach)
-            var_c -= v * chained
-            idx = torch.nonzero(chained).squeeze(1)
-            if not len(idx): continue
-            link_e = link[idx]
-            c = torch.cumsum(link_e, 0, dtype=torch.int32)
-            level = c - torch.cummax(torch.where(link_e, 0, c), 0).values     # position in the chain
-            U = torch.randn(len(idx), 3, len(th), generator=g, dtype=r.dtype, device=r.device).mul_(sd)  # stationary draws
-            for k in range(1, int(level.max()) + 1):            # along chains: u <- u_prev e^{-x} + (std xi) sqrt(1 - e^{-2x})
-                sel = torch.nonzero(level == k).squeeze(1)
-                x = gp[idx[sel]].to(r.dtype)[:, None] * th
-                U[sel] = U[sel - 1] * torch.exp(-x)[:, None] + U[sel] * torch.sqrt(-torch.expm1(-2 * x))[:, None]
-            add.index_add_(0, idx, U @ cf)
-        var_isolated[b_idx, j_idx] = var_c.clamp(min=0)
-        r.index_put_((b_idx, j_idx), add, accumulate=True)
-    r += torch.randn(r.shape, generator=g, dtype=r.dtype, device=r.device) * var_isolated.sqrt()[..., None]
+def _fast_cov(lag_s, theta, w, bounds):
+    """Per-axis covariance of the fast modes' part of r at lags `lag_s` (float64, >= 0): K(lag) = sum_p w_p e^{-theta_p lag},
+    and K(0) - K(lag) without cancellation (for tiny lags). `bounds`: rate groups (indices into theta, w); a group is
+    summed only where its slowest mode is within reach (theta lag < FRESH_DECAY: e^-17, below float32 resolution)."""
+    n, f64 = len(lag_s), dict(dtype=torch.float64, device=lag_s.device)
+    w_near, w_gone = torch.zeros(n, **f64), torch.zeros(n, **f64)   # weight of the groups in reach; their sum w (1 - e^{-theta lag})
+    idx = torch.arange(n, device=lag_s.device)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        idx = idx[lag_s[idx] < FRESH_DECAY / float(theta[lo])]    # reach shrinks with rate: a subset of the last group's
+        if not len(idx): break
+        gone = -torch.expm1(-lag_s[idx, None].to(theta.dtype) * theta[lo:hi])   # 1 - e^{-theta lag}, accurate for tiny lags
+        w_gone.index_add_(0, idx, (gone @ w[lo:hi]).double())
+        w_near.index_add_(0, idx, torch.full((len(idx),), float(w[lo:hi].double().sum()), **f64))
+    K0 = float(w.double().sum())
+    return w_near - w_gone, (K0 - w_near) + w_gone
+
+def _banded_gaussian(g, mean, var, C_band, start, kw):
+    """Draw x ~ N(mean, C) for n points in time order whose covariance is banded: C[i, j] = 0 for j < start[i] <= i.
+    C_band[i, d] = C[i, i - d] (d = 0: the variance `var`). The Cholesky factor keeps that profile, so its row i is
+    solved from the rows start[i]..i-1 only; rows are filled by their position in the chain of linked points (all
+    chains at once). Rounding below 0 in a pivot is taken as 0. Returns [n, 3]."""
+    n, W = C_band.shape[0], C_band.shape[1] - 1
+    i = torch.arange(n, device=mean.device)
+    link = start < i                                                   # correlated with the point before it
+    c = torch.cumsum(link, 0); pos = c - torch.cummax(torch.where(link, 0, c), 0).values
+    L = torch.zeros_like(C_band); L[:, 0] = var.clamp(min=0).sqrt()
+    floor = 1e-12 * float(var.max().clamp(min=1e-300).sqrt())         # a zero pivot would make the solve singular
+    for p in range(1, int(pos.max()) + 1 if n else 0):
+        rows = torch.nonzero(pos == p).squeeze(1)
+        w = min(p, W)                                                  # a row at chain position p has <= p rows before it
+        a = torch.arange(w, device=mean.device); offs = a[:, None] - a[None, :]
+        jj = rows[:, None] - w + a                                     # window rows, oldest first
+        ok = jj >= start[rows][:, None]
+        G = L.index_select(0, jj.reshape(-1)).view(len(rows), w, W + 1)
+        blk = G.gather(2, offs.clamp(min=0).expand(len(rows), w, w)) * ((offs >= 0) & ok[:, :, None] & ok[:, None, :])
+        diag = blk.diagonal(dim1=1, dim2=2)
+        diag.copy_(torch.where(ok, diag.clamp(min=floor), 1.0))
+        rhs = C_band[rows, 1:w + 1].flip(1) * ok                      # C[i, j_a], a = 0..w-1 (d = w - a)
+        y = torch.linalg.solve_triangular(blk, rhs[:, :, None], upper=False).squeeze(-1)
+        lim = L[rows, 0][:, None]                                      # |L_ij| <= sqrt(C_ii) for a PSD matrix
+        y = torch.where(ok, y.clamp(-lim, lim), 0.0)
+        L[rows, 1:w + 1] = y.flip(1)
+        L[rows, 0] = (var[rows] - (y**2).sum(1)).clamp(min=0).sqrt()
+    z = torch.randn(n, 3, generator=g, **kw).to(L.dtype)
+    x = torch.zeros(n, 3, dtype=L.dtype, device=L.device)
+    for d in range(W + 1): x[d:] += L[d:, d, None] * z[:n - d]
+    return mean + x
+
+def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
+    """The E–P vector at the frames ([B, F, 3]) and at the activation candidates ([B, M, 3]; 0 where not valid),
+    exact in law. Slow modes (rate*dt < FRESH_DECAY) are stepped per mode through the frames, then bridged to the
+    candidates between them; the fast modes' sum is independent from frame to frame and is drawn at the candidates
+    from its exact Gaussian law given the frames (see the notebook)."""
+    dev = t_cand.device; B, F = t_cand.shape[0], len(t_frames)
+    kw, f64 = dict(dtype=dtype, device=dev), dict(dtype=torch.float64, device=dev)
+    # slow: stepped per mode (rate * dt < FRESH_DECAY); also the modes that stay correlated over more than ~8 candidates
+    # on average (dense candidates), which keeps the fast modes' band of correlated candidates (below) narrow
+    span_s = float(t_frames[-1] - t_frames[0]) + dt_s
+    per_s = float(cand_valid.sum()) / max(B * span_s, 1e-300)         # candidates per second and trace
+    bounds = _mode_groups(modes.rate_per_s, dt_s, min_fast_rate=2 * FRESH_DECAY * per_s / 8); S = bounds[0]
+    theta, std, coef = (torch.tensor(a, **kw) for a in (modes.rate_per_s, modes.std_nm, modes.coef))
+    th, sd, cf = theta[:S], std[:S], coef[:S]
+    w_fast = (coef[S:] * std[S:]) ** 2                               # per-mode variance of the fast part of r
+    K0 = float(w_fast.double().sum())                                 # its total
+    t_ext = torch.cat([t_frames, t_frames[-1:] + dt_s])              # + a frame after the last: every candidate is bracketed
+    Fx = F + 1
+
+    # slow modes through the frames: u_f = e^{-theta dt} u_{f-1} + std sqrt(1 - e^{-2 theta dt}) xi, in place on the noise,
+    # a few frames at a time so that drawing, scaling, stepping and summing stay in cache
+    X = torch.empty(Fx, B, 3, S, **kw); r_slow = torch.empty(Fx, B, 3, **kw)
+    decay, scale = torch.exp(-th * dt_s), sd * torch.sqrt(-torch.expm1(-2 * th * dt_s))
+    for f0 in range(0, Fx, 8):
+        blk = X[f0:f0 + 8].normal_(generator=g).mul_(scale)
+        if f0 == 0: X[0].mul_(sd / scale)                            # the first frame: a stationary draw
+        for f in range(max(f0, 1), f0 + len(blk)): X[f].addcmul_(X[f - 1], decay)
+        torch.matmul(blk, cf, out=r_slow[f0:f0 + 8])
+    fast_frames = math.sqrt(K0) * torch.randn(B, Fx, 3, generator=g, **kw)   # fast modes: a fresh draw at every frame
+    r_frames = r_slow.transpose(0, 1) + fast_frames
+    Xr = X.view(Fx * B, 3, S)                                        # row f * B + b: the modes of trace b at frame f
+
+    b_c, j_c = torch.nonzero(cand_valid, as_tuple=True)              # candidates, sorted by trace and time
+    r_cand = torch.zeros(B, t_cand.shape[1], 3, **kw)
+    if not len(b_c): return r_frames[:, :F], r_cand
+    n = len(b_c); tc = t_cand[b_c, j_c]
+    f_c = (torch.searchsorted(t_ext, tc, right=True) - 1).clamp(0, F - 1)   # the frame before each candidate
+    s_prev, s_next = tc - t_ext[f_c], t_ext[f_c + 1] - tc
+
+    # slow modes: OU bridge from the previous point (frame, or candidate in the same interval) to the next frame
+    same = (b_c[1:] == b_c[:-1]) & (f_c[1:] == f_c[:-1])
+    has_pred = torch.cat([torch.zeros(1, dtype=torch.bool, device=dev), same])
+    has_succ = torch.cat([same, torch.zeros(1, dtype=torch.bool, device=dev)])
+    c = torch.cumsum(has_pred, 0)
+    level = c - torch.cummax(torch.where(has_pred, 0, c), 0).values   # position of the candidate within its interval
+    slow_c = torch.empty(n, 3, **kw)
+    for k in range(int(level.max()) + 1):
+        sel = torch.nonzero(level == k).squeeze(1); row = f_c[sel] * B + b_c[sel]; fs = f_c[sel]
+        prev = Xr.index_select(0, row) if k == 0 else U.index_select(0, torch.searchsorted(U_at, sel - 1))
+        s = (tc[sel] - (t_ext[fs] if k == 0 else tc[sel - 1])).to(dtype)[:, None]
+        a, b, var = _ou_bridge(th, sd, s, s_next[sel].to(dtype)[:, None])
+        mean = prev.mul_(a[:, None]).addcmul_(Xr.index_select(0, row + B), b[:, None])   # [n_k, 3, S] (prev is a copy)
+        slow_c[sel] = mean @ cf + (var @ cf**2).sqrt()[:, None] * torch.randn(len(sel), 3, generator=g, **kw)
+        succ = torch.nonzero(has_succ[sel]).squeeze(1); i = sel[succ]
+        if len(i):       # a later candidate in the interval bridges from here: draw its modes (the lumped draw is unused)
+            u = mean.index_select(0, succ).addcmul_(var.index_select(0, succ).sqrt()[:, None],
+                                                    torch.randn(len(i), 3, S, generator=g, **kw))
+            slow_c.index_copy_(0, i, u @ cf)
+        U, U_at = (u, i) if len(i) else (None, None)                   # per-mode values the next level bridges from
+
+    fast_c = torch.zeros(n, 3, **f64)
+    if K0 > 0:   # fast modes: Gaussian given the two bracketing frames (all other points are uncorrelated with them)
+        fb = [lo - S for lo in bounds]                                  # rate groups of the fast modes
+        (Km, Kp), (Dm, Dp) = (x.view(2, n) for x in _fast_cov(torch.cat([s_prev, s_next]), theta[S:], w_fast, fb))
+        row = b_c * Fx + f_c; ff = fast_frames.view(B * Fx, 3)
+        mean = (Km[:, None] * ff.index_select(0, row).double() + Kp[:, None] * ff.index_select(0, row + 1).double()) / K0
+        # K0 - (Km^2 + Kp^2)/K0, written from the nearer frame's side so that a candidate next to a frame does not cancel
+        var = torch.where(s_prev <= s_next, Dm * (2 - Dm / K0) - Kp**2 / K0, Dp * (2 - Dp / K0) - Km**2 / K0).clamp(min=0)
+        # two candidates are correlated given the frames only if closer than reach, or both within reach of a frame they
+        # share (so < 2 reach apart): in time order C is banded, from start[i] = the first one < 2 reach before i
+        reach2 = 2 * FRESH_DECAY / float(theta[S])
+        first = torch.cumsum(cand_valid.sum(1), 0) - cand_valid.sum(1)  # flat index of each trace's first candidate
+        start = first[b_c] + torch.searchsorted(t_cand, t_cand - reach2)[b_c, j_c]
+        W = int((torch.arange(n, device=dev) - start).max())
+        C_band = torch.zeros(n, W + 1, **f64); C_band[:, 0] = var
+        if W:
+            ii, dd = torch.nonzero(torch.arange(1, W + 1, device=dev) <= (torch.arange(n, device=dev) - start)[:, None],
+                                   as_tuple=True); dd = dd + 1; jj = ii - dd
+            K_lag = _fast_cov(tc[ii] - tc[jj], theta[S:], w_fast, fb)[0]
+            shared = torch.where(f_c[jj] == f_c[ii], Km[ii] * Km[jj] + Kp[ii] * Kp[jj],     # both frames shared
+                                 torch.where(f_c[jj] == f_c[ii] - 1, Km[ii] * Kp[jj], 0.0))  # frame f_i only
+            C_band[ii, dd] = K_lag - shared / K0
+        fast_c = _banded_gaussian(g, mean, var, C_band, start, kw)
+    r_cand.view(-1, 3).index_copy_(0, b_c * t_cand.shape[1] + j_c, slow_c + fast_c.to(dtype))
+    return r_frames[:, :F], r_cand
+
+def default_threads() -> int:
+    "Threads `simulate` uses when not told: 2 (or the cores, if fewer), or 1 if the machine is busy (1-min load > cores - 1)."
+    cores = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > cores - 1
+    return 1 if busy else min(2, cores)
+
+CHUNK_TRACES = 512   # CPU: traces per chunk; each chunk has its own random stream, and chunks run on parallel threads
 
 def simulate(n_traces: int, params: SimParams | None = None, seed: int = 0, device: str = "cpu",
              dtype: torch.dtype = torch.float32, threads: int | None = None) -> SimResult:
     """Simulate `n_traces` EP-distance + MS2 traces (vectorised over traces and modes; exact OU updates). See `SimResult`.
-    `threads` (CPU only): torch threads for the run. None: 1 thread when the per-step tensors (traces x 3 x slow modes)
-    are too small to gain from threads or when the machine is already busy (1-min load > cores - 1), because OpenMP
-    threads spin-waiting for a core held by another process make the many small steps up to 30x slower; else torch's."""
+    On CPU the traces are simulated in chunks of `CHUNK_TRACES`, chunk k with its own random stream spawned from `seed`
+    (numpy SeedSequence), `threads` chunks at a time (torch releases the GIL): the result depends on `seed` and
+    `n_traces`, not on `threads`. None: `default_threads()`. torch's own (OpenMP) threads are held at 1: the steps are
+    small, and OpenMP threads spin-waiting for a core held by another process make them up to 30x slower."""
     params = params or SimParams(); _check_run_args(n_traces, seed)
     if torch.device(device).type != "cpu": return _simulate(n_traces, params, seed, device, dtype)
-    before = torch.get_num_threads()
-    n_slow = _mode_groups(rouse_modes(params).rate_per_s, params.dt_s)[0]
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1) - 1
-    n = threads or (1 if busy or n_traces * 3 * max(n_slow, 1) < 500_000 else before)
-    torch.set_num_threads(max(1, int(n)))
-    try: return _simulate(n_traces, params, seed, device, dtype)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    n = int(threads or default_threads())
+    sizes = [min(CHUNK_TRACES, n_traces - i) for i in range(0, n_traces, CHUNK_TRACES)]
+    seeds = [int(s.generate_state(1, np.uint64)[0] >> 1) for s in np.random.SeedSequence(int(seed)).spawn(len(sizes))]
+    run = lambda k: _simulate(sizes[k], params, seeds[k], device, dtype)
+    before = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        if n > 1 and len(sizes) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(min(n, len(sizes))) as ex: parts = list(ex.map(run, range(len(sizes))))
+        else:
+            parts = [run(k) for k in range(len(sizes))]
     finally: torch.set_num_threads(before)
+    return _concat_results(parts, seed)
+
+_PER_TRACE = ("xyz_nm", "xyz_true_nm", "distance_true_nm", "state", "on_fraction", "loading_counts", "ms2_clean", "ms2",
+              "initial_state")
+_RAGGED = ("loading_times_s", "switch_times_s", "candidate_times_s", "candidate_distance_nm", "candidate_accepted")
+
+def _concat_results(parts: list, seed: int) -> SimResult:
+    "One result from chunks of traces simulated with the same parameters."
+    arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _PER_TRACE} if len(parts) > 1 else {}
+    ragged = {f: [x for p in parts for x in getattr(p, f)] for f in _RAGGED}
+    return dataclasses.replace(parts[0], seed=int(seed), **arrays, **ragged)
 
 def _simulate(n_traces, params, seed, device, dtype):
     dev = torch.device(device); B = int(n_traces)
@@ -351,24 +476,10 @@ def _simulate(n_traces, params, seed, device, dtype):
     F_all = len(t_frames_np); pad = t1 + 1.0
     t_frames = torch.tensor(t_frames_np, **f64)
 
-    # 1. candidates and the merged grid
+    # 1. activation candidates; 2. the polymer at the frames and at the candidates
     t_cand, cand_valid = _poisson_times(g, B, params.k_on, t0, span, dev, pad)
-    merged = torch.cat([t_frames.expand(B, F_all), t_cand], dim=1)
-    merged, order = torch.sort(merged, dim=1, stable=True)
-    inv = torch.empty_like(order); inv.scatter_(1, order, torch.arange(order.shape[1], device=dev).expand_as(order))
-
-    # 2. polymer: exact OU updates on the merged grid (slow modes everywhere, fast modes only where they are correlated)
-    groups = _mode_groups(modes.rate_per_s, params.dt_s)
-    theta = torch.tensor(modes.rate_per_s, dtype=dtype, device=dev)
-    std = torch.tensor(modes.std_nm, dtype=dtype, device=dev)
-    coef = torch.tensor(modes.coef, dtype=dtype, device=dev)
-    J = merged.shape[1]
-    gaps = merged.diff(dim=1)
-    real = merged <= t1                                       # merged-grid points that are not padding
-    r = _slow_modes(g, gaps.to(dtype), theta[:groups[0]], std[:groups[0]], coef[:groups[0]])
-    _fast_modes(g, r, gaps, real, theta, std, coef, groups)
-    r_frames = r.gather(1, inv[:, :F_all, None].expand(-1, -1, 3))
-    d_cand = r.gather(1, inv[:, F_all:, None].expand(-1, -1, 3)).double().norm(dim=-1)
+    r_frames, r_cand = _polymer(g, t_frames, params.dt_s, t_cand, cand_valid, modes, dtype)
+    d_cand = r_cand.double().norm(dim=-1)
 
     # 3. promoter
     if params.contact_width_nm > 0:
@@ -396,9 +507,9 @@ def _simulate(n_traces, params, seed, device, dtype):
 
     flips = ev_real & (ev_type != seg_state[:, :-1])
     t_out = t_frames[n_burn:].expand(B, -1)
-    lo, hi = t_out - params.dt_s / 2, t_out + params.dt_s / 2
+    edges = torch.cat([t_out[:, :1] - params.dt_s / 2, t_out + params.dt_s / 2], 1)   # frame windows [lo, hi), contiguous
     state = state_at(t_out)
-    on_fraction = (on_time(hi) - on_time(lo)) / params.dt_s
+    on_fraction = torch.diff(on_time(edges), dim=1) / params.dt_s
 
     # 4. Pol II loading by thinning
     nu_max = max(params.nu_on_per_s, params.nu_off_per_s)
@@ -411,7 +522,7 @@ def _simulate(n_traces, params, seed, device, dtype):
     t_load = torch.sort(torch.where(keep, t_load, torch.inf), dim=1).values
     keep = torch.isfinite(t_load)
     csum = torch.cat([torch.zeros(B, 1, **f64), torch.cumsum(torch.where(keep, t_load, 0.0), 1)], 1)
-    counts = torch.searchsorted(t_load, hi.contiguous()) - torch.searchsorted(t_load, lo.contiguous())
+    counts = torch.diff(torch.searchsorted(t_load, edges), dim=1)
 
     # 5. MS2 = A * sum_j K(t - t_j), K trapezoid; via counts and prefix sums of sorted loading times
     def n_le(x): return torch.searchsorted(t_load, x.contiguous(), right=True)
@@ -419,9 +530,9 @@ def _simulate(n_traces, params, seed, device, dtype):
     rise = ((n0 - n1) * t_out - (csum.gather(1, n0) - csum.gather(1, n1))) / params.t_rise_s
     kernel_sum = rise + (n1 - n2)
     ms2_clean = params.ms2_background + params.amplitude * kernel_sum * torch.exp(-params.bleach_rate_per_s * t_out.clamp(min=0))
-    ms2 = ms2_clean + params.sigma_ms2 * torch.randn(ms2_clean.shape, generator=g, **f64)
-    r_out = r_frames[:, n_burn:].double()
-    xyz = r_out + math.sqrt(2) * params.sigma_loc_nm * torch.randn(r_out.shape, generator=g, **f64)
+    ms2 = ms2_clean + params.sigma_ms2 * torch.randn(ms2_clean.shape, generator=g, dtype=dtype, device=dev).double()
+    r_out = r_frames[:, n_burn:]                                     # in `dtype`: the outputs are float32
+    xyz = r_out + math.sqrt(2) * params.sigma_loc_nm * torch.randn(r_out.shape, generator=g, dtype=dtype, device=dev)
 
     cpu = lambda x: x.detach().cpu().numpy()
     return SimResult(
