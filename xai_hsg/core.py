@@ -334,9 +334,12 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
     if df.empty: raise ValueError(f"table {label}: the DataFrame is empty")
     if not caption.strip() or "\n" in caption: raise ValueError(f"table {label}: the caption must be one non-empty line")
     cols = [str(c).replace("|", "\\|") for c in df.columns]
-    align = ["---:" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else ":---" for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    rows = [[_markdown_cell(v) for v in row] for row in df.itertuples(index=False)]
+    # dashes proportional to each column's widest entry: pandoc sizes the columns of a wide table by them
+    width = [max(3, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(cols)]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    align = ["-" * w + ":" if num else ":" + "-" * w for w, num in zip(width, numeric)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
     folder = paths(profile, root).tables
     folder.mkdir(parents=True, exist_ok=True)
     md = folder/f"{label}.md"
