@@ -290,17 +290,25 @@ def fit_neural_radius(arrays: dict, method: str = "hazard", sigma_loc_nm: float 
 # %% ../nbs/03a_neural_radius.ipynb #bdb9b8b9
 def radius_interval(arrays: dict, method: str = "hazard", n_members: int = 5, ci: float = 0.9, seed: int = 0,
                     estimate_nm: float | None = None, **fit_kw) -> tuple[float, float, float]:
-    """(estimate, lo, hi) in nm: the estimate from all traces (or `estimate_nm` when already fitted); the interval
-    the `ci` percentile range over `n_members` ensemble members, each with its own seed and a bootstrap resample of
-    the traces. `fit_kw` go to `fit_neural_radius`."""
+    """(estimate, lo, hi) in nm: the estimate from all traces (or `estimate_nm` when already fitted) and a `ci`
+    bootstrap-t interval from `n_members` ensemble members, each with its own seed and a bootstrap resample of the
+    traces: estimate ∓ t_{n−1}·sd(members), on the log scale when every member is positive (the radius is a scale;
+    the seeds' nm-equivalent can be ≤ 0, then linear). With ~10 members the members' own percentile range would
+    under-cover (it is the range of a handful of draws); the t quantile accounts for estimating the spread from them.
+    `fit_kw` go to `fit_neural_radius`."""
+    from scipy.stats import t as student_t
     if n_members < 2: raise ValueError(f"n_members must be >= 2, got {n_members}")
     if not 0 < ci < 1: raise ValueError(f"ci must be in (0, 1), got {ci}")
     B = len(arrays["distance_nm"]); rng = np.random.default_rng(seed)
     est = fit_neural_radius(arrays, method, seed=seed, **fit_kw)["r_c_nm"] if estimate_nm is None else float(estimate_nm)
-    members = [fit_neural_radius(arrays, method, seed=seed + 1 + m, idx=np.sort(rng.integers(0, B, B)), **fit_kw)["r_c_nm"]
-               for m in range(n_members)]
-    lo, hi = np.quantile(members, [(1 - ci) / 2, (1 + ci) / 2])
-    return float(est), float(lo), float(hi)
+    members = np.array([fit_neural_radius(arrays, method, seed=seed + 1 + m, idx=np.sort(rng.integers(0, B, B)), **fit_kw)["r_c_nm"]
+                        for m in range(n_members)])
+    q = float(student_t.ppf((1 + ci) / 2, n_members - 1))
+    if est > 0 and (members > 0).all():
+        half = q * np.std(np.log(members), ddof=1)
+        return float(est), float(est * np.exp(-half)), float(est * np.exp(half))
+    half = q * np.std(members, ddof=1)
+    return float(est), float(est - half), float(est + half)
 
 # %% ../nbs/03a_neural_radius.ipynb #a90bef22
 def regularisation_sensitivity(arrays: dict, method: str = "hazard", weights=None, seed: int = 0, **fit_kw) -> dict:
