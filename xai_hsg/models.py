@@ -285,7 +285,7 @@ class EPModel(nn.Module):
 # %% ../nbs/02_ep_ms2.ipynb #34050efe
 class SeedsGateModel(nn.Module):
     """The seeds' design, kept as a baseline: distance normalised per trace by its own maximum (d̃ = d / max d),
-    gate = sigmoid(100·(d_c − d̃)) with d_c learned in (0, 1), the gate *multiplies* the input (far frames look like
+    gate = sigmoid(100·(d_c − d̃)) with d_c learned unconstrained (as in the seeds: it can run below 0 and close the gate everywhere), the gate *multiplies* the input (far frames look like
     d̃ = 0), sparsity penalty 0.5·mean(gate) added to the loss; same U-Net + ResNet backbone and heads."""
     def __init__(self, task: str = "ms2", width: int = 8, depth: int = 3, d_c: float = 0.5, steepness: float = 100.0,
                  sparsity: float = 0.5, ms2_mean: float = 0.0, ms2_std: float = 1.0):
