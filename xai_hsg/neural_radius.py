@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .models import CausalConv1d, EPModel, SeedsGateModel, TrainConfig, rice3_cdf
 from .models import estimate_sigma_r, to_tensors, train
-from .radius import bridge_terms, motion_covariance
+from .radius import bridge_terms, motion_covariance, subset_traces
 
 # %% auto #0
 __all__ = ['METHODS', 'DEFAULT_REG', 'DEFAULT_EPOCHS', 'interval_terms', 'ContactHazardNet', 'transition_masks', 'hazard_loss',
@@ -258,8 +258,7 @@ def fit_neural_radius(arrays: dict, method: str = "hazard", sigma_loc_nm: float 
     d, s = _check_arrays(arrays, state)
     a = dict(arrays, state=s)
     if idx is not None:
-        idx = np.asarray(idx)
-        a = {k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == len(d) else v) for k, v in a.items()}
+        a = subset_traces(a, idx)
         d = a["distance_nm"]
     data = to_tensors(a)
     if not bool(data["state_mask"].any()): raise ValueError("state has no finite value")

@@ -19,8 +19,8 @@ from scipy.optimize import minimize_scalar
 from .models import estimate_sigma_r, rice3_cdf
 
 # %% auto #0
-__all__ = ['MOTION_FRACTION', 'frame_motion_var', 'transition_data', 'motion_covariance', 'bridge_coefficients', 'bridge_terms',
-           'endpoint_terms', 'pair_gates', 'summed_gates', 'RadiusMLE', 'state_from_ms2', 'fit_radius',
+__all__ = ['MOTION_FRACTION', 'frame_motion_var', 'subset_traces', 'transition_data', 'motion_covariance', 'bridge_coefficients',
+           'bridge_terms', 'endpoint_terms', 'pair_gates', 'summed_gates', 'RadiusMLE', 'state_from_ms2', 'fit_radius',
            'state_from_ms2_hmm']
 
 # %% ../nbs/03_radius.ipynb #5df1f5ca
@@ -39,6 +39,11 @@ def _observed(arrays: dict) -> np.ndarray:
     "Frames with an observed distance (finite and not masked)."
     ok = np.isfinite(np.asarray(arrays["distance_nm"], float))
     return ok & np.asarray(arrays["mask"], bool) if "mask" in arrays else ok
+
+def subset_traces(arrays: dict, idx) -> dict:
+    "The traces `idx` of `Tracks.to_arrays()`-like arrays: every per-trace array (first axis = traces) is indexed, the rest kept."
+    n = len(arrays["distance_nm"]); idx = np.asarray(idx)
+    return {k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v) for k, v in arrays.items()}
 
 def transition_data(arrays: dict, state: np.ndarray | None = None) -> dict:
     """Frame pairs (t−1, t) at risk of activation: state OFF at t−1 and known at t, distance observed at ≥ 1 end.
@@ -339,13 +344,12 @@ def fit_radius(tracks_path: str | Path, out: str | Path | None = None, sigma_loc
     B = len(arrays["distance_nm"]); perm = np.random.default_rng(seed).permutation(B); n_te = int(round(test_fraction * B))
     metrics = {}
     if n_te >= 1 and B - n_te >= 2:
-        sub = lambda a, i: {k: (v[i] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == B else v) for k, v in a.items()}
         te, tr = np.sort(perm[:n_te]), np.sort(perm[n_te:])
-        m = RadiusMLE(n_boot=0, **kw).fit(sub(arrays, tr), state[tr])
-        ll, n = m.loglik(sub(arrays, te), state[te]); ll0, _ = m.loglik(sub(arrays, te), state[te], use_distance=False)
+        m = RadiusMLE(n_boot=0, **kw).fit(subset_traces(arrays, tr), state[tr]); a_te = subset_traces(arrays, te)
+        ll, n = m.loglik(a_te, state[te]); ll0, _ = m.loglik(a_te, state[te], use_distance=False)
         metrics = {"n_train_traces": int(len(tr)), "n_test_traces": int(len(te)), "test_pairs": int(n),
                    "test_loglik_per_pair": ll / max(n, 1), "test_loglik_per_pair_null": ll0 / max(n, 1),
-                   "test_gain_nats_per_event": (ll - ll0) / max(int(transition_data(sub(arrays, te), state[te])["y"].sum()), 1)}
+                   "test_gain_nats_per_event": (ll - ll0) / max(int(transition_data(a_te, state[te])["y"].sum()), 1)}
     model = RadiusMLE(n_boot=n_boot, **kw).fit(arrays, state)
     res = {"tracks": str(tracks_path), "state_from": state_from, "n_traces": int(B), **model.summary(), "heldout": metrics}
     if out is not None:
