@@ -7,7 +7,7 @@ PROFILE ?= smoke
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: reproduce test install export clean-nbs check-sync bench
+.PHONY: reproduce test test-fast lint install export clean-nbs bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,22 @@ install: $(STAMP)
 reproduce: install
 	$(BIN)/xai-hsg reproduce --profile $(PROFILE)
 
-test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+# the library is formatted and lint-clean (ruff, config in pyproject.toml), then every test, slowest ten listed
+test: install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests
 
+# the fast lane while editing: skips notebook execution and heavy statistics (marked slow)
+test-fast: install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -m "not slow" tests
+
+lint: install
+	$(BIN)/ruff format --check xai_hsg
+	$(BIN)/ruff check xai_hsg
+
+# notebooks -> library; nbdev writes its own layout, ruff then formats it (the sync test does the same)
 export: install
 	$(BIN)/nbdev-export
+	$(BIN)/ruff format --quiet xai_hsg
 
 clean-nbs: install
 	$(BIN)/nbdev-clean

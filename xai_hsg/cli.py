@@ -1,10 +1,11 @@
 """`xai-hsg`: the command line of the repository.
 
-    xai-hsg reproduce [--profile smoke|paper] [--only 03] [--from 05] [--force] [--no-render]
-    xai-hsg render [--profile smoke] [--engine auto|quarto|pandoc]
-    xai-hsg simulate --n N --rc NM --sigma-loc NM --seed S --out DIR
-    xai-hsg fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from truth|ms2]
+xai-hsg reproduce [--profile smoke|paper] [--only 03] [--from 05] [--force] [--no-render]
+xai-hsg render [--profile smoke] [--engine auto|quarto|pandoc]
+xai-hsg simulate --n N --rc NM --sigma-loc NM --seed S --out DIR
+xai-hsg fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from truth|ms2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_reproduce(args) -> int:
     from .pipeline import reproduce
+
     reproduce(profile=args.profile, only=args.only or (), start=args.start, force=args.force, render=not args.no_render)
     return 0
 
@@ -22,27 +24,42 @@ def _cmd_reproduce(args) -> int:
 def _cmd_render(args) -> int:
     from rich.console import Console
     from .render import render_paper
+
     render_paper(args.profile, engine=args.engine, console=Console(stderr=True, highlight=False))
     return 0
 
 
 def _cmd_simulate(args) -> int:
     from .simulate import SimParams, write_simulation
+
     params = SimParams(r_c_nm=args.rc, sigma_loc_nm=args.sigma_loc, n_frames=args.frames)
     tracks, truth = write_simulation(args.out, args.n, params, seed=args.seed, device=args.device, fmt=args.format)
-    print(f"wrote {tracks} and {truth} ({args.n} traces x {args.frames} frames, r_c = {args.rc:g} nm, "
-          f"sigma_loc = {args.sigma_loc:g} nm, seed {args.seed})")
+    print(
+        f"wrote {tracks} and {truth} ({args.n} traces x {args.frames} frames, r_c = {args.rc:g} nm, "
+        f"sigma_loc = {args.sigma_loc:g} nm, seed {args.seed})"
+    )
     return 0
 
 
 def _cmd_fit_radius(args) -> int:
     from .radius import fit_radius
-    res = fit_radius(args.tracks, args.out, sigma_loc_nm=args.sigma_loc, state_from=args.state_from,
-                     n_boot=args.n_boot, seed=args.seed, dt_s=args.dt)
-    lo, hi = res["r_c_interval_nm"]; h = res["heldout"]
+
+    res = fit_radius(
+        args.tracks,
+        args.out,
+        sigma_loc_nm=args.sigma_loc,
+        state_from=args.state_from,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        dt_s=args.dt,
+    )
+    lo, hi = res["r_c_interval_nm"]
+    h = res["heldout"]
     gain = f", held-out gain {h['test_gain_nats_per_event']:.2f} nats/event over no distance" if h else ""
-    print(f"r_c = {res['r_c_nm']:.1f} nm ({100 * res['ci']:.0f}% interval {lo:.1f}-{hi:.1f}), k_on = {res['k_on_per_s']:.3g}/s, "
-          f"k_off = {res['k_off_per_s']:.3g}/s, {res['n_events']} activations{gain}; wrote {args.out}")
+    print(
+        f"r_c = {res['r_c_nm']:.1f} nm ({100 * res['ci']:.0f}% interval {lo:.1f}-{hi:.1f}), k_on = {res['k_on_per_s']:.3g}/s, "
+        f"k_off = {res['k_off_per_s']:.3g}/s, {res['n_events']} activations{gain}; wrote {args.out}"
+    )
     return 0
 
 
@@ -60,14 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render paper/ to HTML and PDF from results/ and figures/ of a profile")
     p.add_argument("--profile", default="smoke")
-    p.add_argument("--engine", default="auto", choices=["auto", "quarto", "pandoc"],
-                   help="quarto if on PATH (auto), else pandoc + typst")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "quarto", "pandoc"],
+        help="quarto if on PATH (auto), else pandoc + typst",
+    )
     p.set_defaults(func=_cmd_render)
 
-    p = sub.add_parser("simulate", help="simulate EP-distance + MS2 traces with ground truth (tracks file + truth.json)")
+    p = sub.add_parser(
+        "simulate", help="simulate EP-distance + MS2 traces with ground truth (tracks file + truth.json)"
+    )
     p.add_argument("--n", type=int, default=100, help="number of traces (default: 100)")
     p.add_argument("--rc", type=float, default=100.0, help="contact radius r_c in nm (default: 100)")
-    p.add_argument("--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)")
+    p.add_argument(
+        "--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)"
+    )
     p.add_argument("--frames", type=int, default=601, help="frames per trace, 30 s apart (default: 601)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -75,12 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: writes tracks.csv and truth.json")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("fit-radius", help="maximum-likelihood contact radius (nm, with interval) from a tracks file with state or MS2")
+    p = sub.add_parser(
+        "fit-radius", help="maximum-likelihood contact radius (nm, with interval) from a tracks file with state or MS2"
+    )
     p.add_argument("tracks", help="tracks file (CSV or Parquet, any layout; gaps allowed)")
-    p.add_argument("--out", required=True, help="output JSON: radius in nm with interval, k_on, k_off, held-out metrics")
-    p.add_argument("--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)")
-    p.add_argument("--state-from", default="truth", choices=["truth", "ms2"],
-                   help="promoter state from the 'state' column (truth) or inferred from MS2 (crude; default: truth)")
+    p.add_argument(
+        "--out", required=True, help="output JSON: radius in nm with interval, k_on, k_off, held-out metrics"
+    )
+    p.add_argument(
+        "--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)"
+    )
+    p.add_argument(
+        "--state-from",
+        default="truth",
+        choices=["truth", "ms2"],
+        help="promoter state from the 'state' column (truth) or inferred from MS2 (crude; default: truth)",
+    )
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples over traces (default: 200)")
     p.add_argument("--dt", type=float, default=None, help="frame interval in s (default: from the file)")
     p.add_argument("--seed", type=int, default=0)
@@ -91,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .pipeline import PipelineError
     from .render import RenderError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

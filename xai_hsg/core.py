@@ -16,9 +16,10 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import yaml
@@ -26,67 +27,123 @@ import yaml
 import xai_hsg
 
 # %% auto #0
-__all__ = ['ROOT_ENV', 'PROFILE_ENV', 'DEFAULT_PROFILE', 'find_root', 'current_profile', 'Paths', 'paths', 'Profile',
-           'load_profile', 'seed_everything', 'get_device', 'stable_hash', 'code_version', 'cache_key', 'Artifact',
-           'save_default', 'load_default', 'ArtifactCache', 'atomic_write', 'write_json_atomic', 'save_results',
-           'load_results', 'artifact_dir', 'cell_label', 'save_figure', 'save_table', 'environment_report']
+__all__ = [
+    "ROOT_ENV",
+    "PROFILE_ENV",
+    "DEFAULT_PROFILE",
+    "find_root",
+    "current_profile",
+    "Paths",
+    "paths",
+    "Profile",
+    "load_profile",
+    "seed_everything",
+    "get_device",
+    "stable_hash",
+    "code_version",
+    "cache_key",
+    "Artifact",
+    "save_default",
+    "load_default",
+    "ArtifactCache",
+    "atomic_write",
+    "write_json_atomic",
+    "save_results",
+    "load_results",
+    "artifact_dir",
+    "cell_label",
+    "save_figure",
+    "save_table",
+    "environment_report",
+]
 
 # %% ../nbs/00_core.ipynb #e3c9cc92
-ROOT_ENV = "XAI_HSG_ROOT"        # point the library at a checkout from anywhere
+ROOT_ENV = "XAI_HSG_ROOT"  # point the library at a checkout from anywhere
 PROFILE_ENV = "XAI_HSG_PROFILE"  # default profile when a call does not name one
 DEFAULT_PROFILE = "smoke"
+
 
 def find_root(start: str | Path | None = None) -> Path:
     "The repository root: `$XAI_HSG_ROOT`, else the nearest folder at or above `start` (default: cwd) holding `nbs/` and `profiles/`."
     if env := os.environ.get(ROOT_ENV):
         root = Path(env).expanduser().resolve()
-        if not root.is_dir(): raise FileNotFoundError(f"${ROOT_ENV}={env!r} is not a directory")
+        if not root.is_dir():
+            raise FileNotFoundError(f"${ROOT_ENV}={env!r} is not a directory")
         return root
     start = Path(start or Path.cwd()).resolve()
     for folder in (start, *start.parents):
-        if (folder/"nbs").is_dir() and (folder/"profiles").is_dir(): return folder
-    raise FileNotFoundError(f"No xai_hsg repository (a folder holding nbs/ and profiles/) at or above {start}; "
-                            f"run from inside a checkout or set ${ROOT_ENV}.")
+        if (folder / "nbs").is_dir() and (folder / "profiles").is_dir():
+            return folder
+    raise FileNotFoundError(
+        f"No xai_hsg repository (a folder holding nbs/ and profiles/) at or above {start}; "
+        f"run from inside a checkout or set ${ROOT_ENV}."
+    )
+
 
 def current_profile(profile: str | None = None) -> str:
     "`profile` if given, else `$XAI_HSG_PROFILE`, else 'smoke'."
     return profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
 
+
 # %% ../nbs/00_core.ipynb #bf6f9d70
 @dataclass(frozen=True)
 class Paths:
     "Repository paths for one profile. Folders are created on first use by the writers, not here."
+
     root: Path
     profile: str = DEFAULT_PROFILE
+
     @property
-    def nbs(self) -> Path: return self.root/"nbs"
+    def nbs(self) -> Path:
+        return self.root / "nbs"
+
     @property
-    def profiles(self) -> Path: return self.root/"profiles"
+    def profiles(self) -> Path:
+        return self.root / "profiles"
+
     @property
-    def data(self) -> Path: return self.root/"data"
+    def data(self) -> Path:
+        return self.root / "data"
+
     @property
-    def cache(self) -> Path: return self.root/"data"/"cache"
+    def cache(self) -> Path:
+        return self.root / "data" / "cache"
+
     @property
-    def paper(self) -> Path: return self.root/"paper"
+    def paper(self) -> Path:
+        return self.root / "paper"
+
     @property
-    def figures(self) -> Path: return self.root/"figures"/self.profile
+    def figures(self) -> Path:
+        return self.root / "figures" / self.profile
+
     @property
-    def results(self) -> Path: return self.root/"results"/self.profile
+    def results(self) -> Path:
+        return self.root / "results" / self.profile
+
     @property
-    def tables(self) -> Path: return self.root/"tables"/self.profile
+    def tables(self) -> Path:
+        return self.root / "tables" / self.profile
+
     @property
-    def artifacts(self) -> Path: return self.root/"artifacts"/self.profile
+    def artifacts(self) -> Path:
+        return self.root / "artifacts" / self.profile
+
     @property
-    def runs(self) -> Path: return self.root/"runs"/self.profile
+    def runs(self) -> Path:
+        return self.root / "runs" / self.profile
+
 
 def paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
     "Paths of the repository at `root` (default: `find_root()`) for `profile` (default: `current_profile()`)."
     return Paths(Path(root).resolve() if root else find_root(), current_profile(profile))
 
+
 # %% ../nbs/00_core.ipynb #c764e1b7
 @dataclass(frozen=True)
 class Profile:
     "A named set of notebook parameters (see `profiles/*.yml`)."
+
     name: str
     description: str = ""
     defaults: dict = field(default_factory=dict)
@@ -99,240 +156,359 @@ class Profile:
         given = dict(self.notebooks.get(notebook) or {})
         unknown = sorted(set(given) - declared)
         if unknown:
-            raise ValueError(f"{self.path or self.name}: notebooks.{notebook} sets {unknown}, but the notebook's "
-                             f"parameters cell declares only {sorted(declared)}")
+            raise ValueError(
+                f"{self.path or self.name}: notebooks.{notebook} sets {unknown}, but the notebook's "
+                f"parameters cell declares only {sorted(declared)}"
+            )
         params = {k: v for k, v in self.defaults.items() if k in declared}
         params.update(given)
-        if "profile" in declared: params["profile"] = self.name
+        if "profile" in declared:
+            params["profile"] = self.name
         return params
 
+
 _PROFILE_KEYS = {"description", "defaults", "notebooks"}
+
 
 def load_profile(name_or_path: str | Path | None = None, root: str | Path | None = None) -> Profile:
     "Read `profiles/<name>.yml` (or a YAML file path) into a `Profile`, checking its structure."
     spec = str(name_or_path or current_profile())
-    path = Path(spec) if spec.endswith((".yml", ".yaml")) else paths(root=root).profiles/f"{spec}.yml"
+    path = Path(spec) if spec.endswith((".yml", ".yaml")) else paths(root=root).profiles / f"{spec}.yml"
     if not path.is_file():
         known = sorted(q.stem for q in path.parent.glob("*.yml")) if path.parent.is_dir() else []
         raise FileNotFoundError(f"No profile {spec!r} ({path}); known profiles: {known}")
     data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict): raise ValueError(f"{path}: a profile must be a mapping, got {type(data).__name__}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a profile must be a mapping, got {type(data).__name__}")
     if extra := sorted(set(data) - _PROFILE_KEYS):
         raise ValueError(f"{path}: unknown top-level keys {extra}; allowed: {sorted(_PROFILE_KEYS)}")
     for key in ("defaults", "notebooks"):
-        if not isinstance(data.get(key) or {}, dict): raise ValueError(f"{path}: '{key}' must be a mapping")
+        if not isinstance(data.get(key) or {}, dict):
+            raise ValueError(f"{path}: '{key}' must be a mapping")
     for nb, params in (data.get("notebooks") or {}).items():
-        if not isinstance(params or {}, dict): raise ValueError(f"{path}: notebooks.{nb} must be a mapping of parameters")
-    return Profile(name=path.stem, description=data.get("description", ""), defaults=data.get("defaults") or {},
-                   notebooks={k: (v or {}) for k, v in (data.get("notebooks") or {}).items()}, path=path)
+        if not isinstance(params or {}, dict):
+            raise ValueError(f"{path}: notebooks.{nb} must be a mapping of parameters")
+    return Profile(
+        name=path.stem,
+        description=data.get("description", ""),
+        defaults=data.get("defaults") or {},
+        notebooks={k: (v or {}) for k, v in (data.get("notebooks") or {}).items()},
+        path=path,
+    )
+
 
 # %% ../nbs/00_core.ipynb #481178e8
 def seed_everything(seed: int) -> np.random.Generator:
     "Seed `random`, NumPy and torch (CPU and CUDA); return `np.random.default_rng(seed)`."
     import torch
-    if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    random.seed(int(seed)); np.random.seed(int(seed) % 2**32); torch.manual_seed(int(seed))
+
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
     return np.random.default_rng(int(seed))
+
 
 def get_device(preference: str | None = "auto"):
     "A `torch.device`: 'auto' (CUDA if available, else CPU), or an explicit 'cpu' / 'cuda' / 'cuda:1'."
     import torch
-    if preference in (None, "auto"): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    if preference in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(preference)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={preference!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return device
 
+
 # %% ../nbs/00_core.ipynb #5ad1d49c
 def _canonical(obj: Any) -> Any:
     "JSON-ready, order-independent form of parameters (dicts sorted, tuples as lists, numpy as python)."
-    if isinstance(obj, Mapping): return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)): return [_canonical(v) for v in obj]
-    if isinstance(obj, (set, frozenset)): return sorted(_canonical(v) for v in obj)
-    if isinstance(obj, Path): return str(obj)
-    if isinstance(obj, np.ndarray): return {"ndarray": hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest(),
-                                            "dtype": str(obj.dtype), "shape": list(obj.shape)}
-    if isinstance(obj, np.generic): return obj.item()
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_canonical(v) for v in obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.ndarray):
+        return {
+            "ndarray": hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest(),
+            "dtype": str(obj.dtype),
+            "shape": list(obj.shape),
+        }
+    if isinstance(obj, np.generic):
+        return obj.item()
     if hasattr(obj, "__dataclass_fields__"):
         return {"__class__": type(obj).__name__, **_canonical({k: getattr(obj, k) for k in obj.__dataclass_fields__})}
-    if isinstance(obj, float) and not math.isfinite(obj): return repr(obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)): return obj
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
     raise TypeError(f"cannot hash a {type(obj).__name__} as a parameter; pass plain values")
+
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     "Hex digest of `obj`'s canonical JSON: equal for equal parameters, whatever their order."
     text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
-@lru_cache(maxsize=None)
+
+@cache
 def code_version() -> str:
     "Package version + hash of the library source (every `xai_hsg/**/*.py`)."
     pkg = Path(xai_hsg.__file__).parent
     digest = hashlib.sha256()
     for f in sorted(pkg.rglob("*.py")):
-        digest.update(str(f.relative_to(pkg)).encode()); digest.update(f.read_bytes())
+        digest.update(str(f.relative_to(pkg)).encode())
+        digest.update(f.read_bytes())
     return f"{xai_hsg.__version__}+{digest.hexdigest()[:12]}"
+
 
 def cache_key(params: Any, upstream: Iterable[str] = (), version: str | None = None) -> str:
     "Key of an artifact made from `params` and the artifacts keyed `upstream` by code at `version`."
     return stable_hash({"params": params, "upstream": list(upstream), "version": version or code_version()})
 
+
 # %% ../nbs/00_core.ipynb #551f0165
 @dataclass(frozen=True)
 class Artifact:
     "A cached value with its key, folder and whether it came from the cache."
+
     value: Any
     key: str
     path: Path
     cached: bool
 
+
 def save_default(value: Any, folder: Path) -> None:
     "Store DataFrames as Parquet, arrays as .npy, dicts of arrays as .npz, anything JSON-able as JSON."
     import pandas as pd
-    if isinstance(value, pd.DataFrame): value.to_parquet(folder/"value.parquet")
-    elif isinstance(value, np.ndarray): np.save(folder/"value.npy", value, allow_pickle=False)
+
+    if isinstance(value, pd.DataFrame):
+        value.to_parquet(folder / "value.parquet")
+    elif isinstance(value, np.ndarray):
+        np.save(folder / "value.npy", value, allow_pickle=False)
     elif isinstance(value, Mapping) and value and all(isinstance(v, np.ndarray) for v in value.values()):
-        np.savez(folder/"value.npz", **value)
+        np.savez(folder / "value.npz", **value)
     else:
-        try: (folder/"value.json").write_text(json.dumps(value))
-        except TypeError as e: raise TypeError(f"no default way to cache a {type(value).__name__}; pass save= and load=") from e
+        try:
+            (folder / "value.json").write_text(json.dumps(value))
+        except TypeError as e:
+            raise TypeError(f"no default way to cache a {type(value).__name__}; pass save= and load=") from e
+
 
 def load_default(folder: Path) -> Any:
     "Inverse of `save_default`."
     import pandas as pd
-    if (f := folder/"value.parquet").exists(): return pd.read_parquet(f)
-    if (f := folder/"value.npy").exists(): return np.load(f, allow_pickle=False)
-    if (f := folder/"value.npz").exists():
-        with np.load(f, allow_pickle=False) as z: return {k: z[k] for k in z.files}
-    return json.loads((folder/"value.json").read_text())
+
+    if (f := folder / "value.parquet").exists():
+        return pd.read_parquet(f)
+    if (f := folder / "value.npy").exists():
+        return np.load(f, allow_pickle=False)
+    if (f := folder / "value.npz").exists():
+        with np.load(f, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    return json.loads((folder / "value.json").read_text())
+
 
 class ArtifactCache:
     "Content-addressed store of expensive results: `<root>/<name>/<key>/`, written atomically."
-    def __init__(self, root: str | Path | None = None): self.root = Path(root) if root else paths().cache
 
-    def path(self, name: str, key: str) -> Path: return self.root/name/key
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else paths().cache
 
-    def get_or_compute(self, name: str, params: Any, compute: Callable[[], Any], *, upstream: Iterable[str] = (),
-                       save: Callable[[Any, Path], None] = save_default, load: Callable[[Path], Any] = load_default,
-                       verbose: bool = True) -> Artifact:
+    def path(self, name: str, key: str) -> Path:
+        return self.root / name / key
+
+    def get_or_compute(
+        self,
+        name: str,
+        params: Any,
+        compute: Callable[[], Any],
+        *,
+        upstream: Iterable[str] = (),
+        save: Callable[[Any, Path], None] = save_default,
+        load: Callable[[Path], Any] = load_default,
+        verbose: bool = True,
+    ) -> Artifact:
         "Load the artifact for (`params`, `upstream`, code version) if cached, else `compute()` and store it."
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name): raise ValueError(f"artifact name {name!r}: use letters, digits, '_', '.', '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"artifact name {name!r}: use letters, digits, '_', '.', '-'")
         key = cache_key(params, upstream)
         final = self.path(name, key)
         if final.is_dir():
-            if verbose: print(f"cache: {name} {key} loaded from {final}")
+            if verbose:
+                print(f"cache: {name} {key} loaded from {final}")
             return Artifact(load(final), key, final, True)
         value = compute()
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
             save(value, tmp)
-            (tmp/"_key.json").write_text(json.dumps({"name": name, "key": key, "params": _canonical(params),
-                                                     "upstream": list(upstream), "version": code_version()}, indent=1))
+            (tmp / "_key.json").write_text(
+                json.dumps(
+                    {
+                        "name": name,
+                        "key": key,
+                        "params": _canonical(params),
+                        "upstream": list(upstream),
+                        "version": code_version(),
+                    },
+                    indent=1,
+                )
+            )
             os.replace(tmp, final)  # atomic: the folder exists complete or not at all
         except OSError:
-            if not final.is_dir(): raise
+            if not final.is_dir():
+                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if verbose: print(f"cache: {name} {key} computed and stored in {final}")
+        if verbose:
+            print(f"cache: {name} {key} computed and stored in {final}")
         return Artifact(value, key, final, False)
+
 
 # %% ../nbs/00_core.ipynb #d3080e39
 def _jsonable(value: Any, key: str) -> Any:
-    if isinstance(value, Mapping): return {str(k): _jsonable(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)): return [_jsonable(v, key) for v in value]
-    if isinstance(value, np.ndarray): return _jsonable(value.tolist(), key)
-    if isinstance(value, np.generic): value = value.item()
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0: value = value.item()  # 0-d tensors
-    if isinstance(value, float) and not math.isfinite(value): return None
-    if value is None or isinstance(value, (str, int, float, bool)): return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, key) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist(), key)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        value = value.item()  # 0-d tensors
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     raise TypeError(f"result {key!r}: cannot store a {type(value).__name__} as JSON")
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
     """Write a file so that a reader (or a crash) sees the old file or the new one, never half of it: `write(tmp)`
     fills a temporary file beside `path`, flushed to disk (`fsync`), then renamed over `path`."""
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         if fsync:
-            with open(tmp, "rb+") as fh: os.fsync(fh.fileno())
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
     return path
+
 
 def write_json_atomic(path: str | Path, data: Any, **json_kwargs) -> Path:
     "`atomic_write` of `json.dumps(data)` (default: indented, sorted keys)."
     text = json.dumps(data, **{"indent": 2, "sort_keys": True, **json_kwargs}) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))
 
-def save_results(stage: str, values: Mapping[str, Any], profile: str | None = None, root: str | Path | None = None) -> Path:
+
+def save_results(
+    stage: str, values: Mapping[str, Any], profile: str | None = None, root: str | Path | None = None
+) -> Path:
     "Merge `values` into `results/<profile>/<stage>.json` (keys must be identifiers: they become manuscript variables)."
     bad = [k for k in values if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
-    if bad: raise ValueError(f"result keys must be identifiers (they become Quarto variables): {bad}")
-    path = paths(profile, root).results/f"{stage}.json"
+    if bad:
+        raise ValueError(f"result keys must be identifiers (they become Quarto variables): {bad}")
+    path = paths(profile, root).results / f"{stage}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update({k: _jsonable(v, k) for k, v in values.items()})
     write_json_atomic(path, data)
     return path
 
+
 def load_results(stage: str, profile: str | None = None, root: str | Path | None = None) -> dict:
     "The results a notebook saved; a clear error if it has not run for this profile."
-    path = paths(profile, root).results/f"{stage}.json"
-    if not path.exists(): raise FileNotFoundError(f"No results for {stage} in profile {current_profile(profile)!r} ({path}); "
-                                                  f"run it first: xai-hsg reproduce --profile {current_profile(profile)} --only {stage[:2]}")
+    path = paths(profile, root).results / f"{stage}.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No results for {stage} in profile {current_profile(profile)!r} ({path}); "
+            f"run it first: xai-hsg reproduce --profile {current_profile(profile)} --only {stage[:2]}"
+        )
     return json.loads(path.read_text())
+
 
 def artifact_dir(stage: str, profile: str | None = None, root: str | Path | None = None) -> Path:
     "Folder for the large outputs of `stage` that later notebooks read (created if missing)."
-    folder = paths(profile, root).artifacts/stage
+    folder = paths(profile, root).artifacts / stage
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
+
 # %% ../nbs/00_core.ipynb #c4c54802
 _LABEL_RE = re.compile(r"^#\|\s*label:\s*(\S+)\s*$", re.M)
+
 
 def cell_label(source: str) -> str | None:
     "The `#| label:` of a cell's source, if any."
     m = _LABEL_RE.search(source)
     return m.group(1) if m else None
 
+
 def _running_cell_source() -> str:
-    try: ip = get_ipython()  # noqa: F821 (defined inside IPython)
-    except NameError: return ""
+    try:
+        ip = get_ipython()  # noqa: F821 (defined inside IPython)
+    except NameError:
+        return ""
     history = ip.user_ns.get("_ih") or [""]
     return history[-1]  # IPython appends the cell to the history before running it
 
-def save_figure(fig=None, label: str | None = None, profile: str | None = None, root: str | Path | None = None,
-                dpi: int = 150) -> Path:
+
+def save_figure(
+    fig=None, label: str | None = None, profile: str | None = None, root: str | Path | None = None, dpi: int = 150
+) -> Path:
     "Save `fig` (default: current figure) as `figures/<profile>/<label>.png` and `.svg`; label defaults to the running cell's."
     import matplotlib.pyplot as plt
+
     fig = fig or plt.gcf()
     label = label or cell_label(_running_cell_source())
-    if not label: raise ValueError("save_figure needs a label: pass label='fig-...' or put '#| label: fig-...' at the top of the cell")
-    if not re.fullmatch(r"fig-[A-Za-z0-9_-]+", label): raise ValueError(f"figure label {label!r} must look like 'fig-name'")
+    if not label:
+        raise ValueError(
+            "save_figure needs a label: pass label='fig-...' or put '#| label: fig-...' at the top of the cell"
+        )
+    if not re.fullmatch(r"fig-[A-Za-z0-9_-]+", label):
+        raise ValueError(f"figure label {label!r} must look like 'fig-name'")
     folder = paths(profile, root).figures
     folder.mkdir(parents=True, exist_ok=True)
-    png = folder/f"{label}.png"
+    png = folder / f"{label}.png"
     fig.savefig(png, dpi=dpi, bbox_inches="tight")
-    fig.savefig(folder/f"{label}.svg", bbox_inches="tight")
+    fig.savefig(folder / f"{label}.svg", bbox_inches="tight")
     return png
+
 
 # %% ../nbs/00_core.ipynb #241d80f8
 def _markdown_cell(value: Any) -> str:
-    from xai_hsg.render import format_value   # the manuscript's number format (render imports core: import here)
-    if isinstance(value, float) and not math.isfinite(value): return "–"
+    from xai_hsg.render import format_value  # the manuscript's number format (render imports core: import here)
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return "–"
     return str(format_value(value.item() if isinstance(value, np.generic) else value)).replace("|", "\\|")
+
 
 def save_table(df, label: str, caption: str, profile: str | None = None, root: str | Path | None = None) -> Path:
     """Save a DataFrame as `tables/<profile>/<label>.md` (pipe table + `: caption {#label}`) and `<label>.csv`.
     The manuscript includes it with `{{< include tables/<label>.md >}}`; `label` must look like 'tbl-name'."""
     import pandas as pd
-    if not isinstance(df, pd.DataFrame): raise TypeError(f"save_table needs a pandas DataFrame, got {type(df).__name__}")
-    if not re.fullmatch(r"tbl-[A-Za-z0-9_-]+", label): raise ValueError(f"table label {label!r} must look like 'tbl-name'")
-    if df.empty: raise ValueError(f"table {label}: the DataFrame is empty")
-    if not caption.strip() or "\n" in caption: raise ValueError(f"table {label}: the caption must be one non-empty line")
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"save_table needs a pandas DataFrame, got {type(df).__name__}")
+    if not re.fullmatch(r"tbl-[A-Za-z0-9_-]+", label):
+        raise ValueError(f"table label {label!r} must look like 'tbl-name'")
+    if df.empty:
+        raise ValueError(f"table {label}: the DataFrame is empty")
+    if not caption.strip() or "\n" in caption:
+        raise ValueError(f"table {label}: the caption must be one non-empty line")
     cols = [str(c).replace("|", "\\|") for c in df.columns]
     rows = [[_markdown_cell(v) for v in row] for row in df.itertuples(index=False)]
     # dashes proportional to each column's widest entry: pandoc sizes the columns of a wide table by them
@@ -342,17 +518,26 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
     folder = paths(profile, root).tables
     folder.mkdir(parents=True, exist_ok=True)
-    md = folder/f"{label}.md"
+    md = folder / f"{label}.md"
     atomic_write(md, lambda p: p.write_text("\n".join(lines) + f"\n\n: {caption.strip()} {{#{label}}}\n"))
-    atomic_write(folder/f"{label}.csv", lambda p: df.to_csv(p, index=False))
+    atomic_write(folder / f"{label}.csv", lambda p: df.to_csv(p, index=False))
     return md
+
 
 # %% ../nbs/00_core.ipynb #231ad31b
 def environment_report(device: str | None = "auto") -> dict:
     "Versions and hardware of this run (for the manuscript's methods)."
-    import platform, torch
+    import platform
+    import torch
+
     dev = get_device(device)
-    return {"python_version": platform.python_version(), "torch_version": torch.__version__,
-            "numpy_version": np.__version__, "xai_hsg_version": xai_hsg.__version__, "code_version": code_version(),
-            "device": str(dev), "gpu_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none",
-            "cpu_threads": torch.get_num_threads()}
+    return {
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "xai_hsg_version": xai_hsg.__version__,
+        "code_version": code_version(),
+        "device": str(dev),
+        "gpu_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none",
+        "cpu_threads": torch.get_num_threads(),
+    }

@@ -14,16 +14,38 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['DNA_ALPHABET', 'SEQ_COLUMNS', 'FEATURE_COLUMNS', 'CODON_TRACKS', 'DEFAULT_JASPAR_MOTIFS', 'G4_PATTERN',
-           'G4_PATTERN_MINUS', 'PYRODIGAL_GENOMES', 'validate_sequence', 'reverse_complement', 'gc_fraction',
-           'SequenceSet', 'MarkovBackground', 'jaspar_motifs', 'find_g4', 'PlantedConfig', 'planted', 'read_fasta',
-           'pyrodigal_genome_path', 'annotate_prodigal', 'prokaryote', 'read_bed', 'read_gtf_features', 'bed_fasta']
+__all__ = [
+    "DNA_ALPHABET",
+    "SEQ_COLUMNS",
+    "FEATURE_COLUMNS",
+    "CODON_TRACKS",
+    "DEFAULT_JASPAR_MOTIFS",
+    "G4_PATTERN",
+    "G4_PATTERN_MINUS",
+    "PYRODIGAL_GENOMES",
+    "validate_sequence",
+    "reverse_complement",
+    "gc_fraction",
+    "SequenceSet",
+    "MarkovBackground",
+    "jaspar_motifs",
+    "find_g4",
+    "PlantedConfig",
+    "planted",
+    "read_fasta",
+    "pyrodigal_genome_path",
+    "annotate_prodigal",
+    "prokaryote",
+    "read_bed",
+    "read_gtf_features",
+    "bed_fasta",
+]
 
 # %% ../nbs/05_embedding.ipynb #nb05-005
 DNA_ALPHABET = "ACGTN"
@@ -34,50 +56,80 @@ _VALID = np.zeros(256, dtype=bool)
 _VALID[np.frombuffer((DNA_ALPHABET + DNA_ALPHABET.lower()).encode(), np.uint8)] = True
 _COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
+
 def validate_sequence(seq: str, name: str = "sequence") -> str:
     "Upper-cased `seq`; `ValueError` naming `name`, position and character if it is empty or not A/C/G/T/N."
-    if not isinstance(seq, str): raise TypeError(f"{name}: a sequence must be a str, got {type(seq).__name__}")
-    if len(seq) == 0: raise ValueError(f"{name}: empty sequence")
+    if not isinstance(seq, str):
+        raise TypeError(f"{name}: a sequence must be a str, got {type(seq).__name__}")
+    if len(seq) == 0:
+        raise ValueError(f"{name}: empty sequence")
     codes = np.frombuffer(seq.encode("ascii", errors="replace"), np.uint8)  # one byte per character
     bad = np.flatnonzero(~_VALID[codes])
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name}: invalid character {seq[i]!r} at position {i} ({bad.size} invalid in total); "
-                         f"only {', '.join(DNA_ALPHABET)} are allowed (IUPAC ambiguity codes must be mapped to N first)")
+        raise ValueError(
+            f"{name}: invalid character {seq[i]!r} at position {i} ({bad.size} invalid in total); "
+            f"only {', '.join(DNA_ALPHABET)} are allowed (IUPAC ambiguity codes must be mapped to N first)"
+        )
     return seq.upper()
+
 
 def reverse_complement(seq: str) -> str:
     "Reverse complement of an A/C/G/T/N string."
     return seq.translate(_COMPLEMENT)[::-1]
+
 
 def gc_fraction(seq: str) -> float:
     "Fraction of G+C among the non-N bases (NaN if none)."
     n = len(seq) - seq.count("N")
     return (seq.count("G") + seq.count("C")) / n if n else float("nan")
 
+
 # %% ../nbs/05_embedding.ipynb #nb05-008
 def _empty_features() -> pd.DataFrame:
-    return pd.DataFrame({"seq_id": pd.Series([], dtype=object), "start": pd.Series([], dtype="int64"),
-                         "end": pd.Series([], dtype="int64"), "concept": pd.Series([], dtype=object),
-                         "strand": pd.Series([], dtype=object), "name": pd.Series([], dtype=object),
-                         "frame_origin": pd.Series([], dtype="Int64")})
+    return pd.DataFrame(
+        {
+            "seq_id": pd.Series([], dtype=object),
+            "start": pd.Series([], dtype="int64"),
+            "end": pd.Series([], dtype="int64"),
+            "concept": pd.Series([], dtype=object),
+            "strand": pd.Series([], dtype=object),
+            "name": pd.Series([], dtype=object),
+            "frame_origin": pd.Series([], dtype="Int64"),
+        }
+    )
+
 
 def _normalise_features(features: pd.DataFrame | None) -> pd.DataFrame:
-    if features is None or len(features) == 0: return _empty_features()
+    if features is None or len(features) == 0:
+        return _empty_features()
     f = features.copy()
     missing = [c for c in ["seq_id", "start", "end", "concept"] if c not in f.columns]
-    if missing: raise ValueError(f"features table lacks columns {missing}; expected {FEATURE_COLUMNS}")
-    if "strand" not in f: f["strand"] = "."
-    if "name" not in f: f["name"] = ""
-    if "frame_origin" not in f: f["frame_origin"] = pd.NA
-    f["seq_id"] = f["seq_id"].astype(str); f["concept"] = f["concept"].astype(str)
-    f["start"] = f["start"].astype("int64"); f["end"] = f["end"].astype("int64")
-    f["strand"] = f["strand"].fillna(".").astype(str); f["name"] = f["name"].fillna("").astype(str)
+    if missing:
+        raise ValueError(f"features table lacks columns {missing}; expected {FEATURE_COLUMNS}")
+    if "strand" not in f:
+        f["strand"] = "."
+    if "name" not in f:
+        f["name"] = ""
+    if "frame_origin" not in f:
+        f["frame_origin"] = pd.NA
+    f["seq_id"] = f["seq_id"].astype(str)
+    f["concept"] = f["concept"].astype(str)
+    f["start"] = f["start"].astype("int64")
+    f["end"] = f["end"].astype("int64")
+    f["strand"] = f["strand"].fillna(".").astype(str)
+    f["name"] = f["name"].fillna("").astype(str)
     f["frame_origin"] = f["frame_origin"].astype("Int64")
     extra = [c for c in f.columns if c not in FEATURE_COLUMNS]
-    return f[FEATURE_COLUMNS + extra].sort_values(["seq_id", "start", "end", "concept"], kind="stable").reset_index(drop=True)
+    return (
+        f[FEATURE_COLUMNS + extra]
+        .sort_values(["seq_id", "start", "end", "concept"], kind="stable")
+        .reset_index(drop=True)
+    )
+
 
 CODON_TRACKS = ("codon_pos_1", "codon_pos_2", "codon_pos_3")
+
 
 @dataclass
 class SequenceSet:
@@ -86,86 +138,130 @@ class SequenceSet:
     `sequences`: one row per sequence, columns `seq_id` (unique), `sequence` (A/C/G/T/N), `set_label`, and
     optional provenance (`source`, `chrom`, `start`, `end`, `strand`, `parent_id`, `parent_start`,
     `core_start`, `core_end`). `features`: 0-based half-open intervals in each sequence's own coordinates."""
+
     sequences: pd.DataFrame
     features: pd.DataFrame = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
         s = self.sequences
-        if not isinstance(s, pd.DataFrame): raise TypeError("sequences must be a DataFrame (use SequenceSet.from_sequences)")
+        if not isinstance(s, pd.DataFrame):
+            raise TypeError("sequences must be a DataFrame (use SequenceSet.from_sequences)")
         missing = [c for c in SEQ_COLUMNS if c not in s.columns]
-        if missing: raise ValueError(f"sequences table lacks columns {missing}; expected at least {SEQ_COLUMNS}")
-        if len(s) == 0: raise ValueError("a SequenceSet needs at least one sequence")
+        if missing:
+            raise ValueError(f"sequences table lacks columns {missing}; expected at least {SEQ_COLUMNS}")
+        if len(s) == 0:
+            raise ValueError("a SequenceSet needs at least one sequence")
         s = s.reset_index(drop=True).copy()
         s["seq_id"] = s["seq_id"].astype(str)
         dup = s["seq_id"][s["seq_id"].duplicated()].unique()
-        if len(dup): raise ValueError(f"duplicated seq_id values: {list(dup[:5])}")
+        if len(dup):
+            raise ValueError(f"duplicated seq_id values: {list(dup[:5])}")
         s["sequence"] = [validate_sequence(q, f"sequence {i!r}") for i, q in zip(s["seq_id"], s["sequence"])]
         s["set_label"] = s["set_label"].astype(str)
-        if "parent_id" not in s: s["parent_id"] = s["seq_id"]
-        if "parent_start" not in s: s["parent_start"] = 0
+        if "parent_id" not in s:
+            s["parent_id"] = s["seq_id"]
+        if "parent_start" not in s:
+            s["parent_start"] = 0
         lengths = s["sequence"].str.len().to_numpy()
-        if "core_start" not in s: s["core_start"] = 0
-        if "core_end" not in s: s["core_end"] = lengths
+        if "core_start" not in s:
+            s["core_start"] = 0
+        if "core_end" not in s:
+            s["core_end"] = lengths
         self.sequences = s
         f = _normalise_features(self.features)
         if len(f):
             length = dict(zip(s["seq_id"], lengths))
             unknown = sorted(set(f["seq_id"]) - set(length))
-            if unknown: raise ValueError(f"features refer to unknown sequences {unknown[:5]}")
+            if unknown:
+                raise ValueError(f"features refer to unknown sequences {unknown[:5]}")
             L = f["seq_id"].map(length).to_numpy()
-            bad = (f["start"].to_numpy() < 0) | (f["end"].to_numpy() > L) | (f["start"].to_numpy() >= f["end"].to_numpy())
+            bad = (
+                (f["start"].to_numpy() < 0) | (f["end"].to_numpy() > L) | (f["start"].to_numpy() >= f["end"].to_numpy())
+            )
             if bad.any():
                 r = f[bad].iloc[0]
-                raise ValueError(f"feature {r['concept']!r} [{r['start']}, {r['end']}) on {r['seq_id']!r} (length "
-                                 f"{length[r['seq_id']]}) is empty or outside the sequence ({int(bad.sum())} such features)")
+                raise ValueError(
+                    f"feature {r['concept']!r} [{r['start']}, {r['end']}) on {r['seq_id']!r} (length "
+                    f"{length[r['seq_id']]}) is empty or outside the sequence ({int(bad.sum())} such features)"
+                )
         self.features = f
 
     # -- constructors ---------------------------------------------------------------------------------------
     @classmethod
-    def from_sequences(cls, seqs: Mapping[str, str] | Sequence[str], set_label: str | Sequence[str] = "sequences",
-                       features: pd.DataFrame | None = None, **meta) -> "SequenceSet":
+    def from_sequences(
+        cls,
+        seqs: Mapping[str, str] | Sequence[str],
+        set_label: str | Sequence[str] = "sequences",
+        features: pd.DataFrame | None = None,
+        **meta,
+    ) -> SequenceSet:
         "From a `{seq_id: sequence}` mapping or a list of sequences (ids `seq0`, `seq1`, ...)."
         items = list(seqs.items()) if isinstance(seqs, Mapping) else [(f"seq{i}", q) for i, q in enumerate(seqs)]
-        if not items: raise ValueError("no sequences given")
-        labels = [set_label]*len(items) if isinstance(set_label, str) else list(set_label)
-        if len(labels) != len(items): raise ValueError(f"{len(labels)} set labels for {len(items)} sequences")
+        if not items:
+            raise ValueError("no sequences given")
+        labels = [set_label] * len(items) if isinstance(set_label, str) else list(set_label)
+        if len(labels) != len(items):
+            raise ValueError(f"{len(labels)} set labels for {len(items)} sequences")
         df = pd.DataFrame({"seq_id": [k for k, _ in items], "sequence": [q for _, q in items], "set_label": labels})
         return cls(df, features, dict(meta))
 
     # -- access ---------------------------------------------------------------------------------------------
-    def __len__(self) -> int: return len(self.sequences)
+    def __len__(self) -> int:
+        return len(self.sequences)
+
     def __repr__(self) -> str:
         sets = self.sequences["set_label"].value_counts().to_dict()
-        return (f"SequenceSet({len(self)} sequences, {self.total_bp:,} bp, sets={sets}, "
-                f"concepts={self.concepts}, source={self.meta.get('source', '?')!r})")
+        return (
+            f"SequenceSet({len(self)} sequences, {self.total_bp:,} bp, sets={sets}, "
+            f"concepts={self.concepts}, source={self.meta.get('source', '?')!r})"
+        )
+
     @property
-    def ids(self) -> list[str]: return self.sequences["seq_id"].tolist()
+    def ids(self) -> list[str]:
+        return self.sequences["seq_id"].tolist()
+
     @property
-    def total_bp(self) -> int: return int(self.sequences["sequence"].str.len().sum())
+    def total_bp(self) -> int:
+        return int(self.sequences["sequence"].str.len().sum())
+
     @property
-    def labels(self) -> pd.Series: return self.sequences.set_index("seq_id")["set_label"]
+    def labels(self) -> pd.Series:
+        return self.sequences.set_index("seq_id")["set_label"]
+
     def sequence(self, seq_id: str) -> str:
         row = self._index().get(seq_id)
-        if row is None: raise KeyError(f"no sequence {seq_id!r}")
+        if row is None:
+            raise KeyError(f"no sequence {seq_id!r}")
         return self.sequences["sequence"].iat[row]
+
     def _index(self) -> dict:
         if getattr(self, "_idx", None) is None or len(self._idx) != len(self.sequences):
             self._idx = {k: i for i, k in enumerate(self.sequences["seq_id"])}
         return self._idx
+
     @property
     def concepts(self) -> list[str]:
         "Concept names of the per-nucleotide tracks (interval concepts + derived codon-position tracks)."
         c = sorted(self.features["concept"].unique())
-        if self.features["frame_origin"].notna().any(): c += list(CODON_TRACKS)
+        if self.features["frame_origin"].notna().any():
+            c += list(CODON_TRACKS)
         return c
+
     def _feature_rows(self, seq_id: str) -> np.ndarray:
         "Row numbers of `seq_id`'s features (index built once; a SequenceSet is not meant to be mutated)."
         if getattr(self, "_fidx", None) is None:
             f = self.features
-            self._fidx = {k: np.asarray(v) for k, v in f.groupby("seq_id", sort=False).indices.items()} if len(f) else {}
-            self._fcols = (f["start"].to_numpy(), f["end"].to_numpy(), f["concept"].to_numpy(object),
-                           f["strand"].to_numpy(object), f["frame_origin"].to_numpy(dtype=float, na_value=np.nan))
+            self._fidx = (
+                {k: np.asarray(v) for k, v in f.groupby("seq_id", sort=False).indices.items()} if len(f) else {}
+            )
+            self._fcols = (
+                f["start"].to_numpy(),
+                f["end"].to_numpy(),
+                f["concept"].to_numpy(object),
+                f["strand"].to_numpy(object),
+                f["frame_origin"].to_numpy(dtype=float, na_value=np.nan),
+            )
         return self._fidx.get(seq_id, np.empty(0, dtype=np.int64))
 
     def features_of(self, seq_id: str) -> pd.DataFrame:
@@ -177,74 +273,101 @@ class SequenceSet:
         L = len(self.sequence(seq_id))
         out = {c: np.zeros(L, dtype=bool) for c in concepts}
         rows = self._feature_rows(seq_id)
-        if not len(rows): return out
+        if not len(rows):
+            return out
         fs, fe, fc, fst, fo = (col[rows] for col in self._fcols)
         want_codon = any(c in out for c in CODON_TRACKS)
         for a, b, c, strand, origin in zip(fs, fe, fc, fst, fo):
-            if c in out: out[c][a:b] = True
-            if want_codon and origin == origin:   # not NaN
+            if c in out:
+                out[c][a:b] = True
+            if want_codon and origin == origin:  # not NaN
                 pos = np.arange(a, b)
                 phase = (pos - int(origin)) % 3 if strand != "-" else (int(origin) - pos) % 3
                 for k, cc in enumerate(CODON_TRACKS):
-                    if cc in out: out[cc][pos[phase == k]] = True
+                    if cc in out:
+                        out[cc][pos[phase == k]] = True
         return out
 
     def track_matrix(self, seq_id: str, concepts: Sequence[str] | None = None) -> np.ndarray:
         "bool[len, n_concepts] in the order of `concepts` (default `self.concepts`)."
         concepts = list(self.concepts if concepts is None else concepts)
         t = self.tracks(seq_id, concepts)
-        return np.stack([t[c] for c in concepts], axis=1) if concepts else np.zeros((len(self.sequence(seq_id)), 0), bool)
+        return (
+            np.stack([t[c] for c in concepts], axis=1) if concepts else np.zeros((len(self.sequence(seq_id)), 0), bool)
+        )
 
     # -- summaries ------------------------------------------------------------------------------------------
     def stats(self) -> pd.DataFrame:
         "Per set label: number of sequences, bp, mean length, GC and N fractions."
-        s = self.sequences.assign(length=self.sequences["sequence"].str.len(),
-                                  gc=self.sequences["sequence"].map(gc_fraction),
-                                  n=self.sequences["sequence"].str.count("N"))
+        s = self.sequences.assign(
+            length=self.sequences["sequence"].str.len(),
+            gc=self.sequences["sequence"].map(gc_fraction),
+            n=self.sequences["sequence"].str.count("N"),
+        )
         g = s.groupby("set_label")
-        return pd.DataFrame({"n_sequences": g.size(), "total_bp": g["length"].sum(), "mean_length_bp": g["length"].mean(),
-                             "gc_fraction": g["gc"].mean(), "n_fraction": g["n"].sum()/g["length"].sum()})
+        return pd.DataFrame(
+            {
+                "n_sequences": g.size(),
+                "total_bp": g["length"].sum(),
+                "mean_length_bp": g["length"].mean(),
+                "gc_fraction": g["gc"].mean(),
+                "n_fraction": g["n"].sum() / g["length"].sum(),
+            }
+        )
 
     def concept_stats(self) -> pd.DataFrame:
         "Per concept and set label: number of intervals, sequences carrying one, and fraction of bp covered."
         rows = []
         lab = self.labels
         bp_per_set = self.sequences.assign(L=self.sequences["sequence"].str.len()).groupby("set_label")["L"].sum()
-        for (concept, label), g in self.features.assign(set_label=self.features["seq_id"].map(lab)).groupby(["concept", "set_label"]):
+        for (concept, label), g in self.features.assign(set_label=self.features["seq_id"].map(lab)).groupby(
+            ["concept", "set_label"]
+        ):
             covered = 0
             for sid, gs in g.groupby("seq_id"):
                 m = np.zeros(int(gs["end"].max()), bool)
-                for a, b in zip(gs["start"], gs["end"]): m[a:b] = True
+                for a, b in zip(gs["start"], gs["end"]):
+                    m[a:b] = True
                 covered += int(m.sum())
-            rows.append({"concept": concept, "set_label": label, "n_intervals": len(g), "n_sequences": g["seq_id"].nunique(),
-                         "bp_fraction": covered / bp_per_set[label]})
+            rows.append(
+                {
+                    "concept": concept,
+                    "set_label": label,
+                    "n_intervals": len(g),
+                    "n_sequences": g["seq_id"].nunique(),
+                    "bp_fraction": covered / bp_per_set[label],
+                }
+            )
         return pd.DataFrame(rows, columns=["concept", "set_label", "n_intervals", "n_sequences", "bp_fraction"])
 
     def fingerprint(self) -> str:
         "SHA-256 (16 hex) of ids, sequences, labels and features: equal sets give equal fingerprints."
         h = hashlib.sha256()
         for sid, q, lab in zip(self.sequences["seq_id"], self.sequences["sequence"], self.sequences["set_label"]):
-            h.update(f"{sid}\t{lab}\t".encode()); h.update(q.encode()); h.update(b"\n")
+            h.update(f"{sid}\t{lab}\t".encode())
+            h.update(q.encode())
+            h.update(b"\n")
         h.update(self.features[FEATURE_COLUMNS].to_csv(index=False).encode())
         return h.hexdigest()[:16]
 
     # -- windows --------------------------------------------------------------------------------------------
-    def subset(self, seq_ids: Iterable[str]) -> "SequenceSet":
+    def subset(self, seq_ids: Iterable[str]) -> SequenceSet:
         ids = list(seq_ids)
         idx = self._index()
         missing = [i for i in ids if i not in idx]
-        if missing: raise KeyError(f"unknown seq_ids {missing[:5]}")
+        if missing:
+            raise KeyError(f"unknown seq_ids {missing[:5]}")
         seqs = self.sequences.iloc[[idx[i] for i in ids]]
         keep = set(ids)
         return SequenceSet(seqs, self.features[self.features["seq_id"].isin(keep)], dict(self.meta))
 
-    def _windows(self, spans: list[tuple[int, int, int, int, int]]) -> "SequenceSet":
+    def _windows(self, spans: list[tuple[int, int, int, int, int]]) -> SequenceSet:
         "Windows (row, start, end, core_start, core_end) of sequences (coordinates in the sequence)."
         seqs = self.sequences
         rows = np.array([s[0] for s in spans], dtype=np.int64)
         a, b, ca, cb = (np.array([s[k] for s in spans], dtype=np.int64) for k in range(1, 5))
         parents = seqs["sequence"].to_numpy(dtype=object)
-        out = seqs.drop(columns="sequence").iloc[rows].reset_index(drop=True)   # never copy long sequences per window
+        out = seqs.drop(columns="sequence").iloc[rows].reset_index(drop=True)  # never copy long sequences per window
         lengths = np.array([len(q) for q in parents])[rows]
         whole = (a == 0) & (b == lengths)
         ids = seqs["seq_id"].to_numpy()[rows]
@@ -259,14 +382,17 @@ class SequenceSet:
             fs, fe = f["start"].to_numpy(), f["end"].to_numpy()
             for k, (sid, x, y) in enumerate(zip(ids, a, b)):
                 idx = fidx.get(sid)
-                if idx is None: continue
+                if idx is None:
+                    continue
                 sel = idx[(fe[idx] > x) & (fs[idx] < y)]
-                if len(sel): feats.append((sel, k, x, y))
+                if len(sel):
+                    feats.append((sel, k, x, y))
         features = None
         if feats:
             sel = np.concatenate([s_ for s_, *_ in feats])
             k = np.concatenate([np.full(len(s_), k_) for s_, k_, *_ in feats])
-            x = a[k]; y = b[k]
+            x = a[k]
+            y = b[k]
             features = f.iloc[sel].reset_index(drop=True).copy()
             features["start"] = np.maximum(features["start"].to_numpy(), x) - x
             features["end"] = np.minimum(features["end"].to_numpy(), y) - x
@@ -274,112 +400,138 @@ class SequenceSet:
             features["seq_id"] = out["seq_id"].to_numpy()[k]
         return SequenceSet(out, features, dict(self.meta))
 
-    def chunk(self, max_bp: int, overlap_bp: int = 0) -> "SequenceSet":
+    def chunk(self, max_bp: int, overlap_bp: int = 0) -> SequenceSet:
         """Cut sequences longer than `max_bp` into windows of `max_bp` overlapping by `overlap_bp` (the last window
         ends at the sequence's end); shorter sequences are kept whole. Each base is owned by exactly one window:
         `[core_start, core_end)` (window coordinates) splits every overlap in its middle."""
-        if max_bp < 1: raise ValueError(f"max_bp must be >= 1, got {max_bp}")
-        if not 0 <= overlap_bp < max_bp: raise ValueError(f"overlap_bp must be in [0, max_bp), got {overlap_bp} (max_bp={max_bp})")
+        if max_bp < 1:
+            raise ValueError(f"max_bp must be >= 1, got {max_bp}")
+        if not 0 <= overlap_bp < max_bp:
+            raise ValueError(f"overlap_bp must be in [0, max_bp), got {overlap_bp} (max_bp={max_bp})")
         spans = []
         for row, q in enumerate(self.sequences["sequence"]):
             L = len(q)
-            if L <= max_bp: spans.append((row, 0, L, 0, L)); continue
+            if L <= max_bp:
+                spans.append((row, 0, L, 0, L))
+                continue
             step = max_bp - overlap_bp
             starts = list(range(0, L - max_bp, step)) + [L - max_bp]
             for j, a in enumerate(starts):
                 b = a + max_bp
-                ca = 0 if j == 0 else (a + starts[j-1] + max_bp) // 2   # middle of the overlap with the previous window
-                cb = L if j == len(starts) - 1 else (starts[j+1] + b) // 2
+                ca = (
+                    0 if j == 0 else (a + starts[j - 1] + max_bp) // 2
+                )  # middle of the overlap with the previous window
+                cb = L if j == len(starts) - 1 else (starts[j + 1] + b) // 2
                 spans.append((row, a, b, ca, cb))
         out = self._windows(spans)
         out.meta.update(chunk_max_bp=max_bp, chunk_overlap_bp=overlap_bp)
         return out
 
-    def sample_windows(self, window_bp: int, n: int, seed: int = 0, max_n_fraction: float = 0.1) -> "SequenceSet":
+    def sample_windows(self, window_bp: int, n: int, seed: int = 0, max_n_fraction: float = 0.1) -> SequenceSet:
         "`n` random windows of `window_bp` (sequences weighted by length; windows with > `max_n_fraction` N skipped)."
         L = self.sequences["sequence"].str.len().to_numpy()
         ok = L >= window_bp
-        if not ok.any(): raise ValueError(f"no sequence is at least {window_bp} bp long (longest: {L.max()} bp)")
+        if not ok.any():
+            raise ValueError(f"no sequence is at least {window_bp} bp long (longest: {L.max()} bp)")
         rng = np.random.default_rng(seed)
         w = np.where(ok, L - window_bp + 1, 0).astype(float)
         spans, seen, tries = [], set(), 0
         while len(spans) < n:
             tries += 1
-            if tries > 50*n + 1000: raise ValueError(f"could not draw {n} distinct windows of {window_bp} bp")
-            row = int(rng.choice(len(L), p=w/w.sum())); a = int(rng.integers(0, L[row] - window_bp + 1))
-            q = self.sequences["sequence"].iat[row][a:a+window_bp]
-            if (row, a) in seen or q.count("N") > max_n_fraction*window_bp: continue
-            seen.add((row, a)); spans.append((row, a, a + window_bp, a, a + window_bp))
+            if tries > 50 * n + 1000:
+                raise ValueError(f"could not draw {n} distinct windows of {window_bp} bp")
+            row = int(rng.choice(len(L), p=w / w.sum()))
+            a = int(rng.integers(0, L[row] - window_bp + 1))
+            q = self.sequences["sequence"].iat[row][a : a + window_bp]
+            if (row, a) in seen or q.count("N") > max_n_fraction * window_bp:
+                continue
+            seen.add((row, a))
+            spans.append((row, a, a + window_bp, a, a + window_bp))
         return self._windows(spans)
 
-    def split(self, heldout_fraction: float, seed: int = 0, by: str = "auto") -> tuple["SequenceSet", "SequenceSet"]:
+    def split(self, heldout_fraction: float, seed: int = 0, by: str = "auto") -> tuple[SequenceSet, SequenceSet]:
         """(train, held-out) split stratified by set label, by `parent_id` (windows of one sequence stay together)
         or by `seq_id`; "auto" = by parent where every set has at least two parents (windows of a single genome
         are split window by window: cut them without overlap, e.g. `chunk(bp)`, so that nothing leaks)."""
-        if not 0 < heldout_fraction < 1: raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+        if not 0 < heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
         if by == "auto":
             by = "parent" if self.sequences.groupby("set_label")["parent_id"].nunique().min() >= 2 else "sequence"
-        if by not in ("parent", "sequence"): raise ValueError(f"by must be 'auto', 'parent' or 'sequence', got {by!r}")
+        if by not in ("parent", "sequence"):
+            raise ValueError(f"by must be 'auto', 'parent' or 'sequence', got {by!r}")
         key = "parent_id" if by == "parent" else "seq_id"
         rng = np.random.default_rng(seed)
         held = []
         groups = self.sequences.drop_duplicates(key)[[key, "set_label"]]
         for _, g in groups.groupby("set_label"):
             p = g[key].to_numpy()
-            k = max(1, int(round(heldout_fraction*len(p)))) if len(p) > 1 else 0
+            k = max(1, int(round(heldout_fraction * len(p)))) if len(p) > 1 else 0
             held += list(rng.choice(p, size=k, replace=False))
         is_held = self.sequences[key].isin(set(held))
-        if is_held.all() or not is_held.any(): raise ValueError("split left one side empty: use more sequences")
+        if is_held.all() or not is_held.any():
+            raise ValueError("split left one side empty: use more sequences")
         return self.subset(self.sequences["seq_id"][~is_held]), self.subset(self.sequences["seq_id"][is_held])
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         "Write `sequences.parquet`, `features.parquet`, `meta.json` into `folder`."
-        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-        self.sequences.to_parquet(folder/"sequences.parquet", index=False)
-        self.features.to_parquet(folder/"features.parquet", index=False)
-        (folder/"meta.json").write_text(json.dumps(self.meta, indent=1, default=str))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.sequences.to_parquet(folder / "sequences.parquet", index=False)
+        self.features.to_parquet(folder / "features.parquet", index=False)
+        (folder / "meta.json").write_text(json.dumps(self.meta, indent=1, default=str))
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SequenceSet":
+    def load(cls, folder: str | Path) -> SequenceSet:
         folder = Path(folder)
-        if not (folder/"sequences.parquet").exists(): raise FileNotFoundError(f"no SequenceSet in {folder} (sequences.parquet missing)")
-        meta = json.loads((folder/"meta.json").read_text()) if (folder/"meta.json").exists() else {}
-        return cls(pd.read_parquet(folder/"sequences.parquet"), pd.read_parquet(folder/"features.parquet"), meta)
+        if not (folder / "sequences.parquet").exists():
+            raise FileNotFoundError(f"no SequenceSet in {folder} (sequences.parquet missing)")
+        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+        return cls(pd.read_parquet(folder / "sequences.parquet"), pd.read_parquet(folder / "features.parquet"), meta)
+
 
 # %% ../nbs/05_embedding.ipynb #nb05-011
-_HUMAN_DINUC = np.array([  # approximate human genome dinucleotide frequencies (%), rows: first base A,C,G,T
-    [9.8, 5.0, 7.0, 7.6],
-    [7.3, 5.2, 1.0, 7.0],
-    [5.9, 4.3, 5.2, 5.0],
-    [6.5, 5.9, 7.3, 9.8]])
+_HUMAN_DINUC = np.array(
+    [  # approximate human genome dinucleotide frequencies (%), rows: first base A,C,G,T
+        [9.8, 5.0, 7.0, 7.6],
+        [7.3, 5.2, 1.0, 7.0],
+        [5.9, 4.3, 5.2, 5.0],
+        [6.5, 5.9, 7.3, 9.8],
+    ]
+)
 _ACGT = np.frombuffer(b"ACGT", np.uint8)
-_CODE = np.full(256, 255, np.uint8); _CODE[_ACGT] = np.arange(4)
+_CODE = np.full(256, 255, np.uint8)
+_CODE[_ACGT] = np.arange(4)
+
 
 class MarkovBackground:
     "Order-k Markov chain over A, C, G, T: `probs[context, next]`, context = base-4 index of the k previous bases."
+
     def __init__(self, probs: np.ndarray, order: int):
         probs = np.asarray(probs, float)
-        if probs.shape != (4**order, 4): raise ValueError(f"probs must have shape (4**order, 4) = {(4**order, 4)}, got {probs.shape}")
-        if (probs < 0).any(): raise ValueError("negative transition probabilities")
-        self.order, self.probs = order, probs/probs.sum(1, keepdims=True)
+        if probs.shape != (4**order, 4):
+            raise ValueError(f"probs must have shape (4**order, 4) = {(4**order, 4)}, got {probs.shape}")
+        if (probs < 0).any():
+            raise ValueError("negative transition probabilities")
+        self.order, self.probs = order, probs / probs.sum(1, keepdims=True)
 
     @classmethod
-    def human_like(cls) -> "MarkovBackground":
+    def human_like(cls) -> MarkovBackground:
         "Order 1 with approximate human dinucleotide frequencies (AT-rich, CpG depleted)."
         return cls(_HUMAN_DINUC, 1)
 
     @classmethod
-    def fit(cls, seqs: Iterable[str], order: int = 2, pseudocount: float = 1.0) -> "MarkovBackground":
+    def fit(cls, seqs: Iterable[str], order: int = 2, pseudocount: float = 1.0) -> MarkovBackground:
         "Maximum-likelihood (+ pseudocount) order-k chain from sequences (N breaks contexts)."
         counts = np.full((4**order, 4), pseudocount)
         for q in seqs:
             c = _CODE[np.frombuffer(q.upper().encode(), np.uint8)].astype(np.int64)
-            if len(c) <= order: continue
+            if len(c) <= order:
+                continue
             win = np.lib.stride_tricks.sliding_window_view(c, order + 1)
             ok = (win < 4).all(1)
-            ctx = (win[ok, :order] * 4**np.arange(order - 1, -1, -1)).sum(1)
+            ctx = (win[ok, :order] * 4 ** np.arange(order - 1, -1, -1)).sum(1)
             np.add.at(counts, (ctx, win[ok, order]), 1)
         return cls(counts, order)
 
@@ -388,9 +540,11 @@ class MarkovBackground:
         n = 4**self.order
         T = np.zeros((n, n))
         for ctx in range(n):
-            for b in range(4): T[ctx, (ctx*4 + b) % n] += self.probs[ctx, b]
-        p = np.full(n, 1/n)
-        for _ in range(200): p = p @ T
+            for b in range(4):
+                T[ctx, (ctx * 4 + b) % n] += self.probs[ctx, b]
+        p = np.full(n, 1 / n)
+        for _ in range(200):
+            p = p @ T
         return np.array([p[np.arange(n) % 4 == b].sum() for b in range(4)])
 
     def sample_codes(self, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -398,72 +552,105 @@ class MarkovBackground:
         out = np.empty((n, length), np.uint8)
         pi = self.stationary()
         k = self.order
-        out[:, :min(k, length)] = rng.choice(4, size=(n, min(k, length)), p=pi)
+        out[:, : min(k, length)] = rng.choice(4, size=(n, min(k, length)), p=pi)
         cum = np.cumsum(self.probs, 1)
         u = rng.random((n, length))
         ctx = np.zeros(n, np.int64)
-        for j in range(k): ctx = ctx*4 + out[:, j]
+        for j in range(k):
+            ctx = ctx * 4 + out[:, j]
         for t in range(k, length):
             b = (u[:, t, None] > cum[ctx]).sum(1).clip(max=3).astype(np.uint8)
             out[:, t] = b
-            ctx = (ctx*4 + b) % 4**k if k else ctx
+            ctx = (ctx * 4 + b) % 4**k if k else ctx
         return out
 
     def sample(self, n: int, length: int, rng: np.random.Generator) -> list[str]:
         codes = self.sample_codes(n, length, rng)
         return [_ACGT[row].tobytes().decode() for row in codes]
 
+
 # %% ../nbs/05_embedding.ipynb #nb05-013
 DEFAULT_JASPAR_MOTIFS = {  # base JASPAR ids (latest version of the release is used) -> concept name
-    "MA0139": "CTCF", "MA0079": "SP1", "MA0095": "YY1", "MA0506": "NRF1", "MA0028": "ELK1", "MA0108": "TBP",
-    "MA0148": "FOXA1", "MA0035": "GATA1", "MA0138": "REST", "MA0114": "HNF4A", "MA0060": "NFYA", "MA0018": "CREB1"}
+    "MA0139": "CTCF",
+    "MA0079": "SP1",
+    "MA0095": "YY1",
+    "MA0506": "NRF1",
+    "MA0028": "ELK1",
+    "MA0108": "TBP",
+    "MA0148": "FOXA1",
+    "MA0035": "GATA1",
+    "MA0138": "REST",
+    "MA0114": "HNF4A",
+    "MA0060": "NFYA",
+    "MA0018": "CREB1",
+}
+
 
 @lru_cache(maxsize=8)
 def _jaspar_db(release: str):
     from pyjaspar import jaspardb
+
     return jaspardb(release=release)
 
-def jaspar_motifs(ids: Mapping[str, str] | Sequence[str] = tuple(DEFAULT_JASPAR_MOTIFS), release: str = "JASPAR2024",
-                  pseudocount: float = 0.5) -> dict[str, dict]:
+
+def jaspar_motifs(
+    ids: Mapping[str, str] | Sequence[str] = tuple(DEFAULT_JASPAR_MOTIFS),
+    release: str = "JASPAR2024",
+    pseudocount: float = 0.5,
+) -> dict[str, dict]:
     """Position frequency matrices from the JASPAR database shipped with `pyjaspar`:
     `{concept: {"matrix_id", "tf", "pfm": float[len, 4] (A, C, G, T), "consensus"}}`."""
     db = _jaspar_db(release)
-    if not isinstance(ids, Mapping): ids = {i: None for i in ids}
+    if not isinstance(ids, Mapping):
+        ids = {i: None for i in ids}
     out = {}
     for mid, name in ids.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = db.fetch_motif_by_id(mid)
-        if m is None: raise ValueError(f"JASPAR motif {mid!r} not found in {release}")
+        if m is None:
+            raise ValueError(f"JASPAR motif {mid!r} not found in {release}")
         counts = np.array([m.counts[b] for b in "ACGT"], float).T + pseudocount
         tf = name or re.sub(r"[^A-Za-z0-9]+", "_", m.name).strip("_").upper()
-        out[f"tf_{tf}"] = {"matrix_id": m.matrix_id, "tf": m.name, "pfm": counts/counts.sum(1, keepdims=True),
-                           "consensus": str(m.counts.consensus)}
+        out[f"tf_{tf}"] = {
+            "matrix_id": m.matrix_id,
+            "tf": m.name,
+            "pfm": counts / counts.sum(1, keepdims=True),
+            "consensus": str(m.counts.consensus),
+        }
     return out
+
 
 # %% ../nbs/05_embedding.ipynb #nb05-014
 G4_PATTERN = re.compile(r"G{3,}[ACGTN]{1,7}G{3,}[ACGTN]{1,7}G{3,}[ACGTN]{1,7}G{3,}")
 G4_PATTERN_MINUS = re.compile(r"C{3,}[ACGTN]{1,7}C{3,}[ACGTN]{1,7}C{3,}[ACGTN]{1,7}C{3,}")
 
+
 def find_g4(seq: str) -> list[tuple[int, int, str]]:
     "Putative G-quadruplexes G3+(N1-7 G3+)x3 on either strand: `[(start, end, strand)]` (non-overlapping per strand)."
-    return sorted([(m.start(), m.end(), "+") for m in G4_PATTERN.finditer(seq)] +
-                  [(m.start(), m.end(), "-") for m in G4_PATTERN_MINUS.finditer(seq)])
+    return sorted(
+        [(m.start(), m.end(), "+") for m in G4_PATTERN.finditer(seq)]
+        + [(m.start(), m.end(), "-") for m in G4_PATTERN_MINUS.finditer(seq)]
+    )
 
-_SENSE_CODONS = [a+b+c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a+b+c not in ("TAA", "TAG", "TGA")]
-_CODON_W = np.array([2.0 if c[2] in "GC" else 1.0 for c in _SENSE_CODONS]); _CODON_W /= _CODON_W.sum()
+
+_SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+_CODON_W = np.array([2.0 if c[2] in "GC" else 1.0 for c in _SENSE_CODONS])
+_CODON_W /= _CODON_W.sum()
 _TANDEM_UNITS = ["CA", "A", "CAG", "TTAGGG", "AT", "GAA", "TG"]
+
 
 @dataclass(frozen=True)
 class PlantedConfig:
     "What `planted()` generates. Rates are per sequence (Poisson means or probabilities)."
+
     n_sequences: int = 400
     length_bp: int = 600
     set_fractions: tuple = (("g4_rich", 0.5), ("control", 0.5))
     motif_ids: tuple = tuple(DEFAULT_JASPAR_MOTIFS.items())
     jaspar_release: str = "JASPAR2024"
     motifs_per_seq: float = 3.0
-    g4_per_seq: float = 1.5          # in g4_rich sequences: 1 + Poisson(g4_per_seq - 1)
+    g4_per_seq: float = 1.5  # in g4_rich sequences: 1 + Poisson(g4_per_seq - 1)
     p_gene: float = 0.35
     p_cpg_island: float = 0.3
     p_polya: float = 0.35
@@ -472,36 +659,53 @@ class PlantedConfig:
     repeat_divergence: float = 0.1
     seed: int = 0
 
+
 def _rand_dna(rng, n, p=(0.25, 0.25, 0.25, 0.25)) -> str:
     return _ACGT[rng.choice(4, size=n, p=p)].tobytes().decode()
+
 
 def _iupac(rng, pattern: str) -> str:
     choices = {"R": "AG", "Y": "CT", "M": "AC", "N": "ACGT"}
     return "".join(rng.choice(list(choices[c])) if c in choices else c for c in pattern)
 
+
 def _make_gene(rng) -> tuple[str, list[tuple[int, int, str, str]]]:
     "exon1 - intron - exon2 with splice-site consensus; returns (sequence, [(start, end, concept, name)])."
-    e1 = int(rng.integers(20, 50)); e2 = int(rng.integers(20, 50))
+    e1 = int(rng.integers(20, 50))
+    e2 = int(rng.integers(20, 50))
     exon1 = "".join(rng.choice(_SENSE_CODONS, size=e1, p=_CODON_W))[:-3] + _iupac(rng, "MAG")
     exon2 = "G" + "".join(rng.choice(_SENSE_CODONS, size=e2, p=_CODON_W))[1:]
     core = int(rng.integers(40, 160))
-    intron = (_iupac(rng, "GTRAGT") + _rand_dna(rng, core, (0.3, 0.2, 0.2, 0.3)) + _iupac(rng, "CTRAY")
-              + _rand_dna(rng, int(rng.integers(8, 20)), (0.3, 0.2, 0.2, 0.3))
-              + _iupac(rng, "YYYYYYYYYYYY") + _iupac(rng, "NCAG"))
+    intron = (
+        _iupac(rng, "GTRAGT")
+        + _rand_dna(rng, core, (0.3, 0.2, 0.2, 0.3))
+        + _iupac(rng, "CTRAY")
+        + _rand_dna(rng, int(rng.integers(8, 20)), (0.3, 0.2, 0.2, 0.3))
+        + _iupac(rng, "YYYYYYYYYYYY")
+        + _iupac(rng, "NCAG")
+    )
     a, b = len(exon1), len(exon1) + len(intron)
-    feats = [(0, a, "exon", "exon1"), (a, b, "intron", "intron"), (b, b + len(exon2), "exon", "exon2"),
-             (a - 3, a + 6, "splice_donor", "MAG|GTRAGT"), (b - 16, b + 1, "splice_acceptor", "Y12NCAG|G")]
+    feats = [
+        (0, a, "exon", "exon1"),
+        (a, b, "intron", "intron"),
+        (b, b + len(exon2), "exon", "exon2"),
+        (a - 3, a + 6, "splice_donor", "MAG|GTRAGT"),
+        (b - 16, b + 1, "splice_acceptor", "Y12NCAG|G"),
+    ]
     return exon1 + intron + exon2, feats
+
 
 def _make_polya(rng) -> tuple[str, list]:
     hexamer = "AATAAA" if rng.random() < 0.75 else "ATTAAA"
     s = hexamer + _rand_dna(rng, int(rng.integers(10, 25))) + "CA" + _rand_dna(rng, 15, (0.1, 0.05, 0.35, 0.5))
     return s, [(0, 6, "polya_signal", hexamer)]
 
+
 def _make_g4(rng) -> str:
-    runs = ["G"*int(rng.integers(3, 6)) for _ in range(4)]
+    runs = ["G" * int(rng.integers(3, 6)) for _ in range(4)]
     loops = [_rand_dna(rng, int(rng.integers(1, 8)), (0.3, 0.3, 0.1, 0.3)) for _ in range(3)]
     return runs[0] + loops[0] + runs[1] + loops[1] + runs[2] + loops[2] + runs[3]
+
 
 def _mutate(rng, s: str, rate: float) -> str:
     a = np.frombuffer(s.encode(), np.uint8).copy()
@@ -509,20 +713,26 @@ def _mutate(rng, s: str, rate: float) -> str:
     a[hit] = _ACGT[rng.integers(0, 4, hit.sum())]
     return a.tobytes().decode()
 
-def planted(config: PlantedConfig | None = None, background: MarkovBackground | None = None, **overrides) -> SequenceSet:
+
+def planted(
+    config: PlantedConfig | None = None, background: MarkovBackground | None = None, **overrides
+) -> SequenceSet:
     """Synthetic sequences with planted, labelled concepts (see the table above); deterministic per `config.seed`.
     Elements are placed at random non-overlapping positions; one that does not fit is skipped and counted in
     `meta['n_not_placed']`."""
     cfg = config or PlantedConfig()
-    if overrides: cfg = PlantedConfig(**{**cfg.__dict__, **overrides})
-    if cfg.n_sequences < 1 or cfg.length_bp < 50: raise ValueError("planted: need n_sequences >= 1 and length_bp >= 50")
+    if overrides:
+        cfg = PlantedConfig(**{**cfg.__dict__, **overrides})
+    if cfg.n_sequences < 1 or cfg.length_bp < 50:
+        raise ValueError("planted: need n_sequences >= 1 and length_bp >= 50")
     background = background or MarkovBackground.human_like()
     motifs = jaspar_motifs(dict(cfg.motif_ids), cfg.jaspar_release) if cfg.motif_ids else {}
     rng = np.random.default_rng(cfg.seed)
     consensus = _rand_dna(np.random.default_rng([cfg.seed, 7]), 250, (0.25, 0.27, 0.28, 0.2))
     labels, fracs = zip(*cfg.set_fractions)
-    fracs = np.asarray(fracs, float)/np.sum(fracs)
-    counts = np.floor(fracs*cfg.n_sequences).astype(int); counts[0] += cfg.n_sequences - counts.sum()
+    fracs = np.asarray(fracs, float) / np.sum(fracs)
+    counts = np.floor(fracs * cfg.n_sequences).astype(int)
+    counts[0] += cfg.n_sequences - counts.sum()
     set_of = np.repeat(np.arange(len(labels)), counts)
     bg = background.sample_codes(cfg.n_sequences, cfg.length_bp, rng)
     CpG = (0.18, 0.32, 0.32, 0.18)
@@ -532,113 +742,158 @@ def planted(config: PlantedConfig | None = None, background: MarkovBackground | 
         first = len(feats)
         s = bytearray(_ACGT[bg[i]].tobytes())
         occ = np.zeros(cfg.length_bp, bool)
+
         def place(elem: str, subfeats, strand="+"):
             nonlocal not_placed
             n = len(elem)
             for _ in range(30):
-                if n + 2 > cfg.length_bp: break
+                if n + 2 > cfg.length_bp:
+                    break
                 p = int(rng.integers(1, cfg.length_bp - n))
-                if occ[p-1:p+n+1].any(): continue
-                s[p:p+n] = elem.encode(); occ[p:p+n] = True
+                if occ[p - 1 : p + n + 1].any():
+                    continue
+                s[p : p + n] = elem.encode()
+                occ[p : p + n] = True
                 for a, b, concept, name in subfeats:
                     a, b = (a, b) if strand == "+" else (n - b, n - a)
                     feats.append((sid, p + a, p + b, concept, strand, name))
                 return True
             not_placed += 1
             return False
+
         def place_stranded(elem, subfeats, strand):
             return place(elem if strand == "+" else reverse_complement(elem), subfeats, strand)
+
         if rng.random() < cfg.p_gene:
-            g, gf = _make_gene(rng); place_stranded(g, gf, "+" if rng.random() < 0.5 else "-")
+            g, gf = _make_gene(rng)
+            place_stranded(g, gf, "+" if rng.random() < 0.5 else "-")
         if rng.random() < cfg.p_cpg_island:
-            n = int(rng.integers(200, 401)); place(_rand_dna(rng, n, CpG), [(0, n, "cpg_island", "")], ".")
+            n = int(rng.integers(200, 401))
+            place(_rand_dna(rng, n, CpG), [(0, n, "cpg_island", "")], ".")
         for _ in range(rng.poisson(cfg.repeats_per_seq)):
-            n = int(rng.integers(80, 251)); a = int(rng.integers(0, 251 - n))
-            rep = _mutate(rng, consensus[a:a+n], cfg.repeat_divergence)
-            place_stranded(rep, [(0, n, "interspersed_repeat", f"consensus:{a}-{a+n}")], "+" if rng.random() < 0.5 else "-")
+            n = int(rng.integers(80, 251))
+            a = int(rng.integers(0, 251 - n))
+            rep = _mutate(rng, consensus[a : a + n], cfg.repeat_divergence)
+            place_stranded(
+                rep, [(0, n, "interspersed_repeat", f"consensus:{a}-{a + n}")], "+" if rng.random() < 0.5 else "-"
+            )
         if labels[set_of[i]] == "g4_rich":
             for _ in range(1 + rng.poisson(max(cfg.g4_per_seq - 1, 0))):
-                g = _make_g4(rng); place_stranded(g, [(0, len(g), "g4", "planted")], "+" if rng.random() < 0.7 else "-")
+                g = _make_g4(rng)
+                place_stranded(g, [(0, len(g), "g4", "planted")], "+" if rng.random() < 0.7 else "-")
         if rng.random() < cfg.p_polya:
-            pa, pf = _make_polya(rng); place_stranded(pa, pf, "+" if rng.random() < 0.5 else "-")
+            pa, pf = _make_polya(rng)
+            place_stranded(pa, pf, "+" if rng.random() < 0.5 else "-")
         for _ in range(rng.poisson(cfg.tandem_per_seq)):
             unit = _TANDEM_UNITS[int(rng.integers(len(_TANDEM_UNITS)))]
-            n = int(rng.integers(18, 40)); rep = (unit*40)[:n]
+            n = int(rng.integers(18, 40))
+            rep = (unit * 40)[:n]
             place(rep, [(0, n, "tandem_repeat", f"({unit})n")], ".")
         names = list(motifs)
         for _ in range(rng.poisson(cfg.motifs_per_seq) if names else 0):
-            c = names[int(rng.integers(len(names)))]; pfm = motifs[c]["pfm"]
+            c = names[int(rng.integers(len(names)))]
+            pfm = motifs[c]["pfm"]
             site = "".join(_ACGT[[rng.choice(4, p=row) for row in pfm]].tobytes().decode())
             place_stranded(site, [(0, len(site), c, motifs[c]["matrix_id"])], "+" if rng.random() < 0.5 else "-")
         q = s.decode()
         planted_g4 = [k for k in range(first, len(feats)) if feats[k][3] == "g4"]
         for a, b, strand in find_g4(q):  # chance G4s of the background count as G4s too
             over = [k for k in planted_g4 if a < feats[k][2] and feats[k][1] < b]
-            for k in over:   # a planted G4 that the background extends (e.g. a G next to a G-run): label the whole match
-                r = feats[k]; feats[k] = (r[0], min(r[1], a), max(r[2], b)) + r[3:]
-            if not over: feats.append((sid, a, b, "g4", strand, "chance"))
+            for k in over:  # a planted G4 that the background extends (e.g. a G next to a G-run): label the whole match
+                r = feats[k]
+                feats[k] = (r[0], min(r[1], a), max(r[2], b)) + r[3:]
+            if not over:
+                feats.append((sid, a, b, "g4", strand, "chance"))
         seqs.append((sid, q, labels[set_of[i]]))
     sequences = pd.DataFrame(seqs, columns=SEQ_COLUMNS).assign(source="planted")
     features = pd.DataFrame(feats, columns=["seq_id", "start", "end", "concept", "strand", "name"])
-    meta = {"source": "planted", "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-            "n_not_placed": not_placed, "repeat_consensus": consensus,
-            "motifs": {c: {"matrix_id": m["matrix_id"], "tf": m["tf"], "consensus": m["consensus"]} for c, m in motifs.items()}}
+    meta = {
+        "source": "planted",
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "n_not_placed": not_placed,
+        "repeat_consensus": consensus,
+        "motifs": {
+            c: {"matrix_id": m["matrix_id"], "tf": m["tf"], "consensus": m["consensus"]} for c, m in motifs.items()
+        },
+    }
     return SequenceSet(sequences, features, meta)
 
+
 # %% ../nbs/05_embedding.ipynb #nb05-017
-PYRODIGAL_GENOMES = {"NCTC11397": "GCF_001457455.1_NCTC11397_genomic.fna.gz",
-                     "NCTC11397_100kb": "GCF_001457455.1_NCTC11397_genomic_100kb.fna.gz"}
+PYRODIGAL_GENOMES = {
+    "NCTC11397": "GCF_001457455.1_NCTC11397_genomic.fna.gz",
+    "NCTC11397_100kb": "GCF_001457455.1_NCTC11397_genomic_100kb.fna.gz",
+}
+
 
 def read_fasta(path: str | Path) -> dict[str, str]:
     "`{record id: sequence}` of a (gzipped) FASTA file, upper-cased and validated."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"FASTA file not found: {path}")
+    if not path.exists():
+        raise FileNotFoundError(f"FASTA file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     seqs, name, chunks = {}, None, []
     with opener(path, "rt") as fh:
         for line in fh:
             if line.startswith(">"):
-                if name is not None: seqs[name] = "".join(chunks)
+                if name is not None:
+                    seqs[name] = "".join(chunks)
                 name, chunks = line[1:].split()[0] if line[1:].strip() else f"record{len(seqs)}", []
             elif line.strip():
-                if name is None: raise ValueError(f"{path}: sequence data before the first '>' header")
+                if name is None:
+                    raise ValueError(f"{path}: sequence data before the first '>' header")
                 chunks.append(line.strip())
-    if name is not None: seqs[name] = "".join(chunks)
-    if not seqs: raise ValueError(f"{path}: no FASTA records")
+    if name is not None:
+        seqs[name] = "".join(chunks)
+    if not seqs:
+        raise ValueError(f"{path}: no FASTA records")
     return {k: validate_sequence(v, f"{path.name}:{k}") for k, v in seqs.items()}
+
 
 def pyrodigal_genome_path(genome: str = "NCTC11397") -> Path:
     "Path of a genome shipped in the pyrodigal wheel (`pyrodigal/tests/data`)."
     import pyrodigal
-    if genome not in PYRODIGAL_GENOMES: raise ValueError(f"unknown genome {genome!r}; known: {list(PYRODIGAL_GENOMES)}")
-    path = Path(pyrodigal.__file__).parent/"tests"/"data"/PYRODIGAL_GENOMES[genome]
-    if not path.exists(): raise FileNotFoundError(f"{path} is missing: this pyrodigal wheel does not ship its test data")
+
+    if genome not in PYRODIGAL_GENOMES:
+        raise ValueError(f"unknown genome {genome!r}; known: {list(PYRODIGAL_GENOMES)}")
+    path = Path(pyrodigal.__file__).parent / "tests" / "data" / PYRODIGAL_GENOMES[genome]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: this pyrodigal wheel does not ship its test data")
     return path
+
 
 _SPACER = {"3-4bp": (3, 4), "5-10bp": (5, 10), "11-12bp": (11, 12), "13-15bp": (13, 15)}
 
+
 def _find_rbs(seq: str, start_codon_at: int, strand: int, motif: str | None, spacer: str | None):
     "Locate Prodigal's RBS motif upstream of a start codon; (start, end) in + coordinates, or None."
-    if not motif or motif == "None" or spacer not in _SPACER: return None
+    if not motif or motif == "None" or spacer not in _SPACER:
+        return None
     lo, hi = _SPACER[spacer]
     pats = [re.compile(m.replace("x", ".")) for m in motif.split("/")]
     if strand == 1:
-        up_end = start_codon_at                     # first base of the start codon
-        window = seq[max(0, up_end - hi - 8):up_end]; off = up_end - len(window)
+        up_end = start_codon_at  # first base of the start codon
+        window = seq[max(0, up_end - hi - 8) : up_end]
+        off = up_end - len(window)
     else:
-        up_end = start_codon_at                     # last base (+ coords) of the start codon, exclusive end
-        window = reverse_complement(seq[up_end:up_end + hi + 8]); off = None
+        up_end = start_codon_at  # last base (+ coords) of the start codon, exclusive end
+        window = reverse_complement(seq[up_end : up_end + hi + 8])
+        off = None
     best = None
     for p in pats:
         for m in re.finditer(f"(?=({p.pattern}))", window):
             a, b = m.start(1), m.start(1) + len(m.group(1))
             gap = len(window) - b
-            if lo <= gap <= hi and (best is None or gap < best[2]): best = (a, b, gap)
-    if best is None: return None
+            if lo <= gap <= hi and (best is None or gap < best[2]):
+                best = (a, b, gap)
+    if best is None:
+        return None
     a, b, _ = best
-    if strand == 1: return off + a, off + b
+    if strand == 1:
+        return off + a, off + b
     L = len(window)
     return up_end + (L - b), up_end + (L - a)
+
 
 def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
     "Features (cds, start_codon, stop_codon, rbs, intergenic) of pyrodigal `genes` predicted on `seq`."
@@ -647,28 +902,39 @@ def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
     for k, g in enumerate(genes):
         a, b, strand = g.begin - 1, g.end, g.strand
         s = "+" if strand == 1 else "-"
-        name = f"gene{k+1:05d}"
+        name = f"gene{k + 1:05d}"
         origin = a if strand == 1 else b - 1
-        rows.append((seq_id, a, b, "cds", s, name, origin)); coding[a:b] = True
-        has_start, has_stop = (not g.partial_begin, not g.partial_end) if strand == 1 else (not g.partial_end, not g.partial_begin)
+        rows.append((seq_id, a, b, "cds", s, name, origin))
+        coding[a:b] = True
+        has_start, has_stop = (
+            (not g.partial_begin, not g.partial_end) if strand == 1 else (not g.partial_end, not g.partial_begin)
+        )
         if strand == 1:
-            if has_start: rows.append((seq_id, a, a + 3, "start_codon", s, name, None))
-            if has_stop: rows.append((seq_id, b - 3, b, "stop_codon", s, name, None))
+            if has_start:
+                rows.append((seq_id, a, a + 3, "start_codon", s, name, None))
+            if has_stop:
+                rows.append((seq_id, b - 3, b, "stop_codon", s, name, None))
             rbs = _find_rbs(seq, a, 1, g.rbs_motif, g.rbs_spacer) if has_start else None
         else:
-            if has_start: rows.append((seq_id, b - 3, b, "start_codon", s, name, None))
-            if has_stop: rows.append((seq_id, a, a + 3, "stop_codon", s, name, None))
+            if has_start:
+                rows.append((seq_id, b - 3, b, "start_codon", s, name, None))
+            if has_stop:
+                rows.append((seq_id, a, a + 3, "stop_codon", s, name, None))
             rbs = _find_rbs(seq, b, -1, g.rbs_motif, g.rbs_spacer) if has_start else None
-        if rbs: rows.append((seq_id, rbs[0], rbs[1], "rbs", s, f"{name}:{g.rbs_motif}", None))
+        if rbs:
+            rows.append((seq_id, rbs[0], rbs[1], "rbs", s, f"{name}:{g.rbs_motif}", None))
     edges = np.flatnonzero(np.diff(np.r_[0, (~coding).astype(np.int8), 0]))
-    for a, b in zip(edges[::2], edges[1::2]): rows.append((seq_id, int(a), int(b), "intergenic", ".", "", None))
+    for a, b in zip(edges[::2], edges[1::2]):
+        rows.append((seq_id, int(a), int(b), "intergenic", ".", "", None))
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
+
 
 def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = None) -> SequenceSet:
     """A genome from the pyrodigal wheel (one sequence per contig), annotated by Prodigal trained on it
     (single-genome mode). `region=(start, end)` keeps only that part of the first contig (after annotating the
     whole genome). Cut it with `.chunk()` or `.sample_windows()` for the LM."""
     import pyrodigal
+
     path = pyrodigal_genome_path(genome)
     contigs = read_fasta(path)
     finder = pyrodigal.GeneFinder(meta=False)
@@ -676,74 +942,132 @@ def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = No
     rows, feats = [], []
     for cid, seq in contigs.items():
         genes = finder.find_genes(seq)
-        rows.append((cid, seq, "genome")); feats.append(annotate_prodigal(seq, genes, cid))
-    ss = SequenceSet(pd.DataFrame(rows, columns=SEQ_COLUMNS).assign(source="prokaryote"), pd.concat(feats, ignore_index=True),
-                     {"source": "prokaryote", "genome": genome, "file": path.name, "pyrodigal_version": pyrodigal.__version__})
+        rows.append((cid, seq, "genome"))
+        feats.append(annotate_prodigal(seq, genes, cid))
+    ss = SequenceSet(
+        pd.DataFrame(rows, columns=SEQ_COLUMNS).assign(source="prokaryote"),
+        pd.concat(feats, ignore_index=True),
+        {"source": "prokaryote", "genome": genome, "file": path.name, "pyrodigal_version": pyrodigal.__version__},
+    )
     if region is not None:
         a, b = region
         L = len(ss.sequences["sequence"].iat[0])
-        if not 0 <= a < b <= L: raise ValueError(f"region {region} is outside the genome (length {L})")
+        if not 0 <= a < b <= L:
+            raise ValueError(f"region {region} is outside the genome (length {L})")
         ss = ss._windows([(0, a, b, a, b)])
     return ss
+
 
 # %% ../nbs/05_embedding.ipynb #nb05-020
 _BED_COLS = ["chrom", "start", "end", "name", "score", "strand"]
 
+
 def read_bed(path: str | Path) -> pd.DataFrame:
     "BED3-6 as a DataFrame (`chrom, start, end, name, score, strand, line`); header/track lines skipped."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"BED file not found: {path}")
+    if not path.exists():
+        raise FileNotFoundError(f"BED file not found: {path}")
     rows = []
     for ln, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith(("#", "track", "browser")): continue
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
         f = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-        if len(f) < 3: raise ValueError(f"{path}:{ln}: a BED line needs at least 3 columns (chrom, start, end): {line!r}")
-        try: a, b = int(f[1]), int(f[2])
-        except ValueError: raise ValueError(f"{path}:{ln}: start/end must be integers, got {f[1]!r}, {f[2]!r}") from None
-        if a < 0 or b <= a: raise ValueError(f"{path}:{ln}: invalid interval {f[0]}:{a}-{b} (need 0 <= start < end)")
+        if len(f) < 3:
+            raise ValueError(f"{path}:{ln}: a BED line needs at least 3 columns (chrom, start, end): {line!r}")
+        try:
+            a, b = int(f[1]), int(f[2])
+        except ValueError:
+            raise ValueError(f"{path}:{ln}: start/end must be integers, got {f[1]!r}, {f[2]!r}") from None
+        if a < 0 or b <= a:
+            raise ValueError(f"{path}:{ln}: invalid interval {f[0]}:{a}-{b} (need 0 <= start < end)")
         strand = f[5] if len(f) > 5 else "."
-        if strand not in ("+", "-", "."): raise ValueError(f"{path}:{ln}: strand must be +, - or ., got {strand!r}")
+        if strand not in ("+", "-", "."):
+            raise ValueError(f"{path}:{ln}: strand must be +, - or ., got {strand!r}")
         rows.append((f[0], a, b, f[3] if len(f) > 3 else "", f[4] if len(f) > 4 else "", strand, ln))
-    if not rows: raise ValueError(f"{path}: no intervals")
+    if not rows:
+        raise ValueError(f"{path}: no intervals")
     return pd.DataFrame(rows, columns=_BED_COLS + ["line"])
 
-_GTF_CONCEPTS = {"exon": "exon", "CDS": "cds", "five_prime_utr": "utr5", "5UTR": "utr5", "three_prime_utr": "utr3",
-                 "3UTR": "utr3", "UTR": "utr", "gene": "gene"}
+
+_GTF_CONCEPTS = {
+    "exon": "exon",
+    "CDS": "cds",
+    "five_prime_utr": "utr5",
+    "5UTR": "utr5",
+    "three_prime_utr": "utr3",
+    "3UTR": "utr3",
+    "UTR": "utr",
+    "gene": "gene",
+}
+
 
 def read_gtf_features(gtf: str | Path) -> pd.DataFrame:
     "GTF → genome intervals (`Chromosome, Start, End, Strand, concept, name, frame_origin`) incl. derived introns."
     import pyranges as pr
+
     gtf = Path(gtf)
-    if not gtf.exists(): raise FileNotFoundError(f"GTF file not found: {gtf}")
-    try: df = pr.read_gtf(str(gtf), as_df=True)
-    except Exception as e: raise ValueError(f"{gtf}: could not parse as GTF ({e})") from e
-    if len(df) == 0: raise ValueError(f"{gtf}: no features")
+    if not gtf.exists():
+        raise FileNotFoundError(f"GTF file not found: {gtf}")
+    try:
+        df = pr.read_gtf(str(gtf), as_df=True)
+    except Exception as e:
+        raise ValueError(f"{gtf}: could not parse as GTF ({e})") from e
+    if len(df) == 0:
+        raise ValueError(f"{gtf}: no features")
     df = df[df["Feature"].isin(list(_GTF_CONCEPTS))].copy()
     name = df["gene_name"] if "gene_name" in df else df.get("gene_id", pd.Series("", index=df.index))
-    out = pd.DataFrame({"Chromosome": df["Chromosome"].astype(str), "Start": df["Start"].astype("int64"),
-                        "End": df["End"].astype("int64"), "Strand": df["Strand"].astype(str),
-                        "concept": df["Feature"].map(_GTF_CONCEPTS), "name": name.fillna("").astype(str)})
+    out = pd.DataFrame(
+        {
+            "Chromosome": df["Chromosome"].astype(str),
+            "Start": df["Start"].astype("int64"),
+            "End": df["End"].astype("int64"),
+            "Strand": df["Strand"].astype(str),
+            "concept": df["Feature"].map(_GTF_CONCEPTS),
+            "name": name.fillna("").astype(str),
+        }
+    )
     frame = pd.to_numeric(df.get("Frame", pd.Series(".", index=df.index)), errors="coerce")
     is_cds = (out["concept"] == "cds") & frame.notna()
     origin = np.where(out["Strand"] == "-", out["End"] - 1 - frame.fillna(0), out["Start"] + frame.fillna(0))
-    out["frame_origin"] = pd.Series(np.where(is_cds, origin, 0).astype("int64"), index=out.index).astype("Int64").where(is_cds, pd.NA)
+    out["frame_origin"] = (
+        pd.Series(np.where(is_cds, origin, 0).astype("int64"), index=out.index).astype("Int64").where(is_cds, pd.NA)
+    )
     introns = []
     if "transcript_id" in df:
         ex = df[df["Feature"] == "exon"].sort_values(["transcript_id", "Start"])
         for tid, g in ex.groupby("transcript_id"):
             s, e = g["Start"].to_numpy(), g["End"].to_numpy()
             for a, b in zip(e[:-1], s[1:]):
-                if b > a: introns.append((str(g["Chromosome"].iat[0]), int(a), int(b), str(g["Strand"].iat[0]), "intron",
-                                          str(g["gene_name"].iat[0]) if "gene_name" in g else str(tid), pd.NA))
-    if introns: out = pd.concat([out, pd.DataFrame(introns, columns=out.columns)], ignore_index=True)
+                if b > a:
+                    introns.append(
+                        (
+                            str(g["Chromosome"].iat[0]),
+                            int(a),
+                            int(b),
+                            str(g["Strand"].iat[0]),
+                            "intron",
+                            str(g["gene_name"].iat[0]) if "gene_name" in g else str(tid),
+                            pd.NA,
+                        )
+                    )
+    if introns:
+        out = pd.concat([out, pd.DataFrame(introns, columns=out.columns)], ignore_index=True)
     return out.drop_duplicates(["Chromosome", "Start", "End", "Strand", "concept"]).reset_index(drop=True)
 
-def bed_fasta(bed: str | Path | Mapping[str, str | Path], fasta: str | Path, gtf: str | Path | None = None, *,
-              strand_aware: bool = True) -> SequenceSet:
+
+def bed_fasta(
+    bed: str | Path | Mapping[str, str | Path],
+    fasta: str | Path,
+    gtf: str | Path | None = None,
+    *,
+    strand_aware: bool = True,
+) -> SequenceSet:
     "Windows of a BED file (or `{set label: BED}`) from an indexed FASTA, annotated with a GTF (see above)."
     import pyfaidx
+
     fasta = Path(fasta)
-    if not fasta.exists(): raise FileNotFoundError(f"FASTA file not found: {fasta}")
+    if not fasta.exists():
+        raise FileNotFoundError(f"FASTA file not found: {fasta}")
     beds = dict(bed) if isinstance(bed, Mapping) else {None: bed}
     fa = pyfaidx.Fasta(str(fasta), sequence_always_upper=True, as_raw=True, rebuild=True)
     chrom_len = {k: len(fa[k]) for k in fa.keys()}
@@ -753,46 +1077,84 @@ def bed_fasta(bed: str | Path | Mapping[str, str | Path], fasta: str | Path, gtf
         for r in b.itertuples(index=False):
             where = f"{path}:{r.line}"
             if r.chrom not in chrom_len:
-                raise ValueError(f"{where}: chromosome {r.chrom!r} is not in {fasta.name} (has: {sorted(chrom_len)[:10]})")
+                raise ValueError(
+                    f"{where}: chromosome {r.chrom!r} is not in {fasta.name} (has: {sorted(chrom_len)[:10]})"
+                )
             if r.end > chrom_len[r.chrom]:
-                raise ValueError(f"{where}: interval {r.chrom}:{r.start}-{r.end} extends past the end of {r.chrom} "
-                                 f"(length {chrom_len[r.chrom]}) in {fasta.name}")
-            seq = str(fa[r.chrom][r.start:r.end])
+                raise ValueError(
+                    f"{where}: interval {r.chrom}:{r.start}-{r.end} extends past the end of {r.chrom} "
+                    f"(length {chrom_len[r.chrom]}) in {fasta.name}"
+                )
+            seq = str(fa[r.chrom][r.start : r.end])
             minus = strand_aware and r.strand == "-"
             seq = validate_sequence(seq, f"{where} ({r.chrom}:{r.start}-{r.end})")
-            if minus: seq = reverse_complement(seq)
+            if minus:
+                seq = reverse_complement(seq)
             sid = r.name or f"{r.chrom}:{r.start}-{r.end}({r.strand})"
             lab = label if label is not None else Path(path).stem
-            rows.append({"seq_id": sid, "sequence": seq, "set_label": lab, "chrom": r.chrom, "start": r.start,
-                         "end": r.end, "strand": r.strand, "bed_line": where})
+            rows.append(
+                {
+                    "seq_id": sid,
+                    "sequence": seq,
+                    "set_label": lab,
+                    "chrom": r.chrom,
+                    "start": r.start,
+                    "end": r.end,
+                    "strand": r.strand,
+                    "bed_line": where,
+                }
+            )
     seqs = pd.DataFrame(rows)
     if seqs["seq_id"].duplicated().any():
         seqs["seq_id"] = seqs["seq_id"] + "#" + seqs.groupby("seq_id").cumcount().astype(str)
     feats = None
     if gtf is not None:
         feats = _annotate_windows(seqs, read_gtf_features(gtf), strand_aware)
-    return SequenceSet(seqs.assign(source="bed-fasta"), feats,
-                       {"source": "bed-fasta", "bed": {str(k): str(v) for k, v in beds.items()}, "fasta": str(fasta),
-                        "gtf": str(gtf) if gtf else None})
+    return SequenceSet(
+        seqs.assign(source="bed-fasta"),
+        feats,
+        {
+            "source": "bed-fasta",
+            "bed": {str(k): str(v) for k, v in beds.items()},
+            "fasta": str(fasta),
+            "gtf": str(gtf) if gtf else None,
+        },
+    )
+
 
 def _annotate_windows(seqs: pd.DataFrame, annot: pd.DataFrame, strand_aware: bool) -> pd.DataFrame:
     import pyranges as pr
-    if len(annot) == 0: return None
-    win = pr.PyRanges(pd.DataFrame({"Chromosome": seqs["chrom"], "Start": seqs["start"], "End": seqs["end"],
-                                    "wid": np.arange(len(seqs))}))
+
+    if len(annot) == 0:
+        return None
+    win = pr.PyRanges(
+        pd.DataFrame(
+            {"Chromosome": seqs["chrom"], "Start": seqs["start"], "End": seqs["end"], "wid": np.arange(len(seqs))}
+        )
+    )
     ann = pr.PyRanges(annot.rename(columns={"Strand": "FStrand"}))
     j = win.join(ann, suffix="_b").df
-    if len(j) == 0: return None
+    if len(j) == 0:
+        return None
     ws, we = j["Start"].to_numpy(), j["End"].to_numpy()
-    a = np.maximum(j["Start_b"].to_numpy(), ws); b = np.minimum(j["End_b"].to_numpy(), we)
+    a = np.maximum(j["Start_b"].to_numpy(), ws)
+    b = np.minimum(j["End_b"].to_numpy(), we)
     minus = (seqs["strand"].to_numpy()[j["wid"].to_numpy()] == "-") & strand_aware
     strand = j["FStrand"].astype(str).to_numpy()
     origin = j["frame_origin"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     flip = {"+": "-", "-": "+"}
-    out = pd.DataFrame({
-        "seq_id": seqs["seq_id"].to_numpy()[j["wid"].to_numpy()],
-        "start": np.where(minus, we - b, a - ws), "end": np.where(minus, we - a, b - ws),
-        "concept": j["concept"].to_numpy(), "name": j["name"].to_numpy(),
-        "strand": [flip.get(s, s) if m else s for s, m in zip(strand, minus)],
-        "frame_origin": pd.array(np.where(minus, we - 1 - origin, origin - ws)).astype("Float64").round().astype("Int64")})
+    out = pd.DataFrame(
+        {
+            "seq_id": seqs["seq_id"].to_numpy()[j["wid"].to_numpy()],
+            "start": np.where(minus, we - b, a - ws),
+            "end": np.where(minus, we - a, b - ws),
+            "concept": j["concept"].to_numpy(),
+            "name": j["name"].to_numpy(),
+            "strand": [flip.get(s, s) if m else s for s, m in zip(strand, minus)],
+            "frame_origin": pd.array(np.where(minus, we - 1 - origin, origin - ws))
+            .astype("Float64")
+            .round()
+            .astype("Int64"),
+        }
+    )
     return out.drop_duplicates(["seq_id", "start", "end", "concept", "strand"])

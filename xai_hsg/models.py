@@ -15,16 +15,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['rice3_cdf', 'estimate_sigma_r', 'ContactGate', 'CausalHazard', 'ConvBlock', 'UNet1d', 'ResNet1d', 'CausalConv1d',
-           'PastMS2', 'rotary', 'TransformerBlock', 'TransformerEncoder1d', 'PastSummary', 'FiLM', 'EPModel',
-           'SeedsGateModel', 'to_tensors', 'masked_gaussian_nll', 'masked_bce', 'task_loss', 'TrainConfig', 'train',
-           'predict', 'eval_loss', 'evaluate', 'far_distance_nm', 'integrated_gradients', 'off_to_on', 'triggered']
+__all__ = [
+    "rice3_cdf",
+    "estimate_sigma_r",
+    "ContactGate",
+    "CausalHazard",
+    "ConvBlock",
+    "UNet1d",
+    "ResNet1d",
+    "CausalConv1d",
+    "PastMS2",
+    "rotary",
+    "TransformerBlock",
+    "TransformerEncoder1d",
+    "PastSummary",
+    "FiLM",
+    "EPModel",
+    "SeedsGateModel",
+    "to_tensors",
+    "masked_gaussian_nll",
+    "masked_bce",
+    "task_loss",
+    "TrainConfig",
+    "train",
+    "predict",
+    "eval_loss",
+    "evaluate",
+    "far_distance_nm",
+    "integrated_gradients",
+    "off_to_on",
+    "triggered",
+]
 
 # %% ../nbs/02_ep_ms2.ipynb #91795c60
 _SQRT2 = math.sqrt(2.0)
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 
-def _Phi(x: torch.Tensor) -> torch.Tensor: return 0.5 * torch.erfc(-x / _SQRT2)
+
+def _Phi(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.erfc(-x / _SQRT2)
+
 
 def rice3_cdf(R: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """P(|r| < R) for r ~ N(μ·u, σ²·I₃), |u| = 1 (3-D Rice / non-central χ₃ law), closed form, stable as μ → 0.
@@ -34,8 +64,13 @@ def rice3_cdf(R: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.T
     R, mu, sigma = torch.broadcast_tensors(torch.as_tensor(R), torch.as_tensor(mu), torch.as_tensor(sigma))
     z = (2 * R * mu / sigma**2).clamp_min(1e-12)
     h = -torch.expm1(-z) / z
-    out = _Phi((R - mu) / sigma) - _Phi((-R - mu) / sigma) - 2 * R / (sigma * _SQRT2PI) * torch.exp(-(R - mu) ** 2 / (2 * sigma**2)) * h
+    out = (
+        _Phi((R - mu) / sigma)
+        - _Phi((-R - mu) / sigma)
+        - 2 * R / (sigma * _SQRT2PI) * torch.exp(-((R - mu) ** 2) / (2 * sigma**2)) * h
+    )
     return out.clamp(0.0, 1.0)
+
 
 def estimate_sigma_r(distance_nm, sigma_loc_nm: float, floor_nm: float = 1.0) -> float:
     "Per-axis std of the true E–P vector from observed distances: σ_r² = E[d²]/3 − 2σ_loc² (NaNs ignored)."
@@ -43,129 +78,172 @@ def estimate_sigma_r(distance_nm, sigma_loc_nm: float, floor_nm: float = 1.0) ->
     var = np.nanmean(d**2) / 3 - 2 * sigma_loc_nm**2
     return float(math.sqrt(max(var, floor_nm**2)))
 
+
 class ContactGate(nn.Module):
     """Posterior contact probability P(|r| < r_c | observed distance d), with r_c learned on a log scale (nm).
 
     Prior r ~ N(0, σ_r² I), observation y = r + N(0, s² I) with s² = 2σ_loc² + floor²; then r | y ~ N(m·y, v·I),
     m = σ_r²/(σ_r²+s²), v = σ_r² s²/(σ_r²+s²), and |r| | d is 3-D Rice with μ = m·d, σ = √v. Missing frames
     (`mask` False or NaN distance) give gate 0; the caller passes `mask` as its own channel."""
-    def __init__(self, r_c_nm: float = 150.0, sigma_loc_nm: float = 40.0, sigma_r_nm: float = 200.0, floor_nm: float = 5.0):
+
+    def __init__(
+        self, r_c_nm: float = 150.0, sigma_loc_nm: float = 40.0, sigma_r_nm: float = 200.0, floor_nm: float = 5.0
+    ):
         super().__init__()
         if min(r_c_nm, sigma_r_nm) <= 0 or sigma_loc_nm < 0 or floor_nm < 0:
             raise ValueError("ContactGate: r_c_nm and sigma_r_nm must be > 0, sigma_loc_nm and floor_nm >= 0")
-        if sigma_loc_nm == 0 and floor_nm == 0: raise ValueError("ContactGate: floor_nm must be > 0 when sigma_loc_nm = 0 (else no gradient)")
+        if sigma_loc_nm == 0 and floor_nm == 0:
+            raise ValueError("ContactGate: floor_nm must be > 0 when sigma_loc_nm = 0 (else no gradient)")
         self.log_r_c = nn.Parameter(torch.tensor(math.log(r_c_nm)))
         self.register_buffer("sigma_loc_nm", torch.tensor(float(sigma_loc_nm)))
         self.register_buffer("sigma_r_nm", torch.tensor(float(sigma_r_nm)))
         self.register_buffer("floor_nm", torch.tensor(float(floor_nm)))
 
     @property
-    def r_c_nm(self) -> float: return float(self.log_r_c.detach().exp())
+    def r_c_nm(self) -> float:
+        return float(self.log_r_c.detach().exp())
 
     def posterior(self):
         "(m, √v): shrinkage factor and posterior per-axis std (nm)."
-        s2 = 2 * self.sigma_loc_nm**2 + self.floor_nm**2; vr = self.sigma_r_nm**2
+        s2 = 2 * self.sigma_loc_nm**2 + self.floor_nm**2
+        vr = self.sigma_r_nm**2
         return vr / (vr + s2), torch.sqrt(vr * s2 / (vr + s2))
 
     def forward(self, distance_nm: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         obs = torch.isfinite(distance_nm) if mask is None else (mask.bool() & torch.isfinite(distance_nm))
-        d = torch.where(obs, distance_nm, torch.zeros_like(distance_nm))   # no NaN reaches the graph
+        d = torch.where(obs, distance_nm, torch.zeros_like(distance_nm))  # no NaN reaches the graph
         m, sd = self.posterior()
         g = rice3_cdf(self.log_r_c.exp(), m * d, sd)
         return torch.where(obs, g, torch.zeros_like(g))
+
 
 # %% ../nbs/02_ep_ms2.ipynb #e330640a
 class CausalHazard(nn.Module):
     """Causal, non-negative linear filters over one channel: u_k(t) = b_k + Σ_{j<L} w_kj · x(t − j), w = softplus(·)/L ≥ 0.
     On the gate this is an integrated contact hazard; the first (and only) use of the gate."""
+
     def __init__(self, n_filters: int = 4, length: int = 128, tau_frames: tuple = (2.0, 128.0)):
         super().__init__()
         self.length = length
         tau = torch.tensor(np.geomspace(*tau_frames, n_filters), dtype=torch.float32)[:, None]
-        w = torch.exp(-torch.arange(length)[None, :] / tau); w = w / w.sum(1, keepdim=True) * length   # unit-sum exponential memories
-        raw = torch.log(torch.expm1(w.clamp_min(1e-6)))                                             # softplus⁻¹
-        self.raw = nn.Parameter(raw.flip(-1)[:, None, :].clone())   # conv1d is a correlation: flip so the last tap is lag 0
+        w = torch.exp(-torch.arange(length)[None, :] / tau)
+        w = w / w.sum(1, keepdim=True) * length  # unit-sum exponential memories
+        raw = torch.log(torch.expm1(w.clamp_min(1e-6)))  # softplus⁻¹
+        self.raw = nn.Parameter(
+            raw.flip(-1)[:, None, :].clone()
+        )  # conv1d is a correlation: flip so the last tap is lag 0
         self.bias = nn.Parameter(torch.zeros(n_filters))
 
-    def weight(self) -> torch.Tensor: return F.softplus(self.raw) / self.length
+    def weight(self) -> torch.Tensor:
+        return F.softplus(self.raw) / self.length
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x [B, T] -> [B, K, T]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T] -> [B, K, T]
         return F.conv1d(F.pad(x[:, None], (self.length - 1, 0)), self.weight(), self.bias)
+
 
 # %% ../nbs/02_ep_ms2.ipynb #eb3a2e81
 class ConvBlock(nn.Module):
     "Two 'same' convolutions with GELU and a residual connection (length-preserving)."
+
     def __init__(self, c_in: int, c_out: int, k: int = 5, dilation: int = 1):
         super().__init__()
         p = dilation * (k - 1) // 2
         self.c1 = nn.Conv1d(c_in, c_out, k, padding=p, dilation=dilation)
         self.c2 = nn.Conv1d(c_out, c_out, k, padding=p, dilation=dilation)
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-    def forward(self, x): return self.skip(x) + self.c2(F.gelu(self.c1(F.gelu(x))))
+
+    def forward(self, x):
+        return self.skip(x) + self.c2(F.gelu(self.c1(F.gelu(x))))
+
 
 class UNet1d(nn.Module):
     "1-D U-Net: any length (right-padded to a multiple of 2^depth, cropped back), output [B, width, T]."
+
     def __init__(self, c_in: int, width: int = 16, depth: int = 3):
         super().__init__()
         self.depth = depth
         self.inp = nn.Conv1d(c_in, width, 1)
-        self.down = nn.ModuleList([ConvBlock(width * 2**i, width * 2**(i + 1)) for i in range(depth)])
+        self.down = nn.ModuleList([ConvBlock(width * 2**i, width * 2 ** (i + 1)) for i in range(depth)])
         self.mid = ConvBlock(width * 2**depth, width * 2**depth)
         self.up = nn.ModuleList([ConvBlock(3 * width * 2**i, width * 2**i) for i in reversed(range(depth))])
         self.enc = nn.ModuleList([ConvBlock(width * 2**i, width * 2**i) for i in range(depth)])
+
     def forward(self, x):
-        T = x.shape[-1]; m = 2**self.depth; pad = (-T) % m
+        T = x.shape[-1]
+        m = 2**self.depth
+        pad = (-T) % m
         h = self.inp(F.pad(x, (0, pad)))
         skips = []
         for enc, down in zip(self.enc, self.down):
-            h = enc(h); skips.append(h); h = down(F.avg_pool1d(h, 2))
+            h = enc(h)
+            skips.append(h)
+            h = down(F.avg_pool1d(h, 2))
         h = self.mid(h)
         for up, s in zip(self.up, reversed(skips)):
             h = up(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), s], 1))
         return h[..., :T]
 
+
 class ResNet1d(nn.Module):
     "ResNet-style 1-D decoder: residual dilated blocks, length-preserving."
+
     def __init__(self, c_in: int, width: int = 16, n_blocks: int = 3):
         super().__init__()
         self.inp = nn.Conv1d(c_in, width, 1)
         self.blocks = nn.ModuleList([ConvBlock(width, width, dilation=2**i) for i in range(n_blocks)])
+
     def forward(self, x):
         h = self.inp(x)
-        for b in self.blocks: h = b(h)
+        for b in self.blocks:
+            h = b(h)
         return h
+
 
 class CausalConv1d(nn.Conv1d):
     "Convolution whose output at t sees inputs at ≤ t only (left padding)."
+
     def __init__(self, c_in, c_out, k, dilation=1):
-        super().__init__(c_in, c_out, k, dilation=dilation); self.left = dilation * (k - 1)
-    def forward(self, x): return super().forward(F.pad(x, (self.left, 0)))
+        super().__init__(c_in, c_out, k, dilation=dilation)
+        self.left = dilation * (k - 1)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (self.left, 0)))
+
 
 class PastMS2(nn.Module):
     "Causal encoder of MS2 shifted by one frame: its output at t depends on MS2 at < t only."
+
     def __init__(self, width: int = 16, n_layers: int = 3, k: int = 5):
         super().__init__()
-        self.layers = nn.ModuleList([CausalConv1d(2 if i == 0 else width, width, k, dilation=2**i) for i in range(n_layers)])
+        self.layers = nn.ModuleList(
+            [CausalConv1d(2 if i == 0 else width, width, k, dilation=2**i) for i in range(n_layers)]
+        )
+
     def forward(self, ms2, ms2_mask):
         obs = ms2_mask.bool() & torch.isfinite(ms2)
         x = torch.stack([torch.where(obs, ms2, torch.zeros_like(ms2)), obs.to(ms2.dtype)], 1)
-        h = F.pad(x, (1, 0))[..., :-1]                      # shift: position t holds frame t − 1
-        for i, layer in enumerate(self.layers): h = F.gelu(layer(h)) + (h if i else 0)
+        h = F.pad(x, (1, 0))[..., :-1]  # shift: position t holds frame t − 1
+        for i, layer in enumerate(self.layers):
+            h = F.gelu(layer(h)) + (h if i else 0)
         return h
+
 
 # %% ../nbs/02_ep_ms2.ipynb #385a7b9e
 def rotary(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
     "Rotary position embedding of queries or keys x [..., T, D] (D even): pairs of channels rotated by angle t·base^(−2i/D)."
     T, D = x.shape[-2:]
-    if D % 2: raise ValueError(f"rotary needs an even head dimension, got {D}")
+    if D % 2:
+        raise ValueError(f"rotary needs an even head dimension, got {D}")
     inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=x.dtype) / D)
-    angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None] * inv_freq    # [T, D/2]
+    angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None] * inv_freq  # [T, D/2]
     cos, sin = angle.cos(), angle.sin()
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
 
+
 class TransformerBlock(nn.Module):
     "Pre-LN Transformer block: x + attention(LN(x)), then x + MLP(LN(x)); rotary positions on queries and keys."
+
     def __init__(self, width: int, n_heads: int = 4, ff_mult: int = 2):
         super().__init__()
         if width % n_heads or (width // n_heads) % 2:
@@ -175,61 +253,74 @@ class TransformerBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width))
 
-    def forward(self, x):   # x [B, T, width]
+    def forward(self, x):  # x [B, T, width]
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(rotary(q), rotary(k), v)                # [B, heads, T, C/heads]
+        a = F.scaled_dot_product_attention(rotary(q), rotary(k), v)  # [B, heads, T, C/heads]
         x = x + self.proj(a.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
 
+
 class TransformerEncoder1d(nn.Module):
     "Small bidirectional Transformer encoder over time, [B, c_in, T] → [B, width, T], any length (rotary positions)."
+
     def __init__(self, c_in: int, width: int = 16, n_layers: int = 2, n_heads: int = 4, ff_mult: int = 2):
         super().__init__()
         self.inp = nn.Conv1d(c_in, width, 1)
         self.blocks = nn.ModuleList([TransformerBlock(width, n_heads, ff_mult) for _ in range(n_layers)])
         self.ln_f = nn.LayerNorm(width)
+
     def forward(self, x):
         h = self.inp(x).transpose(1, 2)
-        for block in self.blocks: h = block(h)
+        for block in self.blocks:
+            h = block(h)
         return self.ln_f(h).transpose(1, 2)
+
 
 # %% ../nbs/02_ep_ms2.ipynb #66002934
 class PastSummary(nn.Module):
     """Strictly past-only summary of MS2 at each frame t, from frames < t: for each time scale τ (frames), the
     exponentially weighted mean of the observed MS2 and the exponentially weighted fraction of observed frames
     (kernel e^{−j/τ}, truncated at `truncate`·τ). Output [B, 2·len(tau_frames), T]; no parameters."""
+
     def __init__(self, tau_frames: tuple = (2.0, 16.0, 128.0), truncate: float = 8.0):
         super().__init__()
-        if not tau_frames or min(tau_frames) <= 0: raise ValueError(f"tau_frames must be positive, got {tau_frames}")
+        if not tau_frames or min(tau_frames) <= 0:
+            raise ValueError(f"tau_frames must be positive, got {tau_frames}")
         L = int(math.ceil(truncate * max(tau_frames))) + 1
         w = torch.exp(-torch.arange(L)[None, :] / torch.tensor(tau_frames, dtype=torch.float32)[:, None])
         w = w * (torch.arange(L)[None, :] <= truncate * torch.tensor(tau_frames)[:, None])
-        self.register_buffer("kernel", w.flip(-1)[:, None, :].clone())   # [K, 1, L]; flipped: the last tap is lag 0
+        self.register_buffer("kernel", w.flip(-1)[:, None, :].clone())  # [K, 1, L]; flipped: the last tap is lag 0
         self.length = L
 
     @property
-    def n_features(self) -> int: return 2 * self.kernel.shape[0]
+    def n_features(self) -> int:
+        return 2 * self.kernel.shape[0]
 
     def forward(self, ms2, ms2_mask):
         obs = ms2_mask.bool() & torch.isfinite(ms2)
         x = torch.stack([torch.where(obs, ms2, torch.zeros_like(ms2)), obs.to(ms2.dtype)], 1)
-        x = F.pad(x, (1, 0))[..., :-1]                                  # shift: position t holds frame t − 1
-        x = F.pad(x, (self.length - 1, 0)).flatten(0, 1)[:, None]       # [B·2, 1, L − 1 + T]
+        x = F.pad(x, (1, 0))[..., :-1]  # shift: position t holds frame t − 1
+        x = F.pad(x, (self.length - 1, 0)).flatten(0, 1)[:, None]  # [B·2, 1, L − 1 + T]
         s = F.conv1d(x, self.kernel.to(x.dtype)).unflatten(0, (-1, 2))  # [B, 2, K, T]
         num, den = s[:, 0], s[:, 1]
         mean = torch.where(den > 1e-6, num / den.clamp_min(1e-6), torch.zeros_like(num))
         return torch.cat([mean, den / self.kernel.sum(-1).to(x.dtype)], 1)
 
+
 class FiLM(nn.Module):
     "Feature-wise linear modulation, pointwise in time: h·(1 + γ(c)) + β(c); starts as the identity (last layer zero)."
+
     def __init__(self, c_cond: int, width: int, hidden: int = 16):
         super().__init__()
         self.net = nn.Sequential(nn.Conv1d(c_cond, hidden, 1), nn.GELU(), nn.Conv1d(hidden, 2 * width, 1))
-        nn.init.zeros_(self.net[-1].weight); nn.init.zeros_(self.net[-1].bias)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
     def forward(self, h, cond):
         gamma, beta = self.net(cond).chunk(2, 1)
         return h * (1 + gamma) + beta
+
 
 # %% ../nbs/02_ep_ms2.ipynb #ed8d4f75
 class EPModel(nn.Module):
@@ -237,65 +328,113 @@ class EPModel(nn.Module):
     past-MS2 branch → optional FiLM conditioning on a past-only MS2 summary → pointwise head. `task` 'ms2' predicts
     (mean, log-variance) in standardised units, 'state' a logit. `use_distance=False` is the no-distance control: the
     gate channel is zeroed, all else identical."""
-    def __init__(self, task: str = "ms2", backbone: str = "unet", width: int = 8, depth: int = 3, n_filters: int = 4,
-                 filter_length: int = 128, past_ms2: bool = False, past_summary: bool = False, use_distance: bool = True,
-                 r_c_nm: float = 150.0, sigma_loc_nm: float = 40.0, sigma_r_nm: float = 200.0, floor_nm: float = 5.0,
-                 ms2_mean: float = 0.0, ms2_std: float = 1.0, n_heads: int = 4, summary_tau_frames: tuple = (2.0, 16.0, 128.0)):
+
+    def __init__(
+        self,
+        task: str = "ms2",
+        backbone: str = "unet",
+        width: int = 8,
+        depth: int = 3,
+        n_filters: int = 4,
+        filter_length: int = 128,
+        past_ms2: bool = False,
+        past_summary: bool = False,
+        use_distance: bool = True,
+        r_c_nm: float = 150.0,
+        sigma_loc_nm: float = 40.0,
+        sigma_r_nm: float = 200.0,
+        floor_nm: float = 5.0,
+        ms2_mean: float = 0.0,
+        ms2_std: float = 1.0,
+        n_heads: int = 4,
+        summary_tau_frames: tuple = (2.0, 16.0, 128.0),
+    ):
         super().__init__()
-        if task not in ("ms2", "state"): raise ValueError(f"task must be 'ms2' or 'state', got {task!r}")
+        if task not in ("ms2", "state"):
+            raise ValueError(f"task must be 'ms2' or 'state', got {task!r}")
         if backbone not in ("unet", "resnet", "transformer"):
             raise ValueError(f"backbone must be 'unet', 'resnet' or 'transformer', got {backbone!r}")
-        if ms2_std <= 0: raise ValueError(f"ms2_std must be > 0, got {ms2_std}")
-        self.task, self.backbone_name, self.past_ms2, self.past_summary, self.use_distance = task, backbone, past_ms2, past_summary, use_distance
+        if ms2_std <= 0:
+            raise ValueError(f"ms2_std must be > 0, got {ms2_std}")
+        self.task, self.backbone_name, self.past_ms2, self.past_summary, self.use_distance = (
+            task,
+            backbone,
+            past_ms2,
+            past_summary,
+            use_distance,
+        )
         self.gate = ContactGate(r_c_nm, sigma_loc_nm, sigma_r_nm, floor_nm)
         self.hazard, self.seen = CausalHazard(n_filters, filter_length), CausalHazard(n_filters, filter_length)
         c = 2 * n_filters
-        if backbone == "unet": self.backbone = nn.Sequential(UNet1d(c, width, depth), ResNet1d(width, width, 2))
-        elif backbone == "transformer": self.backbone = nn.Sequential(TransformerEncoder1d(c, width, 2, n_heads), ResNet1d(width, width, 2))
-        else: self.backbone = ResNet1d(c, width, 4)
+        if backbone == "unet":
+            self.backbone = nn.Sequential(UNet1d(c, width, depth), ResNet1d(width, width, 2))
+        elif backbone == "transformer":
+            self.backbone = nn.Sequential(TransformerEncoder1d(c, width, 2, n_heads), ResNet1d(width, width, 2))
+        else:
+            self.backbone = ResNet1d(c, width, 4)
         self.ms2_branch = PastMS2(width) if past_ms2 else None
         self.summary = PastSummary(summary_tau_frames) if past_summary else None
         self.film = FiLM(self.summary.n_features, width) if past_summary else None
         self.head = nn.Sequential(nn.Conv1d(width, width, 1), nn.GELU(), nn.Conv1d(width, 2 if task == "ms2" else 1, 1))
-        self.register_buffer("ms2_mean", torch.tensor(float(ms2_mean))); self.register_buffer("ms2_std", torch.tensor(float(ms2_std)))
+        self.register_buffer("ms2_mean", torch.tensor(float(ms2_mean)))
+        self.register_buffer("ms2_std", torch.tensor(float(ms2_std)))
 
     @property
-    def r_c_nm(self) -> float: return self.gate.r_c_nm
+    def r_c_nm(self) -> float:
+        return self.gate.r_c_nm
 
     def forward(self, distance_nm, mask, ms2=None, ms2_mask=None) -> dict:
         obs = mask.bool() & torch.isfinite(distance_nm)
         g = self.gate(distance_nm, obs)
-        if not self.use_distance: g = torch.zeros_like(g)
+        if not self.use_distance:
+            g = torch.zeros_like(g)
         h = self.backbone(torch.cat([self.hazard(g), self.seen(obs.to(g.dtype))], 1))
         if self.past_ms2 or self.past_summary:
-            if ms2 is None: raise ValueError("this model was built with past_ms2 or past_summary: pass ms2 (and ms2_mask)")
+            if ms2 is None:
+                raise ValueError("this model was built with past_ms2 or past_summary: pass ms2 (and ms2_mask)")
             ms2_mask = torch.isfinite(ms2) if ms2_mask is None else ms2_mask
             z = (ms2 - self.ms2_mean) / self.ms2_std
-            if self.ms2_branch is not None: h = h + self.ms2_branch(z, ms2_mask)
+            if self.ms2_branch is not None:
+                h = h + self.ms2_branch(z, ms2_mask)
             # after the FiLM only pointwise layers: a temporal layer here would carry the summary at t + 1 (MS2 at t) back to t
-            if self.film is not None: h = self.film(h, self.summary(z, ms2_mask))
+            if self.film is not None:
+                h = self.film(h, self.summary(z, ms2_mask))
         out = self.head(h)
         res = {"gate": g, "penalty": g.new_zeros(())}
         if self.task == "ms2":
-            res["mean"] = out[:, 0] * self.ms2_std + self.ms2_mean                         # MS2 units
-            res["logvar"] = 10 * torch.tanh(out[:, 1] / 10) + 2 * torch.log(self.ms2_std)   # soft-clamped
-        else: res["logit"] = out[:, 0]
+            res["mean"] = out[:, 0] * self.ms2_std + self.ms2_mean  # MS2 units
+            res["logvar"] = 10 * torch.tanh(out[:, 1] / 10) + 2 * torch.log(self.ms2_std)  # soft-clamped
+        else:
+            res["logit"] = out[:, 0]
         return res
+
 
 # %% ../nbs/02_ep_ms2.ipynb #34050efe
 class SeedsGateModel(nn.Module):
     """The seeds' design, kept as a baseline: distance normalised per trace by its own maximum (d̃ = d / max d),
     gate = sigmoid(100·(d_c − d̃)) with d_c learned unconstrained (as in the seeds: it can run below 0 and close the gate everywhere), the gate *multiplies* the input (far frames look like
     d̃ = 0), sparsity penalty 0.5·mean(gate) added to the loss; same U-Net + ResNet backbone and heads."""
-    def __init__(self, task: str = "ms2", width: int = 8, depth: int = 3, d_c: float = 0.5, steepness: float = 100.0,
-                 sparsity: float = 0.5, ms2_mean: float = 0.0, ms2_std: float = 1.0):
+
+    def __init__(
+        self,
+        task: str = "ms2",
+        width: int = 8,
+        depth: int = 3,
+        d_c: float = 0.5,
+        steepness: float = 100.0,
+        sparsity: float = 0.5,
+        ms2_mean: float = 0.0,
+        ms2_std: float = 1.0,
+    ):
         super().__init__()
-        if task not in ("ms2", "state"): raise ValueError(f"task must be 'ms2' or 'state', got {task!r}")
+        if task not in ("ms2", "state"):
+            raise ValueError(f"task must be 'ms2' or 'state', got {task!r}")
         self.task, self.steepness, self.sparsity = task, steepness, sparsity
         self.d_c = nn.Parameter(torch.tensor(float(d_c)))
         self.backbone = nn.Sequential(UNet1d(1, width, depth), ResNet1d(width, width, 2))
         self.head = nn.Sequential(nn.Conv1d(width, width, 1), nn.GELU(), nn.Conv1d(width, 2 if task == "ms2" else 1, 1))
-        self.register_buffer("ms2_mean", torch.tensor(float(ms2_mean))); self.register_buffer("ms2_std", torch.tensor(float(ms2_std)))
+        self.register_buffer("ms2_mean", torch.tensor(float(ms2_mean)))
+        self.register_buffer("ms2_std", torch.tensor(float(ms2_std)))
 
     @staticmethod
     def normalise(distance_nm, mask):
@@ -316,80 +455,111 @@ class SeedsGateModel(nn.Module):
         if self.task == "ms2":
             res["mean"] = out[:, 0] * self.ms2_std + self.ms2_mean
             res["logvar"] = 10 * torch.tanh(out[:, 1] / 10) + 2 * torch.log(self.ms2_std)
-        else: res["logit"] = out[:, 0]
+        else:
+            res["logit"] = out[:, 0]
         return res
+
 
 # %% ../nbs/02_ep_ms2.ipynb #b94fa572
 def to_tensors(arrays: dict, idx=None, dtype=torch.float32) -> dict:
     "Tensors from `Tracks.to_arrays()` (rows `idx`): distance_nm, mask, and ms2 / ms2_mask / state / state_mask when present."
     idx = np.arange(len(arrays["distance_nm"])) if idx is None else np.asarray(idx)
     d = arrays["distance_nm"][idx]
-    out = {"distance_nm": torch.as_tensor(d, dtype=dtype), "mask": torch.as_tensor(arrays["mask"][idx] & np.isfinite(d))}
+    out = {
+        "distance_nm": torch.as_tensor(d, dtype=dtype),
+        "mask": torch.as_tensor(arrays["mask"][idx] & np.isfinite(d)),
+    }
     for k in ("ms2", "state"):
         if k in arrays:
-            v = arrays[k][idx]; out[k] = torch.as_tensor(np.nan_to_num(v), dtype=dtype); out[f"{k}_mask"] = torch.as_tensor(np.isfinite(v))
+            v = arrays[k][idx]
+            out[k] = torch.as_tensor(np.nan_to_num(v), dtype=dtype)
+            out[f"{k}_mask"] = torch.as_tensor(np.isfinite(v))
     return out
+
 
 def masked_gaussian_nll(mean, logvar, target, mask) -> torch.Tensor:
     "Mean over `mask` of ½(log σ² + (y − μ)²/σ²) (constant dropped); masked frames contribute nothing (no NaN)."
-    m = mask.bool(); y = torch.where(m, target, mean.detach())
+    m = mask.bool()
+    y = torch.where(m, target, mean.detach())
     nll = 0.5 * (logvar + (y - mean) ** 2 * torch.exp(-logvar))
     return (nll * m).sum() / m.sum().clamp_min(1)
 
+
 def masked_bce(logit, target, mask) -> torch.Tensor:
-    m = mask.bool(); y = torch.where(m, target, torch.zeros_like(target))
+    m = mask.bool()
+    y = torch.where(m, target, torch.zeros_like(target))
     return (F.binary_cross_entropy_with_logits(logit, y, reduction="none") * m).sum() / m.sum().clamp_min(1)
+
 
 def _inputs(model, batch):
     return model(batch["distance_nm"], batch["mask"], batch.get("ms2"), batch.get("ms2_mask"))
 
+
 def task_loss(model, batch) -> tuple[torch.Tensor, dict]:
     "Masked task loss (+ the model's own penalty, zero for `EPModel`) and the forward outputs."
     out = _inputs(model, batch)
-    if model.task == "ms2": loss = masked_gaussian_nll(out["mean"], out["logvar"], batch["ms2"], batch["ms2_mask"])
-    else: loss = masked_bce(out["logit"], batch["state"], batch["state_mask"])
+    if model.task == "ms2":
+        loss = masked_gaussian_nll(out["mean"], out["logvar"], batch["ms2"], batch["ms2_mask"])
+    else:
+        loss = masked_bce(out["logit"], batch["state"], batch["state_mask"])
     return loss + out["penalty"], out
+
 
 # %% ../nbs/02_ep_ms2.ipynb #1f5b23cf
 @dataclass
 class TrainConfig:
     epochs: int = 20
-    lr: float = 3e-3            # network weights
-    lr_radius: float = 3e-2     # log r_c (or the seeds' d_c)
+    lr: float = 3e-3  # network weights
+    lr_radius: float = 3e-2  # log r_c (or the seeds' d_c)
     batch_size: int = 16
     weight_decay: float = 1e-4  # weights only, never the radius
-    crop: int | None = 256      # train on random windows of this many frames (None: whole traces)
+    crop: int | None = 256  # train on random windows of this many frames (None: whole traces)
     grad_clip: float | None = 1.0  # clip the gradient norm (None: off)
     seed: int = 0
     device: str = "cpu"
     verbose: bool = True
 
+
 def _radius(model, data) -> float:
     return model.r_c_nm if hasattr(model, "gate") else model.radius_nm(data["distance_nm"], data["mask"])
 
+
 def train(model: nn.Module, train_data: dict, cfg: TrainConfig, val_data: dict | None = None) -> dict:
     "Adam on the masked task loss; returns the history (per epoch: train/val loss, radius in nm, seconds)."
-    g = torch.Generator().manual_seed(cfg.seed); torch.manual_seed(cfg.seed)
-    dev = torch.device(cfg.device); model.to(dev)
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    dev = torch.device(cfg.device)
+    model.to(dev)
     radius = [p for n, p in model.named_parameters() if n in ("gate.log_r_c", "d_c")]
     others = [p for n, p in model.named_parameters() if n not in ("gate.log_r_c", "d_c")]
-    opt = torch.optim.AdamW([{"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-                             {"params": radius, "lr": cfg.lr_radius, "weight_decay": 0.0}])
-    n = len(train_data["distance_nm"]); hist = {"epoch": [], "train_loss": [], "val_loss": [], "radius_nm": [], "seconds": []}
+    opt = torch.optim.AdamW(
+        [
+            {"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": radius, "lr": cfg.lr_radius, "weight_decay": 0.0},
+        ]
+    )
+    n = len(train_data["distance_nm"])
+    hist = {"epoch": [], "train_loss": [], "val_loss": [], "radius_nm": [], "seconds": []}
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
-        model.train(); total, count = 0.0, 0
+        model.train()
+        total, count = 0.0, 0
         for idx in torch.randperm(n, generator=g).split(cfg.batch_size):
             batch = {k: v[idx].to(dev) for k, v in train_data.items()}
             T = batch["distance_nm"].shape[1]
             if cfg.crop and cfg.crop < T:
-                s = int(torch.randint(0, T - cfg.crop + 1, (1,), generator=g)); batch = {k: v[:, s:s + cfg.crop] for k, v in batch.items()}
+                s = int(torch.randint(0, T - cfg.crop + 1, (1,), generator=g))
+                batch = {k: v[:, s : s + cfg.crop] for k, v in batch.items()}
             loss, _ = task_loss(model, batch)
-            opt.zero_grad(set_to_none=True); loss.backward()
-            if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += float(loss.detach()) * len(idx); count += len(idx)
-        hist["epoch"].append(epoch + 1); hist["train_loss"].append(total / count)
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        hist["epoch"].append(epoch + 1)
+        hist["train_loss"].append(total / count)
         hist["radius_nm"].append(_radius(model, {k: v.to(dev) for k, v in train_data.items()}))
         if val_data is not None:
             model.eval()
@@ -397,45 +567,69 @@ def train(model: nn.Module, train_data: dict, cfg: TrainConfig, val_data: dict |
         hist["seconds"].append(time.perf_counter() - t0)
         if cfg.verbose and (epoch == 0 or (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs):
             val = f" val {hist['val_loss'][-1]:.4f}" if hist["val_loss"] else ""
-            print(f"epoch {epoch + 1:3d}  train {hist['train_loss'][-1]:.4f}{val}  radius {hist['radius_nm'][-1]:7.1f} nm  {hist['seconds'][-1]:5.1f} s")
+            print(
+                f"epoch {epoch + 1:3d}  train {hist['train_loss'][-1]:.4f}{val}  radius {hist['radius_nm'][-1]:7.1f} nm  {hist['seconds'][-1]:5.1f} s"
+            )
     return hist
+
 
 # %% ../nbs/02_ep_ms2.ipynb #6baac553
 def _batches(data: dict, batch_size: int, dev):
     n = len(data["distance_nm"])
-    for s in range(0, n, batch_size): yield {k: v[s:s + batch_size].to(dev) for k, v in data.items()}
+    for s in range(0, n, batch_size):
+        yield {k: v[s : s + batch_size].to(dev) for k, v in data.items()}
+
 
 @torch.no_grad()
 def predict(model, data: dict, batch_size: int = 64) -> dict:
     "Forward pass in eval mode, in batches of traces (attention memory grows as T²); numpy outputs."
-    model.eval(); dev = next(model.parameters()).device
+    model.eval()
+    dev = next(model.parameters()).device
     outs = [_inputs(model, b) for b in _batches(data, batch_size, dev)]
     return {k: torch.cat([o[k] for o in outs]).cpu().numpy() for k, v in outs[0].items() if v.ndim}
+
 
 @torch.no_grad()
 def eval_loss(model, data: dict, batch_size: int = 64) -> float:
     "The loss over all of `data` in batches, weighted by observed target frames (the task loss then equals one big batch's)."
-    model.eval(); dev = next(model.parameters()).device; key = "ms2_mask" if model.task == "ms2" else "state_mask"
+    model.eval()
+    dev = next(model.parameters()).device
+    key = "ms2_mask" if model.task == "ms2" else "state_mask"
     total, frames = 0.0, 0
     for b in _batches(data, batch_size, dev):
-        loss, _ = task_loss(model, b); n = int(b[key].sum())
-        total += float(loss) * n; frames += n
+        loss, _ = task_loss(model, b)
+        n = int(b[key].sum())
+        total += float(loss) * n
+        frames += n
     return total / max(frames, 1)
+
 
 def evaluate(model, data: dict) -> dict:
     """Held-out metrics on the observed frames. MS2: R², Gaussian NLL, coverage of the ±2σ band (0.954 when
     calibrated). State: F1, accuracy and BCE at threshold 0.5."""
     p = predict(model, data)
     if model.task == "ms2":
-        m = data["ms2_mask"].numpy(); y = data["ms2"].numpy()[m]; mu = p["mean"][m]; sd = np.exp(0.5 * p["logvar"][m])
-        return {"ms2_r2": float(1 - np.sum((y - mu) ** 2) / np.sum((y - y.mean()) ** 2)),
-                "ms2_nll": float(np.mean(0.5 * (np.log(2 * np.pi * sd**2) + ((y - mu) / sd) ** 2))),
-                "ms2_coverage_2sd": float(np.mean(np.abs(y - mu) < 2 * sd))}
-    m = data["state_mask"].numpy(); y = data["state"].numpy()[m] > 0.5; logit = p["logit"][m]; yhat = logit > 0
+        m = data["ms2_mask"].numpy()
+        y = data["ms2"].numpy()[m]
+        mu = p["mean"][m]
+        sd = np.exp(0.5 * p["logvar"][m])
+        return {
+            "ms2_r2": float(1 - np.sum((y - mu) ** 2) / np.sum((y - y.mean()) ** 2)),
+            "ms2_nll": float(np.mean(0.5 * (np.log(2 * np.pi * sd**2) + ((y - mu) / sd) ** 2))),
+            "ms2_coverage_2sd": float(np.mean(np.abs(y - mu) < 2 * sd)),
+        }
+    m = data["state_mask"].numpy()
+    y = data["state"].numpy()[m] > 0.5
+    logit = p["logit"][m]
+    yhat = logit > 0
     tp, fp, fn = np.sum(yhat & y), np.sum(yhat & ~y), np.sum(~yhat & y)
     prob = 1 / (1 + np.exp(-logit))
-    return {"state_f1": float(2 * tp / max(2 * tp + fp + fn, 1)), "state_accuracy": float(np.mean(yhat == y)),
-            "state_bce": float(-np.mean(y * np.log(prob + 1e-9) + (~y) * np.log(1 - prob + 1e-9)))}
+    return {
+        "state_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+        "state_accuracy": float(np.mean(yhat == y)),
+        "state_bce": float(-np.mean(y * np.log(prob + 1e-9) + (~y) * np.log(1 - prob + 1e-9))),
+    }
+
 
 # %% ../nbs/02_ep_ms2.ipynb #3dd6dc48
 def far_distance_nm(model: EPModel, n_sd: float = 8.0) -> float:
@@ -443,9 +637,18 @@ def far_distance_nm(model: EPModel, n_sd: float = 8.0) -> float:
     m, sd = model.gate.posterior()
     return float((model.gate.log_r_c.detach().exp() + n_sd * sd) / m)
 
-def integrated_gradients(model: EPModel, data: dict, target: str | None = None, baseline_nm: float | None = None,
-                         n_steps: int = 32, frames=None, internal_batch_size: int | None = 256, tol: float | None = None,
-                         max_steps: int = 512) -> tuple[np.ndarray, np.ndarray]:
+
+def integrated_gradients(
+    model: EPModel,
+    data: dict,
+    target: str | None = None,
+    baseline_nm: float | None = None,
+    n_steps: int = 32,
+    frames=None,
+    internal_batch_size: int | None = 256,
+    tol: float | None = None,
+    max_steps: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """Integrated Gradients (captum) of the prediction w.r.t. the distance input, per frame: (attributions [B, T], δ [B]).
 
     `target` 'ms2' attributes the predicted MS2 mean, 'state' the predicted P(ON) (default: the model's task).
@@ -457,23 +660,36 @@ def integrated_gradients(model: EPModel, data: dict, target: str | None = None, 
     With `tol`, traces whose |δ| exceeds it are recomputed with twice the steps, up to `max_steps` (a trained network
     can be rough along the path, and one step count does not fit all traces)."""
     from captum.attr import IntegratedGradients
-    if not isinstance(model, EPModel): raise ValueError("integrated_gradients needs an EPModel (distance enters through its gate)")
+
+    if not isinstance(model, EPModel):
+        raise ValueError("integrated_gradients needs an EPModel (distance enters through its gate)")
     target = target or model.task
-    if target != model.task: raise ValueError(f"target {target!r}: this model predicts {model.task!r}")
-    if n_steps < 2: raise ValueError(f"n_steps must be >= 2, got {n_steps}")
-    model.eval(); dev = next(model.parameters()).device; dtype = next(model.parameters()).dtype
+    if target != model.task:
+        raise ValueError(f"target {target!r}: this model predicts {model.task!r}")
+    if n_steps < 2:
+        raise ValueError(f"n_steps must be >= 2, got {n_steps}")
+    model.eval()
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     d, mask = data["distance_nm"].to(dev, dtype), data["mask"].to(dev)
     B, T = d.shape
     baseline_nm = far_distance_nm(model) if baseline_nm is None else float(baseline_nm)
-    with torch.no_grad(): g_base = float(model.gate(torch.full((1, 1), baseline_nm, device=dev, dtype=dtype))[0, 0])
-    if g_base > 1e-3: raise ValueError(f"baseline_nm = {baseline_nm} nm is not a non-contact (gate {g_base:.3g}); use >= {far_distance_nm(model):.0f} nm")
-    if not model.use_distance: return np.zeros((B, T)), np.zeros(B)   # the control never reads distance
+    with torch.no_grad():
+        g_base = float(model.gate(torch.full((1, 1), baseline_nm, device=dev, dtype=dtype))[0, 0])
+    if g_base > 1e-3:
+        raise ValueError(
+            f"baseline_nm = {baseline_nm} nm is not a non-contact (gate {g_base:.3g}); use >= {far_distance_nm(model):.0f} nm"
+        )
+    if not model.use_distance:
+        return np.zeros((B, T)), np.zeros(B)  # the control never reads distance
     obs = mask.bool() & torch.isfinite(d)
     x = torch.where(obs, d, torch.full_like(d, baseline_nm))
-    if frames is None: weight = torch.ones(B, T, device=dev, dtype=dtype)
+    if frames is None:
+        weight = torch.ones(B, T, device=dev, dtype=dtype)
     else:
         frames = torch.as_tensor(np.asarray(frames), device=dev).long()
-        if frames.shape != (B,) or frames.min() < 0 or frames.max() >= T: raise ValueError(f"frames must be {B} ints in [0, {T})")
+        if frames.shape != (B,) or frames.min() < 0 or frames.max() >= T:
+            raise ValueError(f"frames must be {B} ints in [0, {T})")
         weight = F.one_hot(frames, T).to(dtype)
     ms2 = data["ms2"].to(dev, dtype) if "ms2" in data else torch.zeros_like(d)
     ms2_mask = data["ms2_mask"].to(dev) if "ms2_mask" in data else torch.zeros_like(obs)
@@ -484,26 +700,39 @@ def integrated_gradients(model: EPModel, data: dict, target: str | None = None, 
         return (y * w).sum(1)
 
     ig = IntegratedGradients(f)
+
     def run(rows, steps):
-        a, dl = ig.attribute(x[rows], torch.full_like(x[rows], baseline_nm), n_steps=steps, internal_batch_size=internal_batch_size,
-                             additional_forward_args=(obs[rows], ms2[rows], ms2_mask[rows], weight[rows]), return_convergence_delta=True)
+        a, dl = ig.attribute(
+            x[rows],
+            torch.full_like(x[rows], baseline_nm),
+            n_steps=steps,
+            internal_batch_size=internal_batch_size,
+            additional_forward_args=(obs[rows], ms2[rows], ms2_mask[rows], weight[rows]),
+            return_convergence_delta=True,
+        )
         return a.detach().cpu().numpy(), dl.detach().cpu().numpy()
+
     attr, delta = run(torch.arange(B, device=dev), n_steps)
     while tol is not None and n_steps < max_steps and (bad := np.nonzero(np.abs(delta) > tol)[0]).size:
         n_steps = min(2 * n_steps, max_steps)
         attr[bad], delta[bad] = run(torch.as_tensor(bad, device=dev), n_steps)
     return attr, delta
 
+
 def off_to_on(state: np.ndarray, state_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     "(trace, frame) of every OFF→ON switch: the first ON frame t with frame t − 1 observed OFF."
-    s = np.asarray(state, dtype=float); m = np.isfinite(s) if state_mask is None else (np.asarray(state_mask, bool) & np.isfinite(s))
-    on = m & (np.nan_to_num(s) > 0.5); off = m & ~on
+    s = np.asarray(state, dtype=float)
+    m = np.isfinite(s) if state_mask is None else (np.asarray(state_mask, bool) & np.isfinite(s))
+    on = m & (np.nan_to_num(s) > 0.5)
+    off = m & ~on
     b, t = np.nonzero(on[:, 1:] & off[:, :-1])
     return b, t + 1
 
+
 def triggered(values: np.ndarray, traces, frames, lags) -> np.ndarray:
     "values[trace, frame + lag] for each event (rows) and lag (columns); NaN outside the trace."
-    v = np.asarray(values, dtype=float); traces, frames, lags = np.asarray(traces), np.asarray(frames), np.asarray(lags)
+    v = np.asarray(values, dtype=float)
+    traces, frames, lags = np.asarray(traces), np.asarray(frames), np.asarray(lags)
     t = frames[:, None] + lags[None, :]
     ok = (t >= 0) & (t < v.shape[1])
     return np.where(ok, v[traces[:, None], np.clip(t, 0, v.shape[1] - 1)], np.nan)

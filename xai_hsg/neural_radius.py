@@ -21,12 +21,31 @@ from .models import estimate_sigma_r, to_tensors, train
 from .radius import bridge_terms, motion_covariance, subset_traces
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULT_REG', 'DEFAULT_EPOCHS', 'interval_terms', 'ContactHazardNet', 'transition_masks', 'hazard_loss',
-           'fit_neural_radius', 'radius_interval', 'regularisation_sensitivity']
+__all__ = [
+    "METHODS",
+    "DEFAULT_REG",
+    "DEFAULT_EPOCHS",
+    "interval_terms",
+    "ContactHazardNet",
+    "transition_masks",
+    "hazard_loss",
+    "fit_neural_radius",
+    "radius_interval",
+    "regularisation_sensitivity",
+]
+
 
 # %% ../nbs/03a_neural_radius.ipynb #5c96ce31
-def interval_terms(arrays: dict, sigma_loc_nm: float, use_vectors: bool = True, n_nodes: int = 6, n_angle: int = 8,
-                   msd_exponent: float = 0.5, h_nm: float = 2.0, chunk_pairs: int = 1 << 16) -> dict:
+def interval_terms(
+    arrays: dict,
+    sigma_loc_nm: float,
+    use_vectors: bool = True,
+    n_nodes: int = 6,
+    n_angle: int = 8,
+    msd_exponent: float = 0.5,
+    h_nm: float = 2.0,
+    chunk_pairs: int = 1 << 16,
+) -> dict:
     """`xai_hsg.radius.bridge_terms` for every frame pair (t−1, t) of the [B, T] arrays, ready for the network.
 
     ḡ = Σ_q w_q·F₃(r_c; μ_q, σ_q) over the Q bridge nodes of a pair (Q = `n_nodes` with vectors, `n_nodes`·`n_angle`
@@ -39,39 +58,65 @@ def interval_terms(arrays: dict, sigma_loc_nm: float, use_vectors: bool = True, 
     the others get vals 0), 'use_vectors' and 'cov' (`motion_covariance` of these arrays). Vectors are used when
     `use_vectors` and `arrays` has `vector_nm`; the pairs go through `bridge_terms` in chunks of `chunk_pairs`, so
     its float64 temporaries stay small."""
-    if sigma_loc_nm < 0: raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
-    if not h_nm > 0: raise ValueError(f"h_nm must be > 0, got {h_nm}")
-    if "distance_nm" not in arrays: raise ValueError("arrays need 'distance_nm' (from Tracks.to_arrays())")
+    if sigma_loc_nm < 0:
+        raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
+    if not h_nm > 0:
+        raise ValueError(f"h_nm must be > 0, got {h_nm}")
+    if "distance_nm" not in arrays:
+        raise ValueError("arrays need 'distance_nm' (from Tracks.to_arrays())")
     d = np.asarray(arrays["distance_nm"], float)
-    if d.ndim != 2 or d.shape[1] < 2: raise ValueError(f"distance_nm must be [B, T] with T >= 2, got shape {d.shape}")
+    if d.ndim != 2 or d.shape[1] < 2:
+        raise ValueError(f"distance_nm must be [B, T] with T >= 2, got shape {d.shape}")
     ok = np.isfinite(d) & (np.asarray(arrays["mask"], bool) if "mask" in arrays else True)
     vec = bool(use_vectors and "vector_nm" in arrays and np.isfinite(arrays["vector_nm"]).any())
     if vec:
         v = np.asarray(arrays["vector_nm"], float)
-        if v.shape != d.shape + (3,): raise ValueError(f"vector_nm {v.shape} must be [B, T, 3] with distance_nm {d.shape}")
-        ok &= np.isfinite(v).all(-1); v = np.where(ok[..., None], v, np.nan)
-    if not ok.any(): raise ValueError("no observed distance")
+        if v.shape != d.shape + (3,):
+            raise ValueError(f"vector_nm {v.shape} must be [B, T, 3] with distance_nm {d.shape}")
+        ok &= np.isfinite(v).all(-1)
+        v = np.where(ok[..., None], v, np.nan)
+    if not ok.any():
+        raise ValueError("no observed distance")
     d = np.where(ok, d, np.nan)
     cov = motion_covariance({"distance_nm": d, **({"vector_nm": v} if vec else {})}, sigma_loc_nm, vec)
-    B, T = d.shape; P = B * (T - 1); seen = (ok[:, :-1] | ok[:, 1:]).reshape(P)
+    B, T = d.shape
+    P = B * (T - 1)
+    seen = (ok[:, :-1] | ok[:, 1:]).reshape(P)
     pairs = {"d0": d[:, :-1].reshape(P), "d1": d[:, 1:].reshape(P)}
-    if vec: pairs |= {"v0": v[:, :-1].reshape(P, 3), "v1": v[:, 1:].reshape(P, 3)}
+    if vec:
+        pairs |= {"v0": v[:, :-1].reshape(P, 3), "v1": v[:, 1:].reshape(P, 3)}
     x, si, w = [], [], []
     for i in range(0, P, chunk_pairs):
-        m, s_i, w_i, sig = bridge_terms({k: a[i:i + chunk_pairs] for k, a in pairs.items()}, cov, n_nodes, n_angle, msd_exponent, vec)
-        x.append(m.astype(np.float32)); si.append(s_i.astype(np.int32))
-        w.append((w_i * seen[i:i + chunk_pairs, None]).astype(np.float32))   # no observed end: no contribution
-    h = min(h_nm, float(sig.min()) / 4)   # a bin ≤ σ/4 even where σ is tiny (no noise, no motion)
-    nb = int(max(float(c.max()) for c in x) / h) + 3; Q = x[0].shape[1]   # + 3: room for i0 + 1 after float32 rounding
+        m, s_i, w_i, sig = bridge_terms(
+            {k: a[i : i + chunk_pairs] for k, a in pairs.items()}, cov, n_nodes, n_angle, msd_exponent, vec
+        )
+        x.append(m.astype(np.float32))
+        si.append(s_i.astype(np.int32))
+        w.append((w_i * seen[i : i + chunk_pairs, None]).astype(np.float32))  # no observed end: no contribution
+    h = min(h_nm, float(sig.min()) / 4)  # a bin ≤ σ/4 even where σ is tiny (no noise, no motion)
+    nb = int(max(float(c.max()) for c in x) / h) + 3
+    Q = x[0].shape[1]  # + 3: room for i0 + 1 after float32 rounding
     cols, vals = np.empty((P, 2 * Q), np.int64), np.empty((P, 2 * Q), np.float32)
-    for i, (xc, sc, wc) in enumerate(zip(x, si, w)):   # linear binning: weight w·(1 − f) on bin i0, w·f on i0 + 1
-        rows = slice(i * chunk_pairs, i * chunk_pairs + len(xc)); xc = xc / np.float32(h); i0 = np.floor(xc)
-        cols[rows, :Q] = sc * nb + i0.astype(np.int64); cols[rows, Q:] = cols[rows, :Q] + 1
-        vals[rows, :Q] = wc * (1 - (xc - i0)); vals[rows, Q:] = wc * (xc - i0)
+    for i, (xc, sc, wc) in enumerate(zip(x, si, w)):  # linear binning: weight w·(1 − f) on bin i0, w·f on i0 + 1
+        rows = slice(i * chunk_pairs, i * chunk_pairs + len(xc))
+        xc = xc / np.float32(h)
+        i0 = np.floor(xc)
+        cols[rows, :Q] = sc * nb + i0.astype(np.int64)
+        cols[rows, Q:] = cols[rows, :Q] + 1
+        vals[rows, :Q] = wc * (1 - (xc - i0))
+        vals[rows, Q:] = wc * (xc - i0)
     shape = (B, T - 1, -1)
-    return {"cols": torch.from_numpy(cols).reshape(shape), "vals": torch.from_numpy(vals).reshape(shape),
-            "mu_grid_nm": torch.arange(nb, dtype=torch.float32) * h, "sigma_nm": torch.as_tensor(sig, dtype=torch.float32),
-            "obs": torch.as_tensor(ok), "pair_observed": torch.as_tensor(seen.reshape(B, T - 1)), "use_vectors": vec, "cov": cov}
+    return {
+        "cols": torch.from_numpy(cols).reshape(shape),
+        "vals": torch.from_numpy(vals).reshape(shape),
+        "mu_grid_nm": torch.arange(nb, dtype=torch.float32) * h,
+        "sigma_nm": torch.as_tensor(sig, dtype=torch.float32),
+        "obs": torch.as_tensor(ok),
+        "pair_observed": torch.as_tensor(seen.reshape(B, T - 1)),
+        "use_vectors": vec,
+        "cov": cov,
+    }
+
 
 # %% ../nbs/03a_neural_radius.ipynb #a4c4e4eb
 class ContactHazardNet(nn.Module):
@@ -84,31 +129,56 @@ class ContactHazardNet(nn.Module):
     initialised at zero, so the model starts as the plain contact-gated two-state promoter and c_θ can only rescale
     the hazard: it cannot reshape ḡ as a function of r_c, so r_c stays identifiable. `forward(terms, ms2, ms2_mask)`
     takes the dict of `interval_terms`."""
-    def __init__(self, dt_s: float, r_c_nm: float = 150.0, k_on_per_s: float = 0.01, k_off_per_s: float = 0.001,
-                 past_ms2: bool = False, width: int = 4, n_layers: int = 2, kernel: int = 5,
-                 ms2_mean: float = 0.0, ms2_std: float = 1.0):
+
+    def __init__(
+        self,
+        dt_s: float,
+        r_c_nm: float = 150.0,
+        k_on_per_s: float = 0.01,
+        k_off_per_s: float = 0.001,
+        past_ms2: bool = False,
+        width: int = 4,
+        n_layers: int = 2,
+        kernel: int = 5,
+        ms2_mean: float = 0.0,
+        ms2_std: float = 1.0,
+    ):
         super().__init__()
-        if not dt_s > 0: raise ValueError(f"dt_s must be > 0, got {dt_s}")
-        if not r_c_nm > 0: raise ValueError(f"r_c_nm must be > 0, got {r_c_nm}")
-        if min(k_on_per_s, k_off_per_s) <= 0: raise ValueError("k_on_per_s and k_off_per_s must be > 0")
-        if width < 1 or n_layers < 1 or kernel < 1: raise ValueError("width, n_layers and kernel must be >= 1")
-        if not ms2_std > 0: raise ValueError(f"ms2_std must be > 0, got {ms2_std}")
+        if not dt_s > 0:
+            raise ValueError(f"dt_s must be > 0, got {dt_s}")
+        if not r_c_nm > 0:
+            raise ValueError(f"r_c_nm must be > 0, got {r_c_nm}")
+        if min(k_on_per_s, k_off_per_s) <= 0:
+            raise ValueError("k_on_per_s and k_off_per_s must be > 0")
+        if width < 1 or n_layers < 1 or kernel < 1:
+            raise ValueError("width, n_layers and kernel must be >= 1")
+        if not ms2_std > 0:
+            raise ValueError(f"ms2_std must be > 0, got {ms2_std}")
         self.dt_s, self.past_ms2 = float(dt_s), past_ms2
         self.log_r_c = nn.Parameter(torch.tensor(math.log(r_c_nm)))
         self.log_k_on = nn.Parameter(torch.tensor(math.log(k_on_per_s)))
         self.log_k_off = nn.Parameter(torch.tensor(math.log(k_off_per_s)))
         c_in = 4 if past_ms2 else 2
-        self.context = nn.ModuleList([CausalConv1d(c_in if i == 0 else width, width, kernel, dilation=2**i) for i in range(n_layers)])
+        self.context = nn.ModuleList(
+            [CausalConv1d(c_in if i == 0 else width, width, kernel, dilation=2**i) for i in range(n_layers)]
+        )
         self.out = nn.Conv1d(width, 1, 1)
-        nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)   # c_θ ≡ 0 at the start
-        self.register_buffer("ms2_mean", torch.tensor(float(ms2_mean))); self.register_buffer("ms2_std", torch.tensor(float(ms2_std)))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)  # c_θ ≡ 0 at the start
+        self.register_buffer("ms2_mean", torch.tensor(float(ms2_mean)))
+        self.register_buffer("ms2_std", torch.tensor(float(ms2_std)))
 
     @property
-    def r_c_nm(self) -> float: return float(self.log_r_c.detach().exp())
+    def r_c_nm(self) -> float:
+        return float(self.log_r_c.detach().exp())
+
     @property
-    def k_on_per_s(self) -> float: return float(self.log_k_on.detach().exp())
+    def k_on_per_s(self) -> float:
+        return float(self.log_k_on.detach().exp())
+
     @property
-    def k_off_per_s(self) -> float: return float(self.log_k_off.detach().exp())
+    def k_off_per_s(self) -> float:
+        return float(self.log_k_off.detach().exp())
 
     def context_l2(self) -> torch.Tensor:
         "Σ w² over c_θ's convolution weights (biases excluded): what `reg_weight` multiplies."
@@ -119,12 +189,14 @@ class ContactHazardNet(nn.Module):
         o = obs.to(self.log_k_on.dtype)
         x = [o[:, :-1], o[:, 1:]]
         if self.past_ms2:
-            if ms2 is None: raise ValueError("this model was built with past_ms2=True: pass ms2 (and ms2_mask)")
+            if ms2 is None:
+                raise ValueError("this model was built with past_ms2=True: pass ms2 (and ms2_mask)")
             ok = torch.isfinite(ms2) if ms2_mask is None else (ms2_mask.bool() & torch.isfinite(ms2))
             z = torch.where(ok, (ms2 - self.ms2_mean) / self.ms2_std, torch.zeros_like(ms2)).to(o.dtype)
-            x += [z[:, :-1], ok.to(o.dtype)[:, :-1]]                  # interval (t−1, t] sees MS2 at ≤ t−1 only
+            x += [z[:, :-1], ok.to(o.dtype)[:, :-1]]  # interval (t−1, t] sees MS2 at ≤ t−1 only
         h = torch.stack(x, 1)
-        for i, layer in enumerate(self.context): h = F.gelu(layer(h)) + (h if i else 0)
+        for i, layer in enumerate(self.context):
+            h = F.gelu(layer(h)) + (h if i else 0)
         return self.out(h)[:, 0]
 
     def pair_gate(self, terms: dict, log_r_c=None) -> torch.Tensor:
@@ -133,19 +205,25 @@ class ContactHazardNet(nn.Module):
         (`embedding_bag`). The gradient in log r_c goes through the same gather (F₃'s derivative on the table)
         instead of autograd's, which would scatter millions of entries back one by one: several times faster."""
         l = self.log_r_c if log_r_c is None else torch.as_tensor(log_r_c, dtype=self.log_r_c.dtype)
-        mu, sig = torch.meshgrid(terms["mu_grid_nm"], terms["sigma_nm"], indexing="xy")          # [K, nb]: row k = σ_k
-        lv = l.detach().reshape(-1, 1).expand(-1, mu.numel()).clone().requires_grad_()          # one log r_c per entry
+        mu, sig = torch.meshgrid(terms["mu_grid_nm"], terms["sigma_nm"], indexing="xy")  # [K, nb]: row k = σ_k
+        lv = l.detach().reshape(-1, 1).expand(-1, mu.numel()).clone().requires_grad_()  # one log r_c per entry
         with torch.enable_grad():
-            table = rice3_cdf(lv.exp(), mu.reshape(1, -1), sig.reshape(1, -1))                          # [R, K·nb]
-            slope = torch.autograd.grad(table.sum(), lv)[0] if l.requires_grad else None                    # dF₃/d log r_c
-        cols, vals = terms["cols"], terms["vals"]; Q2 = cols.shape[-1]
+            table = rice3_cdf(lv.exp(), mu.reshape(1, -1), sig.reshape(1, -1))  # [R, K·nb]
+            slope = torch.autograd.grad(table.sum(), lv)[0] if l.requires_grad else None  # dF₃/d log r_c
+        cols, vals = terms["cols"], terms["vals"]
+        Q2 = cols.shape[-1]
         # one weighted sum per pair; the weight must be contiguous (a transposed view makes embedding_bag 3× slower)
-        gather = lambda w: F.embedding_bag(cols.reshape(-1, Q2), w.detach().T.contiguous().to(vals.dtype),
-                                           per_sample_weights=vals.reshape(-1, Q2), mode="sum").reshape(*cols.shape[:-1], -1)
-        if not l.requires_grad: g = gather(table)
+        gather = lambda w: F.embedding_bag(
+            cols.reshape(-1, Q2),
+            w.detach().T.contiguous().to(vals.dtype),
+            per_sample_weights=vals.reshape(-1, Q2),
+            mode="sum",
+        ).reshape(*cols.shape[:-1], -1)
+        if not l.requires_grad:
+            g = gather(table)
         else:
             g, dg = gather(torch.cat([table, slope])).split(len(table), -1)
-            g = g + dg * (l - l.detach()).reshape(-1)   # value ḡ, first derivative dḡ/d log r_c
+            g = g + dg * (l - l.detach()).reshape(-1)  # value ḡ, first derivative dḡ/d log r_c
         return g[..., 0] if l.dim() == 0 else g
 
     def forward(self, terms: dict, ms2=None, ms2_mask=None) -> dict:
@@ -154,12 +232,14 @@ class ContactHazardNet(nn.Module):
         lam = torch.exp(self.log_k_on + c) * self.dt_s * g_bar
         return {"gate_pair": g_bar, "context": c, "hazard": lam, "pair_observed": terms["pair_observed"]}
 
+
 # %% ../nbs/03a_neural_radius.ipynb #65e6c262
 def transition_masks(state, state_mask, pair_observed):
     "[B, T−1] masks of the frame pairs at risk of OFF→ON (distance seen at ≥ 1 end) and ON→OFF, and the outcome at t."
     prev, nxt = state[:, :-1], state[:, 1:]
     known = state_mask[:, :-1].bool() & state_mask[:, 1:].bool()
     return known & (prev < 0.5) & pair_observed, known & (prev >= 0.5), nxt >= 0.5
+
 
 def hazard_loss(model: ContactHazardNet, batch: dict, reg_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Transition NLL per frame pair: OFF→ON with P = 1 − e^{−λ_t} and ON→OFF with P = 1 − e^{−k_off·dt}, as in
@@ -168,75 +248,129 @@ def hazard_loss(model: ContactHazardNet, batch: dict, reg_weight: float = 0.0) -
     out = model(batch, batch.get("ms2"), batch.get("ms2_mask"))
     off, on, y = transition_masks(batch["state"], batch["state_mask"], out["pair_observed"])
     lam = out["hazard"].clamp_min(1e-30)
-    nll_on = -torch.where(y, torch.log(-torch.expm1(-lam)), -lam)               # OFF at t−1 → ON / OFF at t
+    nll_on = -torch.where(y, torch.log(-torch.expm1(-lam)), -lam)  # OFF at t−1 → ON / OFF at t
     p_off = -torch.expm1(-model.log_k_off.exp() * model.dt_s)
-    nll_off = -torch.where(y, torch.log1p(-p_off), torch.log(p_off))           # ON at t−1 → ON / OFF at t
+    nll_off = -torch.where(y, torch.log1p(-p_off), torch.log(p_off))  # ON at t−1 → ON / OFF at t
     n = (off.sum() + on.sum()).clamp_min(1)
     nll = ((nll_on * off).sum() + (nll_off * on).sum()) / n
     return nll + reg_weight * model.context_l2(), {**out, "nll": nll.detach(), "n_events": int((y & off).sum())}
 
+
 # %% ../nbs/03a_neural_radius.ipynb #bc7d98a0
 METHODS = ("hazard", "unet", "seeds")
-DEFAULT_REG = {"hazard": 1e-2, "unet": 1e-4, "seeds": 0.5}      # reg_weight, weight_decay, sparsity
-DEFAULT_EPOCHS = {"hazard": 80, "unet": 15, "seeds": 15}      # hazard: full-batch steps (one pass over the traces each)
+DEFAULT_REG = {"hazard": 1e-2, "unet": 1e-4, "seeds": 0.5}  # reg_weight, weight_decay, sparsity
+DEFAULT_EPOCHS = {"hazard": 80, "unet": 15, "seeds": 15}  # hazard: full-batch steps (one pass over the traces each)
+
 
 def _check_arrays(arrays: dict, state=None):
     for k in ("distance_nm", "mask"):
-        if k not in arrays: raise ValueError(f"arrays need {k!r} (from Tracks.to_arrays())")
+        if k not in arrays:
+            raise ValueError(f"arrays need {k!r} (from Tracks.to_arrays())")
     d = np.asarray(arrays["distance_nm"], float)
-    if d.ndim != 2 or d.shape[1] < 2: raise ValueError(f"distance_nm must be [B, T] with T >= 2, got shape {d.shape}")
+    if d.ndim != 2 or d.shape[1] < 2:
+        raise ValueError(f"distance_nm must be [B, T] with T >= 2, got shape {d.shape}")
     s = arrays.get("state") if state is None else state
-    if s is None: raise ValueError("no promoter state: pass `state` or arrays with 'state'")
+    if s is None:
+        raise ValueError("no promoter state: pass `state` or arrays with 'state'")
     s = np.asarray(s, float)
-    if s.shape != d.shape: raise ValueError(f"state {s.shape} and distance_nm {d.shape} must be equal [B, T] shapes")
-    if not (np.isfinite(arrays.get("dt_s", np.nan)) and arrays.get("dt_s", 0) > 0): raise ValueError("arrays need 'dt_s' > 0")
+    if s.shape != d.shape:
+        raise ValueError(f"state {s.shape} and distance_nm {d.shape} must be equal [B, T] shapes")
+    if not (np.isfinite(arrays.get("dt_s", np.nan)) and arrays.get("dt_s", 0) > 0):
+        raise ValueError("arrays need 'dt_s' > 0")
     return d, s
+
 
 def _hazard_start(model, data, r_range_nm=(5.0, 2000.0), n_grid=48):
     """Start as `RadiusMLE` does, with c_θ = 0: on a log grid of r_c, k_on from the event count (k_on·dt·Σḡ = #events),
     the NLL of the OFF pairs; the best grid point refined by a parabola in log r_c through it and its neighbours.
     The bridge terms are computed once; each grid point only re-evaluates F₃. k_off from the ON→OFF counts."""
     off, on, y = transition_masks(data["state"], data["state_mask"], data["pair_observed"])
-    ev, stay = y & off, ~y & off; n_ev = max(float(ev.sum()), 0.5)
-    lr = np.log(np.geomspace(*r_range_nm, n_grid)); nll, log_k = [], []
+    ev, stay = y & off, ~y & off
+    n_ev = max(float(ev.sum()), 0.5)
+    lr = np.log(np.geomspace(*r_range_nm, n_grid))
+    nll, log_k = [], []
     with torch.no_grad():
-        G = model.pair_gate(data, torch.as_tensor(lr))                                   # [B, T−1, grid]
+        G = model.pair_gate(data, torch.as_tensor(lr))  # [B, T−1, grid]
         for g in G.unbind(-1):
-            k = math.log(max(n_ev / (model.dt_s * max(float(g[off].sum()), 1e-12)), 1e-12)); lam = math.exp(k) * model.dt_s * g
-            nll.append(float(-torch.log(-torch.expm1(-lam[ev])).clamp_min(-1e30).sum() + lam[stay].sum())); log_k.append(k)
-        j = int(np.argmin(nll)); l_best, k_best = lr[j], log_k[j]
-        if 0 < j < n_grid - 1:   # vertex of the parabola through the three points (equal spacing h)
-            h, (a, b, c) = lr[1] - lr[0], nll[j - 1:j + 2]
-            if a - 2 * b + c > 0: l_best += float(np.clip(h * (a - c) / (2 * (a - 2 * b + c)), -h, h))
-        model.log_r_c.fill_(l_best); model.log_k_on.fill_(k_best)
-        n_on = float(on.sum()); n_sw = float((on & ~y).sum())
-        if n_on > 0 and 0 < n_sw < n_on: model.log_k_off.fill_(math.log(-math.log1p(-n_sw / n_on) / model.dt_s))
+            k = math.log(max(n_ev / (model.dt_s * max(float(g[off].sum()), 1e-12)), 1e-12))
+            lam = math.exp(k) * model.dt_s * g
+            nll.append(float(-torch.log(-torch.expm1(-lam[ev])).clamp_min(-1e30).sum() + lam[stay].sum()))
+            log_k.append(k)
+        j = int(np.argmin(nll))
+        l_best, k_best = lr[j], log_k[j]
+        if 0 < j < n_grid - 1:  # vertex of the parabola through the three points (equal spacing h)
+            h, (a, b, c) = lr[1] - lr[0], nll[j - 1 : j + 2]
+            if a - 2 * b + c > 0:
+                l_best += float(np.clip(h * (a - c) / (2 * (a - 2 * b + c)), -h, h))
+        model.log_r_c.fill_(l_best)
+        model.log_k_on.fill_(k_best)
+        n_on = float(on.sum())
+        n_sw = float((on & ~y).sum())
+        if n_on > 0 and 0 < n_sw < n_on:
+            model.log_k_off.fill_(math.log(-math.log1p(-n_sw / n_on) / model.dt_s))
+
 
 def _fit_hazard(data, arrays, reg_weight, seed, epochs, lr, lr_context, past_ms2, context, verbose, net_kw):
     torch.manual_seed(seed)
     ms2 = np.asarray(arrays["ms2"], float) if past_ms2 else None
-    model = ContactHazardNet(float(arrays["dt_s"]), past_ms2=past_ms2, ms2_mean=float(np.nanmean(ms2)) if past_ms2 else 0.0,
-                             ms2_std=float(np.nanstd(ms2)) if past_ms2 else 1.0, **net_kw)
+    model = ContactHazardNet(
+        float(arrays["dt_s"]),
+        past_ms2=past_ms2,
+        ms2_mean=float(np.nanmean(ms2)) if past_ms2 else 0.0,
+        ms2_std=float(np.nanstd(ms2)) if past_ms2 else 1.0,
+        **net_kw,
+    )
     _hazard_start(model, data)
     groups = [{"params": [model.log_r_c, model.log_k_on, model.log_k_off], "lr": lr}]
-    if context: groups.append({"params": [*model.context.parameters(), *model.out.parameters()], "lr": lr_context})
-    opt = torch.optim.Adam(groups)   # context=False: c_θ stays ≡ 0 (zero-initialised last layer, not trained)
+    if context:
+        groups.append({"params": [*model.context.parameters(), *model.out.parameters()], "lr": lr_context})
+    opt = torch.optim.Adam(groups)  # context=False: c_θ stays ≡ 0 (zero-initialised last layer, not trained)
     hist = {"epoch": [], "loss": [], "nll": [], "r_c_nm": [], "k_on_per_s": [], "context_l2": []}
     for epoch in range(epochs):
         loss, out = hazard_loss(model, data, reg_weight)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        hist["epoch"].append(epoch + 1); hist["loss"].append(float(loss.detach())); hist["nll"].append(float(out["nll"]))
-        hist["r_c_nm"].append(model.r_c_nm); hist["k_on_per_s"].append(model.k_on_per_s)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist["epoch"].append(epoch + 1)
+        hist["loss"].append(float(loss.detach()))
+        hist["nll"].append(float(out["nll"]))
+        hist["r_c_nm"].append(model.r_c_nm)
+        hist["k_on_per_s"].append(model.k_on_per_s)
         hist["context_l2"].append(float(model.context_l2().detach()))
         if verbose and (epoch + 1) % max(1, epochs // 5) == 0:
-            print(f"step {epoch + 1:4d}  loss {hist['loss'][-1]:.5f}  r_c {model.r_c_nm:7.1f} nm  |c_θ|² {hist['context_l2'][-1]:.3g}")
-    return model, hist, {"k_on_per_s": model.k_on_per_s, "k_off_per_s": model.k_off_per_s,
-                         "context_l2": hist["context_l2"][-1], "n_events": int(out["n_events"])}
+            print(
+                f"step {epoch + 1:4d}  loss {hist['loss'][-1]:.5f}  r_c {model.r_c_nm:7.1f} nm  |c_θ|² {hist['context_l2'][-1]:.3g}"
+            )
+    return (
+        model,
+        hist,
+        {
+            "k_on_per_s": model.k_on_per_s,
+            "k_off_per_s": model.k_off_per_s,
+            "context_l2": hist["context_l2"][-1],
+            "n_events": int(out["n_events"]),
+        },
+    )
 
-def fit_neural_radius(arrays: dict, method: str = "hazard", sigma_loc_nm: float = 40.0, reg_weight: float | None = None,
-                      seed: int = 0, epochs: int | None = None, lr: float | None = None, idx=None, state=None,
-                      past_ms2: bool = False, use_vectors: bool | None = None, context: bool = True, width: int = 8,
-                      hazard_kw: dict | None = None, bridge_kw: dict | None = None, verbose: bool = False) -> dict:
+
+def fit_neural_radius(
+    arrays: dict,
+    method: str = "hazard",
+    sigma_loc_nm: float = 40.0,
+    reg_weight: float | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    idx=None,
+    state=None,
+    past_ms2: bool = False,
+    use_vectors: bool | None = None,
+    context: bool = True,
+    width: int = 8,
+    hazard_kw: dict | None = None,
+    bridge_kw: dict | None = None,
+    verbose: bool = False,
+) -> dict:
     """Learn the contact radius from `arrays` (`Tracks.to_arrays()`-like, with `state` and `dt_s`), traces `idx`.
 
     `method`: 'hazard' (`ContactHazardNet` on the bridge terms of `interval_terms`; `reg_weight` = L2 weight on c_θ,
@@ -249,46 +383,85 @@ def fit_neural_radius(arrays: dict, method: str = "hazard", sigma_loc_nm: float 
     per-trace max distance). `hazard_kw`: extra `ContactHazardNet` arguments (width, n_layers, kernel).
     Returns {'method', 'r_c_nm', 'use_vectors', 'reg_weight', 'seed', 'epochs', 'seconds', 'history', 'model'}, plus
     'k_on_per_s', 'k_off_per_s', 'context_l2', 'n_events' for 'hazard'."""
-    if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if sigma_loc_nm < 0: raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if sigma_loc_nm < 0:
+        raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
     reg_weight = DEFAULT_REG[method] if reg_weight is None else float(reg_weight)
-    if reg_weight < 0: raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
+    if reg_weight < 0:
+        raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
     epochs = DEFAULT_EPOCHS[method] if epochs is None else int(epochs)
-    if epochs < 1: raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     d, s = _check_arrays(arrays, state)
     a = dict(arrays, state=s)
     if idx is not None:
         a = subset_traces(a, idx)
         d = a["distance_nm"]
     data = to_tensors(a)
-    if not bool(data["state_mask"].any()): raise ValueError("state has no finite value")
-    t0 = time.perf_counter(); extra = {}; vec = False
+    if not bool(data["state_mask"].any()):
+        raise ValueError("state has no finite value")
+    t0 = time.perf_counter()
+    extra = {}
+    vec = False
     if method == "hazard":
-        if past_ms2 and "ms2" not in a: raise ValueError("past_ms2=True needs arrays with 'ms2'")
+        if past_ms2 and "ms2" not in a:
+            raise ValueError("past_ms2=True needs arrays with 'ms2'")
         has_vec = "vector_nm" in a and np.isfinite(a["vector_nm"]).any()
-        if use_vectors and not has_vec: raise ValueError("use_vectors=True needs arrays with 'vector_nm' (the E–P vectors)")
+        if use_vectors and not has_vec:
+            raise ValueError("use_vectors=True needs arrays with 'vector_nm' (the E–P vectors)")
         terms = interval_terms(a, sigma_loc_nm, use_vectors=has_vec and use_vectors is not False, **(bridge_kw or {}))
-        data = {**terms, **{k: v for k, v in data.items() if k.startswith("state") or (past_ms2 and k.startswith("ms2"))}}
-        model, hist, extra = _fit_hazard(data, a, reg_weight, seed, epochs, lr or 0.05, 1e-2, past_ms2, context, verbose,
-                                         hazard_kw or {})
+        data = {
+            **terms,
+            **{k: v for k, v in data.items() if k.startswith("state") or (past_ms2 and k.startswith("ms2"))},
+        }
+        model, hist, extra = _fit_hazard(
+            data, a, reg_weight, seed, epochs, lr or 0.05, 1e-2, past_ms2, context, verbose, hazard_kw or {}
+        )
         r_c, vec = model.r_c_nm, terms["use_vectors"]
     else:
         data = {k: data[k] for k in ("distance_nm", "mask", "state", "state_mask")}
         torch.manual_seed(seed)
         if method == "unet":
-            model = EPModel("state", width=width, sigma_loc_nm=sigma_loc_nm, sigma_r_nm=estimate_sigma_r(d, sigma_loc_nm), r_c_nm=200.0)
-            cfg = TrainConfig(epochs=epochs, lr=lr or 3e-3, lr_radius=5e-2, weight_decay=reg_weight, seed=seed, verbose=verbose)
+            model = EPModel(
+                "state",
+                width=width,
+                sigma_loc_nm=sigma_loc_nm,
+                sigma_r_nm=estimate_sigma_r(d, sigma_loc_nm),
+                r_c_nm=200.0,
+            )
+            cfg = TrainConfig(
+                epochs=epochs, lr=lr or 3e-3, lr_radius=5e-2, weight_decay=reg_weight, seed=seed, verbose=verbose
+            )
         else:
             model = SeedsGateModel("state", width=width, sparsity=reg_weight)
             cfg = TrainConfig(epochs=epochs, lr=lr or 3e-3, seed=seed, verbose=verbose)
         hist = train(model, data, cfg)
         r_c = hist["radius_nm"][-1]
-    return {"method": method, "r_c_nm": float(r_c), "use_vectors": vec, "reg_weight": reg_weight, "seed": seed,
-            "epochs": epochs, "seconds": time.perf_counter() - t0, "history": hist, "model": model, **extra}
+    return {
+        "method": method,
+        "r_c_nm": float(r_c),
+        "use_vectors": vec,
+        "reg_weight": reg_weight,
+        "seed": seed,
+        "epochs": epochs,
+        "seconds": time.perf_counter() - t0,
+        "history": hist,
+        "model": model,
+        **extra,
+    }
+
 
 # %% ../nbs/03a_neural_radius.ipynb #bdb9b8b9
-def radius_interval(arrays: dict, method: str = "hazard", n_members: int = 5, ci: float = 0.9, seed: int = 0,
-                    estimate_nm: float | None = None, **fit_kw) -> tuple[float, float, float]:
+def radius_interval(
+    arrays: dict,
+    method: str = "hazard",
+    n_members: int = 5,
+    ci: float = 0.9,
+    seed: int = 0,
+    estimate_nm: float | None = None,
+    **fit_kw,
+) -> tuple[float, float, float]:
     """(estimate, lo, hi) in nm: the estimate from all traces (or `estimate_nm` when already fitted) and a `ci`
     bootstrap-t interval from `n_members` ensemble members, each with its own seed and a bootstrap resample of the
     traces: estimate ∓ t_{n−1}·sd(members), on the log scale when every member is positive (the radius is a scale;
@@ -296,12 +469,22 @@ def radius_interval(arrays: dict, method: str = "hazard", n_members: int = 5, ci
     under-cover (it is the range of a handful of draws); the t quantile accounts for estimating the spread from them.
     `fit_kw` go to `fit_neural_radius`."""
     from scipy.stats import t as student_t
-    if n_members < 2: raise ValueError(f"n_members must be >= 2, got {n_members}")
-    if not 0 < ci < 1: raise ValueError(f"ci must be in (0, 1), got {ci}")
-    B = len(arrays["distance_nm"]); rng = np.random.default_rng(seed)
-    est = fit_neural_radius(arrays, method, seed=seed, **fit_kw)["r_c_nm"] if estimate_nm is None else float(estimate_nm)
-    members = np.array([fit_neural_radius(arrays, method, seed=seed + 1 + m, idx=np.sort(rng.integers(0, B, B)), **fit_kw)["r_c_nm"]
-                        for m in range(n_members)])
+
+    if n_members < 2:
+        raise ValueError(f"n_members must be >= 2, got {n_members}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    B = len(arrays["distance_nm"])
+    rng = np.random.default_rng(seed)
+    est = (
+        fit_neural_radius(arrays, method, seed=seed, **fit_kw)["r_c_nm"] if estimate_nm is None else float(estimate_nm)
+    )
+    members = np.array(
+        [
+            fit_neural_radius(arrays, method, seed=seed + 1 + m, idx=np.sort(rng.integers(0, B, B)), **fit_kw)["r_c_nm"]
+            for m in range(n_members)
+        ]
+    )
     q = float(student_t.ppf((1 + ci) / 2, n_members - 1))
     if est > 0 and (members > 0).all():
         half = q * np.std(np.log(members), ddof=1)
@@ -309,20 +492,34 @@ def radius_interval(arrays: dict, method: str = "hazard", n_members: int = 5, ci
     half = q * np.std(members, ddof=1)
     return float(est), float(est - half), float(est + half)
 
+
 # %% ../nbs/03a_neural_radius.ipynb #a90bef22
 def regularisation_sensitivity(arrays: dict, method: str = "hazard", weights=None, seed: int = 0, **fit_kw) -> dict:
     """The learned radius per regularisation weight (default: a decade around the method's default, w/√10, w, w·√10).
     Returns {'table': DataFrame(reg_weight, r_c_nm, seconds), 'max_rel_change': max |r_w − r_ref| / |r_ref| with r_ref
     the radius at the middle weight, 'ratio': max/min radius, 'decade_covered': max weight / min weight}."""
     w0 = DEFAULT_REG.get(method)
-    if w0 is None: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if w0 is None:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     weights = [w0 / math.sqrt(10), w0, w0 * math.sqrt(10)] if weights is None else sorted(float(w) for w in weights)
-    if len(weights) < 2 or min(weights) < 0: raise ValueError("weights: at least two values, all >= 0")
+    if len(weights) < 2 or min(weights) < 0:
+        raise ValueError("weights: at least two values, all >= 0")
     fits = [fit_neural_radius(arrays, method, reg_weight=w, seed=seed, **fit_kw) for w in weights]
-    table = pd.DataFrame({"method": method, "reg_weight": weights, "r_c_nm": [f["r_c_nm"] for f in fits],
-                          "seconds": [f["seconds"] for f in fits]})
-    if method == "hazard": table["context_l2"] = [f["context_l2"] for f in fits]
-    r = table.r_c_nm.to_numpy(); ref = r[len(r) // 2]
-    return {"table": table, "max_rel_change": float(np.max(np.abs(r - ref)) / abs(ref)),
-            "ratio": float(r.max() / r.min()) if r.min() > 0 else float("nan"),
-            "decade_covered": float(max(weights) / min(weights)) if min(weights) > 0 else float("inf")}
+    table = pd.DataFrame(
+        {
+            "method": method,
+            "reg_weight": weights,
+            "r_c_nm": [f["r_c_nm"] for f in fits],
+            "seconds": [f["seconds"] for f in fits],
+        }
+    )
+    if method == "hazard":
+        table["context_l2"] = [f["context_l2"] for f in fits]
+    r = table.r_c_nm.to_numpy()
+    ref = r[len(r) // 2]
+    return {
+        "table": table,
+        "max_rel_change": float(np.max(np.abs(r - ref)) / abs(ref)),
+        "ratio": float(r.max() / r.min()) if r.min() > 0 else float("nan"),
+        "decade_covered": float(max(weights) / min(weights)) if min(weights) > 0 else float("inf"),
+    }

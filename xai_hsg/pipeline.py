@@ -5,6 +5,7 @@ gives it, the keys of the stages it needs and the library's code version (`core.
 is unchanged since its last successful run is skipped. A stage needs every earlier stage unless its
 `parameters` cell says otherwise with a comment line `# needs: 01_simulation, 02_ep_ms2` (or `# needs: none`).
 """
+
 from __future__ import annotations
 
 import ast
@@ -34,28 +35,36 @@ class PipelineError(RuntimeError):
 @dataclass(frozen=True)
 class Stage:
     "One notebook of the chain."
-    name: str                # "01_simulation"
+
+    name: str  # "01_simulation"
     path: Path
-    declared: dict           # parameter name -> default (from the parameters cell)
-    needs: tuple | None      # stage names, or None for "every earlier stage"
-    source_hash: str         # hash of the code cells
-    figure_labels: tuple     # labels of `#| label: fig-...` cells
+    declared: dict  # parameter name -> default (from the parameters cell)
+    needs: tuple | None  # stage names, or None for "every earlier stage"
+    source_hash: str  # hash of the code cells
+    figure_labels: tuple  # labels of `#| label: fig-...` cells
 
     @property
-    def number(self) -> str: return self.name[:2]
+    def number(self) -> str:
+        return self.name[:2]
 
 
 def _declared_parameters(source: str, path: Path) -> dict:
     "Top-level assignments of a parameters cell, with literal defaults where they are literals."
-    try: tree = ast.parse(source)
-    except SyntaxError as e: raise PipelineError(f"{path}: the parameters cell does not parse: {e}") from e
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise PipelineError(f"{path}: the parameters cell does not parse: {e}") from e
     declared = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for t in targets:
             if isinstance(t, ast.Name):
-                try: declared[t.id] = ast.literal_eval(node.value) if node.value is not None else None
-                except ValueError: declared[t.id] = ast.unparse(node.value)
+                try:
+                    declared[t.id] = ast.literal_eval(node.value) if node.value is not None else None
+                except ValueError:
+                    declared[t.id] = ast.unparse(node.value)
     return declared
 
 
@@ -66,26 +75,34 @@ def parse_stage(path: str | Path) -> Stage:
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     tagged = [c for c in code_cells if "parameters" in (c.metadata.get("tags") or [])]
     if not tagged:
-        raise PipelineError(f"{path}: no cell is tagged 'parameters'. Papermill would ignore the profile's parameters "
-                            f"for this notebook; tag the cell holding `profile = ...` with 'parameters'.")
+        raise PipelineError(
+            f"{path}: no cell is tagged 'parameters'. Papermill would ignore the profile's parameters "
+            f"for this notebook; tag the cell holding `profile = ...` with 'parameters'."
+        )
     if len(tagged) > 1:
         raise PipelineError(f"{path}: {len(tagged)} cells are tagged 'parameters'; keep exactly one.")
     source = tagged[0].source
     declared = _declared_parameters(source, path)
     if "profile" not in declared:
-        raise PipelineError(f"{path}: the parameters cell must declare `profile = \"smoke\"` (the pipeline injects it).")
+        raise PipelineError(f'{path}: the parameters cell must declare `profile = "smoke"` (the pipeline injects it).')
     needs = None
     if m := _NEEDS_RE.search(source):
         items = [s for s in re.split(r"[,\s]+", m.group(1).strip()) if s]
         needs = () if items in ([], ["none"]) else tuple(items)
     labels = tuple(label for c in code_cells if (label := core.cell_label(c.source)) and label.startswith("fig-"))
-    return Stage(name=path.stem, path=path, declared=declared, needs=needs,
-                 source_hash=core.stable_hash([c.source for c in code_cells]), figure_labels=labels)
+    return Stage(
+        name=path.stem,
+        path=path,
+        declared=declared,
+        needs=needs,
+        source_hash=core.stable_hash([c.source for c in code_cells]),
+        figure_labels=labels,
+    )
 
 
 def discover_stages(root: str | Path) -> list[Stage]:
     "All `nbs/NN_*.ipynb` of the repository at `root`, in order, with their `needs` checked."
-    stages = [parse_stage(p) for p in sorted((Path(root)/"nbs").glob(STAGE_GLOB))]
+    stages = [parse_stage(p) for p in sorted((Path(root) / "nbs").glob(STAGE_GLOB))]
     names = [s.name for s in stages]
     for i, s in enumerate(stages):
         for need in s.needs or ():
@@ -104,40 +121,46 @@ def _match(spec: str, stages: list[Stage]) -> Stage:
 def select_stages(stages: list[Stage], only: Iterable[str] = (), start: str | None = None) -> list[Stage]:
     "The stages `--only` names (any of them), or those from `--from` on, or all."
     only = list(only or ())
-    if only and start: raise PipelineError("use --only or --from, not both")
+    if only and start:
+        raise PipelineError("use --only or --from, not both")
     if only:
         chosen = {_match(spec, stages).name for spec in only}
         return [s for s in stages if s.name in chosen]
     if start:
         first = _match(start, stages)
-        return stages[stages.index(first):]
+        return stages[stages.index(first) :]
     return list(stages)
 
 
 def _needs_of(stage: Stage, stages: list[Stage]) -> list[str]:
-    if stage.needs is not None: return list(stage.needs)
+    if stage.needs is not None:
+        return list(stage.needs)
     names = [s.name for s in stages]
-    return names[:names.index(stage.name)]
+    return names[: names.index(stage.name)]
 
 
 class _State:
     "`runs/<profile>/_state.json`: last successful key and duration per stage."
+
     def __init__(self, path: Path):
         self.path = path
         self.data = json.loads(path.read_text()) if path.exists() else {}
 
-    def get(self, name: str) -> dict: return self.data.get(name, {})
+    def get(self, name: str) -> dict:
+        return self.data.get(name, {})
 
     def record(self, name: str, key: str, seconds: float) -> None:
         self.data[name] = {"key": key, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         core.write_json_atomic(self.path, self.data, sort_keys=False)
 
     def forget(self, name: str) -> None:
-        if self.data.pop(name, None) is not None: core.write_json_atomic(self.path, self.data, sort_keys=False)
+        if self.data.pop(name, None) is not None:
+            core.write_json_atomic(self.path, self.data, sort_keys=False)
 
 
 def _fmt_s(seconds: float | None) -> str:
-    if seconds is None: return "unknown"
+    if seconds is None:
+        return "unknown"
     return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
@@ -146,52 +169,78 @@ def _failure_message(stage: Stage, err, out_nb: Path) -> str:
     cells = nbformat.read(stage.path, as_version=4).cells
     source = getattr(err, "source", None) or ""
     where = next((i for i, c in enumerate(cells) if c.cell_type == "code" and c.source == source), None)
-    cell = f"{where + 1} of {len(cells)}" if where is not None else f"#{getattr(err, 'exec_count', '?')} (execution count)"
+    cell = (
+        f"{where + 1} of {len(cells)}" if where is not None else f"#{getattr(err, 'exec_count', '?')} (execution count)"
+    )
     first_line = next((ln for ln in source.splitlines() if ln.strip()), "")
-    return (f"{stage.path.name} failed in cell {cell} ({first_line!r}): {err.ename}: {err.evalue}\n"
-            f"  the executed notebook with the full traceback: {out_nb}")
+    return (
+        f"{stage.path.name} failed in cell {cell} ({first_line!r}): {err.ename}: {err.evalue}\n"
+        f"  the executed notebook with the full traceback: {out_nb}"
+    )
 
 
 def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
     env_backup = os.environ.get(core.ROOT_ENV)
     os.environ[core.ROOT_ENV] = str(root)  # the kernel inherits it: notebooks find this repository
     try:
-        pm.execute_notebook(str(stage.path), str(out_nb), parameters=params, kernel_name="python3",
-                            cwd=str(stage.path.parent), progress_bar={"desc": f"  {stage.name}", "leave": False},
-                            log_output=False, request_save_on_cell_execute=True)
+        pm.execute_notebook(
+            str(stage.path),
+            str(out_nb),
+            parameters=params,
+            kernel_name="python3",
+            cwd=str(stage.path.parent),
+            progress_bar={"desc": f"  {stage.name}", "leave": False},
+            log_output=False,
+            request_save_on_cell_execute=True,
+        )
     except PapermillExecutionError as err:
         raise PipelineError(_failure_message(stage, err, out_nb)) from None
     finally:
-        if env_backup is None: os.environ.pop(core.ROOT_ENV, None)
-        else: os.environ[core.ROOT_ENV] = env_backup
+        if env_backup is None:
+            os.environ.pop(core.ROOT_ENV, None)
+        else:
+            os.environ[core.ROOT_ENV] = env_backup
 
 
-def reproduce(profile: str = "smoke", root: str | Path | None = None, only: Iterable[str] = (), start: str | None = None,
-              force: bool = False, render: bool = True, console=None) -> dict:
+def reproduce(
+    profile: str = "smoke",
+    root: str | Path | None = None,
+    only: Iterable[str] = (),
+    start: str | None = None,
+    force: bool = False,
+    render: bool = True,
+    console=None,
+) -> dict:
     """Execute the chain for `profile` into `runs/<profile>/`; skip stages whose key is unchanged; render the paper.
 
     Returns {stage name: "ran" | "cached"} (plus "render": outputs when rendered)."""
     from rich.console import Console
+
     console = console or Console(stderr=True, highlight=False)
     root = Path(root).resolve() if root else core.find_root()
     prof = core.load_profile(profile, root=root)
     where = core.paths(prof.name, root)
     stages = discover_stages(root)
-    if not stages: raise PipelineError(f"no notebooks matching nbs/{STAGE_GLOB} in {root}")
+    if not stages:
+        raise PipelineError(f"no notebooks matching nbs/{STAGE_GLOB} in {root}")
     unknown = sorted(set(prof.notebooks) - {s.name for s in stages})
-    if unknown: raise PipelineError(f"{prof.path}: parameters for notebooks that do not exist: {unknown}")
+    if unknown:
+        raise PipelineError(f"{prof.path}: parameters for notebooks that do not exist: {unknown}")
     selected = select_stages(stages, only, start)
-    state = _State(where.runs/"_state.json")
+    state = _State(where.runs / "_state.json")
     version = core.code_version()
 
     keys: dict[str, str] = {}
     outcome: dict = {}
     remaining = {s.name: state.get(s.name).get("seconds") for s in selected}
     t_chain = time.perf_counter()
-    console.print(f"[bold]xai-hsg reproduce[/] profile [cyan]{prof.name}[/] — {len(selected)} of {len(stages)} notebooks, "
-                  f"code {version}")
+    console.print(
+        f"[bold]xai-hsg reproduce[/] profile [cyan]{prof.name}[/] — {len(selected)} of {len(stages)} notebooks, "
+        f"code {version}"
+    )
     for stage in stages:
         last = state.get(stage.name)
         if stage not in selected:
@@ -202,42 +251,55 @@ def reproduce(profile: str = "smoke", root: str | Path | None = None, only: Iter
         upstream = []
         for need in _needs_of(stage, stages):
             if need not in keys:
-                raise PipelineError(f"{stage.name} needs {need}, which has not run for profile {prof.name!r}; "
-                                    f"run it first: xai-hsg reproduce --profile {prof.name} --only {need[:2]}")
+                raise PipelineError(
+                    f"{stage.name} needs {need}, which has not run for profile {prof.name!r}; "
+                    f"run it first: xai-hsg reproduce --profile {prof.name} --only {need[:2]}"
+                )
             upstream.append(keys[need])
         key = core.cache_key({"notebook": stage.source_hash, "params": params}, upstream, version)
-        out_nb = where.runs/stage.path.name
+        out_nb = where.runs / stage.path.name
         i = selected.index(stage) + 1
         if not force and last.get("key") == key and out_nb.exists():
             keys[stage.name] = key
             outcome[stage.name] = "cached"
             remaining.pop(stage.name, None)
-            console.print(f"[{i}/{len(selected)}] {stage.name:<20} [green]cached[/] (key {key}, unchanged since {last.get('finished')})",
-                          soft_wrap=True)
+            console.print(
+                f"[{i}/{len(selected)}] {stage.name:<20} [green]cached[/] (key {key}, unchanged since {last.get('finished')})",
+                soft_wrap=True,
+            )
             continue
         eta = None if any(v is None for v in remaining.values()) else sum(remaining.values())
-        console.print(f"[{i}/{len(selected)}] {stage.name:<20} [yellow]running[/] (last run {_fmt_s(last.get('seconds'))}; "
-                      f"chain ≈ {_fmt_s(eta)} left; elapsed {_fmt_s(time.perf_counter() - t_chain)})", soft_wrap=True)
+        console.print(
+            f"[{i}/{len(selected)}] {stage.name:<20} [yellow]running[/] (last run {_fmt_s(last.get('seconds'))}; "
+            f"chain ≈ {_fmt_s(eta)} left; elapsed {_fmt_s(time.perf_counter() - t_chain)})",
+            soft_wrap=True,
+        )
         where.runs.mkdir(parents=True, exist_ok=True)
         # stale outputs must not survive a re-run: clear this stage's results and figures first
-        (where.results/f"{stage.name}.json").unlink(missing_ok=True)
+        (where.results / f"{stage.name}.json").unlink(missing_ok=True)
         for label in stage.figure_labels:
-            for ext in (".png", ".svg"): (where.figures/f"{label}{ext}").unlink(missing_ok=True)
+            for ext in (".png", ".svg"):
+                (where.figures / f"{label}{ext}").unlink(missing_ok=True)
         state.forget(stage.name)
         t0 = time.perf_counter()
         _execute(stage, params, out_nb, root)
         seconds = time.perf_counter() - t0
-        missing = [label for label in stage.figure_labels if not (where.figures/f"{label}.png").exists()]
+        missing = [label for label in stage.figure_labels if not (where.figures / f"{label}.png").exists()]
         if missing:
-            raise PipelineError(f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
-                                f"call core.save_figure(fig) in each labelled figure cell")
+            raise PipelineError(
+                f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
+                f"call core.save_figure(fig) in each labelled figure cell"
+            )
         state.record(stage.name, key, seconds)
         keys[stage.name] = key
         outcome[stage.name] = "ran"
         remaining.pop(stage.name, None)
-        console.print(f"\r      {stage.name:<20} [green]done[/] in {_fmt_s(seconds)} → {out_nb.relative_to(root)}", soft_wrap=True)
+        console.print(
+            f"\r      {stage.name:<20} [green]done[/] in {_fmt_s(seconds)} → {out_nb.relative_to(root)}", soft_wrap=True
+        )
     if render:
         from .render import render_paper
+
         outcome["render"] = render_paper(prof.name, root=root, console=console)
     console.print(f"[bold]finished[/] in {_fmt_s(time.perf_counter() - t_chain)}")
     return outcome

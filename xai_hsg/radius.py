@@ -19,12 +19,26 @@ from scipy.optimize import minimize_scalar
 from .models import estimate_sigma_r, rice3_cdf
 
 # %% auto #0
-__all__ = ['MOTION_FRACTION', 'frame_motion_var', 'subset_traces', 'transition_data', 'motion_covariance', 'bridge_coefficients',
-           'bridge_terms', 'endpoint_terms', 'pair_gates', 'summed_gates', 'RadiusMLE', 'state_from_ms2', 'fit_radius',
-           'state_from_ms2_hmm']
+__all__ = [
+    "MOTION_FRACTION",
+    "frame_motion_var",
+    "subset_traces",
+    "transition_data",
+    "motion_covariance",
+    "bridge_coefficients",
+    "bridge_terms",
+    "endpoint_terms",
+    "pair_gates",
+    "summed_gates",
+    "RadiusMLE",
+    "state_from_ms2",
+    "fit_radius",
+    "state_from_ms2_hmm",
+]
 
 # %% ../nbs/03_radius.ipynb #5df1f5ca
-MOTION_FRACTION = 0.363   # mean over s ∈ (0, 1) of Var(B_s | B_0, B_1) / Var(B_1) for fBm with H = ¼ (Rouse: MSD ∝ τ^½)
+MOTION_FRACTION = 0.363  # mean over s ∈ (0, 1) of Var(B_s | B_0, B_1) / Var(B_1) for fBm with H = ¼ (Rouse: MSD ∝ τ^½)
+
 
 def frame_motion_var(arrays: dict, sigma_loc_nm: float) -> float:
     """Per-axis variance of the true E–P vector's change over one frame, from the data: mean (Δy)² per axis − 4σ_loc²
@@ -35,40 +49,58 @@ def frame_motion_var(arrays: dict, sigma_loc_nm: float) -> float:
         v = np.nanmean(np.diff(np.asarray(arrays["distance_nm"], float), axis=1) ** 2)
     return float(max(v - 4 * sigma_loc_nm**2, 0.0)) if np.isfinite(v) else 0.0
 
+
 def _observed(arrays: dict) -> np.ndarray:
     "Frames with an observed distance (finite and not masked)."
     ok = np.isfinite(np.asarray(arrays["distance_nm"], float))
     return ok & np.asarray(arrays["mask"], bool) if "mask" in arrays else ok
 
+
 def subset_traces(arrays: dict, idx) -> dict:
     "The traces `idx` of `Tracks.to_arrays()`-like arrays: every per-trace array (first axis = traces) is indexed, the rest kept."
-    n = len(arrays["distance_nm"]); idx = np.asarray(idx)
+    n = len(arrays["distance_nm"])
+    idx = np.asarray(idx)
     return {k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v) for k, v in arrays.items()}
+
 
 def transition_data(arrays: dict, state: np.ndarray | None = None) -> dict:
     """Frame pairs (t−1, t) at risk of activation: state OFF at t−1 and known at t, distance observed at ≥ 1 end.
     Returns the distances at both ends (NaN where missing), the E–P vectors at both ends `v0`, `v1` when `arrays` has
     `vector_nm`, the outcome y (1 = ON at t), the trace of each pair, and per trace the ON frames at risk of switching
     off and the ON→OFF switches (for k_off)."""
-    if "distance_nm" not in arrays: raise ValueError("arrays need 'distance_nm' (from Tracks.to_arrays())")
+    if "distance_nm" not in arrays:
+        raise ValueError("arrays need 'distance_nm' (from Tracks.to_arrays())")
     if state is None:
-        if "state" not in arrays: raise ValueError("no promoter state: pass `state` (e.g. state_from_ms2) or arrays with 'state'")
+        if "state" not in arrays:
+            raise ValueError("no promoter state: pass `state` (e.g. state_from_ms2) or arrays with 'state'")
         state = arrays["state"]
-    d = np.asarray(arrays["distance_nm"], dtype=float); s = np.asarray(state, dtype=float)
-    if d.ndim != 2 or d.shape != s.shape: raise ValueError(f"state {s.shape} and distance_nm {d.shape} must be equal [B, T] shapes")
-    ok = _observed(arrays); d = np.where(ok, d, np.nan)
+    d = np.asarray(arrays["distance_nm"], dtype=float)
+    s = np.asarray(state, dtype=float)
+    if d.ndim != 2 or d.shape != s.shape:
+        raise ValueError(f"state {s.shape} and distance_nm {d.shape} must be equal [B, T] shapes")
+    ok = _observed(arrays)
+    d = np.where(ok, d, np.nan)
     prev, nxt = s[:, :-1], s[:, 1:]
     known = np.isfinite(prev) & np.isfinite(nxt)
     off, on = known & (prev < 0.5), known & (prev >= 0.5)
     d0, d1 = d[:, :-1], d[:, 1:]
     b, t = np.nonzero(off & (np.isfinite(d0) | np.isfinite(d1)))
-    out = {"d0": d0[b, t], "d1": d1[b, t], "y": (nxt[b, t] >= 0.5).astype(float), "trace": b, "n_traces": d.shape[0],
-           "on_frames": on.sum(1).astype(float), "on_to_off": (on & (nxt < 0.5)).sum(1).astype(float)}
+    out = {
+        "d0": d0[b, t],
+        "d1": d1[b, t],
+        "y": (nxt[b, t] >= 0.5).astype(float),
+        "trace": b,
+        "n_traces": d.shape[0],
+        "on_frames": on.sum(1).astype(float),
+        "on_to_off": (on & (nxt < 0.5)).sum(1).astype(float),
+    }
     if "vector_nm" in arrays:
         v = np.where(ok[..., None], np.asarray(arrays["vector_nm"], dtype=float), np.nan)
-        if v.shape != d.shape + (3,): raise ValueError(f"vector_nm {v.shape} must be [B, T, 3] with distance_nm {d.shape}")
+        if v.shape != d.shape + (3,):
+            raise ValueError(f"vector_nm {v.shape} must be [B, T, 3] with distance_nm {d.shape}")
         out["v0"], out["v1"] = v[:, :-1][b, t], v[:, 1:][b, t]
     return out
+
 
 # %% ../nbs/03_radius.ipynb #8639f66c
 def motion_covariance(arrays: dict, sigma_loc_nm: float, use_vectors: bool = True) -> dict:
@@ -76,18 +108,21 @@ def motion_covariance(arrays: dict, sigma_loc_nm: float, use_vectors: bool = Tru
     axis and frame, independent between frames): the stationary variance S = E[y²] − 2σ_loc² and the lag-one-frame
     autocovariance c₁ = E[y_t·y_{t−1}] (the noise does not enter it). With distances only (no `vector_nm`, or
     `use_vectors=False`): S from E[d²]/3 and c₁ from the fourth moment E[d_t² d_{t−1}²] = 9 S_y² + 6 c₁² (Isserlis, isotropic)."""
-    e = 2 * sigma_loc_nm**2; ok = _observed(arrays)
+    e = 2 * sigma_loc_nm**2
+    ok = _observed(arrays)
     d = np.where(ok, np.asarray(arrays["distance_nm"], float), np.nan)
-    if not np.isfinite(d).any(): raise ValueError("no observed distance")
+    if not np.isfinite(d).any():
+        raise ValueError("no observed distance")
     if use_vectors and "vector_nm" in arrays and np.isfinite(arrays["vector_nm"]).any():
         v = np.where(ok[..., None], np.asarray(arrays["vector_nm"], float), np.nan)
         Sy, c1 = np.nanmean(v**2), np.nanmean(v[:, 1:] * v[:, :-1])
     else:
         Sy = np.nanmean(d**2) / 3
-        c1 = math.sqrt(max((np.nanmean(d[:, 1:]**2 * d[:, :-1]**2) - 9 * Sy**2) / 6, 0.0))
+        c1 = math.sqrt(max((np.nanmean(d[:, 1:] ** 2 * d[:, :-1] ** 2) - 9 * Sy**2) / 6, 0.0))
     S = max(float(Sy) - e, 1.0)
-    c1 = float(np.clip(c1, 0.0, S)) if np.isfinite(c1) else 0.0   # no consecutive pair: frames independent
+    c1 = float(np.clip(c1, 0.0, S)) if np.isfinite(c1) else 0.0  # no consecutive pair: frames independent
     return {"S_nm2": S, "c1_nm2": c1, "noise_nm2": e}
+
 
 def bridge_coefficients(cov: dict, n_nodes: int = 6, msd_exponent: float = 0.5) -> dict:
     """Where the true vector is inside a frame interval, given the observed vectors at its ends.
@@ -97,34 +132,51 @@ def bridge_coefficients(cov: dict, n_nodes: int = 6, msd_exponent: float = 0.5) 
     u ∈ (0, 1) of the interval: r(u) | y₀, y₁ ~ N(a·y₀ + b·y₁, v·I) (both ends observed), r(u) | y₀ ~ N(a₀·y₀, v₀·I),
     r(u) | y₁ ~ N(b₁·y₁, v₁·I) (one end missing). Also `kappa_per_nm2`: the von Mises–Fisher concentration of the
     angle between y₀ and y₁ given their norms is κ = kappa_per_nm2·|y₀||y₁|."""
-    if n_nodes < 1: raise ValueError("n_nodes must be >= 1")
-    if not 0 < msd_exponent <= 2: raise ValueError("msd_exponent must be in (0, 2]")
+    if n_nodes < 1:
+        raise ValueError("n_nodes must be >= 1")
+    if not 0 < msd_exponent <= 2:
+        raise ValueError("msd_exponent must be in (0, 2]")
     S, c1, e = cov["S_nm2"], cov["c1_nm2"], cov["noise_nm2"]
-    x, w = np.polynomial.legendre.leggauss(n_nodes); u, w = (x + 1) / 2, w / 2
-    C = lambda tau: S - (S - c1) * tau**msd_exponent          # ½·MSD(Δt)·(τ/Δt)^α
+    x, w = np.polynomial.legendre.leggauss(n_nodes)
+    u, w = (x + 1) / 2, w / 2
+    C = lambda tau: S - (S - c1) * tau**msd_exponent  # ½·MSD(Δt)·(τ/Δt)^α
     k = np.stack([C(u), C(1 - u)], 1)
     Sig = np.array([[S + e, c1], [c1, S + e]])
     ab = np.linalg.solve(Sig, k.T).T
-    fl = 1.0   # nm², keeps the Rice law defined where σ_loc = 0 and a node sits on an end
-    return {"u": u, "w": w, "a": ab[:, 0], "b": ab[:, 1], "v": np.maximum(S - np.sum(k * ab, 1), fl),
-            "a0": C(u) / (S + e), "v0": np.maximum(S - C(u)**2 / (S + e), fl),
-            "b1": C(1 - u) / (S + e), "v1": np.maximum(S - C(1 - u)**2 / (S + e), fl),
-            "kappa_per_nm2": c1 / ((S + e)**2 - c1**2) if (S + e) > c1 else 0.0}
+    fl = 1.0  # nm², keeps the Rice law defined where σ_loc = 0 and a node sits on an end
+    return {
+        "u": u,
+        "w": w,
+        "a": ab[:, 0],
+        "b": ab[:, 1],
+        "v": np.maximum(S - np.sum(k * ab, 1), fl),
+        "a0": C(u) / (S + e),
+        "v0": np.maximum(S - C(u) ** 2 / (S + e), fl),
+        "b1": C(1 - u) / (S + e),
+        "v1": np.maximum(S - C(1 - u) ** 2 / (S + e), fl),
+        "kappa_per_nm2": c1 / ((S + e) ** 2 - c1**2) if (S + e) > c1 else 0.0,
+    }
+
 
 def _angle_nodes(kappa: np.ndarray, n: int):
     "cos θ of the two observed vectors given their norms (density ∝ e^{κ·cos θ} on [−1, 1]) at inverse-CDF Gauss–Legendre nodes."
-    x, w = np.polynomial.legendre.leggauss(n); q = (x + 1) / 2
+    x, w = np.polynomial.legendre.leggauss(n)
+    q = (x + 1) / 2
     k = np.maximum(kappa, 1e-9)[:, None]
     return np.clip(1 + np.log1p(-(1 - q[None]) * -np.expm1(-2 * k)) / k, -1, 1), w / 2
 
-def bridge_terms(data: dict, cov: dict, n_nodes: int = 6, n_angle: int = 8, msd_exponent: float = 0.5,
-                 use_vectors: bool = True):
+
+def bridge_terms(
+    data: dict, cov: dict, n_nodes: int = 6, n_angle: int = 8, msd_exponent: float = 0.5, use_vectors: bool = True
+):
     """The quadrature of ḡ = (1/Δt)∫ P(|r(s)| < r_c | data) ds for each pair: ḡ = Σ_q w_q·F₃(r_c; μ_q, σ_q), with F₃ the
     3-D Rice CDF. Returns (μ [P, Q] nm, index into σ [P, Q], w [P, Q], σ [K] nm). With vectors μ = |a·y₀ + b·y₁|; with
     distances only, the unknown angle between y₀ and y₁ is integrated over its conditional law (`n_angle` nodes)."""
     br = bridge_coefficients(cov, n_nodes, msd_exponent)
     sig = np.sqrt(np.concatenate([br["v"], br["v0"], br["v1"]]))
-    d0, d1 = data["d0"], data["d1"]; f0, f1 = np.isfinite(d0), np.isfinite(d1); both = (f0 & f1)[:, None]
+    d0, d1 = data["d0"], data["d1"]
+    f0, f1 = np.isfinite(d0), np.isfinite(d1)
+    both = (f0 & f1)[:, None]
     a = np.where(both, br["a"], np.where(f0[:, None], br["a0"], 0.0))
     b = np.where(both, br["b"], np.where(f1[:, None], br["b1"], 0.0))
     si = np.where(both, 0, np.where(f0[:, None], 1, 2)) * n_nodes + np.arange(n_nodes)[None]
@@ -133,55 +185,90 @@ def bridge_terms(data: dict, cov: dict, n_nodes: int = 6, n_angle: int = 8, msd_
         y0, y1 = np.nan_to_num(data["v0"]), np.nan_to_num(data["v1"])
         return np.linalg.norm(a[..., None] * y0[:, None] + b[..., None] * y1[:, None], axis=-1), si, w, sig
     x0, x1 = np.nan_to_num(d0)[:, None], np.nan_to_num(d1)[:, None]
-    u, wu = _angle_nodes(br["kappa_per_nm2"] * x0[:, 0] * x1[:, 0], n_angle)     # one end missing: x0·x1 = 0, the angle drops out
+    u, wu = _angle_nodes(
+        br["kappa_per_nm2"] * x0[:, 0] * x1[:, 0], n_angle
+    )  # one end missing: x0·x1 = 0, the angle drops out
     mu2 = (a**2 * x0**2 + b**2 * x1**2)[..., None] + 2 * (a * b * x0 * x1)[..., None] * u[:, None]
     P = len(d0)
-    return (np.sqrt(np.maximum(mu2, 0)).reshape(P, -1), np.repeat(si, n_angle, 1), (w[..., None] * wu).reshape(P, -1), sig)
+    return (
+        np.sqrt(np.maximum(mu2, 0)).reshape(P, -1),
+        np.repeat(si, n_angle, 1),
+        (w[..., None] * wu).reshape(P, -1),
+        sig,
+    )
+
 
 def endpoint_terms(data: dict, sigma_loc_nm: float, sigma_r_nm: float, blur_nm: float):
     """The earlier approximation, kept for comparison: the gate of notebook 02 (posterior of r under the prior N(0, σ_r²I)
     with per-axis noise 2σ_loc² + blur²) at each observed end, averaged over the ends. Same return as `bridge_terms`."""
-    s2 = 2 * sigma_loc_nm**2 + blur_nm**2; vr = sigma_r_nm**2
-    D = np.stack([data["d0"], data["d1"]], 1); ok = np.isfinite(D)
-    return vr / (vr + s2) * np.nan_to_num(D), np.zeros(D.shape, int), ok / ok.sum(1, keepdims=True).clip(1), np.array([math.sqrt(vr * s2 / (vr + s2))])
+    s2 = 2 * sigma_loc_nm**2 + blur_nm**2
+    vr = sigma_r_nm**2
+    D = np.stack([data["d0"], data["d1"]], 1)
+    ok = np.isfinite(D)
+    return (
+        vr / (vr + s2) * np.nan_to_num(D),
+        np.zeros(D.shape, int),
+        ok / ok.sum(1, keepdims=True).clip(1),
+        np.array([math.sqrt(vr * s2 / (vr + s2))]),
+    )
+
 
 def pair_gates(terms, r_nm) -> np.ndarray:
     "ḡ of each pair at each radius in `r_nm`: [P, R]."
     mu, si, w, sig = terms
-    g = rice3_cdf(torch.as_tensor(np.atleast_1d(np.asarray(r_nm, float)))[None, None],
-                  torch.as_tensor(mu)[..., None], torch.as_tensor(sig[si])[..., None])
+    g = rice3_cdf(
+        torch.as_tensor(np.atleast_1d(np.asarray(r_nm, float)))[None, None],
+        torch.as_tensor(mu)[..., None],
+        torch.as_tensor(sig[si])[..., None],
+    )
     return torch.einsum("pqr,pq->pr", g, torch.as_tensor(w, dtype=g.dtype)).numpy()
+
 
 def summed_gates(terms, rows: np.ndarray, n_rows: int, r_nm, h_nm: float = 2.0) -> np.ndarray:
     """Σ of ḡ over the pairs of each row (trace), [n_rows, R], without evaluating every pair: μ is linearly binned on
     an `h_nm` grid per σ (error O(h²/σ²), < 10⁻³ relative here), then one table of F₃ per (σ, bin, r)."""
     mu, si, w, sig = terms
-    if len(mu) == 0: return np.zeros((n_rows, len(np.atleast_1d(r_nm))))
+    if len(mu) == 0:
+        return np.zeros((n_rows, len(np.atleast_1d(r_nm))))
     nb = int(mu.max() / h_nm) + 2
-    x = mu / h_nm; i0 = np.floor(x).astype(np.int64); f = x - i0; col = si * nb + i0
+    x = mu / h_nm
+    i0 = np.floor(x).astype(np.int64)
+    f = x - i0
+    col = si * nb + i0
     rr = np.broadcast_to(np.asarray(rows)[:, None], mu.shape).ravel()
-    H = scipy.sparse.coo_matrix((np.concatenate([(w * (1 - f)).ravel(), (w * f).ravel()]),
-                                 (np.concatenate([rr, rr]), np.concatenate([col.ravel(), col.ravel() + 1]))),
-                                shape=(n_rows, len(sig) * nb)).tocsr()
-    T = rice3_cdf(torch.as_tensor(np.atleast_1d(np.asarray(r_nm, float)))[None, None],
-                  torch.as_tensor(np.arange(nb) * h_nm)[None, :, None], torch.as_tensor(sig)[:, None, None])
+    H = scipy.sparse.coo_matrix(
+        (
+            np.concatenate([(w * (1 - f)).ravel(), (w * f).ravel()]),
+            (np.concatenate([rr, rr]), np.concatenate([col.ravel(), col.ravel() + 1])),
+        ),
+        shape=(n_rows, len(sig) * nb),
+    ).tocsr()
+    T = rice3_cdf(
+        torch.as_tensor(np.atleast_1d(np.asarray(r_nm, float)))[None, None],
+        torch.as_tensor(np.arange(nb) * h_nm)[None, :, None],
+        torch.as_tensor(sig)[:, None, None],
+    )
     return np.asarray(H @ T.reshape(len(sig) * nb, -1).numpy())
+
 
 # %% ../nbs/03_radius.ipynb #07a35b19
 def _bernoulli_loglik(lam: np.ndarray, y: np.ndarray) -> np.ndarray:
     "log P(y | λ) with P(y = 1) = 1 − e^{−λ}."
     return np.where(y > 0.5, np.log(np.maximum(-np.expm1(-lam), 1e-300)), -lam)
 
+
 class _ProfileLik:
     """The log-likelihood of (r_c, k_on) with ḡ tabulated on a log grid of r_c: the OFF→OFF pairs enter only through
     Σ ḡ per trace (their log-likelihood is −k_on·Δt·ḡ), the OFF→ON pairs one by one. k_on is profiled out by Newton
     (the log-likelihood is concave in log k_on), and log r_c refined between grid points on cubic splines (log ḡ of
     each event, Σ ḡ per trace). A bootstrap resample of traces is a weight per trace: nothing is recomputed."""
+
     def __init__(self, terms, data: dict, r_grid_nm: np.ndarray, dt_s: float):
         self.lr, self.dt = np.log(r_grid_nm), dt_s
-        ev = data["y"] > 0.5; tr = data["trace"]
+        ev = data["y"] > 0.5
+        tr = data["trace"]
         sub = lambda m: tuple(x[m] for x in terms[:3]) + (terms[3],)
-        self.A = summed_gates(sub(~ev), tr[~ev], data["n_traces"], r_grid_nm)             # [traces, grid]
+        self.A = summed_gates(sub(~ev), tr[~ev], data["n_traces"], r_grid_nm)  # [traces, grid]
         self.E, self.ev_trace = np.maximum(pair_gates(sub(ev), r_grid_nm), 1e-300), tr[ev]  # [events, grid]
         self.logE_spl = CubicSpline(self.lr, np.log(self.E), axis=1)
         self.A_spl = CubicSpline(self.lr, self.A, axis=1)
@@ -189,14 +276,16 @@ class _ProfileLik:
     @staticmethod
     def _k_profile(E, A, w_ev):
         "max over x = log(k_on·Δt) of Σ w·log(1 − e^{−e^x·E}) − e^x·A, per column of E [events, m], A [m]."
-        x = np.log(np.maximum(w_ev.sum(), 1e-12) / np.maximum(A + w_ev @ E, 1e-300))       # the small-λ solution
+        x = np.log(np.maximum(w_ev.sum(), 1e-12) / np.maximum(A + w_ev @ E, 1e-300))  # the small-λ solution
         for _ in range(100):
             lam = np.exp(x)[None] * E
-            q = lam * np.exp(-lam) / np.maximum(-np.expm1(-lam), 1e-300)                   # d log(1 − e^{−λ}) / dx
+            q = lam * np.exp(-lam) / np.maximum(-np.expm1(-lam), 1e-300)  # d log(1 − e^{−λ}) / dx
             g = w_ev @ q - np.exp(x) * A
-            h = w_ev @ (q * (1 - lam - q)) - np.exp(x) * A                                 # < 0: concave
-            step = np.clip(-g / np.minimum(h, -1e-12), -3, 3); x = x + step
-            if np.max(np.abs(step)) < 1e-10: break
+            h = w_ev @ (q * (1 - lam - q)) - np.exp(x) * A  # < 0: concave
+            step = np.clip(-g / np.minimum(h, -1e-12), -3, 3)
+            x = x + step
+            if np.max(np.abs(step)) < 1e-10:
+                break
         return w_ev @ np.log(np.maximum(-np.expm1(-np.exp(x)[None] * E), 1e-300)) - np.exp(x) * A, x
 
     def fit(self, w_tr: np.ndarray | None = None):
@@ -204,14 +293,21 @@ class _ProfileLik:
         w_tr = np.ones(len(self.A)) if w_tr is None else np.asarray(w_tr, float)
         w_ev = w_tr[self.ev_trace]
         ll, _ = self._k_profile(self.E, w_tr @ self.A, w_ev)
-        j = int(np.argmax(ll)); lo, hi = self.lr[max(j - 1, 0)], self.lr[min(j + 1, len(self.lr) - 1)]
+        j = int(np.argmax(ll))
+        lo, hi = self.lr[max(j - 1, 0)], self.lr[min(j + 1, len(self.lr) - 1)]
         at = lambda l: (np.exp(self.logE_spl(l))[:, None], np.atleast_1d(w_tr @ self.A_spl(l)))
-        if 0 < j < len(self.lr) - 1:   # refine between the neighbours of the best grid point
-            l = minimize_scalar(lambda l: -self._k_profile(*at(l), w_ev)[0][0], bounds=(lo, hi), method="bounded",
-                                options={"xatol": 1e-6}).x
-        else: l = self.lr[j]           # at the edge of the grid: reported as is
+        if 0 < j < len(self.lr) - 1:  # refine between the neighbours of the best grid point
+            l = minimize_scalar(
+                lambda l: -self._k_profile(*at(l), w_ev)[0][0],
+                bounds=(lo, hi),
+                method="bounded",
+                options={"xatol": 1e-6},
+            ).x
+        else:
+            l = self.lr[j]  # at the edge of the grid: reported as is
         llb, x = self._k_profile(*at(l), w_ev)
         return float(np.exp(l)), float(np.exp(x[0]) / self.dt), float(llb[0])
+
 
 # %% ../nbs/03_radius.ipynb #2c09b9e9
 class RadiusMLE:
@@ -231,19 +327,51 @@ class RadiusMLE:
     Fitted: `r_c_nm_`, `k_on_per_s_`, `k_off_per_s_`, `interval_nm_`, `boot_r_c_nm_`, `sigma_r_nm_`, `motion_nm_`
     (per-axis rms step of the true vector over one frame), `cov_`, `n_events_`, `n_at_risk_`, `nll_` (per pair).
     `score(arrays)`: mean log-likelihood per at-risk frame pair (higher is better)."""
-    def __init__(self, sigma_loc_nm: float = 40.0, sigma_r_nm: float | None = None, motion_fraction: float = MOTION_FRACTION,
-                 floor_nm: float = 5.0, dt_s: float | None = None, n_boot: int = 200, ci: float = 0.9, seed: int = 0,
-                 method: str = "bridge", use_vectors: bool = True, n_nodes: int = 6, n_angle: int = 8,
-                 msd_exponent: float = 0.5, r_range_nm: tuple = (5.0, 2000.0), n_grid: int = 48):
-        if sigma_loc_nm < 0 or floor_nm < 0 or motion_fraction < 0: raise ValueError("sigma_loc_nm, floor_nm, motion_fraction must be >= 0")
-        if sigma_r_nm is not None and sigma_r_nm <= 0: raise ValueError("sigma_r_nm must be > 0 (or None: estimated)")
-        if not 0 < ci < 1: raise ValueError(f"ci must be in (0, 1), got {ci}")
-        if n_boot < 0: raise ValueError("n_boot must be >= 0")
-        if method not in ("bridge", "endpoints"): raise ValueError(f"method must be 'bridge' or 'endpoints', got {method!r}")
-        if not 0 < r_range_nm[0] < r_range_nm[1] or n_grid < 8: raise ValueError("need 0 < r_range_nm[0] < r_range_nm[1] and n_grid >= 8")
-        self.sigma_loc_nm, self.sigma_r_nm, self.motion_fraction, self.floor_nm = sigma_loc_nm, sigma_r_nm, motion_fraction, floor_nm
+
+    def __init__(
+        self,
+        sigma_loc_nm: float = 40.0,
+        sigma_r_nm: float | None = None,
+        motion_fraction: float = MOTION_FRACTION,
+        floor_nm: float = 5.0,
+        dt_s: float | None = None,
+        n_boot: int = 200,
+        ci: float = 0.9,
+        seed: int = 0,
+        method: str = "bridge",
+        use_vectors: bool = True,
+        n_nodes: int = 6,
+        n_angle: int = 8,
+        msd_exponent: float = 0.5,
+        r_range_nm: tuple = (5.0, 2000.0),
+        n_grid: int = 48,
+    ):
+        if sigma_loc_nm < 0 or floor_nm < 0 or motion_fraction < 0:
+            raise ValueError("sigma_loc_nm, floor_nm, motion_fraction must be >= 0")
+        if sigma_r_nm is not None and sigma_r_nm <= 0:
+            raise ValueError("sigma_r_nm must be > 0 (or None: estimated)")
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must be in (0, 1), got {ci}")
+        if n_boot < 0:
+            raise ValueError("n_boot must be >= 0")
+        if method not in ("bridge", "endpoints"):
+            raise ValueError(f"method must be 'bridge' or 'endpoints', got {method!r}")
+        if not 0 < r_range_nm[0] < r_range_nm[1] or n_grid < 8:
+            raise ValueError("need 0 < r_range_nm[0] < r_range_nm[1] and n_grid >= 8")
+        self.sigma_loc_nm, self.sigma_r_nm, self.motion_fraction, self.floor_nm = (
+            sigma_loc_nm,
+            sigma_r_nm,
+            motion_fraction,
+            floor_nm,
+        )
         self.dt_s, self.n_boot, self.ci, self.seed = dt_s, n_boot, ci, seed
-        self.method, self.use_vectors, self.n_nodes, self.n_angle, self.msd_exponent = method, use_vectors, n_nodes, n_angle, msd_exponent
+        self.method, self.use_vectors, self.n_nodes, self.n_angle, self.msd_exponent = (
+            method,
+            use_vectors,
+            n_nodes,
+            n_angle,
+            msd_exponent,
+        )
         self.r_range_nm, self.n_grid = tuple(r_range_nm), n_grid
 
     def _terms(self, data: dict):
@@ -252,13 +380,16 @@ class RadiusMLE:
         blur = math.sqrt(self.floor_nm**2 + self.motion_fraction * self.frame_var_nm2_)
         return endpoint_terms(data, self.sigma_loc_nm, self.sigma_r_nm_, blur)
 
-    def fit(self, arrays: dict, state: np.ndarray | None = None) -> "RadiusMLE":
+    def fit(self, arrays: dict, state: np.ndarray | None = None) -> RadiusMLE:
         self.dt_s_ = float(self.dt_s or arrays.get("dt_s") or 0.0)
-        if not self.dt_s_ > 0: raise ValueError("frame interval unknown: pass dt_s or arrays with 'dt_s'")
+        if not self.dt_s_ > 0:
+            raise ValueError("frame interval unknown: pass dt_s or arrays with 'dt_s'")
         data = transition_data(arrays, state)
         self.n_at_risk_, self.n_events_ = len(data["y"]), int(data["y"].sum())
-        if self.n_events_ == 0: raise ValueError("no OFF→ON transition with an observed distance: the radius is not identifiable")
-        if self.n_events_ == self.n_at_risk_: raise ValueError("every at-risk frame switches ON: the radius is not identifiable")
+        if self.n_events_ == 0:
+            raise ValueError("no OFF→ON transition with an observed distance: the radius is not identifiable")
+        if self.n_events_ == self.n_at_risk_:
+            raise ValueError("every at-risk frame switches ON: the radius is not identifiable")
         d = np.where(_observed(arrays), np.asarray(arrays["distance_nm"], float), np.nan)
         self.sigma_r_nm_ = float(self.sigma_r_nm or estimate_sigma_r(d, self.sigma_loc_nm))
         self.cov_ = motion_covariance(arrays, self.sigma_loc_nm, self.use_vectors)
@@ -269,23 +400,31 @@ class RadiusMLE:
         self.nll_ = -ll / self.n_at_risk_
         on, off = data["on_frames"].sum(), data["on_to_off"].sum()
         self.k_off_per_s_ = float(-math.log1p(-off / on) / self.dt_s_) if on > 0 and off < on else float("nan")
-        rng = np.random.default_rng(self.seed); B = data["n_traces"]; boot = []
-        for _ in range(self.n_boot):   # resample traces: a trace's weight = how often it was drawn
+        rng = np.random.default_rng(self.seed)
+        B = data["n_traces"]
+        boot = []
+        for _ in range(self.n_boot):  # resample traces: a trace's weight = how often it was drawn
             w = np.bincount(rng.integers(0, B, B), minlength=B).astype(float)
-            if w[lik.ev_trace].sum() == 0: continue
+            if w[lik.ev_trace].sum() == 0:
+                continue
             boot.append(lik.fit(w)[0])
         self.boot_r_c_nm_ = np.array(boot)
         a = (1 - self.ci) / 2
-        self.interval_nm_ = tuple(np.quantile(self.boot_r_c_nm_, [a, 1 - a]).tolist()) if len(boot) >= 10 else (float("nan"),) * 2
+        self.interval_nm_ = (
+            tuple(np.quantile(self.boot_r_c_nm_, [a, 1 - a]).tolist()) if len(boot) >= 10 else (float("nan"),) * 2
+        )
         return self
 
     def loglik(self, arrays: dict, state: np.ndarray | None = None, use_distance: bool = True) -> tuple[float, int]:
         """Total log-likelihood of the at-risk frame pairs of `arrays` under the fit (motion covariance from the
         training data), and their number. `use_distance=False`: the distance-free null (fitted events / at-risk time)."""
-        if not hasattr(self, "r_c_nm_"): raise RuntimeError("RadiusMLE: call fit() first")
+        if not hasattr(self, "r_c_nm_"):
+            raise RuntimeError("RadiusMLE: call fit() first")
         data = transition_data(arrays, state)
-        if use_distance: lam = self.k_on_per_s_ * self.dt_s_ * pair_gates(self._terms(data), self.r_c_nm_)[:, 0]
-        else: lam = np.full(len(data["y"]), self.null_rate_per_s_ * self.dt_s_)
+        if use_distance:
+            lam = self.k_on_per_s_ * self.dt_s_ * pair_gates(self._terms(data), self.r_c_nm_)[:, 0]
+        else:
+            lam = np.full(len(data["y"]), self.null_rate_per_s_ * self.dt_s_)
         return float(_bernoulli_loglik(lam, data["y"]).sum()), len(data["y"])
 
     @property
@@ -295,103 +434,183 @@ class RadiusMLE:
 
     def score(self, arrays: dict, state: np.ndarray | None = None) -> float:
         "Mean held-out log-likelihood per at-risk frame pair (nats; higher is better)."
-        ll, n = self.loglik(arrays, state); return ll / max(n, 1)
+        ll, n = self.loglik(arrays, state)
+        return ll / max(n, 1)
 
     def summary(self) -> dict:
-        return {"r_c_nm": self.r_c_nm_, "r_c_interval_nm": list(self.interval_nm_), "ci": self.ci, "k_on_per_s": self.k_on_per_s_,
-                "k_off_per_s": self.k_off_per_s_, "sigma_loc_nm": self.sigma_loc_nm, "sigma_r_nm": self.sigma_r_nm_,
-                "motion_nm": self.motion_nm_, "method": self.method, "n_events": self.n_events_, "n_at_risk": self.n_at_risk_,
-                "dt_s": self.dt_s_, "n_boot": int(len(self.boot_r_c_nm_))}
+        return {
+            "r_c_nm": self.r_c_nm_,
+            "r_c_interval_nm": list(self.interval_nm_),
+            "ci": self.ci,
+            "k_on_per_s": self.k_on_per_s_,
+            "k_off_per_s": self.k_off_per_s_,
+            "sigma_loc_nm": self.sigma_loc_nm,
+            "sigma_r_nm": self.sigma_r_nm_,
+            "motion_nm": self.motion_nm_,
+            "method": self.method,
+            "n_events": self.n_events_,
+            "n_at_risk": self.n_at_risk_,
+            "dt_s": self.dt_s_,
+            "n_boot": int(len(self.boot_r_c_nm_)),
+        }
+
 
 # %% ../nbs/03_radius.ipynb #5143146e
 def state_from_ms2(ms2: np.ndarray, window: int = 6) -> np.ndarray:
     """A crude promoter state from MS2: the mean of the next `window` frames (MS2 lags the state by the kernel's rise)
     thresholded by two-means clustering of those means. NaN MS2 frames are ignored; all-NaN windows give NaN."""
     x = np.asarray(ms2, dtype=float)
-    if x.ndim != 2: raise ValueError(f"ms2 must be [B, T], got shape {x.shape}")
-    if window < 1: raise ValueError("window must be >= 1")
-    B, T = x.shape; ok = np.isfinite(x); xs = np.where(ok, x, 0.0)
-    cs, cn = np.zeros((B, T + 1)), np.zeros((B, T + 1)); cs[:, 1:] = np.cumsum(xs, 1); cn[:, 1:] = np.cumsum(ok, 1)
+    if x.ndim != 2:
+        raise ValueError(f"ms2 must be [B, T], got shape {x.shape}")
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    B, T = x.shape
+    ok = np.isfinite(x)
+    xs = np.where(ok, x, 0.0)
+    cs, cn = np.zeros((B, T + 1)), np.zeros((B, T + 1))
+    cs[:, 1:] = np.cumsum(xs, 1)
+    cn[:, 1:] = np.cumsum(ok, 1)
     end = np.minimum(np.arange(T) + window, T)
     n = cn[:, end] - cn[:, :T]
-    with np.errstate(invalid="ignore", divide="ignore"): sm = (cs[:, end] - cs[:, :T]) / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sm = (cs[:, end] - cs[:, :T]) / n
     v = sm[np.isfinite(sm)]
-    if len(v) == 0: raise ValueError("ms2 has no finite value")
+    if len(v) == 0:
+        raise ValueError("ms2 has no finite value")
     lo, hi = np.quantile(v, 0.25), np.quantile(v, 0.9)
-    for _ in range(50):   # two-means on the smoothed values
-        thr = (lo + hi) / 2; lo2, hi2 = v[v <= thr].mean() if (v <= thr).any() else lo, v[v > thr].mean() if (v > thr).any() else hi
-        if np.isclose(lo2, lo) and np.isclose(hi2, hi): break
+    for _ in range(50):  # two-means on the smoothed values
+        thr = (lo + hi) / 2
+        lo2, hi2 = v[v <= thr].mean() if (v <= thr).any() else lo, v[v > thr].mean() if (v > thr).any() else hi
+        if np.isclose(lo2, lo) and np.isclose(hi2, hi):
+            break
         lo, hi = lo2, hi2
     return np.where(np.isfinite(sm), (sm > (lo + hi) / 2).astype(float), np.nan)
 
-def fit_radius(tracks_path: str | Path, out: str | Path | None = None, sigma_loc_nm: float = 40.0, state_from: str = "truth",
-               test_fraction: float = 0.2, n_boot: int = 200, ci: float = 0.9, seed: int = 0, dt_s: float | None = None) -> dict:
+
+def fit_radius(
+    tracks_path: str | Path,
+    out: str | Path | None = None,
+    sigma_loc_nm: float = 40.0,
+    state_from: str = "truth",
+    test_fraction: float = 0.2,
+    n_boot: int = 200,
+    ci: float = 0.9,
+    seed: int = 0,
+    dt_s: float | None = None,
+) -> dict:
     """Fit `RadiusMLE` to a tracks file (any layout; gaps allowed): held-out log-likelihood per at-risk frame pair on a
     random `test_fraction` of traces (against the distance-free null), then the radius with its bootstrap interval
     from all traces. `state_from`: 'truth' (a `state` column) or 'ms2' (`state_from_ms2_hmm`). Writes JSON to `out`."""
     from xai_hsg.tracks import read_tracks
-    if state_from not in ("truth", "ms2"): raise ValueError(f"state_from must be 'truth' or 'ms2', got {state_from!r}")
-    if not 0 <= test_fraction < 1: raise ValueError("test_fraction must be in [0, 1)")
+
+    if state_from not in ("truth", "ms2"):
+        raise ValueError(f"state_from must be 'truth' or 'ms2', got {state_from!r}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError("test_fraction must be in [0, 1)")
     arrays = read_tracks(tracks_path).to_arrays(dt_s)
     if state_from == "truth":
         if "state" not in arrays:
-            raise ValueError(f"{tracks_path}: no 'state' column" + ("; use --state-from ms2" if "ms2" in arrays else " and no 'ms2' column to infer it from"))
+            raise ValueError(
+                f"{tracks_path}: no 'state' column"
+                + ("; use --state-from ms2" if "ms2" in arrays else " and no 'ms2' column to infer it from")
+            )
         state = arrays["state"]
     else:
-        if "ms2" not in arrays: raise ValueError(f"{tracks_path}: no 'ms2' column to infer the promoter state from")
+        if "ms2" not in arrays:
+            raise ValueError(f"{tracks_path}: no 'ms2' column to infer the promoter state from")
         state = state_from_ms2_hmm(arrays["ms2"])[0]
     kw = dict(sigma_loc_nm=sigma_loc_nm, ci=ci, seed=seed)
-    B = len(arrays["distance_nm"]); perm = np.random.default_rng(seed).permutation(B); n_te = int(round(test_fraction * B))
+    B = len(arrays["distance_nm"])
+    perm = np.random.default_rng(seed).permutation(B)
+    n_te = int(round(test_fraction * B))
     metrics = {}
     if n_te >= 1 and B - n_te >= 2:
         te, tr = np.sort(perm[:n_te]), np.sort(perm[n_te:])
-        m = RadiusMLE(n_boot=0, **kw).fit(subset_traces(arrays, tr), state[tr]); a_te = subset_traces(arrays, te)
-        ll, n = m.loglik(a_te, state[te]); ll0, _ = m.loglik(a_te, state[te], use_distance=False)
-        metrics = {"n_train_traces": int(len(tr)), "n_test_traces": int(len(te)), "test_pairs": int(n),
-                   "test_loglik_per_pair": ll / max(n, 1), "test_loglik_per_pair_null": ll0 / max(n, 1),
-                   "test_gain_nats_per_event": (ll - ll0) / max(int(transition_data(a_te, state[te])["y"].sum()), 1)}
+        m = RadiusMLE(n_boot=0, **kw).fit(subset_traces(arrays, tr), state[tr])
+        a_te = subset_traces(arrays, te)
+        ll, n = m.loglik(a_te, state[te])
+        ll0, _ = m.loglik(a_te, state[te], use_distance=False)
+        metrics = {
+            "n_train_traces": int(len(tr)),
+            "n_test_traces": int(len(te)),
+            "test_pairs": int(n),
+            "test_loglik_per_pair": ll / max(n, 1),
+            "test_loglik_per_pair_null": ll0 / max(n, 1),
+            "test_gain_nats_per_event": (ll - ll0) / max(int(transition_data(a_te, state[te])["y"].sum()), 1),
+        }
     model = RadiusMLE(n_boot=n_boot, **kw).fit(arrays, state)
-    res = {"tracks": str(tracks_path), "state_from": state_from, "n_traces": int(B), **model.summary(), "heldout": metrics}
+    res = {
+        "tracks": str(tracks_path),
+        "state_from": state_from,
+        "n_traces": int(B),
+        **model.summary(),
+        "heldout": metrics,
+    }
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(res, indent=1))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1))
     return res
 
+
 # %% ../nbs/03_radius.ipynb #b939cfe1
-def state_from_ms2_hmm(ms2: np.ndarray, lag_frames: int = 4, n_iter: int = 50, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def state_from_ms2_hmm(
+    ms2: np.ndarray, lag_frames: int = 4, n_iter: int = 50, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
     """Promoter state from MS2 by a two-state hidden Markov model: Gaussian emissions per state (means, variances
     and the 2 × 2 transition matrix shared by all traces, fitted by Baum–Welch), posterior P(ON) by scaled
     forward–backward. MS2 lags the state (the loops need the kernel's rise to light up), so the model reads the MS2
     `lag_frames` later: P(ON at t) is inferred from MS2 at t + lag. NaN MS2 frames carry no evidence; frames within
     `lag_frames` of the end get NaN. Returns (state = P(ON) > ½ as 0/1 with NaN, P(ON)) as [B, T] arrays."""
     x = np.asarray(ms2, dtype=float)
-    if x.ndim != 2: raise ValueError(f"ms2 must be [B, T], got shape {x.shape}")
-    if lag_frames < 0 or lag_frames >= x.shape[1] - 1: raise ValueError("lag_frames must be in [0, T − 1)")
-    o = np.full_like(x, np.nan); o[:, :x.shape[1] - lag_frames] = x[:, lag_frames:]
-    ok = np.isfinite(o); v = o[ok]
-    if len(v) < 10: raise ValueError("ms2 has too few finite values")
+    if x.ndim != 2:
+        raise ValueError(f"ms2 must be [B, T], got shape {x.shape}")
+    if lag_frames < 0 or lag_frames >= x.shape[1] - 1:
+        raise ValueError("lag_frames must be in [0, T − 1)")
+    o = np.full_like(x, np.nan)
+    o[:, : x.shape[1] - lag_frames] = x[:, lag_frames:]
+    ok = np.isfinite(o)
+    v = o[ok]
+    if len(v) < 10:
+        raise ValueError("ms2 has too few finite values")
     B, T = o.shape
-    mu = np.quantile(v, [0.3, 0.9]); var = np.full(2, np.var(v) / 2); A = np.array([[0.95, 0.05], [0.1, 0.9]]); pi = np.array([0.7, 0.3])
+    mu = np.quantile(v, [0.3, 0.9])
+    var = np.full(2, np.var(v) / 2)
+    A = np.array([[0.95, 0.05], [0.1, 0.9]])
+    pi = np.array([0.7, 0.3])
     prev = -np.inf
     for _ in range(n_iter):
         # emissions [B, T, 2], 1 where unobserved
-        e = np.where(ok[..., None], np.exp(-(np.nan_to_num(o)[..., None] - mu) ** 2 / (2 * var)) / np.sqrt(2 * np.pi * var), 1.0)
+        e = np.where(
+            ok[..., None],
+            np.exp(-((np.nan_to_num(o)[..., None] - mu) ** 2) / (2 * var)) / np.sqrt(2 * np.pi * var),
+            1.0,
+        )
         e = np.maximum(e, 1e-300)
         al, c = np.empty((B, T, 2)), np.empty((B, T))
-        a = pi * e[:, 0]; c[:, 0] = a.sum(1); al[:, 0] = a / c[:, :1]
+        a = pi * e[:, 0]
+        c[:, 0] = a.sum(1)
+        al[:, 0] = a / c[:, :1]
         for t in range(1, T):
-            a = (al[:, t - 1] @ A) * e[:, t]; c[:, t] = a.sum(1); al[:, t] = a / c[:, t:t + 1]
+            a = (al[:, t - 1] @ A) * e[:, t]
+            c[:, t] = a.sum(1)
+            al[:, t] = a / c[:, t : t + 1]
         be = np.ones((B, T, 2))
         for t in range(T - 2, -1, -1):
-            be[:, t] = ((e[:, t + 1] * be[:, t + 1]) @ A.T) / c[:, t + 1:t + 2]
+            be[:, t] = ((e[:, t + 1] * be[:, t + 1]) @ A.T) / c[:, t + 1 : t + 2]
         gam = al * be
-        xi = (al[:, :-1, :, None] * A[None, None] * (e[:, 1:] * be[:, 1:])[:, :, None, :] / c[:, 1:, None, None]).sum((0, 1))
-        A = xi / xi.sum(1, keepdims=True); pi = gam[:, 0].mean(0)
+        xi = (al[:, :-1, :, None] * A[None, None] * (e[:, 1:] * be[:, 1:])[:, :, None, :] / c[:, 1:, None, None]).sum(
+            (0, 1)
+        )
+        A = xi / xi.sum(1, keepdims=True)
+        pi = gam[:, 0].mean(0)
         wg = gam * ok[..., None]
         mu = (wg * np.nan_to_num(o)[..., None]).sum((0, 1)) / wg.sum((0, 1))
         var = np.maximum((wg * (np.nan_to_num(o)[..., None] - mu) ** 2).sum((0, 1)) / wg.sum((0, 1)), 1e-6 * np.var(v))
         ll = np.log(c).sum()
-        if ll - prev < tol * abs(ll): break
+        if ll - prev < tol * abs(ll):
+            break
         prev = ll
-    on = int(np.argmax(mu)); p = gam[..., on]
-    p[:, T - lag_frames:] = np.nan
+    on = int(np.argmax(mu))
+    p = gam[..., on]
+    p[:, T - lag_frames :] = np.nan
     return np.where(np.isfinite(p), (p > 0.5).astype(float), np.nan), p

@@ -7,6 +7,7 @@ includes them (`{{< include tables/tbl-x.md >}}`). With `quarto` on PATH, Quarto
 installed offline), the same `index.qmd` goes through pandoc (`pypandoc-binary`) with a Lua filter for
 Quarto-style figure and table numbering and `@fig-` / `@tbl-` cross-references, to standalone HTML and, via Typst (`typst`), to PDF.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ import yaml
 
 from . import core
 
-__all__ = ["RenderError", "format_value", "collect_variables", "write_variables", "substitute_variables",
-           "expand_includes", "render_paper"]
+__all__ = [
+    "RenderError",
+    "format_value",
+    "collect_variables",
+    "write_variables",
+    "substitute_variables",
+    "expand_includes",
+    "render_paper",
+]
 
 _VAR_RE = re.compile(r"\{\{<\s*var\s+([^\s>]+)\s*>\}\}")
 _SHORTCODE_RE = re.compile(r"\{\{<.*?>\}\}")
@@ -36,15 +44,23 @@ class RenderError(RuntimeError):
 
 def format_value(value: Any) -> Any:
     "How a result appears in prose: integers with thousands separators, floats to 3 significant digits."
-    if isinstance(value, dict): return {k: format_value(v) for k, v in value.items()}
-    if isinstance(value, list): return ", ".join(str(format_value(v)) for v in value)
-    if value is None: return "n/a"
-    if isinstance(value, bool): return "yes" if value else "no"
-    if isinstance(value, int): return f"{value:,}"
+    if isinstance(value, dict):
+        return {k: format_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return ", ".join(str(format_value(v)) for v in value)
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
-        if value == 0: return "0"
-        if abs(value) >= 1000: return f"{value:,.0f}"
-        if abs(value) < 1e-3: return f"{value:.2e}"
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) < 1e-3:
+            return f"{value:.2e}"
         return f"{value:.3g}"
     return str(value)
 
@@ -65,7 +81,7 @@ def collect_variables(profile: str, root: str | Path | None = None) -> dict:
 
 def write_variables(profile: str, root: str | Path | None = None) -> Path:
     "Write `paper/_variables.yml` from `results/<profile>/` (read by Quarto and by the fallback renderer)."
-    out = core.paths(profile, root).paper/"_variables.yml"
+    out = core.paths(profile, root).paper / "_variables.yml"
     header = f"# Written by xai-hsg from results/{profile}/ — do not edit; edit the notebooks instead.\n"
     out.write_text(header + yaml.safe_dump(collect_variables(profile, root), sort_keys=True, allow_unicode=True))
     return out
@@ -74,9 +90,11 @@ def write_variables(profile: str, root: str | Path | None = None) -> Path:
 def _lookup(variables: dict, name: str):
     node: Any = variables
     for part in name.split("."):
-        if not isinstance(node, dict) or part not in node: raise KeyError(name)
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(name)
         node = node[part]
-    if isinstance(node, dict): raise KeyError(name)
+    if isinstance(node, dict):
+        raise KeyError(name)
     return node
 
 
@@ -89,17 +107,24 @@ def _known_names(variables: dict, prefix: str = "") -> list[str]:
 
 def substitute_variables(text: str, variables: dict, source: str = "index.qmd") -> str:
     "Replace `{{< var a.b >}}` by its value; an unknown variable or another shortcode is an error naming the line."
+
     def replace(m: re.Match, lineno: int) -> str:
-        try: return str(_lookup(variables, m.group(1)))
+        try:
+            return str(_lookup(variables, m.group(1)))
         except KeyError:
             near = [n for n in _known_names(variables) if n.split(".")[0] == m.group(1).split(".")[0]]
-            raise RenderError(f"{source}:{lineno}: unknown variable {m.group(1)!r} (has its notebook run and saved it "
-                              f"with core.save_results?); known here: {near or sorted(variables)}") from None
+            raise RenderError(
+                f"{source}:{lineno}: unknown variable {m.group(1)!r} (has its notebook run and saved it "
+                f"with core.save_results?); known here: {near or sorted(variables)}"
+            ) from None
+
     lines = []
     for lineno, line in enumerate(text.splitlines(keepends=True), 1):
         line = _VAR_RE.sub(lambda m: replace(m, lineno), line)
         if other := _SHORTCODE_RE.search(line):
-            raise RenderError(f"{source}:{lineno}: the fallback renderer supports only {{{{< var ... >}}}}, not {other.group(0)}")
+            raise RenderError(
+                f"{source}:{lineno}: the fallback renderer supports only {{{{< var ... >}}}}, not {other.group(0)}"
+            )
         lines.append(line)
     return "".join(lines)
 
@@ -110,13 +135,15 @@ def _copy_outputs(source: Path, target: Path, suffixes: tuple) -> Path:
     target.mkdir(parents=True)
     if source.is_dir():
         for f in source.iterdir():
-            if f.suffix in suffixes: shutil.copy2(f, target/f.name)
+            if f.suffix in suffixes:
+                shutil.copy2(f, target / f.name)
     return target
+
 
 def _copy_figures(profile: str, root: Path) -> Path:
     where = core.paths(profile, root)
-    _copy_outputs(where.tables, where.paper/"tables", (".md", ".csv"))
-    return _copy_outputs(where.figures, where.paper/"figures", (".png", ".svg"))
+    _copy_outputs(where.tables, where.paper / "tables", (".md", ".csv"))
+    return _copy_outputs(where.figures, where.paper / "figures", (".png", ".svg"))
 
 
 def expand_includes(text: str, base: Path, source: str = "index.qmd") -> str:
@@ -124,21 +151,24 @@ def expand_includes(text: str, base: Path, source: str = "index.qmd") -> str:
     lines = []
     for lineno, line in enumerate(text.splitlines(keepends=True), 1):
         if m := _INCLUDE_RE.match(line.strip()):
-            f = base/m.group(1)
+            f = base / m.group(1)
             if not f.is_file():
-                raise RenderError(f"{source}:{lineno}: included file {m.group(1)!r} not found in {base} — did the notebook "
-                                  f"that writes it (core.save_table) run for this profile?")
+                raise RenderError(
+                    f"{source}:{lineno}: included file {m.group(1)!r} not found in {base} — did the notebook "
+                    f"that writes it (core.save_table) run for this profile?"
+                )
             line = f.read_text().rstrip("\n") + "\n"
         lines.append(line)
     return "".join(lines)
 
 
 def _asset(name: str) -> str:
-    return str(resources.files("xai_hsg")/"assets"/name)
+    return str(resources.files("xai_hsg") / "assets" / name)
 
 
 def _pandoc(args: list[str], cwd: Path) -> None:
     import pypandoc
+
     proc = subprocess.run([pypandoc.get_pandoc_path(), *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RenderError(f"pandoc failed ({' '.join(args)}):\n{proc.stderr.strip()}")
@@ -148,67 +178,104 @@ def _pandoc(args: list[str], cwd: Path) -> None:
 
 def _project_metadata(paper: Path) -> list[str]:
     "Project-level options of `_quarto.yml` that pandoc needs too (bibliography, csl)."
-    config = paper/"_quarto.yml"
+    config = paper / "_quarto.yml"
     data = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
     args = []
     bibs = data.get("bibliography") or []
     for bib in [bibs] if isinstance(bibs, str) else bibs:
-        if not (paper/bib).is_file(): raise RenderError(f"{config}: bibliography {bib!r} not found in {paper}")
+        if not (paper / bib).is_file():
+            raise RenderError(f"{config}: bibliography {bib!r} not found in {paper}")
         args += ["--bibliography", bib]
-    if csl := data.get("csl"): args += ["--csl", csl]
+    if csl := data.get("csl"):
+        args += ["--csl", csl]
     return args
 
 
 def render_with_pandoc(paper: Path, variables: dict) -> dict:
     "The Quarto-free path: pandoc + Lua cross-references → HTML; pandoc → Typst → PDF."
     import typst
-    qmd = paper/"index.qmd"
+
+    qmd = paper / "index.qmd"
     text = substitute_variables(expand_includes(qmd.read_text(), paper, source=str(qmd)), variables, source=str(qmd))
-    missing = sorted({p for p in _FIGURE_PATH_RE.findall(text) if not (paper/p).exists()})
+    missing = sorted({p for p in _FIGURE_PATH_RE.findall(text) if not (paper / p).exists()})
     if missing:
-        raise RenderError(f"{qmd}: figures not found: {missing} — did the notebook that makes them run for this profile?")
-    out = paper/"_output"
+        raise RenderError(
+            f"{qmd}: figures not found: {missing} — did the notebook that makes them run for this profile?"
+        )
+    out = paper / "_output"
     out.mkdir(exist_ok=True)
-    source = paper/".render-index.md"
+    source = paper / ".render-index.md"
     source.write_text(text)
-    common = [source.name, "--from", "markdown", "--lua-filter", _asset("crossref.lua"), "--citeproc",
-              *_project_metadata(paper), "--resource-path", str(paper)]
+    common = [
+        source.name,
+        "--from",
+        "markdown",
+        "--lua-filter",
+        _asset("crossref.lua"),
+        "--citeproc",
+        *_project_metadata(paper),
+        "--resource-path",
+        str(paper),
+    ]
     try:
-        html = out/"index.html"
-        _pandoc([*common, "--to", "html5", "--standalone", "--embed-resources", "--css", _asset("paper.css"),
-                 "--mathml", "--section-divs", "--output", str(html)], cwd=paper)
-        typ = paper/".render-index.typ"  # next to the figures so that typst resolves their relative paths
+        html = out / "index.html"
+        _pandoc(
+            [
+                *common,
+                "--to",
+                "html5",
+                "--standalone",
+                "--embed-resources",
+                "--css",
+                _asset("paper.css"),
+                "--mathml",
+                "--section-divs",
+                "--output",
+                str(html),
+            ],
+            cwd=paper,
+        )
+        typ = paper / ".render-index.typ"  # next to the figures so that typst resolves their relative paths
         _pandoc([*common, "--to", "typst", "--standalone", "--output", typ.name], cwd=paper)
-        pdf = out/"index.pdf"
-        try: typst.compile(str(typ), output=str(pdf), root=str(paper))
-        except Exception as e: raise RenderError(f"typst failed on {typ}: {e}") from e
-        shutil.copy2(typ, out/"index.typ")
+        pdf = out / "index.pdf"
+        try:
+            typst.compile(str(typ), output=str(pdf), root=str(paper))
+        except Exception as e:
+            raise RenderError(f"typst failed on {typ}: {e}") from e
+        shutil.copy2(typ, out / "index.typ")
     finally:
         source.unlink(missing_ok=True)
-        (paper/".render-index.typ").unlink(missing_ok=True)
+        (paper / ".render-index.typ").unlink(missing_ok=True)
     return {"engine": "pandoc+typst", "html": html, "pdf": pdf}
 
 
 def render_with_quarto(paper: Path) -> dict:
     proc = subprocess.run(["quarto", "render", str(paper)], capture_output=True, text=True)
-    if proc.returncode != 0: raise RenderError(f"quarto render failed:\n{proc.stderr.strip()[-4000:]}")
-    out = paper/"_output"
-    return {"engine": "quarto", "html": out/"index.html", "pdf": out/"index.pdf"}
+    if proc.returncode != 0:
+        raise RenderError(f"quarto render failed:\n{proc.stderr.strip()[-4000:]}")
+    out = paper / "_output"
+    return {"engine": "quarto", "html": out / "index.html", "pdf": out / "index.pdf"}
 
 
 def render_paper(profile: str = "smoke", root: str | Path | None = None, engine: str = "auto", console=None) -> dict:
     "Write the variables, copy the figures and render `paper/` with Quarto if present, else pandoc + Typst."
     root = Path(root).resolve() if root else core.find_root()
-    paper = root/"paper"
-    if not (paper/"index.qmd").is_file(): raise RenderError(f"no manuscript at {paper/'index.qmd'}")
+    paper = root / "paper"
+    if not (paper / "index.qmd").is_file():
+        raise RenderError(f"no manuscript at {paper / 'index.qmd'}")
     write_variables(profile, root)
     _copy_figures(profile, root)
     variables = collect_variables(profile, root)
-    if engine not in ("auto", "quarto", "pandoc"): raise ValueError(f"engine must be auto, quarto or pandoc, not {engine!r}")
+    if engine not in ("auto", "quarto", "pandoc"):
+        raise ValueError(f"engine must be auto, quarto or pandoc, not {engine!r}")
     use_quarto = engine == "quarto" or (engine == "auto" and shutil.which("quarto"))
-    if engine == "quarto" and not shutil.which("quarto"): raise RenderError("engine='quarto' but quarto is not on PATH")
+    if engine == "quarto" and not shutil.which("quarto"):
+        raise RenderError("engine='quarto' but quarto is not on PATH")
     result = render_with_quarto(paper) if use_quarto else render_with_pandoc(paper, variables)
     if console is not None:
-        console.print(f"rendered manuscript ({result['engine']}): {result['html'].relative_to(root)}, "
-                      f"{result['pdf'].relative_to(root)}", soft_wrap=True)
+        console.print(
+            f"rendered manuscript ({result['engine']}): {result['html'].relative_to(root)}, "
+            f"{result['pdf'].relative_to(root)}",
+            soft_wrap=True,
+        )
     return result

@@ -18,23 +18,52 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SECONDS_PER_MINUTE', 'FRESH_DECAY', 'CHUNK_TRACES', 'SimParams', 'RouseModes', 'rouse_modes', 'maxwell_cdf',
-           'contact_probability', 'msd_theory', 'on_fraction_theory', 'mean_ms2_theory', 'SimResult', 'default_threads',
-           'simulate', 'simulate_reference', 'save_simulation', 'write_simulation']
+__all__ = [
+    "SECONDS_PER_MINUTE",
+    "FRESH_DECAY",
+    "CHUNK_TRACES",
+    "SimParams",
+    "RouseModes",
+    "rouse_modes",
+    "maxwell_cdf",
+    "contact_probability",
+    "msd_theory",
+    "on_fraction_theory",
+    "mean_ms2_theory",
+    "SimResult",
+    "default_threads",
+    "simulate",
+    "simulate_reference",
+    "save_simulation",
+    "write_simulation",
+]
 
 # %% ../nbs/01_simulation.ipynb #28864486
 SECONDS_PER_MINUTE = 60.0
 
 _RULES = {  # field -> (kind, description); checked in SimParams.__post_init__
-    "n_frames": ("int>=2", "an integer >= 2"), "dt_s": (">0", "> 0"),
-    "n_beads": ("int>=3", "an integer >= 3"), "separation_beads": ("int>=1", "an integer >= 1"),
-    "diffusion_nm2_per_s": (">0", "> 0"), "spring_rate_per_s": (">0", "> 0"),
-    "variance_kept": ("(0,1]", "in (0, 1]"), "sigma_loc_nm": (">=0", ">= 0"), "r_c_nm": (">0", "> 0"),
-    "k_on_per_s": (">=0|None", ">= 0 or None"), "k_off_per_s": (">=0", ">= 0"),
-    "contact_width_nm": (">=0", ">= 0"), "nu_on_per_s": (">=0", ">= 0"), "nu_off_per_s": (">=0", ">= 0"),
-    "amplitude": (">=0", ">= 0"), "t_rise_s": (">0", "> 0"), "t_plateau_s": (">=0", ">= 0"),
-    "sigma_ms2": (">=0", ">= 0"), "ms2_background": ("finite", "finite"), "bleach_rate_per_s": (">=0", ">= 0"),
+    "n_frames": ("int>=2", "an integer >= 2"),
+    "dt_s": (">0", "> 0"),
+    "n_beads": ("int>=3", "an integer >= 3"),
+    "separation_beads": ("int>=1", "an integer >= 1"),
+    "diffusion_nm2_per_s": (">0", "> 0"),
+    "spring_rate_per_s": (">0", "> 0"),
+    "variance_kept": ("(0,1]", "in (0, 1]"),
+    "sigma_loc_nm": (">=0", ">= 0"),
+    "r_c_nm": (">0", "> 0"),
+    "k_on_per_s": (">=0|None", ">= 0 or None"),
+    "k_off_per_s": (">=0", ">= 0"),
+    "contact_width_nm": (">=0", ">= 0"),
+    "nu_on_per_s": (">=0", ">= 0"),
+    "nu_off_per_s": (">=0", ">= 0"),
+    "amplitude": (">=0", ">= 0"),
+    "t_rise_s": (">0", "> 0"),
+    "t_plateau_s": (">=0", ">= 0"),
+    "sigma_ms2": (">=0", ">= 0"),
+    "ms2_background": ("finite", "finite"),
+    "bleach_rate_per_s": (">=0", ">= 0"),
 }
+
 
 @dataclass(frozen=True)
 class SimParams:
@@ -43,82 +72,110 @@ class SimParams:
     Defaults: Yang et al. 2026 test-data defaults (VEPI_Yang_et_al_2026/4_generate_test_data.py, minutes there)
     converted to seconds; `r_c_nm` = 100 nm (theirs: 30 nm), `k_on_per_s=None` = their scaling
     20 min⁻¹·(separation/90)^{3/2}·(30 nm/r_c)³."""
+
     # sampling
-    n_frames: int = 601                  # frames per trace (Yang: T = 300 min at 0.5 min -> 601 frames)
-    dt_s: float = 30.0                   # frame interval, s (Yang: 0.5 min)
+    n_frames: int = 601  # frames per trace (Yang: T = 300 min at 0.5 min -> 601 frames)
+    dt_s: float = 30.0  # frame interval, s (Yang: 0.5 min)
     # polymer: Rouse chain, E and P beads `separation_beads` apart around the chain centre
-    n_beads: int = 334                   # beads in the chain (Yang: N = 334)
-    separation_beads: int = 90           # genomic E-P separation in beads (Yang: sep = 90)
+    n_beads: int = 334  # beads in the chain (Yang: N = 334)
+    separation_beads: int = 90  # genomic E-P separation in beads (Yang: sep = 90)
     diffusion_nm2_per_s: float = 2810.0  # bead diffusion D, nm^2/s (Yang: 2810*60 nm^2/min)
-    spring_rate_per_s: float = 1 / 0.177 # spring rate k, 1/s (Yang: 60/0.177 per min)
-    variance_kept: float = 0.999         # keep normal modes holding >= this fraction of Var(r) (fewest slow ones: `rouse_modes`)
+    spring_rate_per_s: float = 1 / 0.177  # spring rate k, 1/s (Yang: 60/0.177 per min)
+    variance_kept: float = (
+        0.999  # keep normal modes holding >= this fraction of Var(r) (fewest slow ones: `rouse_modes`)
+    )
     # observation of the two spots
-    sigma_loc_nm: float = 40.0           # localization error per spot and axis, nm (Yang: 40 nm)
+    sigma_loc_nm: float = 40.0  # localization error per spot and axis, nm (Yang: 40 nm)
     # promoter (two states, contact-gated activation)
-    r_c_nm: float = 100.0                # contact radius, nm (Yang test data: 30 nm)
-    k_on_per_s: float | None = None      # candidate rate, 1/s; None -> Yang scaling (see `k_on`)
-    k_off_per_s: float = 1 / 3600        # ON -> OFF rate, 1/s (Yang: 1/60 per min)
-    contact_width_nm: float = 0.0        # 0: hard contact |r| < r_c; > 0: accept with sigmoid((r_c-|r|)/width)
+    r_c_nm: float = 100.0  # contact radius, nm (Yang test data: 30 nm)
+    k_on_per_s: float | None = None  # candidate rate, 1/s; None -> Yang scaling (see `k_on`)
+    k_off_per_s: float = 1 / 3600  # ON -> OFF rate, 1/s (Yang: 1/60 per min)
+    contact_width_nm: float = 0.0  # 0: hard contact |r| < r_c; > 0: accept with sigmoid((r_c-|r|)/width)
     # Pol II loading (Poisson while ON / OFF)
-    nu_on_per_s: float = 0.5 / 60        # loading rate while ON, 1/s (Yang: 0.5 per min)
-    nu_off_per_s: float = 0.0            # loading rate while OFF, 1/s (Yang: 1e-6 per min ~ 0)
+    nu_on_per_s: float = 0.5 / 60  # loading rate while ON, 1/s (Yang: 0.5 per min)
+    nu_off_per_s: float = 0.0  # loading rate while OFF, 1/s (Yang: 1e-6 per min ~ 0)
     # MS2 signal
-    amplitude: float = 0.5               # A: signal of one Pol II on the plateau (Yang: alpha = 0.5)
-    t_rise_s: float = 120.0              # rise of the trapezoid kernel (MS2 loops), s (Yang: 2 min)
-    t_plateau_s: float = 240.0           # plateau of the kernel, s (Yang: 4 min)
-    sigma_ms2: float = 1.0               # Gaussian noise of the observed MS2 (Yang: 1)
-    ms2_background: float = 0.0          # constant added to the MS2 signal
-    bleach_rate_per_s: float = 0.0       # signal multiplied by exp(-rate * t)
+    amplitude: float = 0.5  # A: signal of one Pol II on the plateau (Yang: alpha = 0.5)
+    t_rise_s: float = 120.0  # rise of the trapezoid kernel (MS2 loops), s (Yang: 2 min)
+    t_plateau_s: float = 240.0  # plateau of the kernel, s (Yang: 4 min)
+    sigma_ms2: float = 1.0  # Gaussian noise of the observed MS2 (Yang: 1)
+    ms2_background: float = 0.0  # constant added to the MS2 signal
+    bleach_rate_per_s: float = 0.0  # signal multiplied by exp(-rate * t)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name); kind, want = _RULES[f.name]
-            if kind.endswith("None") and v is None: continue
+            v = getattr(self, f.name)
+            kind, want = _RULES[f.name]
+            if kind.endswith("None") and v is None:
+                continue
             bad = isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-            if not bad and kind.startswith("int"): bad = not float(v).is_integer() or v < int(kind[5:])
+            if not bad and kind.startswith("int"):
+                bad = not float(v).is_integer() or v < int(kind[5:])
             elif not bad:
-                bad = not math.isfinite(v) or (kind.startswith(">0") and v <= 0) or (kind.startswith(">=0") and v < 0) \
-                      or (kind == "(0,1]" and not 0 < v <= 1)
-            if bad: raise ValueError(f"SimParams.{f.name} must be {want}, got {v!r}")
+                bad = (
+                    not math.isfinite(v)
+                    or (kind.startswith(">0") and v <= 0)
+                    or (kind.startswith(">=0") and v < 0)
+                    or (kind == "(0,1]" and not 0 < v <= 1)
+                )
+            if bad:
+                raise ValueError(f"SimParams.{f.name} must be {want}, got {v!r}")
         if self.separation_beads >= self.n_beads:
-            raise ValueError(f"SimParams.separation_beads must be < n_beads ({self.n_beads}), got {self.separation_beads}")
+            raise ValueError(
+                f"SimParams.separation_beads must be < n_beads ({self.n_beads}), got {self.separation_beads}"
+            )
 
     @property
     def k_on(self) -> float:
         "Candidate (OFF -> ON attempt) rate in 1/s: `k_on_per_s`, or Yang et al.'s 20/min·(sep/90)^1.5·(30 nm/r_c)^3."
-        if self.k_on_per_s is not None: return float(self.k_on_per_s)
+        if self.k_on_per_s is not None:
+            return float(self.k_on_per_s)
         return 20.0 / SECONDS_PER_MINUTE * (self.separation_beads / 90) ** 1.5 * (30.0 / self.r_c_nm) ** 3
 
     @property
-    def duration_s(self) -> float: return (self.n_frames - 1) * self.dt_s
+    def duration_s(self) -> float:
+        return (self.n_frames - 1) * self.dt_s
 
-    def replace(self, **changes) -> "SimParams": return dataclasses.replace(self, **changes)
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
+    def replace(self, **changes) -> SimParams:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SimParams":
+    def from_dict(cls, d: dict) -> SimParams:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown: raise ValueError(f"SimParams: unknown field(s) {unknown}")
+        if unknown:
+            raise ValueError(f"SimParams: unknown field(s) {unknown}")
         return cls(**d)
+
 
 # %% ../nbs/01_simulation.ipynb #d21863e6
 @dataclass(frozen=True)
 class RouseModes:
     "Normal modes of the E–P vector kept by the simulator, sorted by relaxation rate (slowest first)."
-    p: np.ndarray              # mode numbers (1..N-1)
-    rate_per_s: np.ndarray     # theta_p = k * lambda_p
-    std_nm: np.ndarray         # stationary std per axis of mode p: sqrt(D / (k lambda_p))
-    coef: np.ndarray           # c_p = Q_ap - Q_bp, so r = sum_p c_p u_p
-    var_full_nm2: float        # per-axis Var(r) with all N-1 modes (= separation * D / k)
+
+    p: np.ndarray  # mode numbers (1..N-1)
+    rate_per_s: np.ndarray  # theta_p = k * lambda_p
+    std_nm: np.ndarray  # stationary std per axis of mode p: sqrt(D / (k lambda_p))
+    coef: np.ndarray  # c_p = Q_ap - Q_bp, so r = sum_p c_p u_p
+    var_full_nm2: float  # per-axis Var(r) with all N-1 modes (= separation * D / k)
 
     @property
-    def n_modes(self) -> int: return len(self.p)
+    def n_modes(self) -> int:
+        return len(self.p)
+
     @property
-    def var_kept_nm2(self) -> float: return float(np.sum(self.coef**2 * self.std_nm**2))
+    def var_kept_nm2(self) -> float:
+        return float(np.sum(self.coef**2 * self.std_nm**2))
+
     @property
-    def fraction_kept(self) -> float: return self.var_kept_nm2 / self.var_full_nm2
+    def fraction_kept(self) -> float:
+        return self.var_kept_nm2 / self.var_full_nm2
+
 
 FRESH_DECAY = 17.0  # e^-17 = 4e-8, below float32 resolution: a mode decorrelated this far is an independent draw
+
 
 def rouse_modes(params: SimParams) -> RouseModes:
     """The normal modes kept for the E–P vector of `params`: >= `variance_kept` of Var(r), chosen for the simulator's cost.
@@ -126,7 +183,8 @@ def rouse_modes(params: SimParams) -> RouseModes:
     sum is one draw per point). So: the fewest slow modes (largest variance first) that reach the target together with
     all fast modes, then the fewest fast modes (largest variance first) that complete it."""
     N, D, k = params.n_beads, params.diffusion_nm2_per_s, params.spring_rate_per_s
-    a = N // 2 - params.separation_beads // 2; b = a + params.separation_beads   # 0-based bead indices
+    a = N // 2 - params.separation_beads // 2
+    b = a + params.separation_beads  # 0-based bead indices
     p = np.arange(1, N)
     lam = 2 * (1 - np.cos(np.pi * p / N))
     coef = np.sqrt(2 / N) * (np.cos((a + 0.5) * p * np.pi / N) - np.cos((b + 0.5) * p * np.pi / N))
@@ -139,36 +197,49 @@ def rouse_modes(params: SimParams) -> RouseModes:
     n_fast = min(int(np.searchsorted(np.r_[0, np.cumsum(var[f_idx])] + var[s_idx[:n_slow]].sum(), target)), len(f_idx))
     keep = np.r_[s_idx[:n_slow], f_idx[:n_fast]]
     keep = keep[np.argsort(lam[keep], kind="stable")]
-    return RouseModes(p=p[keep], rate_per_s=k * lam[keep], std_nm=np.sqrt(D / (k * lam[keep])),
-                      coef=coef[keep], var_full_nm2=float(var.sum()))
+    return RouseModes(
+        p=p[keep],
+        rate_per_s=k * lam[keep],
+        std_nm=np.sqrt(D / (k * lam[keep])),
+        coef=coef[keep],
+        var_full_nm2=float(var.sum()),
+    )
+
 
 # %% ../nbs/01_simulation.ipynb #ce990017
 def maxwell_cdf(r_nm, sigma_nm):
     "P(|r| < r_nm) for an isotropic 3-D Gaussian vector with per-axis std `sigma_nm`."
     from scipy.special import erf
+
     x = np.asarray(r_nm, dtype=float) / sigma_nm
-    return erf(x / np.sqrt(2)) - np.sqrt(2 / np.pi) * x * np.exp(-x**2 / 2)
+    return erf(x / np.sqrt(2)) - np.sqrt(2 / np.pi) * x * np.exp(-(x**2) / 2)
+
 
 def contact_probability(params: SimParams, kept: bool = True) -> float:
     "Stationary P(|r| < r_c) (with the kept modes' variance by default, as simulated)."
     m = rouse_modes(params)
     return float(maxwell_cdf(params.r_c_nm, math.sqrt(m.var_kept_nm2 if kept else m.var_full_nm2)))
 
+
 def msd_theory(lag_s, params: SimParams) -> np.ndarray:
     "3-D mean squared displacement of the E–P vector (no localization noise) at lags `lag_s`, nm²."
-    m = rouse_modes(params); lag = np.asarray(lag_s, dtype=float)[..., None]
+    m = rouse_modes(params)
+    lag = np.asarray(lag_s, dtype=float)[..., None]
     return 3 * np.sum(2 * m.coef**2 * m.std_nm**2 * (1 - np.exp(-m.rate_per_s * lag)), axis=-1)
+
 
 def on_fraction_theory(params: SimParams) -> float:
     "P(ON) in the fast-polymer limit: k_on P_c / (k_on P_c + k_off)."
     a = params.k_on * contact_probability(params)
     return float(a / (a + params.k_off_per_s)) if a + params.k_off_per_s > 0 else 0.0
 
+
 def mean_ms2_theory(params: SimParams) -> float:
     "Stationary mean of the MS2 signal (no bleaching): A (nu_on P_on + nu_off P_off)(T_rise/2 + T_plateau) + background."
     p_on = on_fraction_theory(params)
     rate = params.nu_on_per_s * p_on + params.nu_off_per_s * (1 - p_on)
     return params.ms2_background + params.amplitude * rate * (params.t_rise_s / 2 + params.t_plateau_s)
+
 
 # %% ../nbs/01_simulation.ipynb #f1e9b35d
 def _time_grid(params: SimParams):
@@ -177,37 +248,43 @@ def _time_grid(params: SimParams):
     t_frames = np.arange(-n_burn, params.n_frames) * params.dt_s
     return n_burn, t_frames, -n_burn * params.dt_s, params.duration_s + params.dt_s / 2
 
+
 @dataclass
 class SimResult:
     "All ground truth of one simulation (`simulate` or `simulate_reference`)."
+
     params: SimParams
     seed: int
-    implementation: str            # 'vectorised' or 'reference'
+    implementation: str  # 'vectorised' or 'reference'
     device: str
-    t_s: np.ndarray                # [F] frame times
-    xyz_nm: np.ndarray             # [B, F, 3] observed E–P vector (with localization noise)
-    xyz_true_nm: np.ndarray        # [B, F, 3] true E–P vector
-    distance_true_nm: np.ndarray   # [B, F] noiseless |r|
-    state: np.ndarray              # [B, F] promoter state at the frame time (1 = ON)
-    on_fraction: np.ndarray        # [B, F] fraction of the frame window spent ON
-    loading_counts: np.ndarray     # [B, F] Pol II loadings in the frame window
-    ms2_clean: np.ndarray          # [B, F] noiseless MS2
-    ms2: np.ndarray                # [B, F] observed MS2
-    loading_times_s: list          # per trace: Pol II loading times (burn-in included, t < 0)
-    initial_state: np.ndarray      # [B] state at t_start_s
-    switch_times_s: list           # per trace: times the state flips (starting from initial_state)
-    candidate_times_s: list        # per trace: activation candidate times (Poisson, rate k_on)
-    candidate_distance_nm: list    # per trace: |r| at each candidate
-    candidate_accepted: list       # per trace: bool, candidate accepted (contact)
-    t_start_s: float               # start of the simulated span (burn-in)
-    t_end_s: float                 # end of the simulated span
+    t_s: np.ndarray  # [F] frame times
+    xyz_nm: np.ndarray  # [B, F, 3] observed E–P vector (with localization noise)
+    xyz_true_nm: np.ndarray  # [B, F, 3] true E–P vector
+    distance_true_nm: np.ndarray  # [B, F] noiseless |r|
+    state: np.ndarray  # [B, F] promoter state at the frame time (1 = ON)
+    on_fraction: np.ndarray  # [B, F] fraction of the frame window spent ON
+    loading_counts: np.ndarray  # [B, F] Pol II loadings in the frame window
+    ms2_clean: np.ndarray  # [B, F] noiseless MS2
+    ms2: np.ndarray  # [B, F] observed MS2
+    loading_times_s: list  # per trace: Pol II loading times (burn-in included, t < 0)
+    initial_state: np.ndarray  # [B] state at t_start_s
+    switch_times_s: list  # per trace: times the state flips (starting from initial_state)
+    candidate_times_s: list  # per trace: activation candidate times (Poisson, rate k_on)
+    candidate_distance_nm: list  # per trace: |r| at each candidate
+    candidate_accepted: list  # per trace: bool, candidate accepted (contact)
+    t_start_s: float  # start of the simulated span (burn-in)
+    t_end_s: float  # end of the simulated span
     n_modes: int
     variance_fraction_kept: float
 
     @property
-    def n_traces(self) -> int: return self.xyz_nm.shape[0]
+    def n_traces(self) -> int:
+        return self.xyz_nm.shape[0]
+
     @property
-    def n_frames(self) -> int: return len(self.t_s)
+    def n_frames(self) -> int:
+        return len(self.t_s)
+
     @property
     def distance_nm(self) -> np.ndarray:
         "Observed distance |r + noise| per frame."
@@ -217,45 +294,78 @@ class SimResult:
         out = []
         for s0, sw in zip(self.initial_state, self.switch_times_s):
             # state after the k-th switch is s0 ^ ((k+1) % 2); a complete period lies between two switches
-            starts = sw[:-1]; ends = sw[1:]
+            starts = sw[:-1]
+            ends = sw[1:]
             state_after = (int(s0) + 1 + np.arange(len(starts))) % 2
             out.append((ends - starts)[state_after == int(on)])
         return np.concatenate(out) if out else np.zeros(0)
-    def on_durations_s(self) -> np.ndarray: return self._durations(True)
-    def off_durations_s(self) -> np.ndarray: return self._durations(False)
+
+    def on_durations_s(self) -> np.ndarray:
+        return self._durations(True)
+
+    def off_durations_s(self) -> np.ndarray:
+        return self._durations(False)
 
     def to_frame(self, truth: bool = True):
         "Long table in the tracks format: trace_id, t_s, dx_nm, dy_nm, dz_nm, ms2 (+ truth columns)."
         import pandas as pd
+
         B, F = self.n_traces, self.n_frames
         cols = {"trace_id": np.repeat(np.arange(B), F).astype(str), "t_s": np.tile(self.t_s.astype(float), B)}
-        for i, ax in enumerate("xyz"): cols[f"d{ax}_nm"] = self.xyz_nm[..., i].astype(float).ravel()
+        for i, ax in enumerate("xyz"):
+            cols[f"d{ax}_nm"] = self.xyz_nm[..., i].astype(float).ravel()
         cols["ms2"] = self.ms2.astype(float).ravel()
         if truth:
-            cols.update(state=self.state.ravel().astype(np.int64), on_fraction=self.on_fraction.astype(float).ravel(),
-                        loadings=self.loading_counts.ravel().astype(np.int64), ms2_clean=self.ms2_clean.astype(float).ravel(),
-                        distance_true_nm=self.distance_true_nm.astype(float).ravel())
+            cols.update(
+                state=self.state.ravel().astype(np.int64),
+                on_fraction=self.on_fraction.astype(float).ravel(),
+                loadings=self.loading_counts.ravel().astype(np.int64),
+                ms2_clean=self.ms2_clean.astype(float).ravel(),
+                distance_true_nm=self.distance_true_nm.astype(float).ravel(),
+            )
         return pd.DataFrame(cols)
 
     def truth_dict(self) -> dict:
         "JSON-able ground truth that is not per frame: parameters, seed, theory, per-trace event times."
         p = self.params
-        return {"params": p.to_dict(), "k_on_per_s": p.k_on, "seed": int(self.seed),
-                "implementation": self.implementation, "device": self.device, "n_traces": int(self.n_traces),
-                "n_frames": int(self.n_frames), "dt_s": p.dt_s, "t_start_s": self.t_start_s, "t_end_s": self.t_end_s,
-                "n_modes": int(self.n_modes), "variance_fraction_kept": float(self.variance_fraction_kept),
-                "theory": {"contact_probability": contact_probability(p), "on_fraction": on_fraction_theory(p),
-                           "mean_ms2": mean_ms2_theory(p), "var_per_axis_nm2": rouse_modes(p).var_kept_nm2},
-                "traces": [{"trace_id": str(i), "initial_state": int(s0), "switch_times_s": sw.tolist(),
-                            "loading_times_s": lt.tolist()}
-                           for i, (s0, sw, lt) in enumerate(zip(self.initial_state, self.switch_times_s, self.loading_times_s))]}
+        return {
+            "params": p.to_dict(),
+            "k_on_per_s": p.k_on,
+            "seed": int(self.seed),
+            "implementation": self.implementation,
+            "device": self.device,
+            "n_traces": int(self.n_traces),
+            "n_frames": int(self.n_frames),
+            "dt_s": p.dt_s,
+            "t_start_s": self.t_start_s,
+            "t_end_s": self.t_end_s,
+            "n_modes": int(self.n_modes),
+            "variance_fraction_kept": float(self.variance_fraction_kept),
+            "theory": {
+                "contact_probability": contact_probability(p),
+                "on_fraction": on_fraction_theory(p),
+                "mean_ms2": mean_ms2_theory(p),
+                "var_per_axis_nm2": rouse_modes(p).var_kept_nm2,
+            },
+            "traces": [
+                {
+                    "trace_id": str(i),
+                    "initial_state": int(s0),
+                    "switch_times_s": sw.tolist(),
+                    "loading_times_s": lt.tolist(),
+                }
+                for i, (s0, sw, lt) in enumerate(zip(self.initial_state, self.switch_times_s, self.loading_times_s))
+            ],
+        }
+
 
 # %% ../nbs/01_simulation.ipynb #7380243a
 def _rows_to_list(values: torch.Tensor, mask: torch.Tensor) -> list:
     "Ragged rows: values[b][mask[b]] as a list of numpy arrays."
     v, m = values.detach().cpu().numpy(), mask.detach().cpu().numpy()
     flat, ends = v[m], np.cumsum(m.sum(1)).tolist()
-    return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]   # (np.split is 30x slower on thousands of rows)
+    return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]  # (np.split is 30x slower on thousands of rows)
+
 
 def _poisson_times(g, B, rate, t0, span, dev, pad):
     "Per trace a Poisson(rate*span) number of uniform times on [t0, t0+span), sorted; padded with `pad`. Returns (times, valid)."
@@ -268,43 +378,55 @@ def _poisson_times(g, B, rate, t0, span, dev, pad):
     valid = torch.isfinite(t)
     return torch.where(valid, t, pad), valid
 
+
 def _check_run_args(n_traces, seed):
     if isinstance(n_traces, bool) or not isinstance(n_traces, (int, np.integer)) or n_traces < 1:
         raise ValueError(f"n_traces must be a positive integer, got {n_traces!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
+
 def _mode_groups(rate, dt, ratio=1.6, min_fast_rate=0.0):
     """Boundaries of mode groups (modes sorted by rate): [0, n_slow) slow (rate*dt < FRESH_DECAY, or rate < `min_fast_rate`),
     then bins of rate within x`ratio`."""
     bounds = [int(np.searchsorted(rate, max(FRESH_DECAY / dt, min_fast_rate)))]
-    while bounds[-1] < len(rate): bounds.append(int(np.searchsorted(rate, rate[bounds[-1]] * ratio, side="right")))
+    while bounds[-1] < len(rate):
+        bounds.append(int(np.searchsorted(rate, rate[bounds[-1]] * ratio, side="right")))
     return bounds
+
 
 def _ou_bridge(theta, std, s, q):
     """Exact OU bridge, per mode: u at `s` after a point and `q` before the next one, given u at both, is
     N(a u_before + b u_after, var). s, q: [n, 1]; theta, std: [S]. Returns a, b, var ([n, S] each)."""
-    e_s, e_q = torch.expm1(s * -theta), torch.expm1(q * -theta)       # e^{-theta x} - 1, accurate for small x
-    m_s, m_q = e_s * (-2 - e_s), e_q * (-2 - e_q)                       # 1 - e^{-2 theta x}
-    r = (m_s + m_q * (1 - m_s)).reciprocal_()                           # 1 / (1 - e^{-2 theta (s + q)})
+    e_s, e_q = torch.expm1(s * -theta), torch.expm1(q * -theta)  # e^{-theta x} - 1, accurate for small x
+    m_s, m_q = e_s * (-2 - e_s), e_q * (-2 - e_q)  # 1 - e^{-2 theta x}
+    r = (m_s + m_q * (1 - m_s)).reciprocal_()  # 1 / (1 - e^{-2 theta (s + q)})
     a, b = (1 + e_s).mul_(m_q).mul_(r), (1 + e_q).mul_(m_s).mul_(r)
     return a, b, m_s.mul_(m_q).mul_(r).mul_(std**2)
+
 
 def _fast_cov(lag_s, theta, w, bounds):
     """Per-axis covariance of the fast modes' part of r at lags `lag_s` (float64, >= 0): K(lag) = sum_p w_p e^{-theta_p lag},
     and K(0) - K(lag) without cancellation (for tiny lags). `bounds`: rate groups (indices into theta, w); a group is
     summed only where its slowest mode is within reach (theta lag < FRESH_DECAY: e^-17, below float32 resolution)."""
     n, f64 = len(lag_s), dict(dtype=torch.float64, device=lag_s.device)
-    w_near, w_gone = torch.zeros(n, **f64), torch.zeros(n, **f64)   # weight of the groups in reach; their sum w (1 - e^{-theta lag})
+    w_near, w_gone = (
+        torch.zeros(n, **f64),
+        torch.zeros(n, **f64),
+    )  # weight of the groups in reach; their sum w (1 - e^{-theta lag})
     idx = torch.arange(n, device=lag_s.device)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        idx = idx[lag_s[idx] < FRESH_DECAY / float(theta[lo])]    # reach shrinks with rate: a subset of the last group's
-        if not len(idx): break
-        gone = -torch.expm1(-lag_s[idx, None].to(theta.dtype) * theta[lo:hi])   # 1 - e^{-theta lag}, accurate for tiny lags
+        idx = idx[lag_s[idx] < FRESH_DECAY / float(theta[lo])]  # reach shrinks with rate: a subset of the last group's
+        if not len(idx):
+            break
+        gone = -torch.expm1(
+            -lag_s[idx, None].to(theta.dtype) * theta[lo:hi]
+        )  # 1 - e^{-theta lag}, accurate for tiny lags
         w_gone.index_add_(0, idx, (gone @ w[lo:hi]).double())
         w_near.index_add_(0, idx, torch.full((len(idx),), float(w[lo:hi].double().sum()), **f64))
     K0 = float(w.double().sum())
     return w_near - w_gone, (K0 - w_near) + w_gone
+
 
 def _banded_gaussian(g, mean, var, C_band, start, kw):
     """Draw x ~ N(mean, C) for n points in time order whose covariance is banded: C[i, j] = 0 for j < start[i] <= i.
@@ -313,68 +435,80 @@ def _banded_gaussian(g, mean, var, C_band, start, kw):
     chains at once). Rounding below 0 in a pivot is taken as 0. Returns [n, 3]."""
     n, W = C_band.shape[0], C_band.shape[1] - 1
     i = torch.arange(n, device=mean.device)
-    link = start < i                                                   # correlated with the point before it
-    c = torch.cumsum(link, 0); pos = c - torch.cummax(torch.where(link, 0, c), 0).values
-    L = torch.zeros_like(C_band); L[:, 0] = var.clamp(min=0).sqrt()
-    floor = 1e-12 * float(var.max().clamp(min=1e-300).sqrt())         # a zero pivot would make the solve singular
+    link = start < i  # correlated with the point before it
+    c = torch.cumsum(link, 0)
+    pos = c - torch.cummax(torch.where(link, 0, c), 0).values
+    L = torch.zeros_like(C_band)
+    L[:, 0] = var.clamp(min=0).sqrt()
+    floor = 1e-12 * float(var.max().clamp(min=1e-300).sqrt())  # a zero pivot would make the solve singular
     for p in range(1, int(pos.max()) + 1 if n else 0):
         rows = torch.nonzero(pos == p).squeeze(1)
-        w = min(p, W)                                                  # a row at chain position p has <= p rows before it
-        a = torch.arange(w, device=mean.device); offs = a[:, None] - a[None, :]
-        jj = rows[:, None] - w + a                                     # window rows, oldest first
+        w = min(p, W)  # a row at chain position p has <= p rows before it
+        a = torch.arange(w, device=mean.device)
+        offs = a[:, None] - a[None, :]
+        jj = rows[:, None] - w + a  # window rows, oldest first
         ok = jj >= start[rows][:, None]
         G = L.index_select(0, jj.reshape(-1)).view(len(rows), w, W + 1)
         blk = G.gather(2, offs.clamp(min=0).expand(len(rows), w, w)) * ((offs >= 0) & ok[:, :, None] & ok[:, None, :])
         diag = blk.diagonal(dim1=1, dim2=2)
         diag.copy_(torch.where(ok, diag.clamp(min=floor), 1.0))
-        rhs = C_band[rows, 1:w + 1].flip(1) * ok                      # C[i, j_a], a = 0..w-1 (d = w - a)
+        rhs = C_band[rows, 1 : w + 1].flip(1) * ok  # C[i, j_a], a = 0..w-1 (d = w - a)
         y = torch.linalg.solve_triangular(blk, rhs[:, :, None], upper=False).squeeze(-1)
-        lim = L[rows, 0][:, None]                                      # |L_ij| <= sqrt(C_ii) for a PSD matrix
+        lim = L[rows, 0][:, None]  # |L_ij| <= sqrt(C_ii) for a PSD matrix
         y = torch.where(ok, y.clamp(-lim, lim), 0.0)
-        L[rows, 1:w + 1] = y.flip(1)
+        L[rows, 1 : w + 1] = y.flip(1)
         L[rows, 0] = (var[rows] - (y**2).sum(1)).clamp(min=0).sqrt()
     z = torch.randn(n, 3, generator=g, **kw).to(L.dtype)
     x = torch.zeros(n, 3, dtype=L.dtype, device=L.device)
-    for d in range(W + 1): x[d:] += L[d:, d, None] * z[:n - d]
+    for d in range(W + 1):
+        x[d:] += L[d:, d, None] * z[: n - d]
     return mean + x
+
 
 def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
     """The E–P vector at the frames ([B, F, 3]) and at the activation candidates ([B, M, 3]; 0 where not valid),
     exact in law. Slow modes (rate*dt < FRESH_DECAY) are stepped per mode through the frames, then bridged to the
     candidates between them; the fast modes' sum is independent from frame to frame and is drawn at the candidates
     from its exact Gaussian law given the frames (see the notebook)."""
-    dev = t_cand.device; B, F = t_cand.shape[0], len(t_frames)
+    dev = t_cand.device
+    B, F = t_cand.shape[0], len(t_frames)
     kw, f64 = dict(dtype=dtype, device=dev), dict(dtype=torch.float64, device=dev)
     # slow: stepped per mode (rate * dt < FRESH_DECAY); also the modes that stay correlated over more than ~8 candidates
     # on average (dense candidates), which keeps the fast modes' band of correlated candidates (below) narrow
     span_s = float(t_frames[-1] - t_frames[0]) + dt_s
-    per_s = float(cand_valid.sum()) / max(B * span_s, 1e-300)         # candidates per second and trace
-    bounds = _mode_groups(modes.rate_per_s, dt_s, min_fast_rate=2 * FRESH_DECAY * per_s / 8); S = bounds[0]
+    per_s = float(cand_valid.sum()) / max(B * span_s, 1e-300)  # candidates per second and trace
+    bounds = _mode_groups(modes.rate_per_s, dt_s, min_fast_rate=2 * FRESH_DECAY * per_s / 8)
+    S = bounds[0]
     theta, std, coef = (torch.tensor(a, **kw) for a in (modes.rate_per_s, modes.std_nm, modes.coef))
     th, sd, cf = theta[:S], std[:S], coef[:S]
-    w_fast = (coef[S:] * std[S:]) ** 2                               # per-mode variance of the fast part of r
-    K0 = float(w_fast.double().sum())                                 # its total
-    t_ext = torch.cat([t_frames, t_frames[-1:] + dt_s])              # + a frame after the last: every candidate is bracketed
+    w_fast = (coef[S:] * std[S:]) ** 2  # per-mode variance of the fast part of r
+    K0 = float(w_fast.double().sum())  # its total
+    t_ext = torch.cat([t_frames, t_frames[-1:] + dt_s])  # + a frame after the last: every candidate is bracketed
     Fx = F + 1
 
     # slow modes through the frames: u_f = e^{-theta dt} u_{f-1} + std sqrt(1 - e^{-2 theta dt}) xi, in place on the noise,
     # a few frames at a time so that drawing, scaling, stepping and summing stay in cache
-    X = torch.empty(Fx, B, 3, S, **kw); r_slow = torch.empty(Fx, B, 3, **kw)
+    X = torch.empty(Fx, B, 3, S, **kw)
+    r_slow = torch.empty(Fx, B, 3, **kw)
     decay, scale = torch.exp(-th * dt_s), sd * torch.sqrt(-torch.expm1(-2 * th * dt_s))
     for f0 in range(0, Fx, 8):
-        blk = X[f0:f0 + 8].normal_(generator=g).mul_(scale)
-        if f0 == 0: X[0].mul_(sd / scale)                            # the first frame: a stationary draw
-        for f in range(max(f0, 1), f0 + len(blk)): X[f].addcmul_(X[f - 1], decay)
-        torch.matmul(blk, cf, out=r_slow[f0:f0 + 8])
-    fast_frames = math.sqrt(K0) * torch.randn(B, Fx, 3, generator=g, **kw)   # fast modes: a fresh draw at every frame
+        blk = X[f0 : f0 + 8].normal_(generator=g).mul_(scale)
+        if f0 == 0:
+            X[0].mul_(sd / scale)  # the first frame: a stationary draw
+        for f in range(max(f0, 1), f0 + len(blk)):
+            X[f].addcmul_(X[f - 1], decay)
+        torch.matmul(blk, cf, out=r_slow[f0 : f0 + 8])
+    fast_frames = math.sqrt(K0) * torch.randn(B, Fx, 3, generator=g, **kw)  # fast modes: a fresh draw at every frame
     r_frames = r_slow.transpose(0, 1) + fast_frames
-    Xr = X.view(Fx * B, 3, S)                                        # row f * B + b: the modes of trace b at frame f
+    Xr = X.view(Fx * B, 3, S)  # row f * B + b: the modes of trace b at frame f
 
-    b_c, j_c = torch.nonzero(cand_valid, as_tuple=True)              # candidates, sorted by trace and time
+    b_c, j_c = torch.nonzero(cand_valid, as_tuple=True)  # candidates, sorted by trace and time
     r_cand = torch.zeros(B, t_cand.shape[1], 3, **kw)
-    if not len(b_c): return r_frames[:, :F], r_cand
-    n = len(b_c); tc = t_cand[b_c, j_c]
-    f_c = (torch.searchsorted(t_ext, tc, right=True) - 1).clamp(0, F - 1)   # the frame before each candidate
+    if not len(b_c):
+        return r_frames[:, :F], r_cand
+    n = len(b_c)
+    tc = t_cand[b_c, j_c]
+    f_c = (torch.searchsorted(t_ext, tc, right=True) - 1).clamp(0, F - 1)  # the frame before each candidate
     s_prev, s_next = tc - t_ext[f_c], t_ext[f_c + 1] - tc
 
     # slow modes: OU bridge from the previous point (frame, or candidate in the same interval) to the next frame
@@ -382,47 +516,64 @@ def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
     has_pred = torch.cat([torch.zeros(1, dtype=torch.bool, device=dev), same])
     has_succ = torch.cat([same, torch.zeros(1, dtype=torch.bool, device=dev)])
     c = torch.cumsum(has_pred, 0)
-    level = c - torch.cummax(torch.where(has_pred, 0, c), 0).values   # position of the candidate within its interval
+    level = c - torch.cummax(torch.where(has_pred, 0, c), 0).values  # position of the candidate within its interval
     slow_c = torch.empty(n, 3, **kw)
     for k in range(int(level.max()) + 1):
-        sel = torch.nonzero(level == k).squeeze(1); row = f_c[sel] * B + b_c[sel]; fs = f_c[sel]
+        sel = torch.nonzero(level == k).squeeze(1)
+        row = f_c[sel] * B + b_c[sel]
+        fs = f_c[sel]
         prev = Xr.index_select(0, row) if k == 0 else U.index_select(0, torch.searchsorted(U_at, sel - 1))
         s = (tc[sel] - (t_ext[fs] if k == 0 else tc[sel - 1])).to(dtype)[:, None]
         a, b, var = _ou_bridge(th, sd, s, s_next[sel].to(dtype)[:, None])
-        mean = prev.mul_(a[:, None]).addcmul_(Xr.index_select(0, row + B), b[:, None])   # [n_k, 3, S] (prev is a copy)
+        mean = prev.mul_(a[:, None]).addcmul_(Xr.index_select(0, row + B), b[:, None])  # [n_k, 3, S] (prev is a copy)
         slow_c[sel] = mean @ cf + (var @ cf**2).sqrt()[:, None] * torch.randn(len(sel), 3, generator=g, **kw)
-        succ = torch.nonzero(has_succ[sel]).squeeze(1); i = sel[succ]
-        if len(i):       # a later candidate in the interval bridges from here: draw its modes (the lumped draw is unused)
-            u = mean.index_select(0, succ).addcmul_(var.index_select(0, succ).sqrt()[:, None],
-                                                    torch.randn(len(i), 3, S, generator=g, **kw))
+        succ = torch.nonzero(has_succ[sel]).squeeze(1)
+        i = sel[succ]
+        if len(i):  # a later candidate in the interval bridges from here: draw its modes (the lumped draw is unused)
+            u = mean.index_select(0, succ).addcmul_(
+                var.index_select(0, succ).sqrt()[:, None], torch.randn(len(i), 3, S, generator=g, **kw)
+            )
             slow_c.index_copy_(0, i, u @ cf)
-        U, U_at = (u, i) if len(i) else (None, None)                   # per-mode values the next level bridges from
+        U, U_at = (u, i) if len(i) else (None, None)  # per-mode values the next level bridges from
 
     fast_c = torch.zeros(n, 3, **f64)
-    if K0 > 0:   # fast modes: Gaussian given the two bracketing frames (all other points are uncorrelated with them)
-        fb = [lo - S for lo in bounds]                                  # rate groups of the fast modes
+    if K0 > 0:  # fast modes: Gaussian given the two bracketing frames (all other points are uncorrelated with them)
+        fb = [lo - S for lo in bounds]  # rate groups of the fast modes
         (Km, Kp), (Dm, Dp) = (x.view(2, n) for x in _fast_cov(torch.cat([s_prev, s_next]), theta[S:], w_fast, fb))
-        row = b_c * Fx + f_c; ff = fast_frames.view(B * Fx, 3)
-        mean = (Km[:, None] * ff.index_select(0, row).double() + Kp[:, None] * ff.index_select(0, row + 1).double()) / K0
+        row = b_c * Fx + f_c
+        ff = fast_frames.view(B * Fx, 3)
+        mean = (
+            Km[:, None] * ff.index_select(0, row).double() + Kp[:, None] * ff.index_select(0, row + 1).double()
+        ) / K0
         # K0 - (Km^2 + Kp^2)/K0, written from the nearer frame's side so that a candidate next to a frame does not cancel
-        var = torch.where(s_prev <= s_next, Dm * (2 - Dm / K0) - Kp**2 / K0, Dp * (2 - Dp / K0) - Km**2 / K0).clamp(min=0)
+        var = torch.where(s_prev <= s_next, Dm * (2 - Dm / K0) - Kp**2 / K0, Dp * (2 - Dp / K0) - Km**2 / K0).clamp(
+            min=0
+        )
         # two candidates are correlated given the frames only if closer than reach, or both within reach of a frame they
         # share (so < 2 reach apart): in time order C is banded, from start[i] = the first one < 2 reach before i
         reach2 = 2 * FRESH_DECAY / float(theta[S])
         first = torch.cumsum(cand_valid.sum(1), 0) - cand_valid.sum(1)  # flat index of each trace's first candidate
         start = first[b_c] + torch.searchsorted(t_cand, t_cand - reach2)[b_c, j_c]
         W = int((torch.arange(n, device=dev) - start).max())
-        C_band = torch.zeros(n, W + 1, **f64); C_band[:, 0] = var
+        C_band = torch.zeros(n, W + 1, **f64)
+        C_band[:, 0] = var
         if W:
-            ii, dd = torch.nonzero(torch.arange(1, W + 1, device=dev) <= (torch.arange(n, device=dev) - start)[:, None],
-                                   as_tuple=True); dd = dd + 1; jj = ii - dd
+            ii, dd = torch.nonzero(
+                torch.arange(1, W + 1, device=dev) <= (torch.arange(n, device=dev) - start)[:, None], as_tuple=True
+            )
+            dd = dd + 1
+            jj = ii - dd
             K_lag = _fast_cov(tc[ii] - tc[jj], theta[S:], w_fast, fb)[0]
-            shared = torch.where(f_c[jj] == f_c[ii], Km[ii] * Km[jj] + Kp[ii] * Kp[jj],     # both frames shared
-                                 torch.where(f_c[jj] == f_c[ii] - 1, Km[ii] * Kp[jj], 0.0))  # frame f_i only
+            shared = torch.where(
+                f_c[jj] == f_c[ii],
+                Km[ii] * Km[jj] + Kp[ii] * Kp[jj],  # both frames shared
+                torch.where(f_c[jj] == f_c[ii] - 1, Km[ii] * Kp[jj], 0.0),
+            )  # frame f_i only
             C_band[ii, dd] = K_lag - shared / K0
         fast_c = _banded_gaussian(g, mean, var, C_band, start, kw)
     r_cand.view(-1, 3).index_copy_(0, b_c * t_cand.shape[1] + j_c, slow_c + fast_c.to(dtype))
     return r_frames[:, :F], r_cand
+
 
 def default_threads() -> int:
     "Threads `simulate` uses when not told: 2 (or the cores, if fewer), or 1 if the machine is busy (1-min load > cores - 1)."
@@ -430,36 +581,61 @@ def default_threads() -> int:
     busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > cores - 1
     return 1 if busy else min(2, cores)
 
-CHUNK_TRACES = 512   # CPU: traces per chunk; each chunk has its own random stream, and chunks run on parallel threads
 
-def simulate(n_traces: int, params: SimParams | None = None, seed: int = 0, device: str = "cpu",
-             dtype: torch.dtype = torch.float32, threads: int | None = None) -> SimResult:
+CHUNK_TRACES = 512  # CPU: traces per chunk; each chunk has its own random stream, and chunks run on parallel threads
+
+
+def simulate(
+    n_traces: int,
+    params: SimParams | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    threads: int | None = None,
+) -> SimResult:
     """Simulate `n_traces` EP-distance + MS2 traces (vectorised over traces and modes; exact OU updates). See `SimResult`.
     On CPU the traces are simulated in chunks of `CHUNK_TRACES`, chunk k with its own random stream spawned from `seed`
     (numpy SeedSequence), `threads` chunks at a time (torch releases the GIL): the result depends on `seed` and
     `n_traces`, not on `threads`. None: `default_threads()`. torch's own (OpenMP) threads are held at 1: the steps are
     small, and OpenMP threads spin-waiting for a core held by another process make them up to 30x slower."""
-    params = params or SimParams(); _check_run_args(n_traces, seed)
-    if torch.device(device).type != "cpu": return _simulate(n_traces, params, seed, device, dtype)
+    params = params or SimParams()
+    _check_run_args(n_traces, seed)
+    if torch.device(device).type != "cpu":
+        return _simulate(n_traces, params, seed, device, dtype)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     n = int(threads or default_threads())
     sizes = [min(CHUNK_TRACES, n_traces - i) for i in range(0, n_traces, CHUNK_TRACES)]
     seeds = [int(s.generate_state(1, np.uint64)[0] >> 1) for s in np.random.SeedSequence(int(seed)).spawn(len(sizes))]
     run = lambda k: _simulate(sizes[k], params, seeds[k], device, dtype)
-    before = torch.get_num_threads(); torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         if n > 1 and len(sizes) > 1:
             from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(min(n, len(sizes))) as ex: parts = list(ex.map(run, range(len(sizes))))
+
+            with ThreadPoolExecutor(min(n, len(sizes))) as ex:
+                parts = list(ex.map(run, range(len(sizes))))
         else:
             parts = [run(k) for k in range(len(sizes))]
-    finally: torch.set_num_threads(before)
+    finally:
+        torch.set_num_threads(before)
     return _concat_results(parts, seed)
 
-_PER_TRACE = ("xyz_nm", "xyz_true_nm", "distance_true_nm", "state", "on_fraction", "loading_counts", "ms2_clean", "ms2",
-              "initial_state")
+
+_PER_TRACE = (
+    "xyz_nm",
+    "xyz_true_nm",
+    "distance_true_nm",
+    "state",
+    "on_fraction",
+    "loading_counts",
+    "ms2_clean",
+    "ms2",
+    "initial_state",
+)
 _RAGGED = ("loading_times_s", "switch_times_s", "candidate_times_s", "candidate_distance_nm", "candidate_accepted")
+
 
 def _concat_results(parts: list, seed: int) -> SimResult:
     "One result from chunks of traces simulated with the same parameters."
@@ -467,13 +643,18 @@ def _concat_results(parts: list, seed: int) -> SimResult:
     ragged = {f: [x for p in parts for x in getattr(p, f)] for f in _RAGGED}
     return dataclasses.replace(parts[0], seed=int(seed), **arrays, **ragged)
 
+
 def _simulate(n_traces, params, seed, device, dtype):
-    dev = torch.device(device); B = int(n_traces)
-    g = torch.Generator(device=dev); g.manual_seed(int(seed))
+    dev = torch.device(device)
+    B = int(n_traces)
+    g = torch.Generator(device=dev)
+    g.manual_seed(int(seed))
     f64 = dict(dtype=torch.float64, device=dev)
     modes = rouse_modes(params)
-    n_burn, t_frames_np, t0, t1 = _time_grid(params); span = t1 - t0
-    F_all = len(t_frames_np); pad = t1 + 1.0
+    n_burn, t_frames_np, t0, t1 = _time_grid(params)
+    span = t1 - t0
+    F_all = len(t_frames_np)
+    pad = t1 + 1.0
     t_frames = torch.tensor(t_frames_np, **f64)
 
     # 1. activation candidates; 2. the polymer at the frames and at the candidates
@@ -494,20 +675,23 @@ def _simulate(n_traces, params, seed, device, dtype):
     ev_real = torch.cat([accepted, off_valid], 1)
     ev_t, o = torch.sort(ev_t, dim=1, stable=True)
     ev_type, ev_real = ev_type.gather(1, o), ev_real.gather(1, o)
-    seg_state = torch.cat([init[:, None], ev_type], 1)                       # state from each event on
+    seg_state = torch.cat([init[:, None], ev_type], 1)  # state from each event on
     seg_start = torch.cat([torch.full((B, 1), t0, **f64), ev_t], 1)
     seg_len = torch.cat([ev_t, torch.full((B, 1), t1, **f64)], 1) - seg_start
     cum_on = torch.cat([torch.zeros(B, 1, **f64), torch.cumsum(seg_state * seg_len, 1)], 1)
 
-    def state_at(q):   # q [B, Q] sorted -> state (float 0/1)
+    def state_at(q):  # q [B, Q] sorted -> state (float 0/1)
         return seg_state.gather(1, torch.searchsorted(ev_t, q.contiguous(), right=True))
-    def on_time(q):    # time spent ON in [t0, q]
+
+    def on_time(q):  # time spent ON in [t0, q]
         k = torch.searchsorted(ev_t, q.contiguous(), right=True)
         return cum_on.gather(1, k) + seg_state.gather(1, k) * (q - seg_start.gather(1, k))
 
     flips = ev_real & (ev_type != seg_state[:, :-1])
     t_out = t_frames[n_burn:].expand(B, -1)
-    edges = torch.cat([t_out[:, :1] - params.dt_s / 2, t_out + params.dt_s / 2], 1)   # frame windows [lo, hi), contiguous
+    edges = torch.cat(
+        [t_out[:, :1] - params.dt_s / 2, t_out + params.dt_s / 2], 1
+    )  # frame windows [lo, hi), contiguous
     state = state_at(t_out)
     on_fraction = torch.diff(on_time(edges), dim=1) / params.dt_s
 
@@ -525,25 +709,46 @@ def _simulate(n_traces, params, seed, device, dtype):
     counts = torch.diff(torch.searchsorted(t_load, edges), dim=1)
 
     # 5. MS2 = A * sum_j K(t - t_j), K trapezoid; via counts and prefix sums of sorted loading times
-    def n_le(x): return torch.searchsorted(t_load, x.contiguous(), right=True)
+    def n_le(x):
+        return torch.searchsorted(t_load, x.contiguous(), right=True)
+
     n0, n1, n2 = n_le(t_out), n_le(t_out - params.t_rise_s), n_le(t_out - params.t_rise_s - params.t_plateau_s)
     rise = ((n0 - n1) * t_out - (csum.gather(1, n0) - csum.gather(1, n1))) / params.t_rise_s
     kernel_sum = rise + (n1 - n2)
-    ms2_clean = params.ms2_background + params.amplitude * kernel_sum * torch.exp(-params.bleach_rate_per_s * t_out.clamp(min=0))
+    ms2_clean = params.ms2_background + params.amplitude * kernel_sum * torch.exp(
+        -params.bleach_rate_per_s * t_out.clamp(min=0)
+    )
     ms2 = ms2_clean + params.sigma_ms2 * torch.randn(ms2_clean.shape, generator=g, dtype=dtype, device=dev).double()
-    r_out = r_frames[:, n_burn:]                                     # in `dtype`: the outputs are float32
+    r_out = r_frames[:, n_burn:]  # in `dtype`: the outputs are float32
     xyz = r_out + math.sqrt(2) * params.sigma_loc_nm * torch.randn(r_out.shape, generator=g, dtype=dtype, device=dev)
 
     cpu = lambda x: x.detach().cpu().numpy()
     return SimResult(
-        params=params, seed=int(seed), implementation="vectorised", device=str(dev), t_s=t_frames_np[n_burn:].copy(),
-        xyz_nm=cpu(xyz.float()), xyz_true_nm=cpu(r_out.float()), distance_true_nm=cpu(r_out.norm(dim=-1).float()),
-        state=cpu(state).astype(np.int8), on_fraction=cpu(on_fraction.float()), loading_counts=cpu(counts).astype(np.int32),
-        ms2_clean=cpu(ms2_clean.float()), ms2=cpu(ms2.float()), loading_times_s=_rows_to_list(t_load, keep),
-        initial_state=cpu(init).astype(np.int8), switch_times_s=_rows_to_list(ev_t, flips),
-        candidate_times_s=_rows_to_list(t_cand, cand_valid), candidate_distance_nm=_rows_to_list(d_cand, cand_valid),
-        candidate_accepted=_rows_to_list(accepted, cand_valid), t_start_s=float(t0), t_end_s=float(t1),
-        n_modes=modes.n_modes, variance_fraction_kept=modes.fraction_kept)
+        params=params,
+        seed=int(seed),
+        implementation="vectorised",
+        device=str(dev),
+        t_s=t_frames_np[n_burn:].copy(),
+        xyz_nm=cpu(xyz.float()),
+        xyz_true_nm=cpu(r_out.float()),
+        distance_true_nm=cpu(r_out.norm(dim=-1).float()),
+        state=cpu(state).astype(np.int8),
+        on_fraction=cpu(on_fraction.float()),
+        loading_counts=cpu(counts).astype(np.int32),
+        ms2_clean=cpu(ms2_clean.float()),
+        ms2=cpu(ms2.float()),
+        loading_times_s=_rows_to_list(t_load, keep),
+        initial_state=cpu(init).astype(np.int8),
+        switch_times_s=_rows_to_list(ev_t, flips),
+        candidate_times_s=_rows_to_list(t_cand, cand_valid),
+        candidate_distance_nm=_rows_to_list(d_cand, cand_valid),
+        candidate_accepted=_rows_to_list(accepted, cand_valid),
+        t_start_s=float(t0),
+        t_end_s=float(t1),
+        n_modes=modes.n_modes,
+        variance_fraction_kept=modes.fraction_kept,
+    )
+
 
 # %% ../nbs/01_simulation.ipynb #fd132887
 def _trapezoid(tau, t_rise, t_plateau):
@@ -551,23 +756,44 @@ def _trapezoid(tau, t_rise, t_plateau):
     tau = np.asarray(tau, dtype=float)
     return np.where((tau >= 0) & (tau < t_rise), tau / t_rise, 0.0) + ((tau >= t_rise) & (tau < t_rise + t_plateau))
 
+
 def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int = 0) -> SimResult:
     "Plain per-trace NumPy implementation of the same model (slow; for tests and benchmarks)."
-    params = params or SimParams(); _check_run_args(n_traces, seed)
+    params = params or SimParams()
+    _check_run_args(n_traces, seed)
     rng = np.random.default_rng(seed)
-    modes = rouse_modes(params); theta, std, coef = modes.rate_per_s, modes.std_nm, modes.coef
-    n_burn, t_frames, t0, t1 = _time_grid(params); span = t1 - t0
-    t_out = t_frames[n_burn:]; dt = params.dt_s
+    modes = rouse_modes(params)
+    theta, std, coef = modes.rate_per_s, modes.std_nm, modes.coef
+    n_burn, t_frames, t0, t1 = _time_grid(params)
+    span = t1 - t0
+    t_out = t_frames[n_burn:]
+    dt = params.dt_s
     p_on0 = on_fraction_theory(params)
-    keys = ["xyz", "xyz_true", "state", "on_fraction", "counts", "ms2_clean", "ms2", "loads", "init", "switches",
-            "cand", "cand_d", "cand_acc"]
+    keys = [
+        "xyz",
+        "xyz_true",
+        "state",
+        "on_fraction",
+        "counts",
+        "ms2_clean",
+        "ms2",
+        "loads",
+        "init",
+        "switches",
+        "cand",
+        "cand_d",
+        "cand_acc",
+    ]
     out = {k: [] for k in keys}
     for _ in range(n_traces):
         cand = np.sort(rng.uniform(t0, t1, rng.poisson(params.k_on * span)))
-        grid = np.concatenate([t_frames, cand]); is_frame = np.r_[np.ones(len(t_frames), bool), np.zeros(len(cand), bool)]
-        o = np.argsort(grid, kind="stable"); grid, is_frame = grid[o], is_frame[o]
+        grid = np.concatenate([t_frames, cand])
+        is_frame = np.r_[np.ones(len(t_frames), bool), np.zeros(len(cand), bool)]
+        o = np.argsort(grid, kind="stable")
+        grid, is_frame = grid[o], is_frame[o]
         u = rng.standard_normal((3, len(theta))) * std
-        r = np.empty((len(grid), 3)); r[0] = u @ coef
+        r = np.empty((len(grid), 3))
+        r[0] = u @ coef
         for j in range(1, len(grid)):
             decay = np.exp(-theta * (grid[j] - grid[j - 1]))
             u = u * decay + rng.standard_normal((3, len(theta))) * std * np.sqrt(1 - decay**2)
@@ -583,8 +809,11 @@ def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int
         events = sorted([(t, 1) for t in cand[accepted]] + [(t, 0) for t in offs])
         s, switches = state0, []
         for t, kind in events:
-            if kind != s: s = kind; switches.append(t)
-        bounds = np.r_[t0, switches, t1]; seg_states = (state0 + np.arange(len(bounds) - 1)) % 2
+            if kind != s:
+                s = kind
+                switches.append(t)
+        bounds = np.r_[t0, switches, t1]
+        seg_states = (state0 + np.arange(len(bounds) - 1)) % 2
         # Pol II: Poisson number per constant-state segment, uniform times
         loads = []
         for a, b, st in zip(bounds[:-1], bounds[1:], seg_states):
@@ -592,44 +821,80 @@ def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int
             loads.append(rng.uniform(a, b, rng.poisson(nu * (b - a))))
         loads = np.sort(np.concatenate(loads)) if loads else np.zeros(0)
         ms2_clean = np.zeros(len(t_out))
-        for tl in loads: ms2_clean += _trapezoid(t_out - tl, params.t_rise_s, params.t_plateau_s)
-        ms2_clean = params.ms2_background + params.amplitude * ms2_clean * np.exp(-params.bleach_rate_per_s * np.maximum(t_out, 0))
+        for tl in loads:
+            ms2_clean += _trapezoid(t_out - tl, params.t_rise_s, params.t_plateau_s)
+        ms2_clean = params.ms2_background + params.amplitude * ms2_clean * np.exp(
+            -params.bleach_rate_per_s * np.maximum(t_out, 0)
+        )
         on_frac = np.zeros(len(t_out))
         for a, b, st in zip(bounds[:-1], bounds[1:], seg_states):
-            if st: on_frac += np.clip(np.minimum(b, t_out + dt / 2) - np.maximum(a, t_out - dt / 2), 0, None)
+            if st:
+                on_frac += np.clip(np.minimum(b, t_out + dt / 2) - np.maximum(a, t_out - dt / 2), 0, None)
         xyz_true = r[is_frame][n_burn:]
         out["xyz_true"].append(xyz_true)
         out["xyz"].append(xyz_true + rng.normal(0, math.sqrt(2) * params.sigma_loc_nm, xyz_true.shape))
         out["state"].append(seg_states[np.searchsorted(bounds[1:-1], t_out, side="right")])
         out["on_fraction"].append(on_frac / dt)
         out["counts"].append(np.array([np.sum((loads >= t - dt / 2) & (loads < t + dt / 2)) for t in t_out]))
-        out["ms2_clean"].append(ms2_clean); out["ms2"].append(ms2_clean + rng.normal(0, params.sigma_ms2, len(t_out)))
-        out["loads"].append(loads); out["init"].append(state0); out["switches"].append(np.array(switches, dtype=float))
-        out["cand"].append(cand); out["cand_d"].append(d_cand); out["cand_acc"].append(accepted)
+        out["ms2_clean"].append(ms2_clean)
+        out["ms2"].append(ms2_clean + rng.normal(0, params.sigma_ms2, len(t_out)))
+        out["loads"].append(loads)
+        out["init"].append(state0)
+        out["switches"].append(np.array(switches, dtype=float))
+        out["cand"].append(cand)
+        out["cand_d"].append(d_cand)
+        out["cand_acc"].append(accepted)
     xyz_true = np.stack(out["xyz_true"]).astype(np.float32)
     return SimResult(
-        params=params, seed=int(seed), implementation="reference", device="cpu", t_s=t_out.copy(),
-        xyz_nm=np.stack(out["xyz"]).astype(np.float32), xyz_true_nm=xyz_true,
-        distance_true_nm=np.linalg.norm(xyz_true, axis=-1), state=np.stack(out["state"]).astype(np.int8),
-        on_fraction=np.stack(out["on_fraction"]).astype(np.float32), loading_counts=np.stack(out["counts"]).astype(np.int32),
-        ms2_clean=np.stack(out["ms2_clean"]).astype(np.float32), ms2=np.stack(out["ms2"]).astype(np.float32),
-        loading_times_s=out["loads"], initial_state=np.array(out["init"], dtype=np.int8), switch_times_s=out["switches"],
-        candidate_times_s=out["cand"], candidate_distance_nm=out["cand_d"], candidate_accepted=out["cand_acc"],
-        t_start_s=float(t0), t_end_s=float(t1), n_modes=modes.n_modes, variance_fraction_kept=modes.fraction_kept)
+        params=params,
+        seed=int(seed),
+        implementation="reference",
+        device="cpu",
+        t_s=t_out.copy(),
+        xyz_nm=np.stack(out["xyz"]).astype(np.float32),
+        xyz_true_nm=xyz_true,
+        distance_true_nm=np.linalg.norm(xyz_true, axis=-1),
+        state=np.stack(out["state"]).astype(np.int8),
+        on_fraction=np.stack(out["on_fraction"]).astype(np.float32),
+        loading_counts=np.stack(out["counts"]).astype(np.int32),
+        ms2_clean=np.stack(out["ms2_clean"]).astype(np.float32),
+        ms2=np.stack(out["ms2"]).astype(np.float32),
+        loading_times_s=out["loads"],
+        initial_state=np.array(out["init"], dtype=np.int8),
+        switch_times_s=out["switches"],
+        candidate_times_s=out["cand"],
+        candidate_distance_nm=out["cand_d"],
+        candidate_accepted=out["cand_acc"],
+        t_start_s=float(t0),
+        t_end_s=float(t1),
+        n_modes=modes.n_modes,
+        variance_fraction_kept=modes.fraction_kept,
+    )
+
 
 # %% ../nbs/01_simulation.ipynb #e77059b6
 def save_simulation(result: SimResult, out_dir: str | Path, fmt: str = "csv") -> tuple[Path, Path]:
     "Write `out_dir/tracks.<fmt>` (csv or parquet) and `out_dir/truth.json`; return both paths."
     import json
     from xai_hsg.tracks import write_tracks
-    if fmt not in ("csv", "parquet"): raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     tracks_path = write_tracks(result.to_frame(truth=True), out / f"tracks.{fmt}")
     truth_path = out / "truth.json"
     truth_path.write_text(json.dumps(result.truth_dict()) + "\n")
     return tracks_path, truth_path
 
-def write_simulation(out_dir: str | Path, n_traces: int, params: SimParams | None = None, seed: int = 0,
-                     device: str = "cpu", fmt: str = "csv") -> tuple[Path, Path]:
+
+def write_simulation(
+    out_dir: str | Path,
+    n_traces: int,
+    params: SimParams | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    fmt: str = "csv",
+) -> tuple[Path, Path]:
     "Simulate `n_traces` traces and write `out_dir/tracks.csv` + `out_dir/truth.json`; returns (tracks_path, truth_path)."
     return save_simulation(simulate(n_traces, params or SimParams(), seed=seed, device=device), out_dir, fmt=fmt)

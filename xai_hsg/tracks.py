@@ -12,32 +12,67 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LAYOUT_COLUMNS = {"vector": ["dx_nm", "dy_nm", "dz_nm"], "loci": ["x_e", "y_e", "z_e", "x_p", "y_p", "z_p"],
-                  "distance": ["distance_nm"]}
+LAYOUT_COLUMNS = {
+    "vector": ["dx_nm", "dy_nm", "dz_nm"],
+    "loci": ["x_e", "y_e", "z_e", "x_p", "y_p", "z_p"],
+    "distance": ["distance_nm"],
+}
 KEY_COLUMNS = ["trace_id", "t_s"]
 SIGNAL_COLUMNS = ["ms2"]
 TRUTH_COLUMNS = ["state", "on_fraction", "loadings", "ms2_clean", "distance_true_nm"]
-BRUECKNER_COLUMNS = ["cell_id", "time_point", "x_blue", "y_blue", "z_blue", "x_green", "y_green", "z_green",
-                     "x_Rij", "y_Rij", "z_Rij", "red"]
+BRUECKNER_COLUMNS = [
+    "cell_id",
+    "time_point",
+    "x_blue",
+    "y_blue",
+    "z_blue",
+    "x_green",
+    "y_green",
+    "z_green",
+    "x_Rij",
+    "y_Rij",
+    "z_Rij",
+    "red",
+]
 BRUECKNER_DT_S = 28.0  # Brückner et al. 2023 frame interval
+
 
 class TracksError(ValueError):
     "A bad tracks file: names the file, the row (1-based data row, header = 0) and the column."
+
     def __init__(self, file, row, column, message):
         self.file, self.row, self.column = str(file), row, column
-        where = f"{self.file}: " + (f"row {row}, " if row is not None else "") + (f"column {column!r}: " if column else "")
+        where = (
+            f"{self.file}: " + (f"row {row}, " if row is not None else "") + (f"column {column!r}: " if column else "")
+        )
         super().__init__(where + message)
 
+
 # %% auto #0
-__all__ = ['LAYOUT_COLUMNS', 'KEY_COLUMNS', 'SIGNAL_COLUMNS', 'TRUTH_COLUMNS', 'BRUECKNER_COLUMNS', 'BRUECKNER_DT_S',
-           'TracksError', 'detect_layout', 'validate_tracks', 'Tracks', 'read_tracks', 'write_tracks']
+__all__ = [
+    "LAYOUT_COLUMNS",
+    "KEY_COLUMNS",
+    "SIGNAL_COLUMNS",
+    "TRUTH_COLUMNS",
+    "BRUECKNER_COLUMNS",
+    "BRUECKNER_DT_S",
+    "TracksError",
+    "detect_layout",
+    "validate_tracks",
+    "Tracks",
+    "read_tracks",
+    "write_tracks",
+]
+
 
 # %% ../nbs/01a_tracks.ipynb #b95100cc
 def _numeric(df, col, file):
     "Column as float64; a TracksError at the first non-numeric cell."
     s = df[col]
-    if pd.api.types.is_bool_dtype(s): raise TracksError(file, 1, col, "expected numbers, got booleans")
-    if pd.api.types.is_numeric_dtype(s): return s.astype("float64")
+    if pd.api.types.is_bool_dtype(s):
+        raise TracksError(file, 1, col, "expected numbers, got booleans")
+    if pd.api.types.is_numeric_dtype(s):
+        return s.astype("float64")
     num = pd.to_numeric(s, errors="coerce")
     bad = num.isna() & s.notna() & (s.astype(str).str.strip() != "")
     if bad.any():
@@ -45,96 +80,162 @@ def _numeric(df, col, file):
         raise TracksError(file, i + 1, col, f"non-numeric value {s.iloc[i]!r}")
     return num.astype("float64")
 
+
 def _sort_key(ids: pd.Series):
     "Integer order when every id is an integer, text order otherwise."
     as_int = pd.to_numeric(ids, errors="coerce")
     return as_int if as_int.notna().all() and (as_int == np.round(as_int)).all() else ids
 
+
 def detect_layout(columns) -> str:
     "'vector', 'loci', 'distance' or 'brueckner' from a table's columns."
     cols = set(columns)
-    if {"cell_id", "time_point"} <= cols: return "brueckner"
+    if {"cell_id", "time_point"} <= cols:
+        return "brueckner"
     found = [name for name, group in LAYOUT_COLUMNS.items() if cols & set(group)]
     if len(found) != 1:
-        raise ValueError(f"expected exactly one coordinate group ({'; '.join(', '.join(g) for g in LAYOUT_COLUMNS.values())}), "
-                         f"found {found or 'none'}")
+        raise ValueError(
+            f"expected exactly one coordinate group ({'; '.join(', '.join(g) for g in LAYOUT_COLUMNS.values())}), "
+            f"found {found or 'none'}"
+        )
     return found[0]
+
 
 def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: int | None = None) -> pd.DataFrame:
     """Check a long tracks table and return it in canonical form: known columns in canonical order, `trace_id` as
     text, numbers as float64 (`state`, `loadings` as nullable integers), rows sorted by (trace_id, t_s).
     Raises `TracksError` naming file, row and column."""
     file = str(file)
-    unknown = [c for c in df.columns if c not in KEY_COLUMNS + SIGNAL_COLUMNS + TRUTH_COLUMNS + sum(LAYOUT_COLUMNS.values(), [])]
-    if unknown: raise TracksError(file, 0, unknown[0], f"unknown column (known: trace_id, t_s, "
-                                  f"{', '.join(sum(LAYOUT_COLUMNS.values(), []))}, ms2, {', '.join(TRUTH_COLUMNS)})")
+    unknown = [
+        c
+        for c in df.columns
+        if c not in KEY_COLUMNS + SIGNAL_COLUMNS + TRUTH_COLUMNS + sum(LAYOUT_COLUMNS.values(), [])
+    ]
+    if unknown:
+        raise TracksError(
+            file,
+            0,
+            unknown[0],
+            f"unknown column (known: trace_id, t_s, "
+            f"{', '.join(sum(LAYOUT_COLUMNS.values(), []))}, ms2, {', '.join(TRUTH_COLUMNS)})",
+        )
     for c in KEY_COLUMNS:
-        if c not in df.columns: raise TracksError(file, 0, c, "required column missing")
-    try: layout = detect_layout(df.columns)
-    except ValueError as e: raise TracksError(file, 0, None, str(e)) from None
+        if c not in df.columns:
+            raise TracksError(file, 0, c, "required column missing")
+    try:
+        layout = detect_layout(df.columns)
+    except ValueError as e:
+        raise TracksError(file, 0, None, str(e)) from None
     missing = [c for c in LAYOUT_COLUMNS[layout] if c not in df.columns]
-    if missing: raise TracksError(file, 0, missing[0], f"column missing for the {layout!r} layout")
+    if missing:
+        raise TracksError(file, 0, missing[0], f"column missing for the {layout!r} layout")
     cols = KEY_COLUMNS + LAYOUT_COLUMNS[layout] + [c for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in df.columns]
     df = df.reset_index(drop=True)
     out = pd.DataFrame(index=df.index)
     ids = df["trace_id"]
-    if ids.isna().any(): raise TracksError(file, int(np.flatnonzero(ids.isna())[0]) + 1, "trace_id", "empty trace id")
-    out["trace_id"] = ids.map(lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)).astype(str)
-    for c in cols[1:]: out[c] = _numeric(df, c, file)
+    if ids.isna().any():
+        raise TracksError(file, int(np.flatnonzero(ids.isna())[0]) + 1, "trace_id", "empty trace id")
+    out["trace_id"] = ids.map(
+        lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
+    ).astype(str)
+    for c in cols[1:]:
+        out[c] = _numeric(df, c, file)
     t = out["t_s"]
     if not np.isfinite(t).all():
-        raise TracksError(file, int(np.flatnonzero(~np.isfinite(t.to_numpy()))[0]) + 1, "t_s", "time must be a finite number (a missing frame keeps its time and leaves the measurements empty)")
+        raise TracksError(
+            file,
+            int(np.flatnonzero(~np.isfinite(t.to_numpy()))[0]) + 1,
+            "t_s",
+            "time must be a finite number (a missing frame keeps its time and leaves the measurements empty)",
+        )
     for c in cols[2:]:
         v = out[c].to_numpy()
-        if np.isinf(v).any(): raise TracksError(file, int(np.flatnonzero(np.isinf(v))[0]) + 1, c, "infinite value")
+        if np.isinf(v).any():
+            raise TracksError(file, int(np.flatnonzero(np.isinf(v))[0]) + 1, c, "infinite value")
     nonneg = ["distance_nm", "distance_true_nm", "loadings", "on_fraction"]
     for c in [c for c in nonneg if c in out]:
         v = out[c].to_numpy()
-        if (v < 0).any(): raise TracksError(file, int(np.flatnonzero(v < 0)[0]) + 1, c, f"negative value {v[v < 0][0]!r} (distances, counts and fractions are >= 0)")
+        if (v < 0).any():
+            raise TracksError(
+                file,
+                int(np.flatnonzero(v < 0)[0]) + 1,
+                c,
+                f"negative value {v[v < 0][0]!r} (distances, counts and fractions are >= 0)",
+            )
     if "state" in out:
-        v = out["state"].to_numpy(); bad = ~np.isnan(v) & ~np.isin(v, [0, 1])
-        if bad.any(): raise TracksError(file, int(np.flatnonzero(bad)[0]) + 1, "state", f"state must be 0 or 1, got {v[bad][0]!r}")
+        v = out["state"].to_numpy()
+        bad = ~np.isnan(v) & ~np.isin(v, [0, 1])
+        if bad.any():
+            raise TracksError(
+                file, int(np.flatnonzero(bad)[0]) + 1, "state", f"state must be 0 or 1, got {v[bad][0]!r}"
+            )
         out["state"] = out["state"].round().astype("Int64")
     if "loadings" in out:
-        v = out["loadings"].to_numpy(); bad = ~np.isnan(v) & (v != np.round(v))
-        if bad.any(): raise TracksError(file, int(np.flatnonzero(bad)[0]) + 1, "loadings", f"loadings must be whole counts, got {v[bad][0]!r}")
+        v = out["loadings"].to_numpy()
+        bad = ~np.isnan(v) & (v != np.round(v))
+        if bad.any():
+            raise TracksError(
+                file, int(np.flatnonzero(bad)[0]) + 1, "loadings", f"loadings must be whole counts, got {v[bad][0]!r}"
+            )
         out["loadings"] = out["loadings"].round().astype("Int64")
     dup = out.duplicated(["trace_id", "t_s"], keep="first")
     if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0]); first = int(np.flatnonzero(((out["trace_id"] == out["trace_id"][i]) & (out["t_s"] == out["t_s"][i])).to_numpy())[0])
-        raise TracksError(file, i + 1, "t_s", f"duplicated frame: trace {out['trace_id'][i]!r} at t_s={float(out['t_s'][i])!r} already on row {first + 1}")
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(
+            np.flatnonzero(((out["trace_id"] == out["trace_id"][i]) & (out["t_s"] == out["t_s"][i])).to_numpy())[0]
+        )
+        raise TracksError(
+            file,
+            i + 1,
+            "t_s",
+            f"duplicated frame: trace {out['trace_id'][i]!r} at t_s={float(out['t_s'][i])!r} already on row {first + 1}",
+        )
     if min_length is not None:
         sizes = out.groupby("trace_id", sort=False).size()
         short = sizes[sizes < min_length]
         if len(short):
-            tid = short.index[0]; i = int(np.flatnonzero((out["trace_id"] == tid).to_numpy())[0])
-            raise TracksError(file, i + 1, "trace_id", f"trace {tid!r} has {int(short.iloc[0])} frames, fewer than the minimum {min_length}")
+            tid = short.index[0]
+            i = int(np.flatnonzero((out["trace_id"] == tid).to_numpy())[0])
+            raise TracksError(
+                file,
+                i + 1,
+                "trace_id",
+                f"trace {tid!r} has {int(short.iloc[0])} frames, fewer than the minimum {min_length}",
+            )
     out = out.assign(_k=_sort_key(out["trace_id"])).sort_values(["_k", "t_s"], kind="stable").drop(columns="_k")
     return out.reset_index(drop=True)[cols]
+
 
 # %% ../nbs/01a_tracks.ipynb #65470fa2
 @dataclass
 class Tracks:
     "A validated long tracks table plus the file it came from."
+
     data: pd.DataFrame
     layout: str
     source: str = "<table>"
 
     @property
-    def trace_ids(self) -> list: return list(dict.fromkeys(self.data["trace_id"]))
+    def trace_ids(self) -> list:
+        return list(dict.fromkeys(self.data["trace_id"]))
+
     @property
-    def n_traces(self) -> int: return self.data["trace_id"].nunique()
+    def n_traces(self) -> int:
+        return self.data["trace_id"].nunique()
 
     def vector_nm(self) -> np.ndarray:
         "E–P vector per row, [n_rows, 3] (NaN where missing); error for distance-only data."
         d = self.data
-        if self.layout == "vector": return d[LAYOUT_COLUMNS["vector"]].to_numpy(float)
-        if self.layout == "loci": return d[["x_e", "y_e", "z_e"]].to_numpy(float) - d[["x_p", "y_p", "z_p"]].to_numpy(float)
+        if self.layout == "vector":
+            return d[LAYOUT_COLUMNS["vector"]].to_numpy(float)
+        if self.layout == "loci":
+            return d[["x_e", "y_e", "z_e"]].to_numpy(float) - d[["x_p", "y_p", "z_p"]].to_numpy(float)
         raise ValueError(f"{self.source}: distance-only tracks have no E–P vector")
 
     def distance_nm(self) -> np.ndarray:
         "E–P distance per row (NaN where missing)."
-        if self.layout == "distance": return self.data["distance_nm"].to_numpy(float)
+        if self.layout == "distance":
+            return self.data["distance_nm"].to_numpy(float)
         return np.linalg.norm(self.vector_nm(), axis=1)
 
     def to_arrays(self, dt_s: float | None = None) -> dict:
@@ -146,77 +247,115 @@ class Tracks:
         if dt_s is None:
             steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna()
             dt_s = float(steps.min()) if len(steps) else 1.0
-        ids = self.trace_ids; tid = pd.Categorical(d["trace_id"], categories=ids).codes
+        ids = self.trace_ids
+        tid = pd.Categorical(d["trace_id"], categories=ids).codes
         t0 = d.groupby("trace_id", sort=False)["t_s"].transform("min").to_numpy()
         idx = np.rint((d["t_s"].to_numpy() - t0) / dt_s).astype(np.int64)
         if not np.allclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)):
             raise ValueError(f"{self.source}: times are not on a regular grid of {dt_s} s")
         B, T = len(ids), int(idx.max()) + 1 if len(idx) else 0
+
         def grid(values, fill=np.nan):
-            a = np.full((B, T) + values.shape[1:], fill, dtype=float); a[tid, idx] = values; return a
-        out = {"trace_id": np.array(ids, dtype=object), "dt_s": dt_s, "present": grid(np.ones(len(d)), 0.0).astype(bool)}
+            a = np.full((B, T) + values.shape[1:], fill, dtype=float)
+            a[tid, idx] = values
+            return a
+
+        out = {
+            "trace_id": np.array(ids, dtype=object),
+            "dt_s": dt_s,
+            "present": grid(np.ones(len(d)), 0.0).astype(bool),
+        }
         starts = d.groupby("trace_id", sort=False)["t_s"].min().reindex(ids).to_numpy()
         out["t_s"] = starts[:, None] + np.arange(T)[None, :] * dt_s
         out["distance_nm"] = grid(self.distance_nm())
-        if self.layout != "distance": out["vector_nm"] = grid(self.vector_nm())
+        if self.layout != "distance":
+            out["vector_nm"] = grid(self.vector_nm())
         for c in SIGNAL_COLUMNS + TRUTH_COLUMNS:
-            if c in d: out[c] = grid(d[c].to_numpy(dtype=float, na_value=np.nan))
+            if c in d:
+                out[c] = grid(d[c].to_numpy(dtype=float, na_value=np.nan))
         out["mask"] = np.isfinite(out["distance_nm"])
         return out
+
 
 # %% ../nbs/01a_tracks.ipynb #4b97aa0b
 def _from_brueckner(df: pd.DataFrame, file: str, dt_s: float) -> pd.DataFrame:
     known = set(BRUECKNER_COLUMNS)
     unknown = [c for c in df.columns if c not in known]
-    if unknown: raise TracksError(file, 0, unknown[0], f"unknown column for the Brückner layout (known: {', '.join(BRUECKNER_COLUMNS)})")
+    if unknown:
+        raise TracksError(
+            file, 0, unknown[0], f"unknown column for the Brückner layout (known: {', '.join(BRUECKNER_COLUMNS)})"
+        )
     need = ["cell_id", "time_point", "x_blue", "y_blue", "z_blue", "x_green", "y_green", "z_green"]
     for c in need:
-        if c not in df.columns: raise TracksError(file, 0, c, "required column of the Brückner layout missing")
+        if c not in df.columns:
+            raise TracksError(file, 0, c, "required column of the Brückner layout missing")
     tp = _numeric(df, "time_point", file)
     out = pd.DataFrame({"trace_id": df["cell_id"], "t_s": tp * dt_s})
     for src, dst in zip(["x_blue", "y_blue", "z_blue", "x_green", "y_green", "z_green"], LAYOUT_COLUMNS["loci"]):
         out[dst] = _numeric(df, src, file)
-    if "red" in df.columns: out["ms2"] = _numeric(df, "red", file)
+    if "red" in df.columns:
+        out["ms2"] = _numeric(df, "red", file)
     return out
+
 
 def _to_brueckner(data: pd.DataFrame, dt_s: float) -> pd.DataFrame:
     out = pd.DataFrame({"cell_id": data["trace_id"], "time_point": np.rint(data["t_s"] / dt_s).astype(np.int64)})
     for src, dst in zip(LAYOUT_COLUMNS["loci"], ["x_blue", "y_blue", "z_blue", "x_green", "y_green", "z_green"]):
         out[dst] = data[src]
-    for a, (e, p) in zip("xyz", [("x_e", "x_p"), ("y_e", "y_p"), ("z_e", "z_p")]): out[f"{a}_Rij"] = data[p] - data[e]
-    if "ms2" in data: out["red"] = data["ms2"]
+    for a, (e, p) in zip("xyz", [("x_e", "x_p"), ("y_e", "y_p"), ("z_e", "z_p")]):
+        out[f"{a}_Rij"] = data[p] - data[e]
+    if "ms2" in data:
+        out["red"] = data["ms2"]
     return out
+
 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such tracks file")
-    if suffix == ".parquet": return pd.read_parquet(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such tracks file")
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
     if suffix in (".csv", ".gz", ".txt"):
-        try: return pd.read_csv(path, dtype={"trace_id": str, "cell_id": str}, skipinitialspace=True)
-        except pd.errors.ParserError as e: raise TracksError(path, None, None, f"not a readable CSV table ({e})") from None
-        except pd.errors.EmptyDataError: raise TracksError(path, 0, None, "empty file (no header)") from None
+        try:
+            return pd.read_csv(path, dtype={"trace_id": str, "cell_id": str}, skipinitialspace=True)
+        except pd.errors.ParserError as e:
+            raise TracksError(path, None, None, f"not a readable CSV table ({e})") from None
+        except pd.errors.EmptyDataError:
+            raise TracksError(path, 0, None, "empty file (no header)") from None
     raise TracksError(path, None, None, f"unsupported file type {suffix!r} (use .csv or .parquet)")
+
 
 def read_tracks(path: str | Path, min_length: int | None = None, dt_s: float = BRUECKNER_DT_S) -> Tracks:
     """Read and validate a tracks file (CSV or Parquet; long format or the Brückner layout, detected from the
     columns). `dt_s` converts Brückner `time_point` to seconds. `min_length`: minimum frames per trace."""
-    path = Path(path); df = _read_table(path)
-    if df.shape[1] == 0: raise TracksError(path, 0, None, "no columns")
-    if {"cell_id", "time_point"} <= set(df.columns): df = _from_brueckner(df, str(path), dt_s)
+    path = Path(path)
+    df = _read_table(path)
+    if df.shape[1] == 0:
+        raise TracksError(path, 0, None, "no columns")
+    if {"cell_id", "time_point"} <= set(df.columns):
+        df = _from_brueckner(df, str(path), dt_s)
     data = validate_tracks(df, path, min_length=min_length)
     return Tracks(data=data, layout=detect_layout(data.columns), source=str(path))
 
-def write_tracks(tracks: Tracks | pd.DataFrame, path: str | Path, layout: str | None = None, dt_s: float = BRUECKNER_DT_S) -> Path:
+
+def write_tracks(
+    tracks: Tracks | pd.DataFrame, path: str | Path, layout: str | None = None, dt_s: float = BRUECKNER_DT_S
+) -> Path:
     """Write tracks as CSV or Parquet (by suffix), validated and in canonical order. `layout='brueckner'` writes the
     Brückner columns (needs the loci layout; `t_s` must be whole multiples of `dt_s`)."""
     path = Path(path)
     data = tracks.data if isinstance(tracks, Tracks) else validate_tracks(tracks, "<table being written>")
     if layout == "brueckner":
-        if detect_layout(data.columns) != "loci": raise ValueError("the Brückner layout needs the loci columns x_e..z_p")
+        if detect_layout(data.columns) != "loci":
+            raise ValueError("the Brückner layout needs the loci columns x_e..z_p")
         data = _to_brueckner(data, dt_s)
-    elif layout not in (None, "long"): raise ValueError(f"layout must be None, 'long' or 'brueckner', got {layout!r}")
+    elif layout not in (None, "long"):
+        raise ValueError(f"layout must be None, 'long' or 'brueckner', got {layout!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".parquet": data.to_parquet(path, index=False)
-    elif path.suffix.lower() == ".csv": data.to_csv(path, index=False)
-    else: raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
+    if path.suffix.lower() == ".parquet":
+        data.to_parquet(path, index=False)
+    elif path.suffix.lower() == ".csv":
+        data.to_csv(path, index=False)
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
     return path
