@@ -6,6 +6,8 @@ missing frames kept as masked gaps and clear errors that name the file, row and 
 # %% ../nbs/01a_tracks.ipynb #24a5a409
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +58,12 @@ __all__ = [
     "TRUTH_COLUMNS",
     "BRUECKNER_COLUMNS",
     "BRUECKNER_DT_S",
+    "OPTIONAL_ARRAYS",
     "TracksError",
     "detect_layout",
     "validate_tracks",
     "Tracks",
+    "TraceArrays",
     "read_tracks",
     "write_tracks",
 ]
@@ -238,21 +242,122 @@ class Tracks:
             return self.data["distance_nm"].to_numpy(float)
         return np.linalg.norm(self.vector_nm(), axis=1)
 
-    def to_arrays(self, dt_s: float | None = None) -> dict:
-        """Padded arrays on a regular time grid: `t_s` [B, T], `distance_nm` [B, T], `vector_nm` [B, T, 3] (if any),
-        `ms2` and truth columns [B, T], `mask` [B, T] (True where the distance is observed) and `present` [B, T]
-        (True where the trace has a row). Frames missing from the file become masked gaps; `dt_s` defaults to the
-        smallest time step in the table."""
-        d = self.data
+    def to_arrays(self, dt_s: float | None = None) -> TraceArrays:
+        "`TraceArrays.from_tracks(self, dt_s)`: the traces padded onto a regular time grid."
+        return TraceArrays.from_tracks(self, dt_s)
+
+
+# %% ../nbs/01a_tracks.ipynb #3a9d0c34
+OPTIONAL_ARRAYS = ("vector_nm", *SIGNAL_COLUMNS, *TRUTH_COLUMNS)
+
+
+@dataclass(frozen=True)
+class TraceArrays:
+    """Traces on a regular time grid: the one form in which tracks reach the estimators and the networks.
+
+    Shapes: B traces × T frames. `distance_nm`, `t_s` and the optional per-frame signals are float [B, T] (NaN where
+    missing); `vector_nm` is [B, T, 3] (None for distance-only data); `mask` is True where the distance is observed
+    (the validator also clears it where the distance is not finite); `present` is True where the trace has a row in
+    its file. Truth columns (`state`, `loadings`, ...) exist only for simulations: real data never carries them."""
+
+    distance_nm: np.ndarray
+    dt_s: float
+    mask: np.ndarray | None = None
+    t_s: np.ndarray | None = None
+    present: np.ndarray | None = None
+    trace_id: np.ndarray | None = None
+    vector_nm: np.ndarray | None = None
+    ms2: np.ndarray | None = None
+    state: np.ndarray | None = None
+    on_fraction: np.ndarray | None = None
+    loadings: np.ndarray | None = None
+    ms2_clean: np.ndarray | None = None
+    distance_true_nm: np.ndarray | None = None
+
+    def __post_init__(self):
+        "The one validator: shapes, dtypes and defaults (a frozen dataclass, so fields are set through `object.__setattr__`)."
+        fix = lambda name, value: object.__setattr__(self, name, value)
+        d = np.asarray(self.distance_nm, dtype=float)
+        if d.ndim != 2:
+            raise ValueError(f"distance_nm must be [B, T] (traces × frames), got shape {d.shape}")
+        B, T = d.shape
+        if not (np.isscalar(self.dt_s) and math.isfinite(self.dt_s) and self.dt_s > 0):
+            raise ValueError(f"dt_s must be a finite number of seconds > 0, got {self.dt_s!r}")
+        fix("distance_nm", d)
+        fix("dt_s", float(self.dt_s))
+        mask = np.isfinite(d) if self.mask is None else np.asarray(self.mask, dtype=bool)
+        if mask.shape != (B, T):
+            raise ValueError(f"mask {mask.shape} must have the shape of distance_nm {(B, T)}")
+        fix("mask", mask & np.isfinite(d))
+        fix(
+            "t_s",
+            np.arange(T)[None, :] * self.dt_s + np.zeros((B, 1)) if self.t_s is None else np.asarray(self.t_s, float),
+        )
+        fix("present", np.ones((B, T), bool) if self.present is None else np.asarray(self.present, bool))
+        fix(
+            "trace_id",
+            np.arange(B).astype(object) if self.trace_id is None else np.asarray(self.trace_id, dtype=object),
+        )
+        for name in ("t_s", "present"):
+            if getattr(self, name).shape != (B, T):
+                raise ValueError(f"{name} {getattr(self, name).shape} must have the shape of distance_nm {(B, T)}")
+        if self.trace_id.shape != (B,):
+            raise ValueError(f"trace_id {self.trace_id.shape} must have one entry per trace ({B})")
+        for name in OPTIONAL_ARRAYS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=float)
+            want = (B, T, 3) if name == "vector_nm" else (B, T)
+            if value.shape != want:
+                raise ValueError(f"{name} {value.shape} must be {list(want)} with distance_nm {(B, T)}")
+            fix(name, value)
+
+    @property
+    def n_traces(self) -> int:
+        return self.distance_nm.shape[0]
+
+    @property
+    def n_frames(self) -> int:
+        return self.distance_nm.shape[1]
+
+    @property
+    def has_vectors(self) -> bool:
+        "True when E–P vectors are given and at least one is finite."
+        return self.vector_nm is not None and bool(np.isfinite(self.vector_nm).any())
+
+    def require(self, *names: str, hint: str = "") -> None:
+        "A clear error naming what is missing (e.g. `require('state')` on real data)."
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"these traces have no {missing}" + (f": {hint}" if hint else ""))
+
+    def replace(self, **changes) -> TraceArrays:
+        "A copy with some fields changed, validated again (e.g. `arrays.replace(state=called_state)`)."
+        return dataclasses.replace(self, **changes)
+
+    def subset(self, idx) -> TraceArrays:
+        "The traces `idx` (indices or a boolean mask over traces), every per-trace field indexed alike."
+        idx = np.asarray(idx)
+        if idx.dtype == bool and idx.shape != (self.n_traces,):
+            raise ValueError(f"a boolean trace selection needs {self.n_traces} entries, got {idx.shape}")
+        per_trace = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dt_s"}
+        return dataclasses.replace(self, **{k: (None if v is None else v[idx]) for k, v in per_trace.items()})
+
+    @classmethod
+    def from_tracks(cls, tracks: Tracks, dt_s: float | None = None) -> TraceArrays:
+        """Pad a `Tracks` table onto a regular grid of `dt_s` seconds (default: the smallest time step in the table).
+        Frames missing from the file become masked gaps (`present` False)."""
+        d = tracks.data
         if dt_s is None:
             steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna()
             dt_s = float(steps.min()) if len(steps) else 1.0
-        ids = self.trace_ids
+        ids = tracks.trace_ids
         tid = pd.Categorical(d["trace_id"], categories=ids).codes
         t0 = d.groupby("trace_id", sort=False)["t_s"].transform("min").to_numpy()
         idx = np.rint((d["t_s"].to_numpy() - t0) / dt_s).astype(np.int64)
         if not np.allclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)):
-            raise ValueError(f"{self.source}: times are not on a regular grid of {dt_s} s")
+            raise ValueError(f"{tracks.source}: times are not on a regular grid of {dt_s} s")
         B, T = len(ids), int(idx.max()) + 1 if len(idx) else 0
 
         def grid(values, fill=np.nan):
@@ -260,21 +365,19 @@ class Tracks:
             a[tid, idx] = values
             return a
 
-        out = {
-            "trace_id": np.array(ids, dtype=object),
-            "dt_s": dt_s,
-            "present": grid(np.ones(len(d)), 0.0).astype(bool),
-        }
         starts = d.groupby("trace_id", sort=False)["t_s"].min().reindex(ids).to_numpy()
-        out["t_s"] = starts[:, None] + np.arange(T)[None, :] * dt_s
-        out["distance_nm"] = grid(self.distance_nm())
-        if self.layout != "distance":
-            out["vector_nm"] = grid(self.vector_nm())
-        for c in SIGNAL_COLUMNS + TRUTH_COLUMNS:
-            if c in d:
-                out[c] = grid(d[c].to_numpy(dtype=float, na_value=np.nan))
-        out["mask"] = np.isfinite(out["distance_nm"])
-        return out
+        columns = {
+            c: grid(d[c].to_numpy(dtype=float, na_value=np.nan)) for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in d
+        }
+        return cls(
+            distance_nm=grid(tracks.distance_nm()),
+            dt_s=dt_s,
+            t_s=starts[:, None] + np.arange(T)[None, :] * dt_s,
+            present=grid(np.ones(len(d)), 0.0).astype(bool),
+            trace_id=np.array(ids, dtype=object),
+            vector_nm=None if tracks.layout == "distance" else grid(tracks.vector_nm()),
+            **columns,
+        )
 
 
 # %% ../nbs/01a_tracks.ipynb #4b97aa0b
