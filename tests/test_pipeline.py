@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import yaml
 from pypdf import PdfReader
 
-from conftest import ALPHA_CELLS, ALPHA_PARAMS, make_notebook, write_profile
-from xai_hsg import cli, pipeline
+from conftest import ALPHA_CELLS, ALPHA_PARAMS, REPO, make_notebook, write_profile
+from xai_hsg import cli, core, pipeline
 from xai_hsg.pipeline import PipelineError, reproduce
 
 
@@ -20,6 +22,7 @@ def _pdf_image_count(path) -> int:
     return sum(len(page.images) for page in PdfReader(path).pages)
 
 
+@pytest.mark.slow
 def test_chain_runs_caches_and_reruns_downstream_only(mini_repo):
     first = reproduce("smoke", root=mini_repo)
     assert [first[s] for s in ("01_alpha", "02_beta", "03_gamma")] == ["ran", "ran", "ran"]
@@ -57,6 +60,7 @@ def test_chain_runs_caches_and_reruns_downstream_only(mini_repo):
     assert reproduce("smoke", root=mini_repo, only=["02"], force=True, render=False) == {"02_beta": "ran"}
 
 
+@pytest.mark.slow
 def test_failing_notebook_exits_nonzero_naming_notebook_cell_and_error(mini_repo, monkeypatch, capsys):
     make_notebook(mini_repo/"nbs"/"04_boom.ipynb",
                   [("code", "x = 1"), ("code", "raise ValueError('boom 123')")], '# needs: none\nprofile = "smoke"')
@@ -81,6 +85,7 @@ def test_profile_parameter_the_notebook_does_not_declare_is_refused(mini_repo):
         reproduce("smoke", root=mini_repo, render=False)
 
 
+@pytest.mark.slow
 def test_figure_cell_that_saves_nothing_is_an_error(mini_repo):
     make_notebook(mini_repo/"nbs"/"04_nofig.ipynb", [("code", "#| label: fig-lost\nx = 1")], '# needs: none\nprofile = "smoke"')
     with pytest.raises(PipelineError, match="fig-lost"):
@@ -111,3 +116,86 @@ def test_needs_and_selection(mini_repo):
 def test_only_a_stage_whose_upstream_never_ran_says_what_to_run(mini_repo):
     with pytest.raises(PipelineError, match="01_alpha, which has not run"):
         reproduce("smoke", root=mini_repo, only=["02"], render=False)
+
+
+def test_bad_parameter_of_a_later_stage_stops_the_chain_before_anything_runs(mini_repo):
+    "Keys are planned for every selected stage first: a bad parameter of a late stage stops the chain before 01 runs."
+    write_profile(mini_repo, beta={"ofset": 1})
+    with pytest.raises(ValueError, match="ofset"):
+        reproduce("smoke", root=mini_repo, render=False)
+    assert not (mini_repo/"runs").exists()
+
+
+TABLES_PARAMS = """
+# needs: none
+profile = "smoke"
+write = True
+"""
+
+TABLES_CELLS = [("code", """
+    import pandas as pd
+    from xai_hsg import core
+    if write:
+        core.save_table(pd.DataFrame({"x": [1]}), "tbl-named", "A named table.", profile=profile)
+        core.save_table(pd.DataFrame({"y": [2]}), "tbl-" + "computed", "A computed label.", profile=profile)
+    core.save_results("04_tables", {"wrote": write}, profile=profile)
+""")]
+
+
+@pytest.mark.slow
+def test_rerun_clears_the_stage_tables_named_or_written(mini_repo):
+    make_notebook(mini_repo/"nbs"/"04_tables.ipynb", TABLES_CELLS, TABLES_PARAMS)
+    assert pipeline.parse_stage(mini_repo/"nbs"/"04_tables.ipynb").table_labels == ("tbl-named",)
+    tables = mini_repo/"tables"/"smoke"
+    assert reproduce("smoke", root=mini_repo, only=["04"], render=False) == {"04_tables": "ran"}
+    assert sorted(p.name for p in tables.iterdir()) == ["tbl-computed.csv", "tbl-computed.md", "tbl-named.csv", "tbl-named.md"]
+    profile = yaml.safe_load((mini_repo/"profiles"/"smoke.yml").read_text())
+    profile["notebooks"]["04_tables"] = {"write": False}
+    (mini_repo/"profiles"/"smoke.yml").write_text(yaml.safe_dump(profile))
+    assert reproduce("smoke", root=mini_repo, only=["04"], render=False) == {"04_tables": "ran"}
+    assert list(tables.iterdir()) == []  # neither the literal label nor the computed one survives
+
+
+def _repo_copy(tmp_path):
+    "The stage notebooks, the library and the profiles of this repository, in a scratch folder."
+    for name in ("nbs", "xai_hsg", "profiles"):
+        shutil.copytree(REPO/name, tmp_path/name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return tmp_path
+
+
+def _with_downstream(stages, names):
+    "`names` and every stage that needs one of them, directly or not (a stage without `# needs:` needs all earlier)."
+    out = set(names)
+    for i, stage in enumerate(stages):
+        needs = [s.name for s in stages[:i]] if stage.needs is None else stage.needs
+        if out & set(needs):
+            out.add(stage.name)
+    return out
+
+
+def test_stage_keys_follow_the_library_code_each_stage_imports(tmp_path):
+    root = _repo_copy(tmp_path)
+    stages = pipeline.discover_stages(root)
+    before = pipeline.stage_keys("smoke", root)
+    assert list(before) == [s.name for s in stages] and before == pipeline.stage_keys("smoke", root)
+
+    # a docstring edit in the renderer: no notebook imports it, no stage re-runs
+    render_py = root/"xai_hsg"/"render.py"
+    render_py.write_text(render_py.read_text().replace('"""', '"""Edited. ', 1))
+    assert pipeline.stage_keys("smoke", root) == before
+
+    # an edit of simulate.py re-runs exactly the stages whose notebooks reach it through imports, and their downstream
+    simulate_py = root/"xai_hsg"/"simulate.py"
+    simulate_py.write_text(simulate_py.read_text() + "\n# edited\n")
+    after = pipeline.stage_keys("smoke", root)
+    changed = {name for name in before if after[name] != before[name]}
+    known = core.library_modules(root)
+    users = {s.name for s in stages if "simulate" in core.module_closure([m for m in s.modules if m in known], root)}
+    assert "01_simulation" in users and "00_core" not in users
+    assert changed == _with_downstream(stages, users), (changed, users)
+    assert "00_core" not in changed
+
+    # every stage notebook saves its numbers with core: an edit of core re-keys them all
+    core_py = root/"xai_hsg"/"core.py"
+    core_py.write_text(core_py.read_text() + "\n# edited\n")
+    assert all(key != after[name] for name, key in pipeline.stage_keys("smoke", root).items())

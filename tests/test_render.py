@@ -38,6 +38,7 @@ def paper_repo(tmp_path):
     return root
 
 
+@pytest.mark.slow  # renders HTML and PDF (pandoc + typst)
 def test_numbering_follows_document_order_and_references_resolve(paper_repo):
     out = render.render_paper("smoke", root=paper_repo, engine="pandoc")
     html = out["html"].read_text()
@@ -69,6 +70,7 @@ def test_missing_figure_file_is_an_error(paper_repo):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
 
 
+@pytest.mark.slow  # renders HTML and PDF (pandoc + typst)
 def test_bibliography_from_project_config_and_unknown_citations(paper_repo):
     (paper_repo/"paper/_quarto.yml").write_text("project:\n  type: manuscript\nbibliography: refs.bib\n")
     (paper_repo/"paper/refs.bib").write_text("@article{known2020, title={A title}, author={Doe, Jane}, journal={J}, year={2020}}\n")
@@ -97,6 +99,7 @@ def test_format_value(value, text):
     assert render.format_value(value) == text
 
 
+@pytest.mark.slow  # renders HTML and PDF (pandoc + typst)
 def test_tables_are_included_numbered_and_referenced(paper_repo):
     import pandas as pd
     core.save_table(pd.DataFrame({"model": ["gated", "control"], "R2": [0.27812, 0.2761]}), "tbl-models",

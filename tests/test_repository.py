@@ -55,6 +55,17 @@ def test_readme_gives_exactly_the_two_setup_commands():
     assert "make test" in ci
 
 
+def test_ci_workflow_mirrors_the_ci_script():
+    "Every command of .ci/run is a step of the GitHub workflow, in the same order."
+    import yaml
+    script = [ln.strip() for ln in (REPO/".ci"/"run").read_text().splitlines()
+              if ln.strip() and not ln.lstrip().startswith("#") and not ln.startswith(("set ", "cd ", "echo "))]
+    workflow = yaml.safe_load((REPO/".github"/"workflows"/"ci.yml").read_text())
+    steps = [step["run"].strip() for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    assert [cmd for cmd in steps if cmd in script] == script, (script, steps)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO/"nbs").glob("*.ipynb") if not p.name[:2].isdigit() or p.name[2] != "_"))
 def test_companion_notebooks_execute(name, tmp_path):
     "Notebooks outside the chain (index, library companions such as 01a_tracks) run too: their cells are checks."

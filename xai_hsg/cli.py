@@ -23,6 +23,7 @@ def _cmd_reproduce(args) -> int:
 
 def _cmd_render(args) -> int:
     from rich.console import Console
+
     from .render import render_paper
 
     render_paper(args.profile, engine=args.engine, console=Console(stderr=True, highlight=False))

@@ -7,6 +7,7 @@ the manuscript."""
 # %% ../nbs/00_core.ipynb #99a5a4fd
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -15,11 +16,11 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache, cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import yaml
@@ -31,6 +32,7 @@ __all__ = [
     "ROOT_ENV",
     "PROFILE_ENV",
     "DEFAULT_PROFILE",
+    "PACKAGE_MODULE",
     "find_root",
     "current_profile",
     "Paths",
@@ -39,20 +41,26 @@ __all__ = [
     "load_profile",
     "seed_everything",
     "get_device",
+    "atomic_write",
+    "write_json_atomic",
     "stable_hash",
+    "imported_modules",
+    "library_folder",
+    "library_modules",
+    "module_closure",
     "code_version",
     "cache_key",
     "Artifact",
     "save_default",
     "load_default",
     "ArtifactCache",
-    "atomic_write",
-    "write_json_atomic",
     "save_results",
     "load_results",
     "artifact_dir",
+    "stage_file",
     "cell_label",
     "save_figure",
+    "format_value",
     "save_table",
     "environment_report",
 ]
@@ -80,6 +88,7 @@ def find_root(start: str | Path | None = None) -> Path:
     )
 
 
+# %% ../nbs/00_core.ipynb #56ef3ce5
 def current_profile(profile: str | None = None) -> str:
     "`profile` if given, else `$XAI_HSG_PROFILE`, else 'smoke'."
     return profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
@@ -134,6 +143,7 @@ class Paths:
         return self.root / "runs" / self.profile
 
 
+# %% ../nbs/00_core.ipynb #9a9b1efe
 def paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
     "Paths of the repository at `root` (default: `find_root()`) for `profile` (default: `current_profile()`)."
     return Paths(Path(root).resolve() if root else find_root(), current_profile(profile))
@@ -167,6 +177,7 @@ class Profile:
         return params
 
 
+# %% ../nbs/00_core.ipynb #ab9ee0a3
 _PROFILE_KEYS = {"description", "defaults", "notebooks"}
 
 
@@ -210,6 +221,7 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+# %% ../nbs/00_core.ipynb #52092e5a
 def get_device(preference: str | None = "auto"):
     "A `torch.device`: 'auto' (CUDA if available, else CPU), or an explicit 'cpu' / 'cuda' / 'cuda:1'."
     import torch
@@ -220,6 +232,32 @@ def get_device(preference: str | None = "auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={preference!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return device
+
+
+# %% ../nbs/00_core.ipynb #28cb1cd5
+def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """Write a file so that a reader (or a crash) sees the old file or the new one, never half of it: `write(tmp)`
+    fills a temporary file beside `path`, flushed to disk (`fsync`), then renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# %% ../nbs/00_core.ipynb #e3b3d600
+def write_json_atomic(path: str | Path, data: Any, **json_kwargs) -> Path:
+    "`atomic_write` of `json.dumps(data)` (default: indented, sorted keys); a value JSON cannot hold raises before any write."
+    text = json.dumps(data, **{"indent": 2, "sort_keys": True, **json_kwargs}) + "\n"
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 # %% ../nbs/00_core.ipynb #5ad1d49c
@@ -250,25 +288,122 @@ def _canonical(obj: Any) -> Any:
     raise TypeError(f"cannot hash a {type(obj).__name__} as a parameter; pass plain values")
 
 
+# %% ../nbs/00_core.ipynb #952e7a8b
 def stable_hash(obj: Any, length: int = 16) -> str:
     "Hex digest of `obj`'s canonical JSON: equal for equal parameters, whatever their order."
     text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-@cache
-def code_version() -> str:
-    "Package version + hash of the library source (every `xai_hsg/**/*.py`)."
-    pkg = Path(xai_hsg.__file__).parent
+# %% ../nbs/00_core.ipynb #cbb0053b
+PACKAGE_MODULE = "__init__"  # importing `xai_hsg` itself runs the package's __init__.py
+_RELATIVE_IMPORT_RE = re.compile(r"^\s*from\s+\.", re.M)
+
+
+def _statements(tree: ast.AST):
+    "Every statement of `tree`, nested ones too (imports are statements: expressions need no visit)."
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.stmt, ast.excepthandler, ast.match_case)):
+            yield node
+            yield from _statements(node)
+
+
+def imported_modules(source: str, known: Iterable[str] | None = None) -> set[str]:
+    """The `xai_hsg` modules that Python `source` imports, inside functions too: `from . import x`, `from .x import y`,
+    `import xai_hsg.x`, `from xai_hsg import x`, `from xai_hsg.x import y`. A name imported from the package that is
+    not in `known` (the library's module names, e.g. `__version__`) counts as the package itself, '__init__'."""
+    if "xai_hsg" not in source and not _RELATIVE_IMPORT_RE.search(source):
+        return set()  # most notebook cells: no need to parse them
+    known = None if known is None else set(known)
+    found = set()
+    for node in _statements(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "xai_hsg":
+                    found.add(parts[1] if len(parts) > 1 else PACKAGE_MODULE)
+        elif isinstance(node, ast.ImportFrom) and node.level <= 1:
+            parts = node.module.split(".") if node.module else []
+            if node.level == 0:  # absolute: only imports from the package count
+                if parts[:1] != ["xai_hsg"]:
+                    continue
+                parts = parts[1:]
+            if parts:
+                found.add(parts[0])
+            else:
+                found.update(a.name if known is None or a.name in known else PACKAGE_MODULE for a in node.names)
+    return found
+
+
+# %% ../nbs/00_core.ipynb #0c1dccd5
+def library_folder(root: str | Path | None = None) -> Path:
+    "The library's source folder: `<root>/xai_hsg` of the repository at `root`, or the installed package's."
+    folder = Path(root).resolve() / "xai_hsg" if root else Path(xai_hsg.__file__).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no library source folder {folder}")
+    return folder
+
+
+def library_modules(root: str | Path | None = None) -> set[str]:
+    "Names of the library's modules (`xai_hsg/*.py`, '__init__' included)."
+    return {f.stem for f in library_folder(root).glob("*.py")}
+
+
+# %% ../nbs/00_core.ipynb #d45da02b
+@lru_cache(maxsize=256)
+def _imports_of_file(path: str, mtime_ns: int, size: int, known: frozenset) -> frozenset:
+    "`imported_modules` of one file, cached until the file changes (mtime and size are part of the key)."
+    return frozenset(imported_modules(Path(path).read_text(), known) & (known | {PACKAGE_MODULE}))
+
+
+def _module_name(name: str) -> str:
+    "'xai_hsg.embed' or 'embed' -> 'embed'; 'xai_hsg' -> '__init__'."
+    if name == "xai_hsg":
+        return PACKAGE_MODULE
+    return name.removeprefix("xai_hsg.")
+
+
+def module_closure(modules: Iterable[str], root: str | Path | None = None) -> tuple[str, ...]:
+    """The library modules that `modules` (names like 'embed' or 'xai_hsg.embed') reach through imports, directly
+    or not, themselves included, sorted. Importing any module runs the package's `__init__`, so it is included."""
+    folder = library_folder(root)
+    known = frozenset(library_modules(root))
+    todo = [_module_name(m) for m in ([modules] if isinstance(modules, str) else modules)]
+    if unknown := sorted(set(todo) - known):
+        raise ValueError(f"not modules of {folder}: {unknown}")
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            f = folder / f"{name}.py"
+            stat = f.stat()
+            todo.extend(_imports_of_file(str(f), stat.st_mtime_ns, stat.st_size, known) - seen)
+    if seen and PACKAGE_MODULE in known:
+        seen.add(PACKAGE_MODULE)
+    return tuple(sorted(seen))
+
+
+# %% ../nbs/00_core.ipynb #2b733a07
+def code_version(modules: Iterable[str] | None = None, root: str | Path | None = None) -> str:
+    """Package version + hash of library source: every `xai_hsg/**/*.py` (`modules=None`), or only the modules in the
+    import closure of `modules` (`module_closure`), so that an edit elsewhere leaves it unchanged. `root`: the
+    repository whose `xai_hsg/` is read (default: the installed package)."""
+    folder = library_folder(root)
+    if modules is None:
+        files = sorted(folder.rglob("*.py"))
+    else:
+        files = [folder / f"{name}.py" for name in module_closure(modules, root)]
     digest = hashlib.sha256()
-    for f in sorted(pkg.rglob("*.py")):
-        digest.update(str(f.relative_to(pkg)).encode())
+    for f in files:
+        digest.update(str(f.relative_to(folder)).encode())
         digest.update(f.read_bytes())
     return f"{xai_hsg.__version__}+{digest.hexdigest()[:12]}"
 
 
+# %% ../nbs/00_core.ipynb #1f1ff2fa
 def cache_key(params: Any, upstream: Iterable[str] = (), version: str | None = None) -> str:
-    "Key of an artifact made from `params` and the artifacts keyed `upstream` by code at `version`."
+    "Key of an artifact made from `params` and the artifacts keyed `upstream` by code at `version` (default: the whole library's)."
     return stable_hash({"params": params, "upstream": list(upstream), "version": version or code_version()})
 
 
@@ -283,6 +418,7 @@ class Artifact:
     cached: bool
 
 
+# %% ../nbs/00_core.ipynb #fb32503e
 def save_default(value: Any, folder: Path) -> None:
     "Store DataFrames as Parquet, arrays as .npy, dicts of arrays as .npz, anything JSON-able as JSON."
     import pandas as pd
@@ -295,11 +431,12 @@ def save_default(value: Any, folder: Path) -> None:
         np.savez(folder / "value.npz", **value)
     else:
         try:
-            (folder / "value.json").write_text(json.dumps(value))
+            write_json_atomic(folder / "value.json", value, indent=None, sort_keys=False)
         except TypeError as e:
             raise TypeError(f"no default way to cache a {type(value).__name__}; pass save= and load=") from e
 
 
+# %% ../nbs/00_core.ipynb #a364cf93
 def load_default(folder: Path) -> Any:
     "Inverse of `save_default`."
     import pandas as pd
@@ -314,6 +451,7 @@ def load_default(folder: Path) -> Any:
     return json.loads((folder / "value.json").read_text())
 
 
+# %% ../nbs/00_core.ipynb #2b8457d9
 class ArtifactCache:
     "Content-addressed store of expensive results: `<root>/<name>/<key>/`, written atomically."
 
@@ -330,49 +468,52 @@ class ArtifactCache:
         compute: Callable[[], Any],
         *,
         upstream: Iterable[str] = (),
+        code: Iterable[str] | None = None,
         save: Callable[[Any, Path], None] = save_default,
         load: Callable[[Path], Any] = load_default,
         verbose: bool = True,
     ) -> Artifact:
-        "Load the artifact for (`params`, `upstream`, code version) if cached, else `compute()` and store it."
+        """Load the artifact for (`params`, `upstream`, code version) if cached, else `compute()` and store it.
+        `code`: the modules whose import closure the result depends on (e.g. `("xai_hsg.embed",)`); None: the
+        whole library, so that any edit invalidates it."""
+        from tqdm.auto import tqdm
+
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"artifact name {name!r}: use letters, digits, '_', '.', '-'")
-        key = cache_key(params, upstream)
+        code = None if code is None else [code] if isinstance(code, str) else list(code)
+        upstream = list(upstream)
+        version = code_version(code)
+        key = cache_key(params, upstream, version)
         final = self.path(name, key)
         if final.is_dir():
             if verbose:
-                print(f"cache: {name} {key} loaded from {final}")
+                tqdm.write(f"cache: {name} {key} loaded from {final}")
             return Artifact(load(final), key, final, True)
         value = compute()
+        record = {"name": name, "key": key, "params": _canonical(params), "upstream": upstream}
+        self._store(final, value, save, {**record, "code": code, "version": version})
+        if verbose:
+            tqdm.write(f"cache: {name} {key} computed and stored in {final}")
+        return Artifact(value, key, final, False)
+
+    def _store(self, final: Path, value: Any, save: Callable[[Any, Path], None], record: dict) -> None:
+        "Save into a temporary folder beside `final`, then rename it: the folder exists complete or not at all."
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
             save(value, tmp)
-            (tmp / "_key.json").write_text(
-                json.dumps(
-                    {
-                        "name": name,
-                        "key": key,
-                        "params": _canonical(params),
-                        "upstream": list(upstream),
-                        "version": code_version(),
-                    },
-                    indent=1,
-                )
-            )
-            os.replace(tmp, final)  # atomic: the folder exists complete or not at all
+            write_json_atomic(tmp / "_key.json", record, indent=1, sort_keys=False)
+            os.replace(tmp, final)
         except OSError:
-            if not final.is_dir():
+            if not final.is_dir():  # a concurrent writer may have stored the same key first
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if verbose:
-            print(f"cache: {name} {key} computed and stored in {final}")
-        return Artifact(value, key, final, False)
 
 
 # %% ../nbs/00_core.ipynb #d3080e39
 def _jsonable(value: Any, key: str) -> Any:
+    "`value` as plain JSON (numpy and 0-d tensors as Python numbers, non-finite floats as null)."
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v, f"{key}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -390,30 +531,7 @@ def _jsonable(value: Any, key: str) -> Any:
     raise TypeError(f"result {key!r}: cannot store a {type(value).__name__} as JSON")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
-    """Write a file so that a reader (or a crash) sees the old file or the new one, never half of it: `write(tmp)`
-    fills a temporary file beside `path`, flushed to disk (`fsync`), then renamed over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        if fsync:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_json_atomic(path: str | Path, data: Any, **json_kwargs) -> Path:
-    "`atomic_write` of `json.dumps(data)` (default: indented, sorted keys)."
-    text = json.dumps(data, **{"indent": 2, "sort_keys": True, **json_kwargs}) + "\n"
-    return atomic_write(path, lambda p: p.write_text(text))
-
-
+# %% ../nbs/00_core.ipynb #543c6639
 def save_results(
     stage: str, values: Mapping[str, Any], profile: str | None = None, root: str | Path | None = None
 ) -> Path:
@@ -428,6 +546,7 @@ def save_results(
     return path
 
 
+# %% ../nbs/00_core.ipynb #a28ffb91
 def load_results(stage: str, profile: str | None = None, root: str | Path | None = None) -> dict:
     "The results a notebook saved; a clear error if it has not run for this profile."
     path = paths(profile, root).results / f"{stage}.json"
@@ -439,11 +558,27 @@ def load_results(stage: str, profile: str | None = None, root: str | Path | None
     return json.loads(path.read_text())
 
 
+# %% ../nbs/00_core.ipynb #8b7d3b0e
 def artifact_dir(stage: str, profile: str | None = None, root: str | Path | None = None) -> Path:
     "Folder for the large outputs of `stage` that later notebooks read (created if missing)."
     folder = paths(profile, root).artifacts / stage
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# %% ../nbs/00_core.ipynb #40b252bb
+def stage_file(stage: str, filename: str, profile: str | None = None, root: str | Path | None = None) -> Path:
+    """The file (or folder) `filename` that the stage `stage` (e.g. '01_simulation') wrote to its `artifact_dir`, for a
+    later notebook to read. A missing one is a one-line `FileNotFoundError` naming the command that makes it."""
+    if not re.fullmatch(r"\d\d_[A-Za-z0-9_-]+", stage):
+        raise ValueError(f"stage {stage!r} must be a notebook name such as '01_simulation'")
+    where = paths(profile, root)
+    path = where.artifacts / stage / filename
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found; run `xai-hsg reproduce --profile {where.profile} --only {stage[:2]}` first"
+        )
+    return path
 
 
 # %% ../nbs/00_core.ipynb #c4c54802
@@ -456,6 +591,7 @@ def cell_label(source: str) -> str | None:
     return m.group(1) if m else None
 
 
+# %% ../nbs/00_core.ipynb #a67df62c
 def _running_cell_source() -> str:
     try:
         ip = get_ipython()  # noqa: F821 (defined inside IPython)
@@ -487,10 +623,33 @@ def save_figure(
     return png
 
 
+# %% ../nbs/00_core.ipynb #b3bfab09
+def format_value(value: Any) -> Any:
+    "How a result appears in prose: integers with thousands separators, floats to 3 significant digits."
+    if isinstance(value, dict):
+        return {k: format_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return ", ".join(str(format_value(v)) for v in value)
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.3g}"
+    return str(value)
+
+
 # %% ../nbs/00_core.ipynb #241d80f8
 def _markdown_cell(value: Any) -> str:
-    from xai_hsg.render import format_value  # the manuscript's number format (render imports core: import here)
-
+    "One table cell: the manuscript's number format, '–' for a missing number, pipes escaped."
     if isinstance(value, float) and not math.isfinite(value):
         return "–"
     return str(format_value(value.item() if isinstance(value, np.generic) else value)).replace("|", "\\|")
@@ -528,6 +687,7 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
 def environment_report(device: str | None = "auto") -> dict:
     "Versions and hardware of this run (for the manuscript's methods)."
     import platform
+
     import torch
 
     dev = get_device(device)

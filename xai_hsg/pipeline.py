@@ -1,9 +1,12 @@
 """Run the numbered notebooks of `nbs/` in order with papermill: cached, with progress, failing loudly.
 
-A *stage* is one notebook `nbs/NN_name.ipynb`. Its cache key hashes its code cells, the parameters the profile
-gives it, the keys of the stages it needs and the library's code version (`core.cache_key`). A stage whose key
-is unchanged since its last successful run is skipped. A stage needs every earlier stage unless its
-`parameters` cell says otherwise with a comment line `# needs: 01_simulation, 02_ep_ms2` (or `# needs: none`).
+A *stage* is one notebook `nbs/NN_name.ipynb`. Its cache key (`plan_stages`, `stage_keys`) hashes its code cells, the
+parameters the profile gives it, the keys of the stages it needs and the code version of exactly the library
+modules its code reaches (`core.code_version` of the import closure of what its cells import, plus the module it
+exports): a docstring edit in the renderer re-runs nothing, an edit of `simulate.py` re-runs the stages that use it
+and their downstream. A stage whose key is unchanged since its last successful run is skipped. A stage needs every
+earlier stage unless its `parameters` cell says otherwise with a comment line `# needs: 01_simulation, 02_ep_ms2`
+(or `# needs: none`).
 """
 
 from __future__ import annotations
@@ -12,20 +15,33 @@ import ast
 import json
 import os
 import re
-import shutil
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import nbformat
 
 from . import core
 
-__all__ = ["PipelineError", "Stage", "parse_stage", "discover_stages", "select_stages", "reproduce"]
+__all__ = [
+    "PipelineError",
+    "Stage",
+    "StagePlan",
+    "parse_stage",
+    "discover_stages",
+    "select_stages",
+    "stage_modules",
+    "plan_stages",
+    "stage_keys",
+    "reproduce",
+]
 
 STAGE_GLOB = "[0-9][0-9]_*.ipynb"
 _NEEDS_RE = re.compile(r"^#\s*needs:\s*(.*)$", re.M)
+_DEFAULT_EXP_RE = re.compile(r"^#\|\s*default_exp\s+(\S+)", re.M)
+_TABLE_LABEL_RE = re.compile(r"""(?<![\w-])["'](tbl-[A-Za-z0-9_-]+)["']""")
+_MAGIC_RE = re.compile(r"^\s*[%!].*$", re.M)  # IPython magics and shell lines are not Python
 
 
 class PipelineError(RuntimeError):
@@ -42,6 +58,8 @@ class Stage:
     needs: tuple | None  # stage names, or None for "every earlier stage"
     source_hash: str  # hash of the code cells
     figure_labels: tuple  # labels of `#| label: fig-...` cells
+    modules: tuple = ()  # xai_hsg modules its code cells import, and the one it exports (`#| default_exp`)
+    table_labels: tuple = ()  # 'tbl-...' labels named in its code cells (core.save_table)
 
     @property
     def number(self) -> str:
@@ -97,7 +115,21 @@ def parse_stage(path: str | Path) -> Stage:
         needs=needs,
         source_hash=core.stable_hash([c.source for c in code_cells]),
         figure_labels=labels,
+        modules=_notebook_modules(code_cells, path),
+        table_labels=tuple(sorted({t for c in code_cells for t in _TABLE_LABEL_RE.findall(c.source)})),
     )
+
+
+def _notebook_modules(code_cells: list, path: Path) -> tuple:
+    "The `xai_hsg` modules the code cells import (any name imported from the package) and the module they export."
+    found = set()
+    for i, cell in enumerate(code_cells):
+        try:
+            found |= core.imported_modules(_MAGIC_RE.sub("", cell.source))
+        except SyntaxError as e:
+            raise PipelineError(f"{path}: code cell {i + 1} does not parse, so its imports are unknown: {e}") from e
+        found.update(m.split(".")[0] for m in _DEFAULT_EXP_RE.findall(cell.source))
+    return tuple(sorted(found))
 
 
 def discover_stages(root: str | Path) -> list[Stage]:
@@ -139,6 +171,83 @@ def _needs_of(stage: Stage, stages: list[Stage]) -> list[str]:
     return names[: names.index(stage.name)]
 
 
+def stage_modules(stage: Stage, root: str | Path | None = None) -> tuple[str, ...]:
+    """The library modules `stage` depends on: the import closure (`core.module_closure`) of the modules its code cells
+    import, read from `<root>/xai_hsg` when the repository holds the library, else from the installed package."""
+    lib_root = _library_root(root)
+    known = core.library_modules(lib_root)
+    return core.module_closure([m for m in stage.modules if m in known], lib_root)
+
+
+def _library_root(root: str | Path | None) -> Path | None:
+    "The repository whose `xai_hsg/` keys the stages: `root` if it holds the library, else None (the installed one)."
+    return Path(root) if root and (Path(root) / "xai_hsg").is_dir() else None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    "One stage as `reproduce` will treat it: the parameters it gets, its key, and the keys of the stages it needs."
+
+    stage: Stage
+    params: dict
+    key: str
+    upstream: tuple
+
+
+def plan_stages(
+    profile: core.Profile,
+    stages: list[Stage],
+    root: str | Path | None = None,
+    selected: Iterable[Stage] | None = None,
+    recorded: Mapping[str, str] | None = None,
+) -> list[StagePlan]:
+    """Key every stage of `selected` (default: all) without running anything: its code cells, its parameters, the code
+    version of its library closure (`stage_modules`) and the keys of the stages it needs. A stage outside `selected`
+    keeps its `recorded` key (its last successful run); a needed stage with no key is an error naming the command."""
+    chosen = {s.name for s in (stages if selected is None else selected)}
+    lib_root = _library_root(root)
+    keys: dict[str, str] = {}
+    plans = []
+    for stage in stages:
+        if stage.name not in chosen:
+            if recorded and recorded.get(stage.name):  # not selected: downstream stages use its last run
+                keys[stage.name] = recorded[stage.name]
+            continue
+        params = profile.params_for(stage.name, stage.declared)
+        upstream = []
+        for need in _needs_of(stage, stages):
+            if need not in keys:
+                raise PipelineError(
+                    f"{stage.name} needs {need}, which has not run for profile {profile.name!r}; "
+                    f"run it first: xai-hsg reproduce --profile {profile.name} --only {need[:2]}"
+                )
+            upstream.append(keys[need])
+        version = core.code_version(stage_modules(stage, root), lib_root)
+        key = core.cache_key({"notebook": stage.source_hash, "params": params}, upstream, version)
+        keys[stage.name] = key
+        plans.append(StagePlan(stage, params, key, tuple(upstream)))
+    return plans
+
+
+def _load(profile: str, root: str | Path | None) -> tuple[Path, core.Profile, list[Stage]]:
+    "The repository root, its profile and its stages, checked against each other."
+    root = Path(root).resolve() if root else core.find_root()
+    prof = core.load_profile(profile, root=root)
+    stages = discover_stages(root)
+    if not stages:
+        raise PipelineError(f"no notebooks matching nbs/{STAGE_GLOB} in {root}")
+    unknown = sorted(set(prof.notebooks) - {s.name for s in stages})
+    if unknown:
+        raise PipelineError(f"{prof.path}: parameters for notebooks that do not exist: {unknown}")
+    return root, prof, stages
+
+
+def stage_keys(profile: str = "smoke", root: str | Path | None = None) -> dict[str, str]:
+    "Every stage's key for `profile` in the repository at `root`, computed without running anything (see `plan_stages`)."
+    root, prof, stages = _load(profile, root)
+    return {plan.stage.name: plan.key for plan in plan_stages(prof, stages, root)}
+
+
 class _State:
     "`runs/<profile>/_state.json`: last successful key and duration per stage."
 
@@ -149,9 +258,19 @@ class _State:
     def get(self, name: str) -> dict:
         return self.data.get(name, {})
 
-    def record(self, name: str, key: str, seconds: float) -> None:
-        self.data[name] = {"key": key, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    def record(self, name: str, key: str, seconds: float, tables: Iterable[str] = ()) -> None:
+        "A successful run: its key, duration, and the tables it wrote (cleared before its next run)."
+        self.data[name] = {
+            "key": key,
+            "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "tables": sorted(tables),
+        }
         core.write_json_atomic(self.path, self.data, sort_keys=False)
+
+    def keys(self) -> dict[str, str]:
+        "Stage name -> key of its last successful run."
+        return {name: entry["key"] for name, entry in self.data.items() if entry.get("key")}
 
     def forget(self, name: str) -> None:
         if self.data.pop(name, None) is not None:
@@ -205,6 +324,43 @@ def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
             os.environ[core.ROOT_ENV] = env_backup
 
 
+def _clear_outputs(stage: Stage, where: core.Paths, last: dict) -> None:
+    "Stale outputs must not survive a re-run: this stage's results, figures and tables (named or last written)."
+    (where.results / f"{stage.name}.json").unlink(missing_ok=True)
+    for label in stage.figure_labels:
+        for ext in (".png", ".svg"):
+            (where.figures / f"{label}{ext}").unlink(missing_ok=True)
+    for label in {*stage.table_labels, *last.get("tables", ())}:
+        for ext in (".md", ".csv"):
+            (where.tables / f"{label}{ext}").unlink(missing_ok=True)
+
+
+def _tables_written_since(where: core.Paths, start_ns: int) -> list[str]:
+    "Labels of the tables written at or after `start_ns` (what the stage that just ran saved)."
+    if not where.tables.is_dir():
+        return []
+    return sorted({f.stem for f in where.tables.glob("tbl-*.md") if f.stat().st_mtime_ns >= start_ns})
+
+
+def _run_stage(plan: StagePlan, where: core.Paths, root: Path, state: _State) -> float:
+    "Execute one stage into `runs/<profile>/`, check its figures, record its key; the seconds it took."
+    stage = plan.stage
+    where.runs.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(stage, where, state.get(stage.name))
+    state.forget(stage.name)
+    start_ns, t0 = time.time_ns(), time.perf_counter()
+    _execute(stage, plan.params, where.runs / stage.path.name, root)
+    seconds = time.perf_counter() - t0
+    missing = [label for label in stage.figure_labels if not (where.figures / f"{label}.png").exists()]
+    if missing:
+        raise PipelineError(
+            f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
+            f"call core.save_figure(fig) in each labelled figure cell"
+        )
+    state.record(stage.name, plan.key, seconds, _tables_written_since(where, start_ns))
+    return seconds
+
+
 def reproduce(
     profile: str = "smoke",
     root: str | Path | None = None,
@@ -220,82 +376,38 @@ def reproduce(
     from rich.console import Console
 
     console = console or Console(stderr=True, highlight=False)
-    root = Path(root).resolve() if root else core.find_root()
-    prof = core.load_profile(profile, root=root)
+    root, prof, stages = _load(profile, root)
     where = core.paths(prof.name, root)
-    stages = discover_stages(root)
-    if not stages:
-        raise PipelineError(f"no notebooks matching nbs/{STAGE_GLOB} in {root}")
-    unknown = sorted(set(prof.notebooks) - {s.name for s in stages})
-    if unknown:
-        raise PipelineError(f"{prof.path}: parameters for notebooks that do not exist: {unknown}")
     selected = select_stages(stages, only, start)
     state = _State(where.runs / "_state.json")
-    version = core.code_version()
+    plans = plan_stages(prof, stages, root, selected, state.keys())  # every key before anything runs
 
-    keys: dict[str, str] = {}
     outcome: dict = {}
-    remaining = {s.name: state.get(s.name).get("seconds") for s in selected}
+    remaining = {p.stage.name: state.get(p.stage.name).get("seconds") for p in plans}
     t_chain = time.perf_counter()
-    console.print(
-        f"[bold]xai-hsg reproduce[/] profile [cyan]{prof.name}[/] — {len(selected)} of {len(stages)} notebooks, "
-        f"code {version}"
-    )
-    for stage in stages:
-        last = state.get(stage.name)
-        if stage not in selected:
-            if last.get("key"):  # not selected: downstream stages use its last successful run
-                keys[stage.name] = last["key"]
-            continue
-        params = prof.params_for(stage.name, stage.declared)
-        upstream = []
-        for need in _needs_of(stage, stages):
-            if need not in keys:
-                raise PipelineError(
-                    f"{stage.name} needs {need}, which has not run for profile {prof.name!r}; "
-                    f"run it first: xai-hsg reproduce --profile {prof.name} --only {need[:2]}"
-                )
-            upstream.append(keys[need])
-        key = core.cache_key({"notebook": stage.source_hash, "params": params}, upstream, version)
-        out_nb = where.runs / stage.path.name
-        i = selected.index(stage) + 1
-        if not force and last.get("key") == key and out_nb.exists():
-            keys[stage.name] = key
-            outcome[stage.name] = "cached"
-            remaining.pop(stage.name, None)
+    console.print(f"[bold]xai-hsg reproduce[/] profile [cyan]{prof.name}[/] — {len(plans)} of {len(stages)} notebooks")
+    for i, plan in enumerate(plans, 1):
+        name, last = plan.stage.name, state.get(plan.stage.name)
+        out_nb = where.runs / plan.stage.path.name
+        if not force and last.get("key") == plan.key and out_nb.exists():
+            outcome[name] = "cached"
+            remaining.pop(name, None)
             console.print(
-                f"[{i}/{len(selected)}] {stage.name:<20} [green]cached[/] (key {key}, unchanged since {last.get('finished')})",
+                f"[{i}/{len(plans)}] {name:<20} [green]cached[/] (key {plan.key}, unchanged since {last.get('finished')})",
                 soft_wrap=True,
             )
             continue
         eta = None if any(v is None for v in remaining.values()) else sum(remaining.values())
         console.print(
-            f"[{i}/{len(selected)}] {stage.name:<20} [yellow]running[/] (last run {_fmt_s(last.get('seconds'))}; "
+            f"[{i}/{len(plans)}] {name:<20} [yellow]running[/] (last run {_fmt_s(last.get('seconds'))}; "
             f"chain ≈ {_fmt_s(eta)} left; elapsed {_fmt_s(time.perf_counter() - t_chain)})",
             soft_wrap=True,
         )
-        where.runs.mkdir(parents=True, exist_ok=True)
-        # stale outputs must not survive a re-run: clear this stage's results and figures first
-        (where.results / f"{stage.name}.json").unlink(missing_ok=True)
-        for label in stage.figure_labels:
-            for ext in (".png", ".svg"):
-                (where.figures / f"{label}{ext}").unlink(missing_ok=True)
-        state.forget(stage.name)
-        t0 = time.perf_counter()
-        _execute(stage, params, out_nb, root)
-        seconds = time.perf_counter() - t0
-        missing = [label for label in stage.figure_labels if not (where.figures / f"{label}.png").exists()]
-        if missing:
-            raise PipelineError(
-                f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
-                f"call core.save_figure(fig) in each labelled figure cell"
-            )
-        state.record(stage.name, key, seconds)
-        keys[stage.name] = key
-        outcome[stage.name] = "ran"
-        remaining.pop(stage.name, None)
+        seconds = _run_stage(plan, where, root, state)
+        outcome[name] = "ran"
+        remaining.pop(name, None)
         console.print(
-            f"\r      {stage.name:<20} [green]done[/] in {_fmt_s(seconds)} → {out_nb.relative_to(root)}", soft_wrap=True
+            f"      {name:<20} [green]done[/] in {_fmt_s(seconds)} → {out_nb.relative_to(root)}", soft_wrap=True
         )
     if render:
         from .render import render_paper

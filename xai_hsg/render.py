@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from . import core
+from .core import format_value  # the manuscript's number format lives in core (save_table uses it too)
 
 __all__ = [
     "RenderError",
@@ -42,29 +43,6 @@ class RenderError(RuntimeError):
     "The manuscript could not be rendered; the message says where and why."
 
 
-def format_value(value: Any) -> Any:
-    "How a result appears in prose: integers with thousands separators, floats to 3 significant digits."
-    if isinstance(value, dict):
-        return {k: format_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return ", ".join(str(format_value(v)) for v in value)
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) < 1e-3:
-            return f"{value:.2e}"
-        return f"{value:.3g}"
-    return str(value)
-
-
 def stage_variable_name(stage: str) -> str:
     "`01_simulation` -> `simulation`: variables read `{{< var simulation.key >}}`."
     return re.sub(r"^\d+_", "", stage)
@@ -83,8 +61,8 @@ def write_variables(profile: str, root: str | Path | None = None) -> Path:
     "Write `paper/_variables.yml` from `results/<profile>/` (read by Quarto and by the fallback renderer)."
     out = core.paths(profile, root).paper / "_variables.yml"
     header = f"# Written by xai-hsg from results/{profile}/ — do not edit; edit the notebooks instead.\n"
-    out.write_text(header + yaml.safe_dump(collect_variables(profile, root), sort_keys=True, allow_unicode=True))
-    return out
+    text = header + yaml.safe_dump(collect_variables(profile, root), sort_keys=True, allow_unicode=True)
+    return core.atomic_write(out, lambda p: p.write_text(text))
 
 
 def _lookup(variables: dict, name: str):
@@ -120,7 +98,7 @@ def substitute_variables(text: str, variables: dict, source: str = "index.qmd") 
 
     lines = []
     for lineno, line in enumerate(text.splitlines(keepends=True), 1):
-        line = _VAR_RE.sub(lambda m: replace(m, lineno), line)
+        line = _VAR_RE.sub(lambda m, lineno=lineno: replace(m, lineno), line)
         if other := _SHORTCODE_RE.search(line):
             raise RenderError(
                 f"{source}:{lineno}: the fallback renderer supports only {{{{< var ... >}}}}, not {other.group(0)}"
@@ -205,7 +183,7 @@ def render_with_pandoc(paper: Path, variables: dict) -> dict:
     out = paper / "_output"
     out.mkdir(exist_ok=True)
     source = paper / ".render-index.md"
-    source.write_text(text)
+    core.atomic_write(source, lambda p: p.write_text(text), fsync=False)
     common = [
         source.name,
         "--from",
