@@ -6,249 +6,95 @@ per-frame promoter state and observed E–P distances, with localization noise a
 # %% ../nbs/03_radius.ipynb #f4fdb996
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
-import torch
+from fastcore.basics import patch
 from scipy.interpolate import CubicSpline
 from scipy.optimize import minimize_scalar
 
-from .models import estimate_sigma_r, rice3_cdf
+from . import contact, core
+from .tracks import TraceArrays, read_tracks
 
 # %% auto #0
 __all__ = [
     "MOTION_FRACTION",
     "frame_motion_var",
-    "subset_traces",
+    "TransitionData",
     "transition_data",
-    "motion_covariance",
-    "bridge_coefficients",
-    "bridge_terms",
-    "endpoint_terms",
-    "pair_gates",
-    "summed_gates",
+    "RadiusFit",
     "RadiusMLE",
     "state_from_ms2",
-    "fit_radius",
     "state_from_ms2_hmm",
+    "HeldOutScore",
+    "heldout_score",
+    "fit_radius",
 ]
 
 # %% ../nbs/03_radius.ipynb #5df1f5ca
 MOTION_FRACTION = 0.363  # mean over s ∈ (0, 1) of Var(B_s | B_0, B_1) / Var(B_1) for fBm with H = ¼ (Rouse: MSD ∝ τ^½)
 
 
-def frame_motion_var(arrays: dict, sigma_loc_nm: float) -> float:
+def frame_motion_var(arrays: TraceArrays, sigma_loc_nm: float) -> float:
     """Per-axis variance of the true E–P vector's change over one frame, from the data: mean (Δy)² per axis − 4σ_loc²
-    with vectors, else E[(Δd)²] − 4σ_loc² (distances only: the radial part, an approximation). NaN steps skipped; ≥ 0."""
-    if "vector_nm" in arrays and np.isfinite(arrays["vector_nm"]).any():
-        v = np.nanmean(np.diff(np.asarray(arrays["vector_nm"], float), axis=1) ** 2)
+    with vectors, else E[(Δd)²] − 4σ_loc² (distances only: the radial part, an approximation). NaN steps skipped; ≥ 0.
+    Used by the end-point approximation only (its blur)."""
+    if arrays.has_vectors:
+        v = np.nanmean(np.diff(arrays.vector_nm, axis=1) ** 2)
     else:
-        v = np.nanmean(np.diff(np.asarray(arrays["distance_nm"], float), axis=1) ** 2)
+        v = np.nanmean(np.diff(arrays.distance_nm, axis=1) ** 2)
     return float(max(v - 4 * sigma_loc_nm**2, 0.0)) if np.isfinite(v) else 0.0
 
 
-def _observed(arrays: dict) -> np.ndarray:
-    "Frames with an observed distance (finite and not masked)."
-    ok = np.isfinite(np.asarray(arrays["distance_nm"], float))
-    return ok & np.asarray(arrays["mask"], bool) if "mask" in arrays else ok
+# %% ../nbs/03_radius.ipynb #8639f66c
+@dataclass(frozen=True)
+class TransitionData:
+    """The frame pairs (t−1, t) at risk of activation — promoter OFF at t−1, state known at t, distance observed at
+    ≥ 1 end — with their observed `ends`, outcome `y` (1 = ON at t) and `trace`; per trace (`n_traces`) the ON
+    frames at risk of switching off (`on_frames`) and the ON→OFF switches (`on_to_off`), for k_off."""
+
+    ends: contact.PairEnds
+    y: np.ndarray
+    trace: np.ndarray
+    n_traces: int
+    on_frames: np.ndarray
+    on_to_off: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_events(self) -> int:
+        "OFF→ON switches among the pairs."
+        return int(self.y.sum())
 
 
-def subset_traces(arrays: dict, idx) -> dict:
-    "The traces `idx` of `Tracks.to_arrays()`-like arrays: every per-trace array (first axis = traces) is indexed, the rest kept."
-    n = len(arrays["distance_nm"])
-    idx = np.asarray(idx)
-    return {k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v) for k, v in arrays.items()}
-
-
-def transition_data(arrays: dict, state: np.ndarray | None = None) -> dict:
-    """Frame pairs (t−1, t) at risk of activation: state OFF at t−1 and known at t, distance observed at ≥ 1 end.
-    Returns the distances at both ends (NaN where missing), the E–P vectors at both ends `v0`, `v1` when `arrays` has
-    `vector_nm`, the outcome y (1 = ON at t), the trace of each pair, and per trace the ON frames at risk of switching
-    off and the ON→OFF switches (for k_off)."""
-    if "distance_nm" not in arrays:
-        raise ValueError("arrays need 'distance_nm' (from Tracks.to_arrays())")
-    if state is None:
-        if "state" not in arrays:
-            raise ValueError("no promoter state: pass `state` (e.g. state_from_ms2) or arrays with 'state'")
-        state = arrays["state"]
-    d = np.asarray(arrays["distance_nm"], dtype=float)
-    s = np.asarray(state, dtype=float)
-    if d.ndim != 2 or d.shape != s.shape:
-        raise ValueError(f"state {s.shape} and distance_nm {d.shape} must be equal [B, T] shapes")
-    ok = _observed(arrays)
-    d = np.where(ok, d, np.nan)
+def transition_data(arrays: TraceArrays, state: np.ndarray | None = None) -> TransitionData:
+    "The `TransitionData` of `arrays`; `state` [B, T] (e.g. from `state_from_ms2_hmm`) replaces `arrays.state`."
+    if state is not None:
+        arrays = arrays.replace(state=state)  # checked like every per-trace array
+    arrays.require("state", hint="no promoter state: pass `state` (e.g. state_from_ms2_hmm(arrays.ms2)[0])")
+    d = np.where(arrays.mask, arrays.distance_nm, np.nan)
+    s = arrays.state
     prev, nxt = s[:, :-1], s[:, 1:]
     known = np.isfinite(prev) & np.isfinite(nxt)
     off, on = known & (prev < 0.5), known & (prev >= 0.5)
     d0, d1 = d[:, :-1], d[:, 1:]
     b, t = np.nonzero(off & (np.isfinite(d0) | np.isfinite(d1)))
-    out = {
-        "d0": d0[b, t],
-        "d1": d1[b, t],
-        "y": (nxt[b, t] >= 0.5).astype(float),
-        "trace": b,
-        "n_traces": d.shape[0],
-        "on_frames": on.sum(1).astype(float),
-        "on_to_off": (on & (nxt < 0.5)).sum(1).astype(float),
-    }
-    if "vector_nm" in arrays:
-        v = np.where(ok[..., None], np.asarray(arrays["vector_nm"], dtype=float), np.nan)
-        if v.shape != d.shape + (3,):
-            raise ValueError(f"vector_nm {v.shape} must be [B, T, 3] with distance_nm {d.shape}")
-        out["v0"], out["v1"] = v[:, :-1][b, t], v[:, 1:][b, t]
-    return out
-
-
-# %% ../nbs/03_radius.ipynb #8639f66c
-def motion_covariance(arrays: dict, sigma_loc_nm: float, use_vectors: bool = True) -> dict:
-    """Per-axis second moments of the true E–P vector r from the observed one y = r + noise (noise variance 2σ_loc² per
-    axis and frame, independent between frames): the stationary variance S = E[y²] − 2σ_loc² and the lag-one-frame
-    autocovariance c₁ = E[y_t·y_{t−1}] (the noise does not enter it). With distances only (no `vector_nm`, or
-    `use_vectors=False`): S from E[d²]/3 and c₁ from the fourth moment E[d_t² d_{t−1}²] = 9 S_y² + 6 c₁² (Isserlis, isotropic)."""
-    e = 2 * sigma_loc_nm**2
-    ok = _observed(arrays)
-    d = np.where(ok, np.asarray(arrays["distance_nm"], float), np.nan)
-    if not np.isfinite(d).any():
-        raise ValueError("no observed distance")
-    if use_vectors and "vector_nm" in arrays and np.isfinite(arrays["vector_nm"]).any():
-        v = np.where(ok[..., None], np.asarray(arrays["vector_nm"], float), np.nan)
-        Sy, c1 = np.nanmean(v**2), np.nanmean(v[:, 1:] * v[:, :-1])
-    else:
-        Sy = np.nanmean(d**2) / 3
-        c1 = math.sqrt(max((np.nanmean(d[:, 1:] ** 2 * d[:, :-1] ** 2) - 9 * Sy**2) / 6, 0.0))
-    S = max(float(Sy) - e, 1.0)
-    c1 = float(np.clip(c1, 0.0, S)) if np.isfinite(c1) else 0.0  # no consecutive pair: frames independent
-    return {"S_nm2": S, "c1_nm2": c1, "noise_nm2": e}
-
-
-def bridge_coefficients(cov: dict, n_nodes: int = 6, msd_exponent: float = 0.5) -> dict:
-    """Where the true vector is inside a frame interval, given the observed vectors at its ends.
-
-    Per axis the true r is stationary Gaussian with covariance C(τ) = S − ½·MSD(τ); inside a frame MSD(τ) =
-    MSD(Δt)·(τ/Δt)^`msd_exponent` (Rouse: ½), with MSD(Δt) = 2(S − c₁) from the data. At Gauss–Legendre nodes
-    u ∈ (0, 1) of the interval: r(u) | y₀, y₁ ~ N(a·y₀ + b·y₁, v·I) (both ends observed), r(u) | y₀ ~ N(a₀·y₀, v₀·I),
-    r(u) | y₁ ~ N(b₁·y₁, v₁·I) (one end missing). Also `kappa_per_nm2`: the von Mises–Fisher concentration of the
-    angle between y₀ and y₁ given their norms is κ = kappa_per_nm2·|y₀||y₁|."""
-    if n_nodes < 1:
-        raise ValueError("n_nodes must be >= 1")
-    if not 0 < msd_exponent <= 2:
-        raise ValueError("msd_exponent must be in (0, 2]")
-    S, c1, e = cov["S_nm2"], cov["c1_nm2"], cov["noise_nm2"]
-    x, w = np.polynomial.legendre.leggauss(n_nodes)
-    u, w = (x + 1) / 2, w / 2
-    C = lambda tau: S - (S - c1) * tau**msd_exponent  # ½·MSD(Δt)·(τ/Δt)^α
-    k = np.stack([C(u), C(1 - u)], 1)
-    Sig = np.array([[S + e, c1], [c1, S + e]])
-    ab = np.linalg.solve(Sig, k.T).T
-    fl = 1.0  # nm², keeps the Rice law defined where σ_loc = 0 and a node sits on an end
-    return {
-        "u": u,
-        "w": w,
-        "a": ab[:, 0],
-        "b": ab[:, 1],
-        "v": np.maximum(S - np.sum(k * ab, 1), fl),
-        "a0": C(u) / (S + e),
-        "v0": np.maximum(S - C(u) ** 2 / (S + e), fl),
-        "b1": C(1 - u) / (S + e),
-        "v1": np.maximum(S - C(1 - u) ** 2 / (S + e), fl),
-        "kappa_per_nm2": c1 / ((S + e) ** 2 - c1**2) if (S + e) > c1 else 0.0,
-    }
-
-
-def _angle_nodes(kappa: np.ndarray, n: int):
-    "cos θ of the two observed vectors given their norms (density ∝ e^{κ·cos θ} on [−1, 1]) at inverse-CDF Gauss–Legendre nodes."
-    x, w = np.polynomial.legendre.leggauss(n)
-    q = (x + 1) / 2
-    k = np.maximum(kappa, 1e-9)[:, None]
-    return np.clip(1 + np.log1p(-(1 - q[None]) * -np.expm1(-2 * k)) / k, -1, 1), w / 2
-
-
-def bridge_terms(
-    data: dict, cov: dict, n_nodes: int = 6, n_angle: int = 8, msd_exponent: float = 0.5, use_vectors: bool = True
-):
-    """The quadrature of ḡ = (1/Δt)∫ P(|r(s)| < r_c | data) ds for each pair: ḡ = Σ_q w_q·F₃(r_c; μ_q, σ_q), with F₃ the
-    3-D Rice CDF. Returns (μ [P, Q] nm, index into σ [P, Q], w [P, Q], σ [K] nm). With vectors μ = |a·y₀ + b·y₁|; with
-    distances only, the unknown angle between y₀ and y₁ is integrated over its conditional law (`n_angle` nodes)."""
-    br = bridge_coefficients(cov, n_nodes, msd_exponent)
-    sig = np.sqrt(np.concatenate([br["v"], br["v0"], br["v1"]]))
-    d0, d1 = data["d0"], data["d1"]
-    f0, f1 = np.isfinite(d0), np.isfinite(d1)
-    both = (f0 & f1)[:, None]
-    a = np.where(both, br["a"], np.where(f0[:, None], br["a0"], 0.0))
-    b = np.where(both, br["b"], np.where(f1[:, None], br["b1"], 0.0))
-    si = np.where(both, 0, np.where(f0[:, None], 1, 2)) * n_nodes + np.arange(n_nodes)[None]
-    w = np.tile(br["w"], (len(d0), 1))
-    if use_vectors and "v0" in data and np.isfinite(data["v0"]).any():
-        y0, y1 = np.nan_to_num(data["v0"]), np.nan_to_num(data["v1"])
-        return np.linalg.norm(a[..., None] * y0[:, None] + b[..., None] * y1[:, None], axis=-1), si, w, sig
-    x0, x1 = np.nan_to_num(d0)[:, None], np.nan_to_num(d1)[:, None]
-    u, wu = _angle_nodes(
-        br["kappa_per_nm2"] * x0[:, 0] * x1[:, 0], n_angle
-    )  # one end missing: x0·x1 = 0, the angle drops out
-    mu2 = (a**2 * x0**2 + b**2 * x1**2)[..., None] + 2 * (a * b * x0 * x1)[..., None] * u[:, None]
-    P = len(d0)
-    return (
-        np.sqrt(np.maximum(mu2, 0)).reshape(P, -1),
-        np.repeat(si, n_angle, 1),
-        (w[..., None] * wu).reshape(P, -1),
-        sig,
+    v0 = v1 = None
+    if arrays.vector_nm is not None:
+        v = np.where(arrays.mask[..., None], arrays.vector_nm, np.nan)
+        v0, v1 = v[:, :-1][b, t], v[:, 1:][b, t]
+    return TransitionData(
+        ends=contact.PairEnds(d0[b, t], d1[b, t], v0, v1),
+        y=(nxt[b, t] >= 0.5).astype(float),
+        trace=b,
+        n_traces=d.shape[0],
+        on_frames=on.sum(1).astype(float),
+        on_to_off=(on & (nxt < 0.5)).sum(1).astype(float),
     )
-
-
-def endpoint_terms(data: dict, sigma_loc_nm: float, sigma_r_nm: float, blur_nm: float):
-    """The earlier approximation, kept for comparison: the gate of notebook 02 (posterior of r under the prior N(0, σ_r²I)
-    with per-axis noise 2σ_loc² + blur²) at each observed end, averaged over the ends. Same return as `bridge_terms`."""
-    s2 = 2 * sigma_loc_nm**2 + blur_nm**2
-    vr = sigma_r_nm**2
-    D = np.stack([data["d0"], data["d1"]], 1)
-    ok = np.isfinite(D)
-    return (
-        vr / (vr + s2) * np.nan_to_num(D),
-        np.zeros(D.shape, int),
-        ok / ok.sum(1, keepdims=True).clip(1),
-        np.array([math.sqrt(vr * s2 / (vr + s2))]),
-    )
-
-
-def pair_gates(terms, r_nm) -> np.ndarray:
-    "ḡ of each pair at each radius in `r_nm`: [P, R]."
-    mu, si, w, sig = terms
-    g = rice3_cdf(
-        torch.as_tensor(np.atleast_1d(np.asarray(r_nm, float)))[None, None],
-        torch.as_tensor(mu)[..., None],
-        torch.as_tensor(sig[si])[..., None],
-    )
-    return torch.einsum("pqr,pq->pr", g, torch.as_tensor(w, dtype=g.dtype)).numpy()
-
-
-def summed_gates(terms, rows: np.ndarray, n_rows: int, r_nm, h_nm: float = 2.0) -> np.ndarray:
-    """Σ of ḡ over the pairs of each row (trace), [n_rows, R], without evaluating every pair: μ is linearly binned on
-    an `h_nm` grid per σ (error O(h²/σ²), < 10⁻³ relative here), then one table of F₃ per (σ, bin, r)."""
-    mu, si, w, sig = terms
-    if len(mu) == 0:
-        return np.zeros((n_rows, len(np.atleast_1d(r_nm))))
-    nb = int(mu.max() / h_nm) + 2
-    x = mu / h_nm
-    i0 = np.floor(x).astype(np.int64)
-    f = x - i0
-    col = si * nb + i0
-    rr = np.broadcast_to(np.asarray(rows)[:, None], mu.shape).ravel()
-    H = scipy.sparse.coo_matrix(
-        (
-            np.concatenate([(w * (1 - f)).ravel(), (w * f).ravel()]),
-            (np.concatenate([rr, rr]), np.concatenate([col.ravel(), col.ravel() + 1])),
-        ),
-        shape=(n_rows, len(sig) * nb),
-    ).tocsr()
-    T = rice3_cdf(
-        torch.as_tensor(np.atleast_1d(np.asarray(r_nm, float)))[None, None],
-        torch.as_tensor(np.arange(nb) * h_nm)[None, :, None],
-        torch.as_tensor(sig)[:, None, None],
-    )
-    return np.asarray(H @ T.reshape(len(sig) * nb, -1).numpy())
 
 
 # %% ../nbs/03_radius.ipynb #07a35b19
@@ -263,13 +109,15 @@ class _ProfileLik:
     (the log-likelihood is concave in log k_on), and log r_c refined between grid points on cubic splines (log ḡ of
     each event, Σ ḡ per trace). A bootstrap resample of traces is a weight per trace: nothing is recomputed."""
 
-    def __init__(self, terms, data: dict, r_grid_nm: np.ndarray, dt_s: float):
+    def __init__(self, terms: contact.BridgeTerms, data: TransitionData, r_grid_nm: np.ndarray, dt_s: float):
         self.lr, self.dt = np.log(r_grid_nm), dt_s
-        ev = data["y"] > 0.5
-        tr = data["trace"]
-        sub = lambda m: tuple(x[m] for x in terms[:3]) + (terms[3],)
-        self.A = summed_gates(sub(~ev), tr[~ev], data["n_traces"], r_grid_nm)  # [traces, grid]
-        self.E, self.ev_trace = np.maximum(pair_gates(sub(ev), r_grid_nm), 1e-300), tr[ev]  # [events, grid]
+        ev = data.y > 0.5
+        tr = data.trace
+        self.A = contact.summed_gates(terms.subset(~ev), tr[~ev], data.n_traces, r_grid_nm)  # [traces, grid]
+        self.E, self.ev_trace = (
+            np.maximum(contact.pair_gates(terms.subset(ev), r_grid_nm), 1e-300),
+            tr[ev],
+        )  # [events, grid]
         self.logE_spl = CubicSpline(self.lr, np.log(self.E), axis=1)
         self.A_spl = CubicSpline(self.lr, self.A, axis=1)
 
@@ -309,24 +157,51 @@ class _ProfileLik:
         return float(np.exp(l)), float(np.exp(x[0]) / self.dt), float(llb[0])
 
 
+# %% ../nbs/03_radius.ipynb #e03d623c
+@dataclass(frozen=True)
+class RadiusFit:
+    "A fitted `RadiusMLE` (its `summary()`): the radius with its bootstrap interval, the rates and the fit's settings."
+
+    r_c_nm: float
+    r_c_interval_nm: tuple[float, float]  # `ci` percentile bootstrap interval over traces (NaN with < 10 resamples)
+    ci: float
+    k_on_per_s: float
+    k_off_per_s: float
+    sigma_loc_nm: float
+    sigma_r_nm: float
+    motion_nm: float  # per-axis rms step of the true vector over one frame
+    method: str
+    n_events: int
+    n_at_risk: int
+    dt_s: float
+    n_boot: int  # bootstrap resamples used
+
+    def to_dict(self) -> dict:
+        "JSON-ready (the interval as a list)."
+        return dict(asdict(self), r_c_interval_nm=list(self.r_c_interval_nm))
+
+
 # %% ../nbs/03_radius.ipynb #2c09b9e9
 class RadiusMLE:
     """Maximum-likelihood contact radius of the contact-gated two-state promoter, scikit-learn style.
 
     Model: in a frame pair (t−1, t) with the promoter OFF at t−1, it switches ON with probability 1 − exp(−k_on·Δt·ḡ),
     ḡ = (1/Δt)∫ P(|r(s)| < r_c | data) ds over the interval. `method='bridge'` (default): the true E–P vector inside
-    the interval is a Gaussian bridge between the observed ends (`bridge_terms`: stationary variance and lag-one
-    autocovariance from the data, Rouse MSD ∝ τ^`msd_exponent` inside a frame, localization noise σ_loc), with the
-    observed vectors when `arrays` has `vector_nm` (and `use_vectors`), else the distances with the angle integrated
-    out; `n_nodes` Gauss–Legendre points in time. `method='endpoints'`: the earlier approximation (`endpoint_terms`:
-    notebook 02's gate at the ends plus a blur of `motion_fraction` × the frame-step variance). (r_c, k_on) maximise
-    the likelihood (`_ProfileLik`: r_c on a log grid over `r_range_nm`, refined; k_on profiled);
-    k_off = −log(1 − ON→OFF / ON frames)/Δt. Interval: percentile bootstrap over traces (`n_boot`, `ci`).
+    the interval is a Gaussian bridge between the observed ends (`contact.bridge_terms`: stationary variance and
+    lag-one autocovariance from the data, Rouse MSD ∝ τ^`msd_exponent` inside a frame, localization noise σ_loc),
+    with the observed vectors when the arrays have them (and `use_vectors`), else the distances with the angle
+    integrated out; `n_nodes` Gauss–Legendre points in time. `method='endpoints'`: the earlier approximation
+    (`contact.endpoint_terms`: notebook 02's gate at the ends plus a blur of `motion_fraction` × the frame-step
+    variance). (r_c, k_on) maximise the likelihood (`_ProfileLik`: r_c on a log grid over `r_range_nm`, refined;
+    k_on profiled); k_off = −log(1 − ON→OFF / ON frames)/Δt. Interval: percentile bootstrap over traces (`n_boot`, `ci`).
 
-    `fit(arrays, state=None)`: `arrays` from `Tracks.to_arrays()` (needs `distance_nm` and `state`, or pass `state`).
-    Fitted: `r_c_nm_`, `k_on_per_s_`, `k_off_per_s_`, `interval_nm_`, `boot_r_c_nm_`, `sigma_r_nm_`, `motion_nm_`
-    (per-axis rms step of the true vector over one frame), `cov_`, `n_events_`, `n_at_risk_`, `nll_` (per pair).
-    `score(arrays)`: mean log-likelihood per at-risk frame pair (higher is better)."""
+    `fit(arrays, state=None)`: `arrays` a `TraceArrays` with `state` (or pass `state` [B, T]); Δt is `dt_s` or
+    `arrays.dt_s`. Fitted attributes (plain floats, e.g. to start a hazard network from): `r_c_nm_` (contact radius,
+    nm), `k_on_per_s_` (activation rate while in contact, 1/s), `k_off_per_s_` (ON→OFF rate, 1/s; NaN without ON
+    frames); and `interval_nm_` (lo, hi), `boot_r_c_nm_` (bootstrap radii), `sigma_r_nm_`, `motion_nm_` (per-axis
+    rms step of the true vector over one frame), `cov_` (`contact.MotionCovariance`), `dt_s_`, `n_events_`,
+    `n_at_risk_`, `nll_` (per pair). `score(arrays)`: mean log-likelihood per at-risk frame pair (higher is better);
+    `summary()`: a `RadiusFit`."""
 
     def __init__(
         self,
@@ -350,6 +225,8 @@ class RadiusMLE:
             raise ValueError("sigma_loc_nm, floor_nm, motion_fraction must be >= 0")
         if sigma_r_nm is not None and sigma_r_nm <= 0:
             raise ValueError("sigma_r_nm must be > 0 (or None: estimated)")
+        if dt_s is not None and not dt_s > 0:
+            raise ValueError(f"dt_s must be > 0 (or None: from the arrays), got {dt_s}")
         if not 0 < ci < 1:
             raise ValueError(f"ci must be in (0, 1), got {ci}")
         if n_boot < 0:
@@ -358,107 +235,113 @@ class RadiusMLE:
             raise ValueError(f"method must be 'bridge' or 'endpoints', got {method!r}")
         if not 0 < r_range_nm[0] < r_range_nm[1] or n_grid < 8:
             raise ValueError("need 0 < r_range_nm[0] < r_range_nm[1] and n_grid >= 8")
-        self.sigma_loc_nm, self.sigma_r_nm, self.motion_fraction, self.floor_nm = (
-            sigma_loc_nm,
-            sigma_r_nm,
-            motion_fraction,
-            floor_nm,
-        )
-        self.dt_s, self.n_boot, self.ci, self.seed = dt_s, n_boot, ci, seed
-        self.method, self.use_vectors, self.n_nodes, self.n_angle, self.msd_exponent = (
-            method,
-            use_vectors,
-            n_nodes,
-            n_angle,
-            msd_exponent,
-        )
-        self.r_range_nm, self.n_grid = tuple(r_range_nm), n_grid
+        self.sigma_loc_nm, self.sigma_r_nm, self.motion_fraction = sigma_loc_nm, sigma_r_nm, motion_fraction
+        self.floor_nm, self.dt_s, self.n_boot, self.ci, self.seed = floor_nm, dt_s, n_boot, ci, seed
+        self.method, self.use_vectors, self.n_nodes, self.n_angle = method, use_vectors, n_nodes, n_angle
+        self.msd_exponent, self.r_range_nm, self.n_grid = msd_exponent, tuple(r_range_nm), n_grid
 
-    def _terms(self, data: dict):
+    def _terms(self, data: TransitionData) -> contact.BridgeTerms:
+        "The quadrature of ḡ for the pairs of `data` under this model (the motion covariance of the training data)."
         if self.method == "bridge":
-            return bridge_terms(data, self.cov_, self.n_nodes, self.n_angle, self.msd_exponent, self.use_vectors)
+            return contact.bridge_terms(
+                data.ends, self.cov_, self.n_nodes, self.n_angle, self.msd_exponent, self.use_vectors
+            )
         blur = math.sqrt(self.floor_nm**2 + self.motion_fraction * self.frame_var_nm2_)
-        return endpoint_terms(data, self.sigma_loc_nm, self.sigma_r_nm_, blur)
+        return contact.endpoint_terms(data.ends, self.sigma_loc_nm, self.sigma_r_nm_, blur)
 
-    def fit(self, arrays: dict, state: np.ndarray | None = None) -> RadiusMLE:
-        self.dt_s_ = float(self.dt_s or arrays.get("dt_s") or 0.0)
-        if not self.dt_s_ > 0:
-            raise ValueError("frame interval unknown: pass dt_s or arrays with 'dt_s'")
-        data = transition_data(arrays, state)
-        self.n_at_risk_, self.n_events_ = len(data["y"]), int(data["y"].sum())
-        if self.n_events_ == 0:
-            raise ValueError("no OFF→ON transition with an observed distance: the radius is not identifiable")
-        if self.n_events_ == self.n_at_risk_:
-            raise ValueError("every at-risk frame switches ON: the radius is not identifiable")
-        d = np.where(_observed(arrays), np.asarray(arrays["distance_nm"], float), np.nan)
-        self.sigma_r_nm_ = float(self.sigma_r_nm or estimate_sigma_r(d, self.sigma_loc_nm))
-        self.cov_ = motion_covariance(arrays, self.sigma_loc_nm, self.use_vectors)
-        self.frame_var_nm2_ = frame_motion_var(arrays, self.sigma_loc_nm)
-        self.motion_nm_ = math.sqrt(2 * (self.cov_["S_nm2"] - self.cov_["c1_nm2"]))
-        lik = _ProfileLik(self._terms(data), data, np.geomspace(*self.r_range_nm, self.n_grid), self.dt_s_)
-        self.r_c_nm_, self.k_on_per_s_, ll = lik.fit()
-        self.nll_ = -ll / self.n_at_risk_
-        on, off = data["on_frames"].sum(), data["on_to_off"].sum()
-        self.k_off_per_s_ = float(-math.log1p(-off / on) / self.dt_s_) if on > 0 and off < on else float("nan")
-        rng = np.random.default_rng(self.seed)
-        B = data["n_traces"]
-        boot = []
-        for _ in range(self.n_boot):  # resample traces: a trace's weight = how often it was drawn
-            w = np.bincount(rng.integers(0, B, B), minlength=B).astype(float)
-            if w[lik.ev_trace].sum() == 0:
-                continue
-            boot.append(lik.fit(w)[0])
-        self.boot_r_c_nm_ = np.array(boot)
-        a = (1 - self.ci) / 2
-        self.interval_nm_ = (
-            tuple(np.quantile(self.boot_r_c_nm_, [a, 1 - a]).tolist()) if len(boot) >= 10 else (float("nan"),) * 2
-        )
-        return self
 
-    def loglik(self, arrays: dict, state: np.ndarray | None = None, use_distance: bool = True) -> tuple[float, int]:
-        """Total log-likelihood of the at-risk frame pairs of `arrays` under the fit (motion covariance from the
-        training data), and their number. `use_distance=False`: the distance-free null (fitted events / at-risk time)."""
-        if not hasattr(self, "r_c_nm_"):
-            raise RuntimeError("RadiusMLE: call fit() first")
-        data = transition_data(arrays, state)
-        if use_distance:
-            lam = self.k_on_per_s_ * self.dt_s_ * pair_gates(self._terms(data), self.r_c_nm_)[:, 0]
-        else:
-            lam = np.full(len(data["y"]), self.null_rate_per_s_ * self.dt_s_)
-        return float(_bernoulli_loglik(lam, data["y"]).sum()), len(data["y"])
+# %% ../nbs/03_radius.ipynb #286561e8
+@patch
+def fit(self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None) -> RadiusMLE:
+    "Fit r_c, k_on, k_off and the bootstrap interval of r_c to `arrays` (see the class docstring)."
+    self.dt_s_ = float(self.dt_s or arrays.dt_s)
+    data = transition_data(arrays, state)
+    self.n_at_risk_, self.n_events_ = len(data), data.n_events
+    if self.n_events_ == 0:
+        raise ValueError("no OFF→ON transition with an observed distance: the radius is not identifiable")
+    if self.n_events_ == self.n_at_risk_:
+        raise ValueError("every at-risk frame switches ON: the radius is not identifiable")
+    d = np.where(arrays.mask, arrays.distance_nm, np.nan)
+    self.sigma_r_nm_ = float(self.sigma_r_nm or contact.estimate_sigma_r(d, self.sigma_loc_nm))
+    self.cov_ = contact.motion_covariance(arrays, self.sigma_loc_nm, self.use_vectors)
+    self.frame_var_nm2_ = frame_motion_var(arrays, self.sigma_loc_nm)
+    self.motion_nm_ = math.sqrt(2 * (self.cov_.S_nm2 - self.cov_.c1_nm2))
+    lik = _ProfileLik(self._terms(data), data, np.geomspace(*self.r_range_nm, self.n_grid), self.dt_s_)
+    self.r_c_nm_, self.k_on_per_s_, ll = lik.fit()
+    self.nll_ = -ll / self.n_at_risk_
+    on, off = data.on_frames.sum(), data.on_to_off.sum()
+    self.k_off_per_s_ = float(-math.log1p(-off / on) / self.dt_s_) if on > 0 and off < on else float("nan")
+    rng = np.random.default_rng(self.seed)
+    B = data.n_traces
+    boot = []
+    for _ in range(self.n_boot):  # resample traces: a trace's weight = how often it was drawn
+        w = np.bincount(rng.integers(0, B, B), minlength=B).astype(float)
+        if w[lik.ev_trace].sum() == 0:
+            continue
+        boot.append(lik.fit(w)[0])
+    self.boot_r_c_nm_ = np.array(boot)
+    a = (1 - self.ci) / 2
+    self.interval_nm_ = (
+        tuple(np.quantile(self.boot_r_c_nm_, [a, 1 - a]).tolist()) if len(boot) >= 10 else (float("nan"),) * 2
+    )
+    return self
 
-    @property
-    def null_rate_per_s_(self) -> float:
-        "Activation rate per OFF second without distance (fitted events / at-risk time)."
-        return -math.log1p(-self.n_events_ / self.n_at_risk_) / self.dt_s_
 
-    def score(self, arrays: dict, state: np.ndarray | None = None) -> float:
-        "Mean held-out log-likelihood per at-risk frame pair (nats; higher is better)."
-        ll, n = self.loglik(arrays, state)
-        return ll / max(n, 1)
+# %% ../nbs/03_radius.ipynb #a45284f1
+@patch
+def loglik(
+    self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None, use_distance: bool = True
+) -> tuple[float, int]:
+    """Total log-likelihood of the at-risk frame pairs of `arrays` under the fit (motion covariance from the
+    training data), and their number. `use_distance=False`: the distance-free null (fitted events / at-risk time)."""
+    if not hasattr(self, "r_c_nm_"):
+        raise RuntimeError("RadiusMLE: call fit() first")
+    data = transition_data(arrays, state)
+    if use_distance:
+        lam = self.k_on_per_s_ * self.dt_s_ * contact.pair_gates(self._terms(data), self.r_c_nm_)[:, 0]
+    else:
+        lam = np.full(len(data), self.null_rate_per_s_ * self.dt_s_)
+    return float(_bernoulli_loglik(lam, data.y).sum()), len(data)
 
-    def summary(self) -> dict:
-        return {
-            "r_c_nm": self.r_c_nm_,
-            "r_c_interval_nm": list(self.interval_nm_),
-            "ci": self.ci,
-            "k_on_per_s": self.k_on_per_s_,
-            "k_off_per_s": self.k_off_per_s_,
-            "sigma_loc_nm": self.sigma_loc_nm,
-            "sigma_r_nm": self.sigma_r_nm_,
-            "motion_nm": self.motion_nm_,
-            "method": self.method,
-            "n_events": self.n_events_,
-            "n_at_risk": self.n_at_risk_,
-            "dt_s": self.dt_s_,
-            "n_boot": int(len(self.boot_r_c_nm_)),
-        }
+
+@patch(as_prop=True)
+def null_rate_per_s_(self: RadiusMLE) -> float:
+    "Activation rate per OFF second without distance (fitted events / at-risk time)."
+    return -math.log1p(-self.n_events_ / self.n_at_risk_) / self.dt_s_
+
+
+@patch
+def score(self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None) -> float:
+    "Mean held-out log-likelihood per at-risk frame pair (nats; higher is better)."
+    ll, n = self.loglik(arrays, state)
+    return ll / max(n, 1)
+
+
+@patch
+def summary(self: RadiusMLE) -> RadiusFit:
+    "The fit as a `RadiusFit` (`.to_dict()` for JSON)."
+    return RadiusFit(
+        r_c_nm=self.r_c_nm_,
+        r_c_interval_nm=tuple(self.interval_nm_),
+        ci=self.ci,
+        k_on_per_s=self.k_on_per_s_,
+        k_off_per_s=self.k_off_per_s_,
+        sigma_loc_nm=self.sigma_loc_nm,
+        sigma_r_nm=self.sigma_r_nm_,
+        motion_nm=self.motion_nm_,
+        method=self.method,
+        n_events=self.n_events_,
+        n_at_risk=self.n_at_risk_,
+        dt_s=self.dt_s_,
+        n_boot=int(len(self.boot_r_c_nm_)),
+    )
 
 
 # %% ../nbs/03_radius.ipynb #5143146e
 def state_from_ms2(ms2: np.ndarray, window: int = 6) -> np.ndarray:
-    """A crude promoter state from MS2: the mean of the next `window` frames (MS2 lags the state by the kernel's rise)
-    thresholded by two-means clustering of those means. NaN MS2 frames are ignored; all-NaN windows give NaN."""
+    """A crude promoter state from MS2 (kept as the baseline of `state_from_ms2_hmm`): the mean of the next `window`
+    frames (MS2 lags the state by the kernel's rise) thresholded by two-means clustering of those means. NaN MS2
+    frames are ignored; all-NaN windows give NaN."""
     x = np.asarray(ms2, dtype=float)
     if x.ndim != 2:
         raise ValueError(f"ms2 must be [B, T], got shape {x.shape}")
@@ -480,76 +363,12 @@ def state_from_ms2(ms2: np.ndarray, window: int = 6) -> np.ndarray:
     lo, hi = np.quantile(v, 0.25), np.quantile(v, 0.9)
     for _ in range(50):  # two-means on the smoothed values
         thr = (lo + hi) / 2
-        lo2, hi2 = v[v <= thr].mean() if (v <= thr).any() else lo, v[v > thr].mean() if (v > thr).any() else hi
+        lo2 = v[v <= thr].mean() if (v <= thr).any() else lo
+        hi2 = v[v > thr].mean() if (v > thr).any() else hi
         if np.isclose(lo2, lo) and np.isclose(hi2, hi):
             break
         lo, hi = lo2, hi2
     return np.where(np.isfinite(sm), (sm > (lo + hi) / 2).astype(float), np.nan)
-
-
-def fit_radius(
-    tracks_path: str | Path,
-    out: str | Path | None = None,
-    sigma_loc_nm: float = 40.0,
-    state_from: str = "truth",
-    test_fraction: float = 0.2,
-    n_boot: int = 200,
-    ci: float = 0.9,
-    seed: int = 0,
-    dt_s: float | None = None,
-) -> dict:
-    """Fit `RadiusMLE` to a tracks file (any layout; gaps allowed): held-out log-likelihood per at-risk frame pair on a
-    random `test_fraction` of traces (against the distance-free null), then the radius with its bootstrap interval
-    from all traces. `state_from`: 'truth' (a `state` column) or 'ms2' (`state_from_ms2_hmm`). Writes JSON to `out`."""
-    from xai_hsg.tracks import read_tracks
-
-    if state_from not in ("truth", "ms2"):
-        raise ValueError(f"state_from must be 'truth' or 'ms2', got {state_from!r}")
-    if not 0 <= test_fraction < 1:
-        raise ValueError("test_fraction must be in [0, 1)")
-    arrays = read_tracks(tracks_path).to_arrays(dt_s)
-    if state_from == "truth":
-        if "state" not in arrays:
-            raise ValueError(
-                f"{tracks_path}: no 'state' column"
-                + ("; use --state-from ms2" if "ms2" in arrays else " and no 'ms2' column to infer it from")
-            )
-        state = arrays["state"]
-    else:
-        if "ms2" not in arrays:
-            raise ValueError(f"{tracks_path}: no 'ms2' column to infer the promoter state from")
-        state = state_from_ms2_hmm(arrays["ms2"])[0]
-    kw = dict(sigma_loc_nm=sigma_loc_nm, ci=ci, seed=seed)
-    B = len(arrays["distance_nm"])
-    perm = np.random.default_rng(seed).permutation(B)
-    n_te = int(round(test_fraction * B))
-    metrics = {}
-    if n_te >= 1 and B - n_te >= 2:
-        te, tr = np.sort(perm[:n_te]), np.sort(perm[n_te:])
-        m = RadiusMLE(n_boot=0, **kw).fit(subset_traces(arrays, tr), state[tr])
-        a_te = subset_traces(arrays, te)
-        ll, n = m.loglik(a_te, state[te])
-        ll0, _ = m.loglik(a_te, state[te], use_distance=False)
-        metrics = {
-            "n_train_traces": int(len(tr)),
-            "n_test_traces": int(len(te)),
-            "test_pairs": int(n),
-            "test_loglik_per_pair": ll / max(n, 1),
-            "test_loglik_per_pair_null": ll0 / max(n, 1),
-            "test_gain_nats_per_event": (ll - ll0) / max(int(transition_data(a_te, state[te])["y"].sum()), 1),
-        }
-    model = RadiusMLE(n_boot=n_boot, **kw).fit(arrays, state)
-    res = {
-        "tracks": str(tracks_path),
-        "state_from": state_from,
-        "n_traces": int(B),
-        **model.summary(),
-        "heldout": metrics,
-    }
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=1))
-    return res
 
 
 # %% ../nbs/03_radius.ipynb #b939cfe1
@@ -614,3 +433,84 @@ def state_from_ms2_hmm(
     p = gam[..., on]
     p[:, T - lag_frames :] = np.nan
     return np.where(np.isfinite(p), (p > 0.5).astype(float), np.nan), p
+
+
+# %% ../nbs/03_radius.ipynb #c3a48c9a
+@dataclass(frozen=True)
+class HeldOutScore:
+    "Held-out log-likelihood per at-risk frame pair of a fit to the other traces, with distance and without (the null)."
+
+    n_train_traces: int
+    n_test_traces: int
+    test_pairs: int
+    test_loglik_per_pair: float
+    test_loglik_per_pair_null: float
+    test_gain_nats_per_event: float  # (with − without distance) per held-out activation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def heldout_score(arrays: TraceArrays, test_fraction: float = 0.2, seed: int = 0, **mle_kw) -> HeldOutScore | None:
+    """Fit `RadiusMLE(n_boot=0, seed=seed, **mle_kw)` to a random 1 − `test_fraction` of the traces of `arrays` (with `state`)
+    and score the rest; None when the split leaves no test trace or fewer than 2 training traces."""
+    B = arrays.n_traces
+    perm = np.random.default_rng(seed).permutation(B)
+    n_te = int(round(test_fraction * B))
+    if n_te < 1 or B - n_te < 2:
+        return None
+    te, tr = np.sort(perm[:n_te]), np.sort(perm[n_te:])
+    m = RadiusMLE(n_boot=0, seed=seed, **mle_kw).fit(arrays.subset(tr))
+    a_te = arrays.subset(te)
+    ll, n = m.loglik(a_te)
+    ll0, _ = m.loglik(a_te, use_distance=False)
+    return HeldOutScore(
+        n_train_traces=int(len(tr)),
+        n_test_traces=int(len(te)),
+        test_pairs=int(n),
+        test_loglik_per_pair=ll / max(n, 1),
+        test_loglik_per_pair_null=ll0 / max(n, 1),
+        test_gain_nats_per_event=(ll - ll0) / max(transition_data(a_te).n_events, 1),
+    )
+
+
+# %% ../nbs/03_radius.ipynb #4ef5c8c7
+def fit_radius(
+    tracks_path: str | Path,
+    out: str | Path | None = None,
+    sigma_loc_nm: float = 40.0,
+    state_from: str = "truth",
+    test_fraction: float = 0.2,
+    n_boot: int = 200,
+    ci: float = 0.9,
+    seed: int = 0,
+    dt_s: float | None = None,
+) -> dict:
+    """Fit `RadiusMLE` to a tracks file (any layout; gaps allowed): `heldout_score` on a random `test_fraction` of
+    traces, then the radius with its bootstrap interval from all traces. `state_from`: 'truth' (a `state` column) or
+    'ms2' (`state_from_ms2_hmm`). Returns the JSON written to `out`: the file, `state_from`, `n_traces`, the
+    `RadiusFit` fields and 'heldout' (the `HeldOutScore` fields, {} without a split)."""
+    if state_from not in ("truth", "ms2"):
+        raise ValueError(f"state_from must be 'truth' or 'ms2', got {state_from!r}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError("test_fraction must be in [0, 1)")
+    arrays = read_tracks(tracks_path).to_arrays(dt_s)
+    if state_from == "truth" and arrays.state is None:
+        hint = "; use --state-from ms2" if arrays.ms2 is not None else " and no 'ms2' column to infer it from"
+        raise ValueError(f"{tracks_path}: no 'state' column" + hint)
+    if state_from == "ms2":
+        if arrays.ms2 is None:
+            raise ValueError(f"{tracks_path}: no 'ms2' column to infer the promoter state from")
+        arrays = arrays.replace(state=state_from_ms2_hmm(arrays.ms2)[0])
+    heldout = heldout_score(arrays, test_fraction, seed, sigma_loc_nm=sigma_loc_nm, ci=ci)
+    model = RadiusMLE(sigma_loc_nm=sigma_loc_nm, n_boot=n_boot, ci=ci, seed=seed).fit(arrays)
+    res = {
+        "tracks": str(tracks_path),
+        "state_from": state_from,
+        "n_traces": arrays.n_traces,
+        **model.summary().to_dict(),
+        "heldout": heldout.to_dict() if heldout else {},
+    }
+    if out is not None:
+        core.write_json_atomic(out, res)
+    return res
