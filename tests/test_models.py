@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from xai_hsg.contact import estimate_sigma_r, maxwell_cdf, rice3_cdf
 from xai_hsg.models import (FiLM, CausalHazard, ContactGate, EPModel, PastSummary, ResNet1d, SeedsGateModel,
-                            TrainConfig, TransformerEncoder1d, UNet1d, estimate_sigma_r, eval_loss, evaluate,
-                            far_distance_nm, integrated_gradients, masked_bce, masked_gaussian_nll, off_to_on, predict,
-                            rice3_cdf, rotary, task_loss, to_tensors, train, triggered)
-from xai_hsg.simulate import maxwell_cdf
+                            TrainConfig, TransformerEncoder1d, UNet1d, eval_loss, evaluate, far_distance_nm,
+                            integrated_gradients, masked_bce, masked_gaussian_nll, off_to_on, predict, rotary,
+                            task_loss, to_tensors, train, triggered)
+from xai_hsg.tracks import TraceArrays
 
 torch.set_num_threads(1)
 f64 = dict(dtype=torch.float64)
@@ -142,7 +143,7 @@ def test_nan_distances_and_ms2_are_masked_no_nan_anywhere():
     ms2 = torch.randn(B, T); ms2[1, 20:30] = float("nan")
     arrays = {"distance_nm": d.numpy().astype(float), "mask": np.isfinite(d.numpy()), "ms2": ms2.numpy().astype(float),
               "state": (torch.rand(B, T) > 0.5).numpy().astype(float)}
-    data = to_tensors(arrays)
+    data = to_tensors(TraceArrays(**arrays, dt_s=30.0))
     for model in (EPModel("ms2", past_ms2=True), EPModel("state"), SeedsGateModel("ms2"), SeedsGateModel("state"),
                   EPModel("ms2", past_summary=True), EPModel("state", backbone="transformer", width=16, past_summary=True)):
         loss, out = task_loss(model, data)
@@ -184,7 +185,7 @@ def _toy_state_data(n=24, T=96, seed=0):
         for t0 in rng.choice(T - 20, 2, replace=False):
             d[i, t0] = rng.uniform(0, 60); state[i, t0 + 2:t0 + 20] = 1
     d[:, 3] = np.nan
-    return {"distance_nm": d, "mask": np.isfinite(d), "state": state}
+    return TraceArrays(distance_nm=d, dt_s=30.0, mask=np.isfinite(d), state=state)
 
 
 def test_tiny_training_run_reduces_loss():

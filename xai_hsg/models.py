@@ -6,18 +6,20 @@
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
+
+from .contact import gate_posterior, rice3_cdf
+from .tracks import TraceArrays
+from .training import History, LoopConfig, train_loop
 
 # %% auto #0
 __all__ = [
-    "rice3_cdf",
-    "estimate_sigma_r",
     "ContactGate",
     "CausalHazard",
     "ConvBlock",
@@ -37,6 +39,7 @@ __all__ = [
     "masked_bce",
     "task_loss",
     "TrainConfig",
+    "radius_param_groups",
     "train",
     "predict",
     "eval_loss",
@@ -47,44 +50,15 @@ __all__ = [
     "triggered",
 ]
 
+
 # %% ../nbs/02_ep_ms2.ipynb #91795c60
-_SQRT2 = math.sqrt(2.0)
-_SQRT2PI = math.sqrt(2.0 * math.pi)
-
-
-def _Phi(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * torch.erfc(-x / _SQRT2)
-
-
-def rice3_cdf(R: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """P(|r| < R) for r ~ N(μ·u, σ²·I₃), |u| = 1 (3-D Rice / non-central χ₃ law), closed form, stable as μ → 0.
-
-    F = Φ((R−μ)/σ) − Φ((−R−μ)/σ) − σ/(μ√2π)·[e^{−(R−μ)²/2σ²} − e^{−(R+μ)²/2σ²}]; the last term is rewritten as
-    2R/(σ√2π)·e^{−(R−μ)²/2σ²}·h(2Rμ/σ²) with h(z) = (1 − e^{−z})/z (h(0) = 1), which has no 0/0 and no overflow."""
-    R, mu, sigma = torch.broadcast_tensors(torch.as_tensor(R), torch.as_tensor(mu), torch.as_tensor(sigma))
-    z = (2 * R * mu / sigma**2).clamp_min(1e-12)
-    h = -torch.expm1(-z) / z
-    out = (
-        _Phi((R - mu) / sigma)
-        - _Phi((-R - mu) / sigma)
-        - 2 * R / (sigma * _SQRT2PI) * torch.exp(-((R - mu) ** 2) / (2 * sigma**2)) * h
-    )
-    return out.clamp(0.0, 1.0)
-
-
-def estimate_sigma_r(distance_nm, sigma_loc_nm: float, floor_nm: float = 1.0) -> float:
-    "Per-axis std of the true E–P vector from observed distances: σ_r² = E[d²]/3 − 2σ_loc² (NaNs ignored)."
-    d = np.asarray(distance_nm, dtype=float)
-    var = np.nanmean(d**2) / 3 - 2 * sigma_loc_nm**2
-    return float(math.sqrt(max(var, floor_nm**2)))
-
-
 class ContactGate(nn.Module):
     """Posterior contact probability P(|r| < r_c | observed distance d), with r_c learned on a log scale (nm).
 
     Prior r ~ N(0, σ_r² I), observation y = r + N(0, s² I) with s² = 2σ_loc² + floor²; then r | y ~ N(m·y, v·I),
-    m = σ_r²/(σ_r²+s²), v = σ_r² s²/(σ_r²+s²), and |r| | d is 3-D Rice with μ = m·d, σ = √v. Missing frames
-    (`mask` False or NaN distance) give gate 0; the caller passes `mask` as its own channel."""
+    m = σ_r²/(σ_r²+s²), v = σ_r² s²/(σ_r²+s²) (`contact.gate_posterior`), and |r| | d is 3-D Rice with μ = m·d,
+    σ = √v (`contact.rice3_cdf`). Missing frames (`mask` False or NaN distance) give gate 0; the caller passes
+    `mask` as its own channel."""
 
     def __init__(
         self, r_c_nm: float = 150.0, sigma_loc_nm: float = 40.0, sigma_r_nm: float = 200.0, floor_nm: float = 5.0
@@ -104,10 +78,8 @@ class ContactGate(nn.Module):
         return float(self.log_r_c.detach().exp())
 
     def posterior(self):
-        "(m, √v): shrinkage factor and posterior per-axis std (nm)."
-        s2 = 2 * self.sigma_loc_nm**2 + self.floor_nm**2
-        vr = self.sigma_r_nm**2
-        return vr / (vr + s2), torch.sqrt(vr * s2 / (vr + s2))
+        "(m, √v): shrinkage factor and posterior per-axis std (nm), as tensors."
+        return gate_posterior(self.sigma_r_nm, self.sigma_loc_nm, self.floor_nm)
 
     def forward(self, distance_nm: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         obs = torch.isfinite(distance_nm) if mask is None else (mask.bool() & torch.isfinite(distance_nm))
@@ -156,6 +128,7 @@ class ConvBlock(nn.Module):
         return self.skip(x) + self.c2(F.gelu(self.c1(F.gelu(x))))
 
 
+# %% ../nbs/02_ep_ms2.ipynb #eb3a2001
 class UNet1d(nn.Module):
     "1-D U-Net: any length (right-padded to a multiple of 2^depth, cropped back), output [B, width, T]."
 
@@ -184,6 +157,7 @@ class UNet1d(nn.Module):
         return h[..., :T]
 
 
+# %% ../nbs/02_ep_ms2.ipynb #eb3a2002
 class ResNet1d(nn.Module):
     "ResNet-style 1-D decoder: residual dilated blocks, length-preserving."
 
@@ -199,6 +173,7 @@ class ResNet1d(nn.Module):
         return h
 
 
+# %% ../nbs/02_ep_ms2.ipynb #eb3a2003
 class CausalConv1d(nn.Conv1d):
     "Convolution whose output at t sees inputs at ≤ t only (left padding)."
 
@@ -210,6 +185,7 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(F.pad(x, (self.left, 0)))
 
 
+# %% ../nbs/02_ep_ms2.ipynb #eb3a2004
 class PastMS2(nn.Module):
     "Causal encoder of MS2 shifted by one frame: its output at t depends on MS2 at < t only."
 
@@ -241,6 +217,7 @@ def rotary(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
 
 
+# %% ../nbs/02_ep_ms2.ipynb #385a7001
 class TransformerBlock(nn.Module):
     "Pre-LN Transformer block: x + attention(LN(x)), then x + MLP(LN(x)); rotary positions on queries and keys."
 
@@ -261,6 +238,7 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+# %% ../nbs/02_ep_ms2.ipynb #385a7002
 class TransformerEncoder1d(nn.Module):
     "Small bidirectional Transformer encoder over time, [B, c_in, T] → [B, width, T], any length (rotary positions)."
 
@@ -308,6 +286,7 @@ class PastSummary(nn.Module):
         return torch.cat([mean, den / self.kernel.sum(-1).to(x.dtype)], 1)
 
 
+# %% ../nbs/02_ep_ms2.ipynb #66002001
 class FiLM(nn.Module):
     "Feature-wise linear modulation, pointwise in time: h·(1 + γ(c)) + β(c); starts as the identity (last layer zero)."
 
@@ -383,30 +362,34 @@ class EPModel(nn.Module):
     def r_c_nm(self) -> float:
         return self.gate.r_c_nm
 
-    def forward(self, distance_nm, mask, ms2=None, ms2_mask=None) -> dict:
-        obs = mask.bool() & torch.isfinite(distance_nm)
-        g = self.gate(distance_nm, obs)
-        if not self.use_distance:
-            g = torch.zeros_like(g)
-        h = self.backbone(torch.cat([self.hazard(g), self.seen(obs.to(g.dtype))], 1))
-        if self.past_ms2 or self.past_summary:
-            if ms2 is None:
-                raise ValueError("this model was built with past_ms2 or past_summary: pass ms2 (and ms2_mask)")
-            ms2_mask = torch.isfinite(ms2) if ms2_mask is None else ms2_mask
-            z = (ms2 - self.ms2_mean) / self.ms2_std
-            if self.ms2_branch is not None:
-                h = h + self.ms2_branch(z, ms2_mask)
-            # after the FiLM only pointwise layers: a temporal layer here would carry the summary at t + 1 (MS2 at t) back to t
-            if self.film is not None:
-                h = self.film(h, self.summary(z, ms2_mask))
-        out = self.head(h)
-        res = {"gate": g, "penalty": g.new_zeros(())}
-        if self.task == "ms2":
-            res["mean"] = out[:, 0] * self.ms2_std + self.ms2_mean  # MS2 units
-            res["logvar"] = 10 * torch.tanh(out[:, 1] / 10) + 2 * torch.log(self.ms2_std)  # soft-clamped
-        else:
-            res["logit"] = out[:, 0]
-        return res
+
+# %% ../nbs/02_ep_ms2.ipynb #ed8d4f76
+@patch
+def forward(self: EPModel, distance_nm, mask, ms2=None, ms2_mask=None) -> dict:
+    "Gate → hazard filters → backbone (+ past-MS2 branch, FiLM) → head; outputs in MS2 units or a logit."
+    obs = mask.bool() & torch.isfinite(distance_nm)
+    g = self.gate(distance_nm, obs)
+    if not self.use_distance:
+        g = torch.zeros_like(g)
+    h = self.backbone(torch.cat([self.hazard(g), self.seen(obs.to(g.dtype))], 1))
+    if self.past_ms2 or self.past_summary:
+        if ms2 is None:
+            raise ValueError("this model was built with past_ms2 or past_summary: pass ms2 (and ms2_mask)")
+        ms2_mask = torch.isfinite(ms2) if ms2_mask is None else ms2_mask
+        z = (ms2 - self.ms2_mean) / self.ms2_std
+        if self.ms2_branch is not None:
+            h = h + self.ms2_branch(z, ms2_mask)
+        # after the FiLM only pointwise layers: a temporal layer here would carry the summary at t + 1 (MS2 at t) back to t
+        if self.film is not None:
+            h = self.film(h, self.summary(z, ms2_mask))
+    out = self.head(h)
+    res = {"gate": g, "penalty": g.new_zeros(())}
+    if self.task == "ms2":
+        res["mean"] = out[:, 0] * self.ms2_std + self.ms2_mean  # MS2 units
+        res["logvar"] = 10 * torch.tanh(out[:, 1] / 10) + 2 * torch.log(self.ms2_std)  # soft-clamped
+    else:
+        res["logit"] = out[:, 0]
+    return res
 
 
 # %% ../nbs/02_ep_ms2.ipynb #34050efe
@@ -461,22 +444,23 @@ class SeedsGateModel(nn.Module):
 
 
 # %% ../nbs/02_ep_ms2.ipynb #b94fa572
-def to_tensors(arrays: dict, idx=None, dtype=torch.float32) -> dict:
-    "Tensors from `Tracks.to_arrays()` (rows `idx`): distance_nm, mask, and ms2 / ms2_mask / state / state_mask when present."
-    idx = np.arange(len(arrays["distance_nm"])) if idx is None else np.asarray(idx)
-    d = arrays["distance_nm"][idx]
+def to_tensors(arrays: TraceArrays, idx=None, dtype=torch.float32) -> dict:
+    "Tensors of the rows `idx` of a `TraceArrays`: distance_nm, mask, and ms2 / ms2_mask / state / state_mask when present."
+    idx = np.arange(arrays.n_traces) if idx is None else np.asarray(idx)
     out = {
-        "distance_nm": torch.as_tensor(d, dtype=dtype),
-        "mask": torch.as_tensor(arrays["mask"][idx] & np.isfinite(d)),
+        "distance_nm": torch.as_tensor(arrays.distance_nm[idx], dtype=dtype),
+        "mask": torch.as_tensor(arrays.mask[idx]),  # TraceArrays clears the mask where the distance is not finite
     }
     for k in ("ms2", "state"):
-        if k in arrays:
-            v = arrays[k][idx]
+        v = getattr(arrays, k)
+        if v is not None:
+            v = v[idx]
             out[k] = torch.as_tensor(np.nan_to_num(v), dtype=dtype)
             out[f"{k}_mask"] = torch.as_tensor(np.isfinite(v))
     return out
 
 
+# %% ../nbs/02_ep_ms2.ipynb #c0de0002
 def masked_gaussian_nll(mean, logvar, target, mask) -> torch.Tensor:
     "Mean over `mask` of ½(log σ² + (y − μ)²/σ²) (constant dropped); masked frames contribute nothing (no NaN)."
     m = mask.bool()
@@ -486,11 +470,13 @@ def masked_gaussian_nll(mean, logvar, target, mask) -> torch.Tensor:
 
 
 def masked_bce(logit, target, mask) -> torch.Tensor:
+    "Mean over `mask` of the binary cross-entropy with logits; masked frames contribute nothing."
     m = mask.bool()
     y = torch.where(m, target, torch.zeros_like(target))
     return (F.binary_cross_entropy_with_logits(logit, y, reduction="none") * m).sum() / m.sum().clamp_min(1)
 
 
+# %% ../nbs/02_ep_ms2.ipynb #c0de0004
 def _inputs(model, batch):
     return model(batch["distance_nm"], batch["mask"], batch.get("ms2"), batch.get("ms2_mask"))
 
@@ -508,6 +494,8 @@ def task_loss(model, batch) -> tuple[torch.Tensor, dict]:
 # %% ../nbs/02_ep_ms2.ipynb #1f5b23cf
 @dataclass
 class TrainConfig:
+    "How `train` fits an `EPModel` or `SeedsGateModel`: the loop's settings plus batching and windows of traces."
+
     epochs: int = 20
     lr: float = 3e-3  # network weights
     lr_radius: float = 3e-2  # log r_c (or the seeds' d_c)
@@ -517,59 +505,68 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # clip the gradient norm (None: off)
     seed: int = 0
     device: str = "cpu"
-    verbose: bool = True
+    verbose: bool = True  # a progress bar with the latest losses and radius
+
+    def loop_config(self) -> LoopConfig:
+        "The `training.LoopConfig` of this fit: AdamW, constant learning rates, evaluation every epoch."
+        return LoopConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            optimizer="adamw",
+            grad_clip=self.grad_clip,
+            device=self.device,
+            seed=self.seed,
+            progress=self.verbose,
+            desc="train",
+        )
 
 
+# %% ../nbs/02_ep_ms2.ipynb #1f5b2001
+def radius_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    "Two AdamW groups: the network weights (lr, weight decay) and the radius (its own lr, no weight decay)."
+    names = ("gate.log_r_c", "d_c")
+    radius = [p for n, p in model.named_parameters() if n in names]
+    others = [p for n, p in model.named_parameters() if n not in names]
+    return [
+        {"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": radius, "lr": cfg.lr_radius, "weight_decay": 0.0},
+    ]
+
+
+# %% ../nbs/02_ep_ms2.ipynb #a7c1e002
 def _radius(model, data) -> float:
     return model.r_c_nm if hasattr(model, "gate") else model.radius_nm(data["distance_nm"], data["mask"])
 
 
-def train(model: nn.Module, train_data: dict, cfg: TrainConfig, val_data: dict | None = None) -> dict:
-    "Adam on the masked task loss; returns the history (per epoch: train/val loss, radius in nm, seconds)."
-    g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+def train(model: nn.Module, train_data: dict, cfg: TrainConfig, val_data: dict | None = None) -> History:
+    """AdamW on the masked task loss over shuffled mini-batches of traces (random `crop`-frame windows), through
+    `training.train_loop`. The history has per epoch: train_loss, val_loss (with `val_data`), radius_nm, seconds."""
+    g = torch.Generator().manual_seed(cfg.seed)  # shuffling and windows: this generator only
     dev = torch.device(cfg.device)
-    model.to(dev)
-    radius = [p for n, p in model.named_parameters() if n in ("gate.log_r_c", "d_c")]
-    others = [p for n, p in model.named_parameters() if n not in ("gate.log_r_c", "d_c")]
-    opt = torch.optim.AdamW(
-        [
-            {"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-            {"params": radius, "lr": cfg.lr_radius, "weight_decay": 0.0},
-        ]
-    )
     n = len(train_data["distance_nm"])
-    hist = {"epoch": [], "train_loss": [], "val_loss": [], "radius_nm": [], "seconds": []}
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        total, count = 0.0, 0
+
+    def batches():
         for idx in torch.randperm(n, generator=g).split(cfg.batch_size):
             batch = {k: v[idx].to(dev) for k, v in train_data.items()}
             T = batch["distance_nm"].shape[1]
             if cfg.crop and cfg.crop < T:
                 s = int(torch.randint(0, T - cfg.crop + 1, (1,), generator=g))
                 batch = {k: v[:, s : s + cfg.crop] for k, v in batch.items()}
-            loss, _ = task_loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        hist["epoch"].append(epoch + 1)
-        hist["train_loss"].append(total / count)
-        hist["radius_nm"].append(_radius(model, {k: v.to(dev) for k, v in train_data.items()}))
+            yield batch
+
+    def loss_fn(model, batch):
+        return task_loss(model, batch)[0], {"n": len(batch["distance_nm"])}
+
+    def end_of_epoch(model):
+        row = {"radius_nm": _radius(model, {k: v.to(dev) for k, v in train_data.items()})}
         if val_data is not None:
-            model.eval()
-            hist["val_loss"].append(eval_loss(model, val_data))
-        hist["seconds"].append(time.perf_counter() - t0)
-        if cfg.verbose and (epoch == 0 or (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs):
-            val = f" val {hist['val_loss'][-1]:.4f}" if hist["val_loss"] else ""
-            print(
-                f"epoch {epoch + 1:3d}  train {hist['train_loss'][-1]:.4f}{val}  radius {hist['radius_nm'][-1]:7.1f} nm  {hist['seconds'][-1]:5.1f} s"
-            )
+            row["val_loss"] = eval_loss(model, val_data)
+        return row
+
+    hist = train_loop(model, loss_fn, batches, cfg.loop_config(), radius_param_groups(model, cfg), end_of_epoch)
+    for row in hist.rows:  # this module's names for the loop's columns
+        row["train_loss"], row["seconds"] = row.pop("loss"), row.pop("elapsed_s")
     return hist
 
 
@@ -589,6 +586,7 @@ def predict(model, data: dict, batch_size: int = 64) -> dict:
     return {k: torch.cat([o[k] for o in outs]).cpu().numpy() for k, v in outs[0].items() if v.ndim}
 
 
+# %% ../nbs/02_ep_ms2.ipynb #c0de0005
 @torch.no_grad()
 def eval_loss(model, data: dict, batch_size: int = 64) -> float:
     "The loss over all of `data` in batches, weighted by observed target frames (the task loss then equals one big batch's)."
@@ -604,30 +602,28 @@ def eval_loss(model, data: dict, batch_size: int = 64) -> float:
     return total / max(frames, 1)
 
 
+# %% ../nbs/02_ep_ms2.ipynb #c0de0006
 def evaluate(model, data: dict) -> dict:
     """Held-out metrics on the observed frames. MS2: R², Gaussian NLL, coverage of the ±2σ band (0.954 when
     calibrated). State: F1, accuracy and BCE at threshold 0.5."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, r2_score
+
     p = predict(model, data)
     if model.task == "ms2":
         m = data["ms2_mask"].numpy()
-        y = data["ms2"].numpy()[m]
-        mu = p["mean"][m]
+        y, mu = data["ms2"].numpy()[m], p["mean"][m]
         sd = np.exp(0.5 * p["logvar"][m])
         return {
-            "ms2_r2": float(1 - np.sum((y - mu) ** 2) / np.sum((y - y.mean()) ** 2)),
+            "ms2_r2": float(r2_score(y, mu)),
             "ms2_nll": float(np.mean(0.5 * (np.log(2 * np.pi * sd**2) + ((y - mu) / sd) ** 2))),
             "ms2_coverage_2sd": float(np.mean(np.abs(y - mu) < 2 * sd)),
         }
     m = data["state_mask"].numpy()
-    y = data["state"].numpy()[m] > 0.5
-    logit = p["logit"][m]
-    yhat = logit > 0
-    tp, fp, fn = np.sum(yhat & y), np.sum(yhat & ~y), np.sum(~yhat & y)
-    prob = 1 / (1 + np.exp(-logit))
+    y, logit = data["state"].numpy()[m] > 0.5, p["logit"][m].astype(float)
     return {
-        "state_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
-        "state_accuracy": float(np.mean(yhat == y)),
-        "state_bce": float(-np.mean(y * np.log(prob + 1e-9) + (~y) * np.log(1 - prob + 1e-9))),
+        "state_f1": float(f1_score(y, logit > 0, zero_division=0.0)),
+        "state_accuracy": float(accuracy_score(y, logit > 0)),
+        "state_bce": float(log_loss(y, 1 / (1 + np.exp(-logit)), labels=[False, True])),
     }
 
 
@@ -638,6 +634,7 @@ def far_distance_nm(model: EPModel, n_sd: float = 8.0) -> float:
     return float((model.gate.log_r_c.detach().exp() + n_sd * sd) / m)
 
 
+# %% ../nbs/02_ep_ms2.ipynb #3dd6d001
 def integrated_gradients(
     model: EPModel,
     data: dict,
@@ -719,6 +716,7 @@ def integrated_gradients(
     return attr, delta
 
 
+# %% ../nbs/02_ep_ms2.ipynb #3dd6d002
 def off_to_on(state: np.ndarray, state_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     "(trace, frame) of every OFF→ON switch: the first ON frame t with frame t − 1 observed OFF."
     s = np.asarray(state, dtype=float)
