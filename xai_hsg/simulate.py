@@ -8,14 +8,20 @@ checked against theory and against a plain reference implementation. Also the tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from fastcore.basics import patch
+
+from . import core
+from .contact import maxwell_cdf
+from .tracks import TraceArrays, Tracks, read_tracks, write_tracks
 
 # %% auto #0
 __all__ = [
@@ -25,7 +31,6 @@ __all__ = [
     "SimParams",
     "RouseModes",
     "rouse_modes",
-    "maxwell_cdf",
     "contact_probability",
     "msd_theory",
     "on_fraction_theory",
@@ -35,6 +40,8 @@ __all__ = [
     "simulate",
     "simulate_reference",
     "save_simulation",
+    "SimulationData",
+    "load_simulation",
     "write_simulation",
 ]
 
@@ -65,6 +72,26 @@ _RULES = {  # field -> (kind, description); checked in SimParams.__post_init__
 }
 
 
+def _check_param(name: str, value) -> None:
+    "A ValueError naming `SimParams.<name>` unless `value` obeys its rule in `_RULES`."
+    kind, want = _RULES[name]
+    if kind.endswith("None") and value is None:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+    if not bad and kind.startswith("int"):
+        bad = not float(value).is_integer() or value < int(kind[5:])
+    elif not bad:
+        bad = (
+            not math.isfinite(value)
+            or (kind.startswith(">0") and value <= 0)
+            or (kind.startswith(">=0") and value < 0)
+            or (kind == "(0,1]" and not 0 < value <= 1)
+        )
+    if bad:
+        raise ValueError(f"SimParams.{name} must be {want}, got {value!r}")
+
+
+# %% ../nbs/01_simulation.ipynb #5d0c9a12
 @dataclass(frozen=True)
 class SimParams:
     """Parameters of the EP-distance + MS2 simulator (seconds, nm). Validated on construction.
@@ -81,9 +108,8 @@ class SimParams:
     separation_beads: int = 90  # genomic E-P separation in beads (Yang: sep = 90)
     diffusion_nm2_per_s: float = 2810.0  # bead diffusion D, nm^2/s (Yang: 2810*60 nm^2/min)
     spring_rate_per_s: float = 1 / 0.177  # spring rate k, 1/s (Yang: 60/0.177 per min)
-    variance_kept: float = (
-        0.999  # keep normal modes holding >= this fraction of Var(r) (fewest slow ones: `rouse_modes`)
-    )
+    # keep normal modes holding >= this fraction of Var(r) (fewest slow ones: `rouse_modes`)
+    variance_kept: float = 0.999
     # observation of the two spots
     sigma_loc_nm: float = 40.0  # localization error per spot and axis, nm (Yang: 40 nm)
     # promoter (two states, contact-gated activation)
@@ -104,22 +130,7 @@ class SimParams:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            kind, want = _RULES[f.name]
-            if kind.endswith("None") and v is None:
-                continue
-            bad = isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-            if not bad and kind.startswith("int"):
-                bad = not float(v).is_integer() or v < int(kind[5:])
-            elif not bad:
-                bad = (
-                    not math.isfinite(v)
-                    or (kind.startswith(">0") and v <= 0)
-                    or (kind.startswith(">=0") and v < 0)
-                    or (kind == "(0,1]" and not 0 < v <= 1)
-                )
-            if bad:
-                raise ValueError(f"SimParams.{f.name} must be {want}, got {v!r}")
+            _check_param(f.name, getattr(self, f.name))
         if self.separation_beads >= self.n_beads:
             raise ValueError(
                 f"SimParams.separation_beads must be < n_beads ({self.n_beads}), got {self.separation_beads}"
@@ -174,6 +185,7 @@ class RouseModes:
         return self.var_kept_nm2 / self.var_full_nm2
 
 
+# %% ../nbs/01_simulation.ipynb #9b1e0f22
 FRESH_DECAY = 17.0  # e^-17 = 4e-8, below float32 resolution: a mode decorrelated this far is an independent draw
 
 
@@ -206,21 +218,14 @@ def rouse_modes(params: SimParams) -> RouseModes:
     )
 
 
-# %% ../nbs/01_simulation.ipynb #ce990017
-def maxwell_cdf(r_nm, sigma_nm):
-    "P(|r| < r_nm) for an isotropic 3-D Gaussian vector with per-axis std `sigma_nm`."
-    from scipy.special import erf
-
-    x = np.asarray(r_nm, dtype=float) / sigma_nm
-    return erf(x / np.sqrt(2)) - np.sqrt(2 / np.pi) * x * np.exp(-(x**2) / 2)
-
-
+# %% ../nbs/01_simulation.ipynb #3c51a0e1
 def contact_probability(params: SimParams, kept: bool = True) -> float:
     "Stationary P(|r| < r_c) (with the kept modes' variance by default, as simulated)."
     m = rouse_modes(params)
     return float(maxwell_cdf(params.r_c_nm, math.sqrt(m.var_kept_nm2 if kept else m.var_full_nm2)))
 
 
+# %% ../nbs/01_simulation.ipynb #3c51a0e3
 def msd_theory(lag_s, params: SimParams) -> np.ndarray:
     "3-D mean squared displacement of the E–P vector (no localization noise) at lags `lag_s`, nm²."
     m = rouse_modes(params)
@@ -228,12 +233,14 @@ def msd_theory(lag_s, params: SimParams) -> np.ndarray:
     return 3 * np.sum(2 * m.coef**2 * m.std_nm**2 * (1 - np.exp(-m.rate_per_s * lag)), axis=-1)
 
 
+# %% ../nbs/01_simulation.ipynb #3c51a0e5
 def on_fraction_theory(params: SimParams) -> float:
     "P(ON) in the fast-polymer limit: k_on P_c / (k_on P_c + k_off)."
     a = params.k_on * contact_probability(params)
     return float(a / (a + params.k_off_per_s)) if a + params.k_off_per_s > 0 else 0.0
 
 
+# %% ../nbs/01_simulation.ipynb #3c51a0e7
 def mean_ms2_theory(params: SimParams) -> float:
     "Stationary mean of the MS2 signal (no bleaching): A (nu_on P_on + nu_off P_off)(T_rise/2 + T_plateau) + background."
     p_on = on_fraction_theory(params)
@@ -249,6 +256,7 @@ def _time_grid(params: SimParams):
     return n_burn, t_frames, -n_burn * params.dt_s, params.duration_s + params.dt_s / 2
 
 
+# %% ../nbs/01_simulation.ipynb #6a0b7c02
 @dataclass
 class SimResult:
     "All ground truth of one simulation (`simulate` or `simulate_reference`)."
@@ -306,58 +314,6 @@ class SimResult:
     def off_durations_s(self) -> np.ndarray:
         return self._durations(False)
 
-    def to_frame(self, truth: bool = True):
-        "Long table in the tracks format: trace_id, t_s, dx_nm, dy_nm, dz_nm, ms2 (+ truth columns)."
-        import pandas as pd
-
-        B, F = self.n_traces, self.n_frames
-        cols = {"trace_id": np.repeat(np.arange(B), F).astype(str), "t_s": np.tile(self.t_s.astype(float), B)}
-        for i, ax in enumerate("xyz"):
-            cols[f"d{ax}_nm"] = self.xyz_nm[..., i].astype(float).ravel()
-        cols["ms2"] = self.ms2.astype(float).ravel()
-        if truth:
-            cols.update(
-                state=self.state.ravel().astype(np.int64),
-                on_fraction=self.on_fraction.astype(float).ravel(),
-                loadings=self.loading_counts.ravel().astype(np.int64),
-                ms2_clean=self.ms2_clean.astype(float).ravel(),
-                distance_true_nm=self.distance_true_nm.astype(float).ravel(),
-            )
-        return pd.DataFrame(cols)
-
-    def truth_dict(self) -> dict:
-        "JSON-able ground truth that is not per frame: parameters, seed, theory, per-trace event times."
-        p = self.params
-        return {
-            "params": p.to_dict(),
-            "k_on_per_s": p.k_on,
-            "seed": int(self.seed),
-            "implementation": self.implementation,
-            "device": self.device,
-            "n_traces": int(self.n_traces),
-            "n_frames": int(self.n_frames),
-            "dt_s": p.dt_s,
-            "t_start_s": self.t_start_s,
-            "t_end_s": self.t_end_s,
-            "n_modes": int(self.n_modes),
-            "variance_fraction_kept": float(self.variance_fraction_kept),
-            "theory": {
-                "contact_probability": contact_probability(p),
-                "on_fraction": on_fraction_theory(p),
-                "mean_ms2": mean_ms2_theory(p),
-                "var_per_axis_nm2": rouse_modes(p).var_kept_nm2,
-            },
-            "traces": [
-                {
-                    "trace_id": str(i),
-                    "initial_state": int(s0),
-                    "switch_times_s": sw.tolist(),
-                    "loading_times_s": lt.tolist(),
-                }
-                for i, (s0, sw, lt) in enumerate(zip(self.initial_state, self.switch_times_s, self.loading_times_s))
-            ],
-        }
-
 
 # %% ../nbs/01_simulation.ipynb #7380243a
 def _rows_to_list(values: torch.Tensor, mask: torch.Tensor) -> list:
@@ -367,6 +323,7 @@ def _rows_to_list(values: torch.Tensor, mask: torch.Tensor) -> list:
     return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]  # (np.split is 30x slower on thousands of rows)
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d002
 def _poisson_times(g, B, rate, t0, span, dev, pad):
     "Per trace a Poisson(rate*span) number of uniform times on [t0, t0+span), sorted; padded with `pad`. Returns (times, valid)."
     f64 = dict(dtype=torch.float64, device=dev)
@@ -379,6 +336,7 @@ def _poisson_times(g, B, rate, t0, span, dev, pad):
     return torch.where(valid, t, pad), valid
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d004
 def _check_run_args(n_traces, seed):
     if isinstance(n_traces, bool) or not isinstance(n_traces, (int, np.integer)) or n_traces < 1:
         raise ValueError(f"n_traces must be a positive integer, got {n_traces!r}")
@@ -386,6 +344,7 @@ def _check_run_args(n_traces, seed):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d006
 def _mode_groups(rate, dt, ratio=1.6, min_fast_rate=0.0):
     """Boundaries of mode groups (modes sorted by rate): [0, n_slow) slow (rate*dt < FRESH_DECAY, or rate < `min_fast_rate`),
     then bins of rate within x`ratio`."""
@@ -395,6 +354,7 @@ def _mode_groups(rate, dt, ratio=1.6, min_fast_rate=0.0):
     return bounds
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d008
 def _ou_bridge(theta, std, s, q):
     """Exact OU bridge, per mode: u at `s` after a point and `q` before the next one, given u at both, is
     N(a u_before + b u_after, var). s, q: [n, 1]; theta, std: [S]. Returns a, b, var ([n, S] each)."""
@@ -405,29 +365,28 @@ def _ou_bridge(theta, std, s, q):
     return a, b, m_s.mul_(m_q).mul_(r).mul_(std**2)
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d010
 def _fast_cov(lag_s, theta, w, bounds):
     """Per-axis covariance of the fast modes' part of r at lags `lag_s` (float64, >= 0): K(lag) = sum_p w_p e^{-theta_p lag},
     and K(0) - K(lag) without cancellation (for tiny lags). `bounds`: rate groups (indices into theta, w); a group is
     summed only where its slowest mode is within reach (theta lag < FRESH_DECAY: e^-17, below float32 resolution)."""
     n, f64 = len(lag_s), dict(dtype=torch.float64, device=lag_s.device)
-    w_near, w_gone = (
-        torch.zeros(n, **f64),
-        torch.zeros(n, **f64),
-    )  # weight of the groups in reach; their sum w (1 - e^{-theta lag})
+    # weight of the groups in reach; their sum w (1 - e^{-theta lag})
+    w_near, w_gone = torch.zeros(n, **f64), torch.zeros(n, **f64)
     idx = torch.arange(n, device=lag_s.device)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         idx = idx[lag_s[idx] < FRESH_DECAY / float(theta[lo])]  # reach shrinks with rate: a subset of the last group's
         if not len(idx):
             break
-        gone = -torch.expm1(
-            -lag_s[idx, None].to(theta.dtype) * theta[lo:hi]
-        )  # 1 - e^{-theta lag}, accurate for tiny lags
+        # 1 - e^{-theta lag}, accurate for tiny lags
+        gone = -torch.expm1(-lag_s[idx, None].to(theta.dtype) * theta[lo:hi])
         w_gone.index_add_(0, idx, (gone @ w[lo:hi]).double())
         w_near.index_add_(0, idx, torch.full((len(idx),), float(w[lo:hi].double().sum()), **f64))
     K0 = float(w.double().sum())
     return w_near - w_gone, (K0 - w_near) + w_gone
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d012
 def _banded_gaussian(g, mean, var, C_band, start, kw):
     """Draw x ~ N(mean, C) for n points in time order whose covariance is banded: C[i, j] = 0 for j < start[i] <= i.
     C_band[i, d] = C[i, i - d] (d = 0: the variance `var`). The Cholesky factor keeps that profile, so its row i is
@@ -465,14 +424,121 @@ def _banded_gaussian(g, mean, var, C_band, start, kw):
     return mean + x
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d014
+def _slow_at_frames(g, B, n_frames, dt_s, theta, std, coef, kw):
+    """The slow modes stepped exactly through `n_frames` frames `dt_s` apart, started stationary:
+    u_f = e^{-theta dt} u_{f-1} + std sqrt(1 - e^{-2 theta dt}) xi, in place on the noise, a few frames at a time so
+    that drawing, scaling, stepping and summing stay in cache. Returns the modes X [F, B, 3, S] and r_slow [F, B, 3]."""
+    S = len(theta)
+    X = torch.empty(n_frames, B, 3, S, **kw)
+    r_slow = torch.empty(n_frames, B, 3, **kw)
+    decay, scale = torch.exp(-theta * dt_s), std * torch.sqrt(-torch.expm1(-2 * theta * dt_s))
+    for f0 in range(0, n_frames, 8):
+        blk = X[f0 : f0 + 8].normal_(generator=g).mul_(scale)
+        if f0 == 0:
+            X[0].mul_(std / scale)  # the first frame: a stationary draw
+        for f in range(max(f0, 1), f0 + len(blk)):
+            X[f].addcmul_(X[f - 1], decay)
+        torch.matmul(blk, coef, out=r_slow[f0 : f0 + 8])
+    return X, r_slow
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d016
+def _slow_at_candidates(g, Xr, B, b_c, f_c, tc, t_ext, s_next, theta, std, coef, kw):
+    """The slow modes' part of r at the candidates (sorted by trace and time) from the exact OU bridge between the
+    previous point (the frame before, or the previous candidate in the same interval) and the next frame.
+    Xr [F * B, 3, S]: the modes, row f * B + b for frame f of trace b. Candidates are drawn level by level (their
+    position within their interval); only one followed by another in the same interval needs its per-mode values
+    (the next level bridges from them); for the others one draw of the sum has the same law. Returns [n, 3]."""
+    dev, dtype = b_c.device, kw["dtype"]
+    n, S = len(b_c), len(theta)
+    same = (b_c[1:] == b_c[:-1]) & (f_c[1:] == f_c[:-1])
+    has_pred = torch.cat([torch.zeros(1, dtype=torch.bool, device=dev), same])
+    has_succ = torch.cat([same, torch.zeros(1, dtype=torch.bool, device=dev)])
+    c = torch.cumsum(has_pred, 0)
+    level = c - torch.cummax(torch.where(has_pred, 0, c), 0).values  # position of the candidate within its interval
+    slow_c = torch.empty(n, 3, **kw)
+    U, U_at = None, None  # per-mode values of the previous level (set from level 0 on)
+    for k in range(int(level.max()) + 1):
+        sel = torch.nonzero(level == k).squeeze(1)
+        row = f_c[sel] * B + b_c[sel]
+        fs = f_c[sel]
+        prev = Xr.index_select(0, row) if k == 0 else U.index_select(0, torch.searchsorted(U_at, sel - 1))
+        s = (tc[sel] - (t_ext[fs] if k == 0 else tc[sel - 1])).to(dtype)[:, None]
+        a, b, var = _ou_bridge(theta, std, s, s_next[sel].to(dtype)[:, None])
+        mean = prev.mul_(a[:, None]).addcmul_(Xr.index_select(0, row + B), b[:, None])  # [n_k, 3, S] (prev is a copy)
+        slow_c[sel] = mean @ coef + (var @ coef**2).sqrt()[:, None] * torch.randn(len(sel), 3, generator=g, **kw)
+        succ = torch.nonzero(has_succ[sel]).squeeze(1)
+        i = sel[succ]
+        if len(i):  # a later candidate in the interval bridges from here: draw its modes (the lumped draw is unused)
+            u = mean.index_select(0, succ).addcmul_(
+                var.index_select(0, succ).sqrt()[:, None], torch.randn(len(i), 3, S, generator=g, **kw)
+            )
+            slow_c.index_copy_(0, i, u @ coef)
+        U, U_at = (u, i) if len(i) else (None, None)  # per-mode values the next level bridges from
+    return slow_c
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d018
+def _fast_band(t_cand, cand_valid, b_c, j_c, f_c, tc, var, Km, Kp, theta, w, groups):
+    """Covariance of the fast modes' part of r at the candidates given the frames, banded in time order: two
+    candidates are correlated only if closer than the reach of the slowest fast mode, or both within reach of a frame
+    they share (so < 2 reach apart). Km, Kp: K(lag) to the frame before and after each candidate; var: its variance.
+    Returns C_band [n, W + 1] (C_band[i, d] = C[i, i - d]) and start [n] (the first candidate < 2 reach before i)."""
+    dev, n = tc.device, len(tc)
+    f64 = dict(dtype=torch.float64, device=dev)
+    K0 = float(w.double().sum())
+    reach2 = 2 * FRESH_DECAY / float(theta[0])
+    first = torch.cumsum(cand_valid.sum(1), 0) - cand_valid.sum(1)  # flat index of each trace's first candidate
+    start = first[b_c] + torch.searchsorted(t_cand, t_cand - reach2)[b_c, j_c]
+    W = int((torch.arange(n, device=dev) - start).max())
+    C_band = torch.zeros(n, W + 1, **f64)
+    C_band[:, 0] = var
+    if W:
+        in_band = torch.arange(1, W + 1, device=dev) <= (torch.arange(n, device=dev) - start)[:, None]
+        ii, dd = torch.nonzero(in_band, as_tuple=True)
+        dd = dd + 1
+        jj = ii - dd
+        K_lag = _fast_cov(tc[ii] - tc[jj], theta, w, groups)[0]
+        shared = torch.where(  # the part explained by the frames both candidates see
+            f_c[jj] == f_c[ii],
+            Km[ii] * Km[jj] + Kp[ii] * Kp[jj],  # both frames shared
+            torch.where(f_c[jj] == f_c[ii] - 1, Km[ii] * Kp[jj], 0.0),  # frame f_i only
+        )
+        C_band[ii, dd] = K_lag - shared / K0
+    return C_band, start
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d020
+def _fast_at_candidates(g, fast_frames, t_cand, cand_valid, b_c, j_c, f_c, s_prev, s_next, theta, w, groups, kw):
+    """The fast modes' part of r at the candidates (float64 [n, 3]): Gaussian given the two frames that bracket each
+    one (all other points are uncorrelated with them), with mean (K(s-) r_before + K(s+) r_after) / K(0) and the
+    banded covariance of `_fast_band`. fast_frames [B, F, 3]: their draws at the frames; theta, w: the fast modes'
+    rates and variances (c_p std_p)^2; groups: their rate groups (`_mode_groups`)."""
+    B, Fx = fast_frames.shape[:2]
+    n = len(b_c)
+    K0 = float(w.double().sum())
+    (Km, Kp), (Dm, Dp) = (x.view(2, n) for x in _fast_cov(torch.cat([s_prev, s_next]), theta, w, groups))
+    row = b_c * Fx + f_c
+    ff = fast_frames.view(B * Fx, 3)
+    mean = (Km[:, None] * ff.index_select(0, row).double() + Kp[:, None] * ff.index_select(0, row + 1).double()) / K0
+    # K0 - (Km^2 + Kp^2)/K0, written from the nearer frame's side so that a candidate next to a frame does not cancel
+    var = torch.where(s_prev <= s_next, Dm * (2 - Dm / K0) - Kp**2 / K0, Dp * (2 - Dp / K0) - Km**2 / K0)
+    var = var.clamp(min=0)
+    C_band, start = _fast_band(t_cand, cand_valid, b_c, j_c, f_c, t_cand[b_c, j_c], var, Km, Kp, theta, w, groups)
+    return _banded_gaussian(g, mean, var, C_band, start, kw)
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d022
 def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
     """The E–P vector at the frames ([B, F, 3]) and at the activation candidates ([B, M, 3]; 0 where not valid),
     exact in law. Slow modes (rate*dt < FRESH_DECAY) are stepped per mode through the frames, then bridged to the
     candidates between them; the fast modes' sum is independent from frame to frame and is drawn at the candidates
-    from its exact Gaussian law given the frames (see the notebook)."""
+    from its exact Gaussian law given the frames (see the notebook). The draws, in this order: slow modes at the
+    frames, fast part at the frames, slow part at the candidates, fast part at the candidates."""
     dev = t_cand.device
     B, F = t_cand.shape[0], len(t_frames)
-    kw, f64 = dict(dtype=dtype, device=dev), dict(dtype=torch.float64, device=dev)
+    kw = dict(dtype=dtype, device=dev)
     # slow: stepped per mode (rate * dt < FRESH_DECAY); also the modes that stay correlated over more than ~8 candidates
     # on average (dense candidates), which keeps the fast modes' band of correlated candidates (below) narrow
     span_s = float(t_frames[-1] - t_frames[0]) + dt_s
@@ -480,101 +546,198 @@ def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
     bounds = _mode_groups(modes.rate_per_s, dt_s, min_fast_rate=2 * FRESH_DECAY * per_s / 8)
     S = bounds[0]
     theta, std, coef = (torch.tensor(a, **kw) for a in (modes.rate_per_s, modes.std_nm, modes.coef))
-    th, sd, cf = theta[:S], std[:S], coef[:S]
     w_fast = (coef[S:] * std[S:]) ** 2  # per-mode variance of the fast part of r
     K0 = float(w_fast.double().sum())  # its total
     t_ext = torch.cat([t_frames, t_frames[-1:] + dt_s])  # + a frame after the last: every candidate is bracketed
     Fx = F + 1
 
-    # slow modes through the frames: u_f = e^{-theta dt} u_{f-1} + std sqrt(1 - e^{-2 theta dt}) xi, in place on the noise,
-    # a few frames at a time so that drawing, scaling, stepping and summing stay in cache
-    X = torch.empty(Fx, B, 3, S, **kw)
-    r_slow = torch.empty(Fx, B, 3, **kw)
-    decay, scale = torch.exp(-th * dt_s), sd * torch.sqrt(-torch.expm1(-2 * th * dt_s))
-    for f0 in range(0, Fx, 8):
-        blk = X[f0 : f0 + 8].normal_(generator=g).mul_(scale)
-        if f0 == 0:
-            X[0].mul_(sd / scale)  # the first frame: a stationary draw
-        for f in range(max(f0, 1), f0 + len(blk)):
-            X[f].addcmul_(X[f - 1], decay)
-        torch.matmul(blk, cf, out=r_slow[f0 : f0 + 8])
+    X, r_slow = _slow_at_frames(g, B, Fx, dt_s, theta[:S], std[:S], coef[:S], kw)
     fast_frames = math.sqrt(K0) * torch.randn(B, Fx, 3, generator=g, **kw)  # fast modes: a fresh draw at every frame
     r_frames = r_slow.transpose(0, 1) + fast_frames
-    Xr = X.view(Fx * B, 3, S)  # row f * B + b: the modes of trace b at frame f
 
     b_c, j_c = torch.nonzero(cand_valid, as_tuple=True)  # candidates, sorted by trace and time
     r_cand = torch.zeros(B, t_cand.shape[1], 3, **kw)
     if not len(b_c):
         return r_frames[:, :F], r_cand
-    n = len(b_c)
     tc = t_cand[b_c, j_c]
     f_c = (torch.searchsorted(t_ext, tc, right=True) - 1).clamp(0, F - 1)  # the frame before each candidate
     s_prev, s_next = tc - t_ext[f_c], t_ext[f_c + 1] - tc
-
-    # slow modes: OU bridge from the previous point (frame, or candidate in the same interval) to the next frame
-    same = (b_c[1:] == b_c[:-1]) & (f_c[1:] == f_c[:-1])
-    has_pred = torch.cat([torch.zeros(1, dtype=torch.bool, device=dev), same])
-    has_succ = torch.cat([same, torch.zeros(1, dtype=torch.bool, device=dev)])
-    c = torch.cumsum(has_pred, 0)
-    level = c - torch.cummax(torch.where(has_pred, 0, c), 0).values  # position of the candidate within its interval
-    slow_c = torch.empty(n, 3, **kw)
-    for k in range(int(level.max()) + 1):
-        sel = torch.nonzero(level == k).squeeze(1)
-        row = f_c[sel] * B + b_c[sel]
-        fs = f_c[sel]
-        prev = Xr.index_select(0, row) if k == 0 else U.index_select(0, torch.searchsorted(U_at, sel - 1))
-        s = (tc[sel] - (t_ext[fs] if k == 0 else tc[sel - 1])).to(dtype)[:, None]
-        a, b, var = _ou_bridge(th, sd, s, s_next[sel].to(dtype)[:, None])
-        mean = prev.mul_(a[:, None]).addcmul_(Xr.index_select(0, row + B), b[:, None])  # [n_k, 3, S] (prev is a copy)
-        slow_c[sel] = mean @ cf + (var @ cf**2).sqrt()[:, None] * torch.randn(len(sel), 3, generator=g, **kw)
-        succ = torch.nonzero(has_succ[sel]).squeeze(1)
-        i = sel[succ]
-        if len(i):  # a later candidate in the interval bridges from here: draw its modes (the lumped draw is unused)
-            u = mean.index_select(0, succ).addcmul_(
-                var.index_select(0, succ).sqrt()[:, None], torch.randn(len(i), 3, S, generator=g, **kw)
-            )
-            slow_c.index_copy_(0, i, u @ cf)
-        U, U_at = (u, i) if len(i) else (None, None)  # per-mode values the next level bridges from
-
-    fast_c = torch.zeros(n, 3, **f64)
-    if K0 > 0:  # fast modes: Gaussian given the two bracketing frames (all other points are uncorrelated with them)
-        fb = [lo - S for lo in bounds]  # rate groups of the fast modes
-        (Km, Kp), (Dm, Dp) = (x.view(2, n) for x in _fast_cov(torch.cat([s_prev, s_next]), theta[S:], w_fast, fb))
-        row = b_c * Fx + f_c
-        ff = fast_frames.view(B * Fx, 3)
-        mean = (
-            Km[:, None] * ff.index_select(0, row).double() + Kp[:, None] * ff.index_select(0, row + 1).double()
-        ) / K0
-        # K0 - (Km^2 + Kp^2)/K0, written from the nearer frame's side so that a candidate next to a frame does not cancel
-        var = torch.where(s_prev <= s_next, Dm * (2 - Dm / K0) - Kp**2 / K0, Dp * (2 - Dp / K0) - Km**2 / K0).clamp(
-            min=0
+    Xr = X.view(Fx * B, 3, S)  # row f * B + b: the modes of trace b at frame f
+    slow_c = _slow_at_candidates(g, Xr, B, b_c, f_c, tc, t_ext, s_next, theta[:S], std[:S], coef[:S], kw)
+    fast_c = torch.zeros(len(b_c), 3, dtype=torch.float64, device=dev)
+    if K0 > 0:
+        fast_groups = [lo - S for lo in bounds]
+        fast_c = _fast_at_candidates(
+            g, fast_frames, t_cand, cand_valid, b_c, j_c, f_c, s_prev, s_next, theta[S:], w_fast, fast_groups, kw
         )
-        # two candidates are correlated given the frames only if closer than reach, or both within reach of a frame they
-        # share (so < 2 reach apart): in time order C is banded, from start[i] = the first one < 2 reach before i
-        reach2 = 2 * FRESH_DECAY / float(theta[S])
-        first = torch.cumsum(cand_valid.sum(1), 0) - cand_valid.sum(1)  # flat index of each trace's first candidate
-        start = first[b_c] + torch.searchsorted(t_cand, t_cand - reach2)[b_c, j_c]
-        W = int((torch.arange(n, device=dev) - start).max())
-        C_band = torch.zeros(n, W + 1, **f64)
-        C_band[:, 0] = var
-        if W:
-            ii, dd = torch.nonzero(
-                torch.arange(1, W + 1, device=dev) <= (torch.arange(n, device=dev) - start)[:, None], as_tuple=True
-            )
-            dd = dd + 1
-            jj = ii - dd
-            K_lag = _fast_cov(tc[ii] - tc[jj], theta[S:], w_fast, fb)[0]
-            shared = torch.where(
-                f_c[jj] == f_c[ii],
-                Km[ii] * Km[jj] + Kp[ii] * Kp[jj],  # both frames shared
-                torch.where(f_c[jj] == f_c[ii] - 1, Km[ii] * Kp[jj], 0.0),
-            )  # frame f_i only
-            C_band[ii, dd] = K_lag - shared / K0
-        fast_c = _banded_gaussian(g, mean, var, C_band, start, kw)
     r_cand.view(-1, 3).index_copy_(0, b_c * t_cand.shape[1] + j_c, slow_c + fast_c.to(dtype))
     return r_frames[:, :F], r_cand
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d023
+class _PromoterPath(NamedTuple):
+    "The promoter's path per trace: its events in time order and the state from each one on (float 0/1)."
+
+    ev_t: torch.Tensor  # [B, E] event times, sorted (events that did not happen sit at t_end)
+    seg_state: torch.Tensor  # [B, E + 1] state from the start and from each event on
+    seg_start: torch.Tensor  # [B, E + 1] start of each constant-state segment
+    cum_on: torch.Tensor  # [B, E + 2] time spent ON before each segment
+    flips: torch.Tensor  # [B, E] events that change the state
+    accepted: torch.Tensor  # [B, M] candidates accepted (contact)
+    init: torch.Tensor  # [B] state at the start (float 0/1)
+
+    def state_at(self, q):
+        "State (float 0/1) at the sorted times q [B, Q]."
+        return self.seg_state.gather(1, torch.searchsorted(self.ev_t, q.contiguous(), right=True))
+
+    def on_time(self, q):
+        "Time spent ON from the start to the sorted times q [B, Q]."
+        k = torch.searchsorted(self.ev_t, q.contiguous(), right=True)
+        return self.cum_on.gather(1, k) + self.seg_state.gather(1, k) * (q - self.seg_start.gather(1, k))
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d024
+def _promoter(g, params, t_cand, cand_valid, d_cand, t0, t1, pad) -> _PromoterPath:
+    """The two-state promoter: a candidate is accepted iff |r| < r_c (or with the soft sigmoid); OFF events are
+    Poisson(k_off). While ON an accepted candidate changes nothing and while OFF an OFF event changes nothing, so the
+    state is the type of the last event (initial state from the stationary law). Draws: soft acceptance, initial
+    state, OFF events."""
+    B, dev = t_cand.shape[0], t_cand.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    if params.contact_width_nm > 0:
+        p_acc = torch.sigmoid((params.r_c_nm - d_cand) / params.contact_width_nm)
+        accepted = (torch.rand(p_acc.shape, generator=g, **f64) < p_acc) & cand_valid
+    else:
+        accepted = (d_cand < params.r_c_nm) & cand_valid
+    init = (torch.rand(B, generator=g, **f64) < on_fraction_theory(params)).double()
+    t_off, off_valid = _poisson_times(g, B, params.k_off_per_s, t0, t1 - t0, dev, pad)
+    ev_t = torch.cat([torch.where(accepted, t_cand, t1), torch.where(off_valid, t_off, t1)], 1)
+    ev_type = torch.cat([torch.ones_like(t_cand), torch.zeros_like(t_off)], 1)
+    ev_real = torch.cat([accepted, off_valid], 1)
+    ev_t, o = torch.sort(ev_t, dim=1, stable=True)
+    ev_type, ev_real = ev_type.gather(1, o), ev_real.gather(1, o)
+    seg_state = torch.cat([init[:, None], ev_type], 1)  # state from each event on
+    seg_start = torch.cat([torch.full((B, 1), t0, **f64), ev_t], 1)
+    seg_len = torch.cat([ev_t, torch.full((B, 1), t1, **f64)], 1) - seg_start
+    cum_on = torch.cat([torch.zeros(B, 1, **f64), torch.cumsum(seg_state * seg_len, 1)], 1)
+    flips = ev_real & (ev_type != seg_state[:, :-1])
+    return _PromoterPath(ev_t, seg_state, seg_start, cum_on, flips, accepted, init)
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d026
+def _loadings(g, params, path: _PromoterPath, t0, span, pad):
+    """Pol II loading times by thinning: Poisson at max(nu_on, nu_off), each kept with probability nu(state(t))/max.
+    Returns the kept times sorted per trace (inf after them) and their mask."""
+    B, dev = path.ev_t.shape[0], path.ev_t.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    nu_max = max(params.nu_on_per_s, params.nu_off_per_s)
+    t_load, load_valid = _poisson_times(g, B, nu_max, t0, span, dev, pad)
+    if nu_max > 0 and t_load.shape[1] > 0:
+        rate = torch.where(path.state_at(t_load) > 0.5, params.nu_on_per_s, params.nu_off_per_s)
+        keep = load_valid & (torch.rand(t_load.shape, generator=g, **f64) * nu_max < rate)
+    else:
+        keep = load_valid & False
+    t_load = torch.sort(torch.where(keep, t_load, torch.inf), dim=1).values
+    return t_load, torch.isfinite(t_load)
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d028
+def _ms2_clean(t_load, keep, t_out, params):
+    """Noiseless MS2 at the frames t_out [B, F]: A sum_j K(t - t_j) (trapezoid K), from counts and prefix sums of the
+    sorted loading times (no loop over events); times bleach_factor, plus the background."""
+    B = t_load.shape[0]
+    csum = torch.cat(
+        [torch.zeros(B, 1, dtype=torch.float64, device=t_load.device), torch.cumsum(torch.where(keep, t_load, 0.0), 1)],
+        1,
+    )
+
+    def n_le(x):
+        return torch.searchsorted(t_load, x.contiguous(), right=True)
+
+    n0, n1, n2 = n_le(t_out), n_le(t_out - params.t_rise_s), n_le(t_out - params.t_rise_s - params.t_plateau_s)
+    rise = ((n0 - n1) * t_out - (csum.gather(1, n0) - csum.gather(1, n1))) / params.t_rise_s
+    kernel_sum = rise + (n1 - n2)
+    return params.ms2_background + params.amplitude * kernel_sum * torch.exp(
+        -params.bleach_rate_per_s * t_out.clamp(min=0)
+    )
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d030
+def _simulate(n_traces, params, seed, device, dtype) -> SimResult:
+    """All `n_traces` traces at once from one random stream (`seed`): activation candidates, the polymer at the
+    frames and the candidates, the promoter, Pol II loading, MS2 and the noise (draws in that order)."""
+    dev = torch.device(device)
+    B = int(n_traces)
+    g = torch.Generator(device=dev)
+    g.manual_seed(int(seed))
+    modes = rouse_modes(params)
+    n_burn, t_frames_np, t0, t1 = _time_grid(params)
+    span, pad = t1 - t0, t1 + 1.0
+    t_frames = torch.tensor(t_frames_np, dtype=torch.float64, device=dev)
+
+    t_cand, cand_valid = _poisson_times(g, B, params.k_on, t0, span, dev, pad)
+    r_frames, r_cand = _polymer(g, t_frames, params.dt_s, t_cand, cand_valid, modes, dtype)
+    d_cand = r_cand.double().norm(dim=-1)
+    path = _promoter(g, params, t_cand, cand_valid, d_cand, t0, t1, pad)
+    t_out = t_frames[n_burn:].expand(B, -1)
+    edges = torch.cat([t_out[:, :1] - params.dt_s / 2, t_out + params.dt_s / 2], 1)  # frame windows [lo, hi)
+    t_load, keep = _loadings(g, params, path, t0, span, pad)
+    ms2_clean = _ms2_clean(t_load, keep, t_out, params)
+    ms2 = ms2_clean + params.sigma_ms2 * torch.randn(ms2_clean.shape, generator=g, dtype=dtype, device=dev).double()
+    r_out = r_frames[:, n_burn:]  # in `dtype`: the outputs are float32
+    xyz = r_out + math.sqrt(2) * params.sigma_loc_nm * torch.randn(r_out.shape, generator=g, dtype=dtype, device=dev)
+
+    cpu = lambda x: x.detach().cpu().numpy()
+    return SimResult(
+        params=params,
+        seed=int(seed),
+        implementation="vectorised",
+        device=str(dev),
+        t_s=t_frames_np[n_burn:].copy(),
+        xyz_nm=cpu(xyz.float()),
+        xyz_true_nm=cpu(r_out.float()),
+        distance_true_nm=cpu(r_out.norm(dim=-1).float()),
+        state=cpu(path.state_at(t_out)).astype(np.int8),
+        on_fraction=cpu((torch.diff(path.on_time(edges), dim=1) / params.dt_s).float()),
+        loading_counts=cpu(torch.diff(torch.searchsorted(t_load, edges), dim=1)).astype(np.int32),
+        ms2_clean=cpu(ms2_clean.float()),
+        ms2=cpu(ms2.float()),
+        loading_times_s=_rows_to_list(t_load, keep),
+        initial_state=cpu(path.init).astype(np.int8),
+        switch_times_s=_rows_to_list(path.ev_t, path.flips),
+        candidate_times_s=_rows_to_list(t_cand, cand_valid),
+        candidate_distance_nm=_rows_to_list(d_cand, cand_valid),
+        candidate_accepted=_rows_to_list(path.accepted, cand_valid),
+        t_start_s=float(t0),
+        t_end_s=float(t1),
+        n_modes=modes.n_modes,
+        variance_fraction_kept=modes.fraction_kept,
+    )
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d032
+_PER_TRACE = (
+    "xyz_nm",
+    "xyz_true_nm",
+    "distance_true_nm",
+    "state",
+    "on_fraction",
+    "loading_counts",
+    "ms2_clean",
+    "ms2",
+    "initial_state",
+)
+_RAGGED = ("loading_times_s", "switch_times_s", "candidate_times_s", "candidate_distance_nm", "candidate_accepted")
+
+
+def _concat_results(parts: list, seed: int) -> SimResult:
+    "One result from chunks of traces simulated with the same parameters."
+    arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _PER_TRACE} if len(parts) > 1 else {}
+    ragged = {f: [x for p in parts for x in getattr(p, f)] for f in _RAGGED}
+    return dataclasses.replace(parts[0], seed=int(seed), **arrays, **ragged)
+
+
+# %% ../nbs/01_simulation.ipynb #71c2d034
 def default_threads() -> int:
     "Threads `simulate` uses when not told: 2 (or the cores, if fewer), or 1 if the machine is busy (1-min load > cores - 1)."
     cores = os.cpu_count() or 1
@@ -582,6 +745,7 @@ def default_threads() -> int:
     return 1 if busy else min(2, cores)
 
 
+# %% ../nbs/01_simulation.ipynb #71c2d036
 CHUNK_TRACES = 512  # CPU: traces per chunk; each chunk has its own random stream, and chunks run on parallel threads
 
 
@@ -623,133 +787,6 @@ def simulate(
     return _concat_results(parts, seed)
 
 
-_PER_TRACE = (
-    "xyz_nm",
-    "xyz_true_nm",
-    "distance_true_nm",
-    "state",
-    "on_fraction",
-    "loading_counts",
-    "ms2_clean",
-    "ms2",
-    "initial_state",
-)
-_RAGGED = ("loading_times_s", "switch_times_s", "candidate_times_s", "candidate_distance_nm", "candidate_accepted")
-
-
-def _concat_results(parts: list, seed: int) -> SimResult:
-    "One result from chunks of traces simulated with the same parameters."
-    arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _PER_TRACE} if len(parts) > 1 else {}
-    ragged = {f: [x for p in parts for x in getattr(p, f)] for f in _RAGGED}
-    return dataclasses.replace(parts[0], seed=int(seed), **arrays, **ragged)
-
-
-def _simulate(n_traces, params, seed, device, dtype):
-    dev = torch.device(device)
-    B = int(n_traces)
-    g = torch.Generator(device=dev)
-    g.manual_seed(int(seed))
-    f64 = dict(dtype=torch.float64, device=dev)
-    modes = rouse_modes(params)
-    n_burn, t_frames_np, t0, t1 = _time_grid(params)
-    span = t1 - t0
-    F_all = len(t_frames_np)
-    pad = t1 + 1.0
-    t_frames = torch.tensor(t_frames_np, **f64)
-
-    # 1. activation candidates; 2. the polymer at the frames and at the candidates
-    t_cand, cand_valid = _poisson_times(g, B, params.k_on, t0, span, dev, pad)
-    r_frames, r_cand = _polymer(g, t_frames, params.dt_s, t_cand, cand_valid, modes, dtype)
-    d_cand = r_cand.double().norm(dim=-1)
-
-    # 3. promoter
-    if params.contact_width_nm > 0:
-        p_acc = torch.sigmoid((params.r_c_nm - d_cand) / params.contact_width_nm)
-        accepted = (torch.rand(p_acc.shape, generator=g, **f64) < p_acc) & cand_valid
-    else:
-        accepted = (d_cand < params.r_c_nm) & cand_valid
-    init = (torch.rand(B, generator=g, **f64) < on_fraction_theory(params)).double()
-    t_off, off_valid = _poisson_times(g, B, params.k_off_per_s, t0, span, dev, pad)
-    ev_t = torch.cat([torch.where(accepted, t_cand, t1), torch.where(off_valid, t_off, t1)], 1)
-    ev_type = torch.cat([torch.ones_like(t_cand), torch.zeros_like(t_off)], 1)
-    ev_real = torch.cat([accepted, off_valid], 1)
-    ev_t, o = torch.sort(ev_t, dim=1, stable=True)
-    ev_type, ev_real = ev_type.gather(1, o), ev_real.gather(1, o)
-    seg_state = torch.cat([init[:, None], ev_type], 1)  # state from each event on
-    seg_start = torch.cat([torch.full((B, 1), t0, **f64), ev_t], 1)
-    seg_len = torch.cat([ev_t, torch.full((B, 1), t1, **f64)], 1) - seg_start
-    cum_on = torch.cat([torch.zeros(B, 1, **f64), torch.cumsum(seg_state * seg_len, 1)], 1)
-
-    def state_at(q):  # q [B, Q] sorted -> state (float 0/1)
-        return seg_state.gather(1, torch.searchsorted(ev_t, q.contiguous(), right=True))
-
-    def on_time(q):  # time spent ON in [t0, q]
-        k = torch.searchsorted(ev_t, q.contiguous(), right=True)
-        return cum_on.gather(1, k) + seg_state.gather(1, k) * (q - seg_start.gather(1, k))
-
-    flips = ev_real & (ev_type != seg_state[:, :-1])
-    t_out = t_frames[n_burn:].expand(B, -1)
-    edges = torch.cat(
-        [t_out[:, :1] - params.dt_s / 2, t_out + params.dt_s / 2], 1
-    )  # frame windows [lo, hi), contiguous
-    state = state_at(t_out)
-    on_fraction = torch.diff(on_time(edges), dim=1) / params.dt_s
-
-    # 4. Pol II loading by thinning
-    nu_max = max(params.nu_on_per_s, params.nu_off_per_s)
-    t_load, load_valid = _poisson_times(g, B, nu_max, t0, span, dev, pad)
-    if nu_max > 0 and t_load.shape[1] > 0:
-        rate = torch.where(state_at(t_load) > 0.5, params.nu_on_per_s, params.nu_off_per_s)
-        keep = load_valid & (torch.rand(t_load.shape, generator=g, **f64) * nu_max < rate)
-    else:
-        keep = load_valid & False
-    t_load = torch.sort(torch.where(keep, t_load, torch.inf), dim=1).values
-    keep = torch.isfinite(t_load)
-    csum = torch.cat([torch.zeros(B, 1, **f64), torch.cumsum(torch.where(keep, t_load, 0.0), 1)], 1)
-    counts = torch.diff(torch.searchsorted(t_load, edges), dim=1)
-
-    # 5. MS2 = A * sum_j K(t - t_j), K trapezoid; via counts and prefix sums of sorted loading times
-    def n_le(x):
-        return torch.searchsorted(t_load, x.contiguous(), right=True)
-
-    n0, n1, n2 = n_le(t_out), n_le(t_out - params.t_rise_s), n_le(t_out - params.t_rise_s - params.t_plateau_s)
-    rise = ((n0 - n1) * t_out - (csum.gather(1, n0) - csum.gather(1, n1))) / params.t_rise_s
-    kernel_sum = rise + (n1 - n2)
-    ms2_clean = params.ms2_background + params.amplitude * kernel_sum * torch.exp(
-        -params.bleach_rate_per_s * t_out.clamp(min=0)
-    )
-    ms2 = ms2_clean + params.sigma_ms2 * torch.randn(ms2_clean.shape, generator=g, dtype=dtype, device=dev).double()
-    r_out = r_frames[:, n_burn:]  # in `dtype`: the outputs are float32
-    xyz = r_out + math.sqrt(2) * params.sigma_loc_nm * torch.randn(r_out.shape, generator=g, dtype=dtype, device=dev)
-
-    cpu = lambda x: x.detach().cpu().numpy()
-    return SimResult(
-        params=params,
-        seed=int(seed),
-        implementation="vectorised",
-        device=str(dev),
-        t_s=t_frames_np[n_burn:].copy(),
-        xyz_nm=cpu(xyz.float()),
-        xyz_true_nm=cpu(r_out.float()),
-        distance_true_nm=cpu(r_out.norm(dim=-1).float()),
-        state=cpu(state).astype(np.int8),
-        on_fraction=cpu(on_fraction.float()),
-        loading_counts=cpu(counts).astype(np.int32),
-        ms2_clean=cpu(ms2_clean.float()),
-        ms2=cpu(ms2.float()),
-        loading_times_s=_rows_to_list(t_load, keep),
-        initial_state=cpu(init).astype(np.int8),
-        switch_times_s=_rows_to_list(ev_t, flips),
-        candidate_times_s=_rows_to_list(t_cand, cand_valid),
-        candidate_distance_nm=_rows_to_list(d_cand, cand_valid),
-        candidate_accepted=_rows_to_list(accepted, cand_valid),
-        t_start_s=float(t0),
-        t_end_s=float(t1),
-        n_modes=modes.n_modes,
-        variance_fraction_kept=modes.fraction_kept,
-    )
-
-
 # %% ../nbs/01_simulation.ipynb #fd132887
 def _trapezoid(tau, t_rise, t_plateau):
     "MS2 kernel K(tau): tau/T_rise on [0, T_rise), 1 on [T_rise, T_rise + T_plateau), 0 elsewhere."
@@ -757,114 +794,145 @@ def _trapezoid(tau, t_rise, t_plateau):
     return np.where((tau >= 0) & (tau < t_rise), tau / t_rise, 0.0) + ((tau >= t_rise) & (tau < t_rise + t_plateau))
 
 
+# %% ../nbs/01_simulation.ipynb #8e4f2a02
+def _reference_polymer(rng, t_frames, cand, modes: RouseModes):
+    """r at the frames and the candidates: every mode stepped exactly through the merged, sorted grid, started
+    stationary. Returns r [n, 3] in grid order and which grid points are frames."""
+    theta, std, coef = modes.rate_per_s, modes.std_nm, modes.coef
+    grid = np.concatenate([t_frames, cand])
+    is_frame = np.r_[np.ones(len(t_frames), bool), np.zeros(len(cand), bool)]
+    o = np.argsort(grid, kind="stable")
+    grid, is_frame = grid[o], is_frame[o]
+    u = rng.standard_normal((3, len(theta))) * std
+    r = np.empty((len(grid), 3))
+    r[0] = u @ coef
+    for j in range(1, len(grid)):
+        decay = np.exp(-theta * (grid[j] - grid[j - 1]))
+        u = u * decay + rng.standard_normal((3, len(theta))) * std * np.sqrt(1 - decay**2)
+        r[j] = u @ coef
+    return r, is_frame
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a04
+def _reference_promoter(rng, params, cand, d_cand, t0, t1, p_on0):
+    """Accept the candidates, then walk through the events in time order. Draws: soft acceptance, initial state, OFF
+    events. Returns (accepted, initial state, switch times, segment bounds, segment states)."""
+    span = t1 - t0
+    if params.contact_width_nm > 0:
+        accepted = rng.random(len(cand)) < 1 / (1 + np.exp(-(params.r_c_nm - d_cand) / params.contact_width_nm))
+    else:
+        accepted = d_cand < params.r_c_nm
+    state0 = int(rng.random() < p_on0)
+    offs = np.sort(rng.uniform(t0, t1, rng.poisson(params.k_off_per_s * span)))
+    events = sorted([(t, 1) for t in cand[accepted]] + [(t, 0) for t in offs])
+    s, switches = state0, []
+    for t, kind in events:
+        if kind != s:
+            s = kind
+            switches.append(t)
+    bounds = np.r_[t0, switches, t1]
+    seg_states = (state0 + np.arange(len(bounds) - 1)) % 2
+    return accepted, state0, switches, bounds, seg_states
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a06
+def _reference_loadings(rng, params, bounds, seg_states):
+    "Pol II loading times: a Poisson number per constant-state segment, uniform in it; sorted."
+    loads = []
+    for a, b, st in zip(bounds[:-1], bounds[1:], seg_states):
+        nu = params.nu_on_per_s if st else params.nu_off_per_s
+        loads.append(rng.uniform(a, b, rng.poisson(nu * (b - a))))
+    return np.sort(np.concatenate(loads)) if loads else np.zeros(0)
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a08
+class _ReferenceTrace(NamedTuple):
+    "One trace of `simulate_reference` (float64; observed frames only, except the event times)."
+
+    xyz: np.ndarray  # [F, 3] observed E–P vector
+    xyz_true: np.ndarray  # [F, 3] true E–P vector
+    state: np.ndarray  # [F]
+    on_fraction: np.ndarray  # [F]
+    counts: np.ndarray  # [F] loadings per frame window
+    ms2_clean: np.ndarray  # [F]
+    ms2: np.ndarray  # [F]
+    loads: np.ndarray  # loading times
+    init: int  # initial state
+    switches: np.ndarray  # switch times
+    cand: np.ndarray  # candidate times
+    cand_d: np.ndarray  # |r| at the candidates
+    cand_acc: np.ndarray  # accepted candidates
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a31
+def _reference_trace(rng, params, modes, t_frames, n_burn, t0, t1, p_on0) -> _ReferenceTrace:
+    "One trace the plain way. Draws: candidates, polymer, promoter, loadings, localization noise, MS2 noise."
+    t_out, dt = t_frames[n_burn:], params.dt_s
+    cand = np.sort(rng.uniform(t0, t1, rng.poisson(params.k_on * (t1 - t0))))
+    r, is_frame = _reference_polymer(rng, t_frames, cand, modes)
+    d_cand = np.linalg.norm(r[~is_frame], axis=1)
+    accepted, state0, switches, bounds, seg_states = _reference_promoter(rng, params, cand, d_cand, t0, t1, p_on0)
+    loads = _reference_loadings(rng, params, bounds, seg_states)
+    ms2_clean = np.zeros(len(t_out))
+    for tl in loads:
+        ms2_clean += _trapezoid(t_out - tl, params.t_rise_s, params.t_plateau_s)
+    bleach = np.exp(-params.bleach_rate_per_s * np.maximum(t_out, 0))
+    ms2_clean = params.ms2_background + params.amplitude * ms2_clean * bleach
+    on_frac = np.zeros(len(t_out))
+    for a, b, st in zip(bounds[:-1], bounds[1:], seg_states):
+        if st:
+            on_frac += np.clip(np.minimum(b, t_out + dt / 2) - np.maximum(a, t_out - dt / 2), 0, None)
+    xyz_true = r[is_frame][n_burn:]
+    xyz = xyz_true + rng.normal(0, math.sqrt(2) * params.sigma_loc_nm, xyz_true.shape)
+    return _ReferenceTrace(
+        xyz=xyz,
+        xyz_true=xyz_true,
+        state=seg_states[np.searchsorted(bounds[1:-1], t_out, side="right")],
+        on_fraction=on_frac / dt,
+        counts=np.array([np.sum((loads >= t - dt / 2) & (loads < t + dt / 2)) for t in t_out]),
+        ms2_clean=ms2_clean,
+        ms2=ms2_clean + rng.normal(0, params.sigma_ms2, len(t_out)),
+        loads=loads,
+        init=state0,
+        switches=np.array(switches, dtype=float),
+        cand=cand,
+        cand_d=d_cand,
+        cand_acc=accepted,
+    )
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a10
 def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int = 0) -> SimResult:
     "Plain per-trace NumPy implementation of the same model (slow; for tests and benchmarks)."
     params = params or SimParams()
     _check_run_args(n_traces, seed)
     rng = np.random.default_rng(seed)
     modes = rouse_modes(params)
-    theta, std, coef = modes.rate_per_s, modes.std_nm, modes.coef
     n_burn, t_frames, t0, t1 = _time_grid(params)
-    span = t1 - t0
-    t_out = t_frames[n_burn:]
-    dt = params.dt_s
     p_on0 = on_fraction_theory(params)
-    keys = [
-        "xyz",
-        "xyz_true",
-        "state",
-        "on_fraction",
-        "counts",
-        "ms2_clean",
-        "ms2",
-        "loads",
-        "init",
-        "switches",
-        "cand",
-        "cand_d",
-        "cand_acc",
-    ]
-    out = {k: [] for k in keys}
-    for _ in range(n_traces):
-        cand = np.sort(rng.uniform(t0, t1, rng.poisson(params.k_on * span)))
-        grid = np.concatenate([t_frames, cand])
-        is_frame = np.r_[np.ones(len(t_frames), bool), np.zeros(len(cand), bool)]
-        o = np.argsort(grid, kind="stable")
-        grid, is_frame = grid[o], is_frame[o]
-        u = rng.standard_normal((3, len(theta))) * std
-        r = np.empty((len(grid), 3))
-        r[0] = u @ coef
-        for j in range(1, len(grid)):
-            decay = np.exp(-theta * (grid[j] - grid[j - 1]))
-            u = u * decay + rng.standard_normal((3, len(theta))) * std * np.sqrt(1 - decay**2)
-            r[j] = u @ coef
-        d_cand = np.linalg.norm(r[~is_frame], axis=1)
-        if params.contact_width_nm > 0:
-            accepted = rng.random(len(cand)) < 1 / (1 + np.exp(-(params.r_c_nm - d_cand) / params.contact_width_nm))
-        else:
-            accepted = d_cand < params.r_c_nm
-        # promoter: walk through the events in time order
-        state0 = int(rng.random() < p_on0)
-        offs = np.sort(rng.uniform(t0, t1, rng.poisson(params.k_off_per_s * span)))
-        events = sorted([(t, 1) for t in cand[accepted]] + [(t, 0) for t in offs])
-        s, switches = state0, []
-        for t, kind in events:
-            if kind != s:
-                s = kind
-                switches.append(t)
-        bounds = np.r_[t0, switches, t1]
-        seg_states = (state0 + np.arange(len(bounds) - 1)) % 2
-        # Pol II: Poisson number per constant-state segment, uniform times
-        loads = []
-        for a, b, st in zip(bounds[:-1], bounds[1:], seg_states):
-            nu = params.nu_on_per_s if st else params.nu_off_per_s
-            loads.append(rng.uniform(a, b, rng.poisson(nu * (b - a))))
-        loads = np.sort(np.concatenate(loads)) if loads else np.zeros(0)
-        ms2_clean = np.zeros(len(t_out))
-        for tl in loads:
-            ms2_clean += _trapezoid(t_out - tl, params.t_rise_s, params.t_plateau_s)
-        ms2_clean = params.ms2_background + params.amplitude * ms2_clean * np.exp(
-            -params.bleach_rate_per_s * np.maximum(t_out, 0)
-        )
-        on_frac = np.zeros(len(t_out))
-        for a, b, st in zip(bounds[:-1], bounds[1:], seg_states):
-            if st:
-                on_frac += np.clip(np.minimum(b, t_out + dt / 2) - np.maximum(a, t_out - dt / 2), 0, None)
-        xyz_true = r[is_frame][n_burn:]
-        out["xyz_true"].append(xyz_true)
-        out["xyz"].append(xyz_true + rng.normal(0, math.sqrt(2) * params.sigma_loc_nm, xyz_true.shape))
-        out["state"].append(seg_states[np.searchsorted(bounds[1:-1], t_out, side="right")])
-        out["on_fraction"].append(on_frac / dt)
-        out["counts"].append(np.array([np.sum((loads >= t - dt / 2) & (loads < t + dt / 2)) for t in t_out]))
-        out["ms2_clean"].append(ms2_clean)
-        out["ms2"].append(ms2_clean + rng.normal(0, params.sigma_ms2, len(t_out)))
-        out["loads"].append(loads)
-        out["init"].append(state0)
-        out["switches"].append(np.array(switches, dtype=float))
-        out["cand"].append(cand)
-        out["cand_d"].append(d_cand)
-        out["cand_acc"].append(accepted)
-    xyz_true = np.stack(out["xyz_true"]).astype(np.float32)
+    traces = [_reference_trace(rng, params, modes, t_frames, n_burn, t0, t1, p_on0) for _ in range(n_traces)]
+    stack = lambda name, dtype: np.stack([getattr(tr, name) for tr in traces]).astype(dtype)
+    xyz_true = stack("xyz_true", np.float32)
     return SimResult(
         params=params,
         seed=int(seed),
         implementation="reference",
         device="cpu",
-        t_s=t_out.copy(),
-        xyz_nm=np.stack(out["xyz"]).astype(np.float32),
+        t_s=t_frames[n_burn:].copy(),
+        xyz_nm=stack("xyz", np.float32),
         xyz_true_nm=xyz_true,
         distance_true_nm=np.linalg.norm(xyz_true, axis=-1),
-        state=np.stack(out["state"]).astype(np.int8),
-        on_fraction=np.stack(out["on_fraction"]).astype(np.float32),
-        loading_counts=np.stack(out["counts"]).astype(np.int32),
-        ms2_clean=np.stack(out["ms2_clean"]).astype(np.float32),
-        ms2=np.stack(out["ms2"]).astype(np.float32),
-        loading_times_s=out["loads"],
-        initial_state=np.array(out["init"], dtype=np.int8),
-        switch_times_s=out["switches"],
-        candidate_times_s=out["cand"],
-        candidate_distance_nm=out["cand_d"],
-        candidate_accepted=out["cand_acc"],
+        state=stack("state", np.int8),
+        on_fraction=stack("on_fraction", np.float32),
+        loading_counts=stack("counts", np.int32),
+        ms2_clean=stack("ms2_clean", np.float32),
+        ms2=stack("ms2", np.float32),
+        loading_times_s=[tr.loads for tr in traces],
+        initial_state=np.array([tr.init for tr in traces], dtype=np.int8),
+        switch_times_s=[tr.switches for tr in traces],
+        candidate_times_s=[tr.cand for tr in traces],
+        candidate_distance_nm=[tr.cand_d for tr in traces],
+        candidate_accepted=[tr.cand_acc for tr in traces],
         t_start_s=float(t0),
         t_end_s=float(t1),
         n_modes=modes.n_modes,
@@ -872,22 +940,159 @@ def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int
     )
 
 
+# %% ../nbs/01_simulation.ipynb #8e4f2a21
+@patch
+def to_frame(self: SimResult, truth: bool = True):
+    "Long table in the tracks format: trace_id, t_s, dx_nm, dy_nm, dz_nm, ms2 (+ truth columns)."
+    import pandas as pd
+
+    B, F = self.n_traces, self.n_frames
+    cols = {"trace_id": np.repeat(np.arange(B), F).astype(str), "t_s": np.tile(self.t_s.astype(float), B)}
+    for i, ax in enumerate("xyz"):
+        cols[f"d{ax}_nm"] = self.xyz_nm[..., i].astype(float).ravel()
+    cols["ms2"] = self.ms2.astype(float).ravel()
+    if truth:
+        cols.update(
+            state=self.state.ravel().astype(np.int64),
+            on_fraction=self.on_fraction.astype(float).ravel(),
+            loadings=self.loading_counts.ravel().astype(np.int64),
+            ms2_clean=self.ms2_clean.astype(float).ravel(),
+            distance_true_nm=self.distance_true_nm.astype(float).ravel(),
+        )
+    return pd.DataFrame(cols)
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a23
+@patch
+def truth_dict(self: SimResult) -> dict:
+    "JSON-able ground truth that is not per frame: parameters, seed, theory, per-trace event times."
+    p = self.params
+    return {
+        "params": p.to_dict(),
+        "k_on_per_s": p.k_on,
+        "seed": int(self.seed),
+        "implementation": self.implementation,
+        "device": self.device,
+        "n_traces": int(self.n_traces),
+        "n_frames": int(self.n_frames),
+        "dt_s": p.dt_s,
+        "t_start_s": self.t_start_s,
+        "t_end_s": self.t_end_s,
+        "n_modes": int(self.n_modes),
+        "variance_fraction_kept": float(self.variance_fraction_kept),
+        "theory": {
+            "contact_probability": contact_probability(p),
+            "on_fraction": on_fraction_theory(p),
+            "mean_ms2": mean_ms2_theory(p),
+            "var_per_axis_nm2": rouse_modes(p).var_kept_nm2,
+        },
+        "traces": [
+            {
+                "trace_id": str(i),
+                "initial_state": int(s0),
+                "switch_times_s": sw.tolist(),
+                "loading_times_s": lt.tolist(),
+            }
+            for i, (s0, sw, lt) in enumerate(zip(self.initial_state, self.switch_times_s, self.loading_times_s))
+        ],
+    }
+
+
+# %% ../nbs/01_simulation.ipynb #8e4f2a25
+@patch
+def to_arrays(self: SimResult) -> TraceArrays:
+    """The observed traces and their per-frame truth as `TraceArrays`, exactly as `save_simulation` followed by
+    `read_tracks(...).to_arrays()` gives them: float64 (the file's precision), trace ids '0'..'B-1', and the time grid
+    rebuilt from its smallest step as `TraceArrays.from_tracks` does."""
+    B, F = self.n_traces, self.n_frames
+    dt_s = float(np.diff(self.t_s.astype(float)).min())
+    vector_nm = self.xyz_nm.astype(float)
+    return TraceArrays(
+        distance_nm=np.linalg.norm(vector_nm, axis=-1),
+        dt_s=dt_s,
+        t_s=np.tile(float(self.t_s[0]) + np.arange(F) * dt_s, (B, 1)),
+        present=np.ones((B, F), bool),
+        trace_id=np.arange(B).astype(str).astype(object),
+        vector_nm=vector_nm,
+        ms2=self.ms2.astype(float),
+        state=self.state.astype(float),
+        on_fraction=self.on_fraction.astype(float),
+        loadings=self.loading_counts.astype(float),
+        ms2_clean=self.ms2_clean.astype(float),
+        distance_true_nm=self.distance_true_nm.astype(float),
+    )
+
+
 # %% ../nbs/01_simulation.ipynb #e77059b6
+def _write_tracks_atomic(frame, path: Path) -> Path:
+    "`write_tracks` through `core.atomic_write`: a reader (or a crash) never sees half a tracks file."
+
+    def write(tmp: Path) -> None:
+        # write_tracks picks the format by the suffix, which the temporary name lacks: write beside it, then move
+        os.replace(write_tracks(frame, tmp.with_name(tmp.name + path.suffix)), tmp)
+
+    return core.atomic_write(path, write)
+
+
+# %% ../nbs/01_simulation.ipynb #2f7d9e11
 def save_simulation(result: SimResult, out_dir: str | Path, fmt: str = "csv") -> tuple[Path, Path]:
     "Write `out_dir/tracks.<fmt>` (csv or parquet) and `out_dir/truth.json`; return both paths."
-    import json
-    from xai_hsg.tracks import write_tracks
-
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tracks_path = write_tracks(result.to_frame(truth=True), out / f"tracks.{fmt}")
-    truth_path = out / "truth.json"
-    truth_path.write_text(json.dumps(result.truth_dict()) + "\n")
+    tracks_path = _write_tracks_atomic(result.to_frame(truth=True), out / f"tracks.{fmt}")
+    # compact JSON (per-trace event times of thousands of traces), as before: indent=None, keys in insertion order
+    truth_path = core.write_json_atomic(out / "truth.json", result.truth_dict(), indent=None, sort_keys=False)
     return tracks_path, truth_path
 
 
+# %% ../nbs/01_simulation.ipynb #2f7d9e02
+@dataclass(frozen=True)
+class SimulationData:
+    "A simulation as `save_simulation` wrote it: the tracks (observed columns + per-frame truth) and truth.json."
+
+    tracks: Tracks
+    truth: dict
+
+    def __post_init__(self):
+        missing = [k for k in ("params", "n_traces", "traces") if k not in self.truth]
+        if missing:
+            raise ValueError(f"{self.tracks.source}: truth.json has no {missing}")
+        if self.truth["n_traces"] != self.tracks.n_traces:
+            raise ValueError(
+                f"{self.tracks.source}: {self.tracks.n_traces} traces, but truth.json describes "
+                f"{self.truth['n_traces']} (files from different runs?)"
+            )
+
+    @property
+    def params(self) -> SimParams:
+        return SimParams.from_dict(self.truth["params"])
+
+    def to_arrays(self) -> TraceArrays:
+        return self.tracks.to_arrays()
+
+
+# %% ../nbs/01_simulation.ipynb #2f7d9e13
+def load_simulation(
+    folder: str | Path | None = None, profile: str | None = None, root: str | Path | None = None
+) -> SimulationData:
+    """Read a folder written by `save_simulation` (also `write_simulation`, `xai-hsg simulate`): tracks.parquet or
+    tracks.csv (the newer one if both are there) and truth.json. No folder: notebook 01's artifact folder for
+    `profile` (`core.stage_file`)."""
+    if folder is None:
+        folder = core.stage_file("01_simulation", "truth.json", profile, root).parent
+    folder = Path(folder)
+    found = [folder / f"tracks.{fmt}" for fmt in ("parquet", "csv") if (folder / f"tracks.{fmt}").exists()]
+    if not found or not (folder / "truth.json").exists():
+        raise FileNotFoundError(
+            f"{folder}: no simulation here (needs tracks.parquet or tracks.csv, and truth.json); run notebook "
+            f"01_simulation first (`xai-hsg reproduce --only 01`) or `xai-hsg simulate --out {folder}`"
+        )
+    tracks_path = max(found, key=lambda p: p.stat().st_mtime)
+    return SimulationData(tracks=read_tracks(tracks_path), truth=json.loads((folder / "truth.json").read_text()))
+
+
+# %% ../nbs/01_simulation.ipynb #2f7d9e04
 def write_simulation(
     out_dir: str | Path,
     n_traces: int,
