@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from xai_hsg.tracks import (LAYOUT_COLUMNS, TracksError, Tracks, read_tracks, validate_tracks, write_tracks)
+from xai_hsg.tracks import LAYOUT_COLUMNS, TraceArrays, Tracks, TracksError, read_tracks, validate_tracks, write_tracks
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
@@ -66,10 +66,10 @@ def test_gaps_are_masked_not_dropped(df):
     assert len(tr.data) == len(df)                                             # no row dropped
     arr = tr.to_arrays(dt_s=df.attrs["dt_s"])
     d = tr.distance_nm()
-    assert arr["mask"].sum() == np.isfinite(d).sum()                           # every observed value lands on the grid
-    assert arr["present"].sum() == len(df)
-    assert not np.any(arr["mask"] & ~arr["present"])                            # missing rows are masked too
-    np.testing.assert_array_equal(np.sort(arr["distance_nm"][arr["mask"]]), np.sort(d[np.isfinite(d)]))
+    assert arr.mask.sum() == np.isfinite(d).sum()                           # every observed value lands on the grid
+    assert arr.present.sum() == len(df)
+    assert not np.any(arr.mask & ~arr.present)                            # missing rows are masked too
+    np.testing.assert_array_equal(np.sort(arr.distance_nm[arr.mask]), np.sort(d[np.isfinite(d)]))
 
 
 @SETTINGS
@@ -94,7 +94,7 @@ def test_brueckner_file_as_published(tmp_path):
     assert tr.data["t_s"].tolist() == [0.0, 56.0] and tr.data["trace_id"].tolist() == ["3", "3"]
     assert tr.distance_nm()[0] == pytest.approx(0.5) and np.isnan(tr.distance_nm()[1])
     arr = tr.to_arrays(dt_s=28.0)
-    assert arr["mask"].tolist() == [[True, False, False]]
+    assert arr.mask.tolist() == [[True, False, False]]
 
 
 # ---------------------------------------------------------------- bad input
@@ -144,3 +144,23 @@ def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(FileNotFoundError): read_tracks(tmp_path / "nope.csv")
     with pytest.raises(TracksError, match="unsupported"): read_tracks(_write(tmp_path, "x", "t.xlsx"))
     with pytest.raises(TracksError, match="empty file"): read_tracks(_write(tmp_path, ""))
+
+
+def test_trace_arrays_validate_once_and_subset_alike():
+    d = np.array([[100.0, np.nan, 80.0], [10.0, 20.0, 30.0]])
+    arr = TraceArrays(distance_nm=d, dt_s=30.0, ms2=np.ones((2, 3)), trace_id=np.array(["a", "b"], dtype=object))
+    assert arr.mask.tolist() == [[True, False, True], [True, True, True]]  # a NaN distance is never observed
+    assert arr.t_s[1].tolist() == [0.0, 30.0, 60.0] and not arr.has_vectors
+    sub = arr.subset([1])
+    assert sub.trace_id.tolist() == ["b"] and sub.ms2.shape == (1, 3) and sub.dt_s == 30.0
+    assert arr.subset(np.array([False, True])).distance_nm.tolist() == [[10.0, 20.0, 30.0]]
+    with pytest.raises(ValueError, match="state"):
+        arr.require("state", hint="simulations only")
+    with pytest.raises(ValueError, match="state .* must be"):
+        arr.replace(state=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="dt_s"):
+        TraceArrays(distance_nm=d, dt_s=0.0)
+    with pytest.raises(ValueError, match="vector_nm"):
+        TraceArrays(distance_nm=d, dt_s=30.0, vector_nm=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        TraceArrays(distance_nm=np.zeros(3), dt_s=30.0)
