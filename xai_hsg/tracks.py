@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 LAYOUT_COLUMNS = {
     "vector": ["dx_nm", "dy_nm", "dz_nm"],
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 
-# %% ../nbs/01a_tracks.ipynb #b95100cc
+# %% ../nbs/01a_tracks.ipynb #ddc101a0
 def _numeric(df, col, file):
     "Column as float64; a TracksError at the first non-numeric cell."
     s = df[col]
@@ -91,6 +92,7 @@ def _sort_key(ids: pd.Series):
     return as_int if as_int.notna().all() and (as_int == np.round(as_int)).all() else ids
 
 
+# %% ../nbs/01a_tracks.ipynb #0917b1c0
 def detect_layout(columns) -> str:
     "'vector', 'loci', 'distance' or 'brueckner' from a table's columns."
     cols = set(columns)
@@ -105,11 +107,9 @@ def detect_layout(columns) -> str:
     return found[0]
 
 
-def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: int | None = None) -> pd.DataFrame:
-    """Check a long tracks table and return it in canonical form: known columns in canonical order, `trace_id` as
-    text, numbers as float64 (`state`, `loadings` as nullable integers), rows sorted by (trace_id, t_s).
-    Raises `TracksError` naming file, row and column."""
-    file = str(file)
+# %% ../nbs/01a_tracks.ipynb #12b6b686
+def _layout_and_columns(df: pd.DataFrame, file: str) -> tuple[str, list[str]]:
+    "The table's layout and its known columns in canonical order; a TracksError for unknown or missing columns."
     unknown = [
         c
         for c in df.columns
@@ -134,6 +134,12 @@ def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: 
     if missing:
         raise TracksError(file, 0, missing[0], f"column missing for the {layout!r} layout")
     cols = KEY_COLUMNS + LAYOUT_COLUMNS[layout] + [c for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in df.columns]
+    return layout, cols
+
+
+# %% ../nbs/01a_tracks.ipynb #d246c775
+def _as_numbers(df: pd.DataFrame, cols: list[str], file: str) -> pd.DataFrame:
+    "`trace_id` as text, every other column as float64; a TracksError at the first empty id or non-number."
     df = df.reset_index(drop=True)
     out = pd.DataFrame(index=df.index)
     ids = df["trace_id"]
@@ -144,6 +150,13 @@ def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: 
     ).astype(str)
     for c in cols[1:]:
         out[c] = _numeric(df, c, file)
+    return out
+
+
+# %% ../nbs/01a_tracks.ipynb #be954991
+def _check_values(out: pd.DataFrame, cols: list[str], file: str) -> pd.DataFrame:
+    """Finite times; no infinities; distances, counts and fractions >= 0; `state` 0/1 and `loadings` whole counts
+    (both made nullable integers). A TracksError names the first offending row."""
     t = out["t_s"]
     if not np.isfinite(t).all():
         raise TracksError(
@@ -182,6 +195,12 @@ def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: 
                 file, int(np.flatnonzero(bad)[0]) + 1, "loadings", f"loadings must be whole counts, got {v[bad][0]!r}"
             )
         out["loadings"] = out["loadings"].round().astype("Int64")
+    return out
+
+
+# %% ../nbs/01a_tracks.ipynb #77de3c9b
+def _check_frames(out: pd.DataFrame, file: str, min_length: int | None) -> None:
+    "No frame twice in a trace; every trace at least `min_length` frames long."
     dup = out.duplicated(["trace_id", "t_s"], keep="first")
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
@@ -206,6 +225,17 @@ def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: 
                 "trace_id",
                 f"trace {tid!r} has {int(short.iloc[0])} frames, fewer than the minimum {min_length}",
             )
+
+
+# %% ../nbs/01a_tracks.ipynb #5db4cc27
+def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: int | None = None) -> pd.DataFrame:
+    """Check a long tracks table and return it in canonical form: known columns in canonical order, `trace_id` as
+    text, numbers as float64 (`state`, `loadings` as nullable integers), rows sorted by (trace_id, t_s).
+    Raises `TracksError` naming file, row and column."""
+    file = str(file)
+    _, cols = _layout_and_columns(df, file)
+    out = _check_values(_as_numbers(df.reset_index(drop=True), cols, file), cols, file)
+    _check_frames(out, file, min_length)
     out = out.assign(_k=_sort_key(out["trace_id"])).sort_values(["_k", "t_s"], kind="stable").drop(columns="_k")
     return out.reset_index(drop=True)[cols]
 
@@ -326,61 +356,68 @@ class TraceArrays:
         "True when E–P vectors are given and at least one is finite."
         return self.vector_nm is not None and bool(np.isfinite(self.vector_nm).any())
 
-    def require(self, *names: str, hint: str = "") -> None:
-        "A clear error naming what is missing (e.g. `require('state')` on real data)."
-        missing = [n for n in names if getattr(self, n) is None]
-        if missing:
-            raise ValueError(f"these traces have no {missing}" + (f": {hint}" if hint else ""))
 
-    def replace(self, **changes) -> TraceArrays:
-        "A copy with some fields changed, validated again (e.g. `arrays.replace(state=called_state)`)."
-        return dataclasses.replace(self, **changes)
-
-    def subset(self, idx) -> TraceArrays:
-        "The traces `idx` (indices or a boolean mask over traces), every per-trace field indexed alike."
-        idx = np.asarray(idx)
-        if idx.dtype == bool and idx.shape != (self.n_traces,):
-            raise ValueError(f"a boolean trace selection needs {self.n_traces} entries, got {idx.shape}")
-        per_trace = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dt_s"}
-        return dataclasses.replace(self, **{k: (None if v is None else v[idx]) for k, v in per_trace.items()})
-
-    @classmethod
-    def from_tracks(cls, tracks: Tracks, dt_s: float | None = None) -> TraceArrays:
-        """Pad a `Tracks` table onto a regular grid of `dt_s` seconds (default: the smallest time step in the table).
-        Frames missing from the file become masked gaps (`present` False)."""
-        d = tracks.data
-        if dt_s is None:
-            steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna()
-            dt_s = float(steps.min()) if len(steps) else 1.0
-        ids = tracks.trace_ids
-        tid = pd.Categorical(d["trace_id"], categories=ids).codes
-        t0 = d.groupby("trace_id", sort=False)["t_s"].transform("min").to_numpy()
-        idx = np.rint((d["t_s"].to_numpy() - t0) / dt_s).astype(np.int64)
-        if not np.allclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)):
-            raise ValueError(f"{tracks.source}: times are not on a regular grid of {dt_s} s")
-        B, T = len(ids), int(idx.max()) + 1 if len(idx) else 0
-
-        def grid(values, fill=np.nan):
-            a = np.full((B, T) + values.shape[1:], fill, dtype=float)
-            a[tid, idx] = values
-            return a
-
-        starts = d.groupby("trace_id", sort=False)["t_s"].min().reindex(ids).to_numpy()
-        columns = {
-            c: grid(d[c].to_numpy(dtype=float, na_value=np.nan)) for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in d
-        }
-        return cls(
-            distance_nm=grid(tracks.distance_nm()),
-            dt_s=dt_s,
-            t_s=starts[:, None] + np.arange(T)[None, :] * dt_s,
-            present=grid(np.ones(len(d)), 0.0).astype(bool),
-            trace_id=np.array(ids, dtype=object),
-            vector_nm=None if tracks.layout == "distance" else grid(tracks.vector_nm()),
-            **columns,
-        )
+# %% ../nbs/01a_tracks.ipynb #e4d07a44
+@patch
+def require(self: TraceArrays, *names: str, hint: str = "") -> None:
+    "A clear error naming what is missing (e.g. `require('state')` on real data)."
+    missing = [n for n in names if getattr(self, n) is None]
+    if missing:
+        raise ValueError(f"these traces have no {missing}" + (f": {hint}" if hint else ""))
 
 
-# %% ../nbs/01a_tracks.ipynb #4b97aa0b
+@patch
+def replace(self: TraceArrays, **changes) -> TraceArrays:
+    "A copy with some fields changed, validated again (e.g. `arrays.replace(state=called_state)`)."
+    return dataclasses.replace(self, **changes)
+
+
+@patch
+def subset(self: TraceArrays, idx) -> TraceArrays:
+    "The traces `idx` (indices or a boolean mask over traces), every per-trace field indexed alike."
+    idx = np.asarray(idx)
+    if idx.dtype == bool and idx.shape != (self.n_traces,):
+        raise ValueError(f"a boolean trace selection needs {self.n_traces} entries, got {idx.shape}")
+    per_trace = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dt_s"}
+    return dataclasses.replace(self, **{k: (None if v is None else v[idx]) for k, v in per_trace.items()})
+
+
+# %% ../nbs/01a_tracks.ipynb #ac3ed539
+@patch(cls_method=True)
+def from_tracks(cls: TraceArrays, tracks: Tracks, dt_s: float | None = None) -> TraceArrays:
+    """Pad a `Tracks` table onto a regular grid of `dt_s` seconds (default: the smallest time step in the table).
+    Frames missing from the file become masked gaps (`present` False)."""
+    d = tracks.data
+    if dt_s is None:
+        steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna()
+        dt_s = float(steps.min()) if len(steps) else 1.0
+    ids = tracks.trace_ids
+    tid = pd.Categorical(d["trace_id"], categories=ids).codes
+    t0 = d.groupby("trace_id", sort=False)["t_s"].transform("min").to_numpy()
+    idx = np.rint((d["t_s"].to_numpy() - t0) / dt_s).astype(np.int64)
+    if not np.allclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)):
+        raise ValueError(f"{tracks.source}: times are not on a regular grid of {dt_s} s")
+    B, T = len(ids), int(idx.max()) + 1 if len(idx) else 0
+
+    def grid(values, fill=np.nan):
+        a = np.full((B, T) + values.shape[1:], fill, dtype=float)
+        a[tid, idx] = values
+        return a
+
+    starts = d.groupby("trace_id", sort=False)["t_s"].min().reindex(ids).to_numpy()
+    columns = {c: grid(d[c].to_numpy(dtype=float, na_value=np.nan)) for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in d}
+    return cls(
+        distance_nm=grid(tracks.distance_nm()),
+        dt_s=dt_s,
+        t_s=starts[:, None] + np.arange(T)[None, :] * dt_s,
+        present=grid(np.ones(len(d)), 0.0).astype(bool),
+        trace_id=np.array(ids, dtype=object),
+        vector_nm=None if tracks.layout == "distance" else grid(tracks.vector_nm()),
+        **columns,
+    )
+
+
+# %% ../nbs/01a_tracks.ipynb #f3e3524e
 def _from_brueckner(df: pd.DataFrame, file: str, dt_s: float) -> pd.DataFrame:
     known = set(BRUECKNER_COLUMNS)
     unknown = [c for c in df.columns if c not in known]
@@ -412,6 +449,7 @@ def _to_brueckner(data: pd.DataFrame, dt_s: float) -> pd.DataFrame:
     return out
 
 
+# %% ../nbs/01a_tracks.ipynb #8aea1dec
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if not path.exists():
@@ -441,6 +479,7 @@ def read_tracks(path: str | Path, min_length: int | None = None, dt_s: float = B
     return Tracks(data=data, layout=detect_layout(data.columns), source=str(path))
 
 
+# %% ../nbs/01a_tracks.ipynb #97acc861
 def write_tracks(
     tracks: Tracks | pd.DataFrame, path: str | Path, layout: str | None = None, dt_s: float = BRUECKNER_DT_S
 ) -> Path:
