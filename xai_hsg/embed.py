@@ -33,22 +33,22 @@ __all__ = [
 ]
 
 # %% ../nbs/05a_embed.ipynb #nb05-024
+import functools
 import itertools
 import json
-import math
-import os
 import shutil
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from . import core
 from .genome import SequenceSet, validate_sequence
+from .training import History, LoopConfig, lr_factor, train_loop
 
 # %% ../nbs/05a_embed.ipynb #nb05-025
 NT_SPECIAL_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
@@ -92,80 +92,100 @@ class NTTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
-    def tokenize_with_spans(self, seq: str, name: str = "sequence") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "(token ids, span starts, span ends) of `seq`, no special tokens. Raises on empty / non-ACGTN input."
-        seq = validate_sequence(seq, name)
-        c = _NT_CODE[np.frombuffer(seq.encode(), np.uint8)].astype(np.int64)
-        L, k = len(c), NT_KMER
-        pos = np.arange(L)
-        isn = c == 4
-        # start of the N-free stretch holding each position, and that stretch's end
-        brk = np.flatnonzero(np.r_[True, isn[1:] | isn[:-1]])  # positions starting a new stretch
-        run_start = brk[np.searchsorted(brk, pos, side="right") - 1]
-        nxt = np.r_[brk[1:], L]
-        run_end = nxt[np.searchsorted(brk, pos, side="right") - 1]
-        off, run_len = pos - run_start, run_end - run_start
-        full = (run_len // k) * k
-        is_kmer_start = ~isn & (off < full) & (off % k == 0)
-        is_single = isn | (off >= full)
-        starts = np.flatnonzero(is_kmer_start | is_single)
-        kmer = np.isin(starts, np.flatnonzero(is_kmer_start))
-        ids = np.empty(len(starts), np.int64)
-        if kmer.any():
-            s = starts[kmer]
-            win = c[s[:, None] + np.arange(k)]
-            ids[kmer] = self.kmer_ids[(win * 4 ** np.arange(k - 1, -1, -1)).sum(1)]
-        ids[~kmer] = self.single_ids[c[starts[~kmer]]]
-        ends = np.where(kmer, starts + k, starts + 1)
-        return ids, starts, ends
 
-    def tokenize(self, seq: str) -> list[str]:
-        return [self.vocab[i] for i in self.tokenize_with_spans(seq)[0]]
+# %% ../nbs/05a_embed.ipynb #nb05-025c
+@patch
+def tokenize_with_spans(
+    self: NTTokenizer, seq: str, name: str = "sequence"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "(token ids, span starts, span ends) of `seq`, no special tokens. Raises on empty / non-ACGTN input."
+    seq = validate_sequence(seq, name)
+    c = _NT_CODE[np.frombuffer(seq.encode(), np.uint8)].astype(np.int64)
+    L, k = len(c), NT_KMER
+    pos = np.arange(L)
+    isn = c == 4
+    # start of the N-free stretch holding each position, and that stretch's end
+    brk = np.flatnonzero(np.r_[True, isn[1:] | isn[:-1]])  # positions starting a new stretch
+    run_start = brk[np.searchsorted(brk, pos, side="right") - 1]
+    nxt = np.r_[brk[1:], L]
+    run_end = nxt[np.searchsorted(brk, pos, side="right") - 1]
+    off, run_len = pos - run_start, run_end - run_start
+    full = (run_len // k) * k
+    is_kmer_start = ~isn & (off < full) & (off % k == 0)
+    is_single = isn | (off >= full)
+    starts = np.flatnonzero(is_kmer_start | is_single)
+    kmer = np.isin(starts, np.flatnonzero(is_kmer_start))
+    ids = np.empty(len(starts), np.int64)
+    if kmer.any():
+        s = starts[kmer]
+        win = c[s[:, None] + np.arange(k)]
+        ids[kmer] = self.kmer_ids[(win * 4 ** np.arange(k - 1, -1, -1)).sum(1)]
+    ids[~kmer] = self.single_ids[c[starts[~kmer]]]
+    ends = np.where(kmer, starts + k, starts + 1)
+    return ids, starts, ends
 
-    def encode(self, seq: str, add_cls: bool = True) -> np.ndarray:
-        ids = self.tokenize_with_spans(seq)[0]
-        return np.r_[self.cls_id, ids] if add_cls else ids
 
-    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        special = set(self.special_ids.tolist())
-        return "".join(self.vocab[int(i)] for i in ids if not (skip_special and int(i) in special))
+@patch
+def tokenize(self: NTTokenizer, seq: str) -> list[str]:
+    return [self.vocab[i] for i in self.tokenize_with_spans(seq)[0]]
 
-    def save_vocabulary(self, folder: str | Path) -> Path:
-        "Write `vocab.txt` (one token per line, id = line number), NT's format."
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.txt").write_text("\n".join(self.vocab) + "\n")
-        return folder / "vocab.txt"
 
-    def to_hf(self, folder: str | Path | None = None):
-        "An equivalent `transformers.EsmTokenizer` (`<cls>` prepended, no `<eos>`), saved into `folder` if given."
-        import tempfile
-        from transformers import EsmTokenizer
+@patch
+def encode(self: NTTokenizer, seq: str, add_cls: bool = True) -> np.ndarray:
+    ids = self.tokenize_with_spans(seq)[0]
+    return np.r_[self.cls_id, ids] if add_cls else ids
 
-        with tempfile.TemporaryDirectory() as d:
-            vf = self.save_vocabulary(d)
-            tok = EsmTokenizer(
-                str(vf),
-                unk_token="<unk>",
-                pad_token="<pad>",
-                mask_token="<mask>",
-                cls_token="<cls>",
-                eos_token=None,
-                model_max_length=1000,
-            )
-        if folder is not None:
-            tok.save_pretrained(str(folder))
-        return tok
 
-    @classmethod
-    def from_file(cls, vocab_file: str | Path) -> "NTTokenizer":
-        vocab = [l.rstrip("\r\n") for l in Path(vocab_file).read_text().splitlines()]
-        return cls([t for t in vocab if t != ""] if vocab and vocab[-1] == "" else vocab)
+@patch
+def decode(self: NTTokenizer, ids: Iterable[int], skip_special: bool = True) -> str:
+    special = set(self.special_ids.tolist())
+    return "".join(self.vocab[int(i)] for i in ids if not (skip_special and int(i) in special))
 
-    @classmethod
-    def from_hf(cls, hf_tokenizer) -> "NTTokenizer":
-        v = hf_tokenizer.get_vocab()
-        return cls([t for t, _ in sorted(v.items(), key=lambda kv: kv[1])])
+
+# %% ../nbs/05a_embed.ipynb #nb05-025e
+@patch
+def save_vocabulary(self: NTTokenizer, folder: str | Path) -> Path:
+    "Write `vocab.txt` (one token per line, id = line number), NT's format."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(self.vocab) + "\n"
+    core.atomic_write(folder / "vocab.txt", lambda p: p.write_text(text))
+    return folder / "vocab.txt"
+
+
+@patch
+def to_hf(self: NTTokenizer, folder: str | Path | None = None):
+    "An equivalent `transformers.EsmTokenizer` (`<cls>` prepended, no `<eos>`), saved into `folder` if given."
+    import tempfile
+
+    from transformers import EsmTokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        vf = self.save_vocabulary(d)
+        tok = EsmTokenizer(
+            str(vf),
+            unk_token="<unk>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+            cls_token="<cls>",
+            eos_token=None,
+            model_max_length=1000,
+        )
+    if folder is not None:
+        tok.save_pretrained(str(folder))
+    return tok
+
+
+@patch(cls_method=True)
+def from_file(cls: NTTokenizer, vocab_file: str | Path) -> "NTTokenizer":
+    vocab = [l.rstrip("\r\n") for l in Path(vocab_file).read_text().splitlines()]
+    return cls([t for t in vocab if t != ""] if vocab and vocab[-1] == "" else vocab)
+
+
+@patch(cls_method=True)
+def from_hf(cls: NTTokenizer, hf_tokenizer) -> "NTTokenizer":
+    v = hf_tokenizer.get_vocab()
+    return cls([t for t, _ in sorted(v.items(), key=lambda kv: kv[1])])
 
 
 # %% ../nbs/05a_embed.ipynb #nb05-030
@@ -215,6 +235,7 @@ def max_model_tokens(model) -> int:
     return int(getattr(cfg, "max_position_embeddings", 10**9)) - int(getattr(cfg, "pad_token_id", 1) or 0) - 1
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-030b
 def load_genomic_lm(
     name_or_path: str | Path,
     *,
@@ -264,7 +285,7 @@ def save_genomic_lm(model, tokenizer: NTTokenizer, folder: str | Path, extra: Ma
     tokenizer.to_hf(folder)
     tokenizer.save_vocabulary(folder)
     if extra is not None:
-        (folder / "xai_hsg.json").write_text(json.dumps(dict(extra), indent=1, default=str))
+        core.write_json_atomic(folder / "xai_hsg.json", dict(extra), indent=1, sort_keys=False, default=str)
     return folder
 
 
@@ -311,6 +332,7 @@ def mask_tokens(ids, tokenizer: NTTokenizer, generator, mask_prob: float = 0.15,
     return inputs, labels
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-031c
 def _mlm_logits(model, inputs, attention_mask, positions):
     "Logits only at `positions` (a bool mask): the LM head over 4k tokens is not computed for unmasked tokens."
     base = getattr(model, model.base_model_prefix)
@@ -360,6 +382,7 @@ def make_eval_set(
     return MLMEvalSet(batches, n, nk, np.concatenate(mseq), np.concatenate(mtok))
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-031e
 def evaluate_mlm(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet, return_predictions: bool = False) -> dict:
     """Masked-token accuracy (argmax over the whole vocabulary), on all masked tokens and on masked 6-mers,
     and the mean cross-entropy (nats) on masked tokens (+ `predictions`, `targets` arrays if asked)."""
@@ -438,6 +461,115 @@ class PretrainResult:
     metrics: dict
 
 
+def _as_seq_list(seqs: Sequence[str] | SequenceSet | None) -> list[str] | None:
+    if seqs is None:
+        return None
+    return seqs.sequences["sequence"].tolist() if isinstance(seqs, SequenceSet) else list(seqs)
+
+
+def _mlm_batches(toks, rng, tokenizer: NTTokenizer, generator, batch_size: int, n_tokens: int, mask_prob: float):
+    """Endless masked batches (inputs, attention mask, labels): `batch_size` random windows of `n_tokens` tokens
+    (+ `<cls>`), sequences weighted by token count. Draws from `rng` (windows) and `generator` (masks) only."""
+    lens = np.array([len(t) for t in toks], float)
+    w = lens / lens.sum()
+    while True:
+        rows = rng.choice(len(toks), size=batch_size, p=w)
+        pieces = []
+        for r in rows:
+            t = toks[r]
+            a = int(rng.integers(0, max(1, len(t) - n_tokens + 1)))
+            pieces.append(t[a : a + n_tokens])
+        ids, att = _pad_batch(pieces, tokenizer.cls_id, tokenizer.pad_id)
+        inputs, labels = mask_tokens(ids, tokenizer, generator, mask_prob)
+        yield inputs, att, labels
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-032c
+def _mlm_loss(model, batch, device):
+    "Masked-token cross-entropy of one batch (None when nothing is masked) and the batch's accuracy and tokens."
+    import torch
+
+    inputs, att, labels = (x.to(device) for x in batch)
+    m = labels != -100
+    if not m.any():
+        return None, {}
+    logits = _mlm_logits(model, inputs, att, m)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels[m])
+    accuracy = (logits.detach().argmax(-1) == labels[m]).float().mean()
+    return loss, {"accuracy": accuracy, "tokens": att.sum()}
+
+
+def _mlm_param_groups(model, weight_decay: float) -> list[dict]:
+    "AdamW parameter groups: weight decay on weight matrices outside the embeddings, none on the rest."
+    decays = lambda n, p: p.ndim >= 2 and "embeddings" not in n
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _mlm_loop_config(
+    steps: int, lr: float, warmup_fraction: float, eval_every: int, device, progress: bool
+) -> LoopConfig:
+    return LoopConfig(
+        steps=steps,
+        lr=lr,
+        optimizer="adamw",
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        schedule="cosine",
+        warmup_steps=max(1, int(warmup_fraction * steps)),
+        min_lr_fraction=0.05,
+        grad_clip=1.0,
+        eval_every=eval_every,
+        eval_at_start=True,
+        device=str(device),
+        progress=progress,
+        log_every=10,
+        desc="pretrain MLM",
+    )
+
+
+def _heldout_metrics(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet) -> dict:
+    r = evaluate_mlm(model, tokenizer, eval_set)
+    return {f"heldout_{k}": r[k] for k in ("loss", "accuracy", "kmer_accuracy")}
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-032f
+def _mlm_history(hist: History, loop: LoopConfig) -> pd.DataFrame:
+    "Long-form history: a `train` row per step, a `heldout` row per evaluation (`lr` as set after the step)."
+    rows, seen = [], 0
+    for r in hist.rows:
+        step = r["step"]
+        common = {"lr": loop.lr * lr_factor(step, loop), "elapsed_s": r["elapsed_s"]}
+        if "loss" in r:
+            seen += int(r["tokens"])
+            train = {"loss": r["loss"], "accuracy": r["accuracy"], "kmer_accuracy": float("nan")}
+            rows.append(
+                {
+                    "step": step,
+                    "split": "train",
+                    **train,
+                    "lr": common["lr"],
+                    "tokens_seen": seen,
+                    "elapsed_s": common["elapsed_s"],
+                }
+            )
+        if "heldout_loss" in r:
+            held = {k: r[f"heldout_{k}"] for k in ("loss", "accuracy", "kmer_accuracy")}
+            rows.append(
+                {
+                    "step": step,
+                    "split": "heldout",
+                    **held,
+                    "lr": common["lr"],
+                    "tokens_seen": seen,
+                    "elapsed_s": common["elapsed_s"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-032f2
 def pretrain_mlm(
     train_seqs: Sequence[str] | SequenceSet,
     eval_seqs: Sequence[str] | SequenceSet | None = None,
@@ -462,13 +594,9 @@ def pretrain_mlm(
     sequences (weighted by length). Held-out masked-token accuracy/loss on `eval_seqs` is logged every
     `eval_every` steps (fixed masks, `eval_mode` masking), with a 6-mer frequency baseline in `metrics`."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import EsmForMaskedLM
 
-    as_list = lambda s: (
-        None if s is None else (s.sequences["sequence"].tolist() if isinstance(s, SequenceSet) else list(s))
-    )
-    train_seqs, eval_seqs = as_list(train_seqs), as_list(eval_seqs)
+    train_seqs, eval_seqs = _as_seq_list(train_seqs), _as_seq_list(eval_seqs)
     if not train_seqs:
         raise ValueError("pretrain_mlm: no training sequences")
     tokenizer = NTTokenizer()
@@ -482,96 +610,27 @@ def pretrain_mlm(
     if num_threads:
         torch.set_num_threads(num_threads)
     try:
-        core.seed_everything(seed)
-        g = torch.Generator().manual_seed(seed)
-        rng = np.random.default_rng(seed)
+        core.seed_everything(seed)  # the model's initial weights
+        g = torch.Generator().manual_seed(seed)  # masks
+        rng = np.random.default_rng(seed)  # windows
         model = EsmForMaskedLM(cfg).to(dev)
-        model.train()
         toks = [tokenizer.tokenize_with_spans(q)[0] for q in train_seqs]
-        lens = np.array([len(t) for t in toks], float)
-        w = lens / lens.sum()
         eval_set = make_eval_set(tokenizer, eval_seqs, max_tokens=max_tokens, seed=seed + 1) if eval_seqs else None
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
-            betas=(0.9, 0.98),
-            eps=1e-6,
+        loop = _mlm_loop_config(steps, lr, warmup_fraction, eval_every, dev, progress)
+        t0 = time.time()
+        hist = train_loop(
+            model,
+            functools.partial(_mlm_loss, device=dev),
+            lambda: _mlm_batches(toks, rng, tokenizer, g, batch_size, max_tokens - 1, mask_prob),
+            loop,
+            param_groups=_mlm_param_groups(model, weight_decay),
+            evaluate=functools.partial(_heldout_metrics, tokenizer=tokenizer, eval_set=eval_set) if eval_set else None,
         )
-        warm = max(1, int(warmup_fraction * steps))
-
-        def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay to 5 %
-            if s < warm:
-                return (s + 1) / warm
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, steps - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-        n = max_tokens - 1
-        hist, t0, seen = [], time.time(), 0
-
-        def do_eval(step):
-            r = evaluate_mlm(model, tokenizer, eval_set)
-            hist.append(
-                {
-                    "step": step,
-                    "split": "heldout",
-                    "loss": r["loss"],
-                    "accuracy": r["accuracy"],
-                    "kmer_accuracy": r["kmer_accuracy"],
-                    "lr": sched.get_last_lr()[0],
-                    "tokens_seen": seen,
-                    "elapsed_s": time.time() - t0,
-                }
-            )
-
-        if eval_set:
-            do_eval(0)
-        bar = tqdm(range(1, steps + 1), desc="pretrain MLM", disable=not progress, mininterval=2)
-        for step in bar:
-            rows = rng.choice(len(toks), size=batch_size, p=w)
-            pieces = []
-            for r_ in rows:
-                t = toks[r_]
-                a = int(rng.integers(0, max(1, len(t) - n + 1)))
-                pieces.append(t[a : a + n])
-            ids, att = _pad_batch(pieces, tokenizer.cls_id, tokenizer.pad_id)
-            inputs, labels = mask_tokens(ids, tokenizer, g, mask_prob)
-            inputs, att, labels = inputs.to(dev), att.to(dev), labels.to(dev)
-            m = labels != -100
-            if not m.any():
-                continue
-            logits = _mlm_logits(model, inputs, att, m)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[m])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            seen += int(att.sum())
-            lval = float(loss.detach())
-            hist.append(
-                {
-                    "step": step,
-                    "split": "train",
-                    "loss": lval,
-                    "accuracy": float((logits.detach().argmax(-1) == labels[m]).float().mean()),
-                    "kmer_accuracy": float("nan"),
-                    "lr": sched.get_last_lr()[0],
-                    "tokens_seen": seen,
-                    "elapsed_s": time.time() - t0,
-                }
-            )
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{lval:.3f}")
-            if eval_set and (step % eval_every == 0 or step == steps):
-                do_eval(step)
-        bar.close()
         model.eval()
-        history = pd.DataFrame(hist)
+        history = _mlm_history(hist, loop)
         metrics = {
             "steps": steps,
-            "tokens_seen": seen,
+            "tokens_seen": int(history["tokens_seen"].max()) if len(history) else 0,
             "train_seconds": time.time() - t0,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "n_train_sequences": len(train_seqs),
@@ -585,6 +644,7 @@ def pretrain_mlm(
         torch.set_num_threads(old_threads)
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-032i
 def pretrained_default(
     train: SequenceSet,
     heldout: SequenceSet | None = None,
@@ -594,15 +654,14 @@ def pretrained_default(
     **kwargs,
 ) -> tuple[Path, dict, pd.DataFrame]:
     """The default genomic LM for a corpus, pretrained once and cached (`core.ArtifactCache`, key = corpus
-    fingerprints + arguments + code version): returns (model folder, metrics, history)."""
+    fingerprints + arguments + code of `xai_hsg.embed`): returns (model folder, metrics, history)."""
     cache = cache or core.ArtifactCache()
+    config = kwargs.get("config", "small")
     params = {
         "train": train.fingerprint(),
         "heldout": heldout.fingerprint() if heldout is not None else None,
         **{k: v for k, v in kwargs.items() if k not in ("progress", "device", "num_threads", "config")},
-        "config": kwargs.get("config", "small")
-        if isinstance(kwargs.get("config", "small"), str)
-        else kwargs["config"].to_dict(),
+        "config": config if isinstance(config, str) else config.to_dict(),
     }
 
     def compute():
@@ -610,13 +669,10 @@ def pretrained_default(
 
     def save(res: PretrainResult, folder: Path):
         save_genomic_lm(res.model, res.tokenizer, folder / "model", extra={"metrics": res.metrics, "params": params})
-        res.history.to_parquet(folder / "history.parquet", index=False)
-        (folder / "metrics.json").write_text(json.dumps(res.metrics, indent=1, default=float))
+        core.atomic_write(folder / "history.parquet", lambda p: res.history.to_parquet(p, index=False))
+        core.write_json_atomic(folder / "metrics.json", res.metrics, indent=1, sort_keys=False, default=float)
 
-    def load(folder: Path):
-        return folder
-
-    art = cache.get_or_compute(name, params, compute, save=save, load=load)
+    art = cache.get_or_compute(name, params, compute, save=save, load=lambda folder: folder, code=("xai_hsg.embed",))
     folder = art.path
     return (
         folder / "model",
@@ -685,6 +741,7 @@ def forward_hidden_states(model, input_ids, attention_mask, layers: Sequence[int
     return out
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-034c
 def plan_shards(lengths: Sequence[int], shard_tokens: int) -> list[list[int]]:
     "Sequence indices per shard: sorted by token count (stable), cut every ~`shard_tokens` real tokens."
     order = np.argsort(np.asarray(lengths), kind="stable")
@@ -722,6 +779,7 @@ def token_annotations(seqset: SequenceSet, seq_id: str, starts, ends, concepts: 
     return (cs[np.asarray(ends)] - cs[np.asarray(starts)]) > 0
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-034e
 def _token_table(
     seqset: SequenceSet, rows: Sequence[int], toks: Sequence[tuple], tokenizer: NTTokenizer, concepts: Sequence[str]
 ) -> pd.DataFrame:
@@ -756,6 +814,7 @@ def _token_table(
     return df
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-034f
 @dataclass
 class HiddenStateStore:
     "A finished (or partial) hidden-state store on disk; see `extract_hidden_states`."
@@ -796,33 +855,195 @@ class HiddenStateStore:
             raise FileNotFoundError(f"{f} missing: the extraction has not finished (re-run it to resume)")
         return pd.read_parquet(f)
 
-    def load_layer(self, layer: int, shards: Iterable[int] | None = None, dtype=None):
-        "`[tokens, hidden]` torch tensor of one layer (all shards, or the given ones, in store order)."
-        import torch
-        from safetensors import safe_open
 
-        if layer not in self.layers:
-            raise KeyError(f"layer {layer} not in the store (has {self.layers})")
-        idx = range(len(self.manifest["shards"])) if shards is None else shards
-        parts = []
-        for i in idx:
-            with safe_open(str(self.shard_files()[i]), framework="pt") as fh:
-                parts.append(fh.get_tensor(f"layer_{layer}"))
-        x = torch.cat(parts) if parts else torch.empty(0, self.hidden_size)
-        return x.to(dtype) if dtype is not None else x
-
-    def iter_shards(self, layer: int):
-        "Yield (shard index, tensor) one shard at a time (for data that does not fit in memory)."
-        for i in range(len(self.manifest["shards"])):
-            yield i, self.load_layer(layer, [i])
-
-    def __repr__(self) -> str:
-        return (
-            f"HiddenStateStore({self.path}, {self.n_tokens:,} tokens, layers={self.layers}, hidden={self.hidden_size}, "
-            f"shards={len(self.manifest['shards'])}, status={self.manifest.get('status')})"
-        )
+@patch
+def __repr__(self: HiddenStateStore) -> str:
+    return (
+        f"HiddenStateStore({self.path}, {self.n_tokens:,} tokens, layers={self.layers}, hidden={self.hidden_size}, "
+        f"shards={len(self.manifest['shards'])}, status={self.manifest.get('status')})"
+    )
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-034g
+@patch
+def load_layer(self: HiddenStateStore, layer: int, shards: Iterable[int] | None = None, dtype=None):
+    "`[tokens, hidden]` torch tensor of one layer (all shards, or the given ones, in store order)."
+    import torch
+    from safetensors import safe_open
+
+    if layer not in self.layers:
+        raise KeyError(f"layer {layer} not in the store (has {self.layers})")
+    idx = range(len(self.manifest["shards"])) if shards is None else shards
+    parts = []
+    for i in idx:
+        with safe_open(str(self.shard_files()[i]), framework="pt") as fh:
+            parts.append(fh.get_tensor(f"layer_{layer}"))
+    x = torch.cat(parts) if parts else torch.empty(0, self.hidden_size)
+    return x.to(dtype) if dtype is not None else x
+
+
+@patch
+def iter_shards(self: HiddenStateStore, layer: int):
+    "Yield (shard index, tensor) one shard at a time (for data that does not fit in memory)."
+    for i in range(len(self.manifest["shards"])):
+        yield i, self.load_layer(layer, [i])
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-034i
+def _resolve_layers(layers: Sequence[int] | None, n_blocks: int) -> list[int]:
+    "Sorted hidden-state indices 0..n_blocks (negative ones count from the end); default all."
+    L = n_blocks
+    layers = list(range(L + 1)) if layers is None else sorted({(l + L + 1) if l < 0 else l for l in layers})
+    if not layers or layers[0] < 0 or layers[-1] > L:
+        raise ValueError(f"layers must lie in 0..{L} (or -1..-{L + 1}), got {layers}")
+    return layers
+
+
+def _tokenize_for_model(tokenizer: NTTokenizer, seqset: SequenceSet, limit: int) -> list[tuple]:
+    "(ids, starts, ends) of every sequence; a sequence longer than the model's `limit` (with `<cls>`) is an error."
+    toks = []
+    for sid, q in zip(seqset.sequences["seq_id"], seqset.sequences["sequence"]):
+        ids, s, e = tokenizer.tokenize_with_spans(q, f"sequence {sid!r}")
+        if len(ids) + 1 > limit:
+            raise ValueError(
+                f"sequence {sid!r} has {len(ids)} tokens + <cls> > the model's limit of {limit}; cut it with "
+                f"seqset.chunk(max_bp, overlap_bp) first (about {6 * (limit - 1)} bp per chunk without N)"
+            )
+        toks.append((ids, s, e))
+    return toks
+
+
+def _store_fingerprint(model, tokenizer, seqset, layers, store_dtype, shard_tokens, max_batch_tokens) -> str:
+    return core.stable_hash(
+        {
+            "sequences": seqset.fingerprint(),
+            "model": model_fingerprint(model),
+            "vocab": core.stable_hash(tokenizer.vocab),
+            "layers": layers,
+            "dtype": store_dtype,
+            "shard_tokens": shard_tokens,
+            "max_batch_tokens": max_batch_tokens,
+            "version": STORE_VERSION,
+        }
+    )
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-034k
+def _store_manifest(
+    model, seqset, layers, lengths, shards, fingerprint, model_name, store_dtype, max_batch_tokens, shard_tokens
+) -> dict:
+    "The manifest of a new (in-progress) store: model, layers, dtype, inputs' fingerprint and the shard plan."
+    L = len(_blocks(model)[1].layer)
+    return {
+        "format": "xai_hsg hidden-state store",
+        "version": STORE_VERSION,
+        "fingerprint": fingerprint,
+        "model_name": str(model_name),
+        "model_class": type(model).__name__,
+        "n_blocks": L,
+        "hidden_size": int(model.config.hidden_size),
+        "layers": layers,
+        "layer_convention": "hidden_states[i] is the input of block i (0 = embeddings); "
+        f"{L} = output of the last block after the final LayerNorm",
+        "store_dtype": store_dtype,
+        "compute_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+        "includes_cls": False,
+        "concepts": seqset.concepts,
+        "n_sequences": len(seqset),
+        "sequences_fingerprint": seqset.fingerprint(),
+        "max_batch_tokens": max_batch_tokens,
+        "shard_tokens": shard_tokens,
+        "status": "in_progress",
+        "shards": [
+            {
+                "index": k,
+                "file": f"shard-{k:05d}.safetensors",
+                "tokens_file": f"tokens-{k:05d}.parquet",
+                "n_sequences": len(sh),
+                "n_tokens": int(sum(lengths[i] - 1 for i in sh)),
+            }
+            for k, sh in enumerate(shards)
+        ],
+    }
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-034m
+def _reuse_store(out_dir: Path, fingerprint: str, overwrite: bool) -> HiddenStateStore | None:
+    "The complete store at `out_dir` if it was made from the same inputs; else None (after clearing a stale one)."
+    if not (out_dir / "manifest.json").exists():
+        return None
+    old = json.loads((out_dir / "manifest.json").read_text())
+    if old.get("fingerprint") != fingerprint:
+        if not overwrite:
+            raise ValueError(
+                f"{out_dir} holds a hidden-state store made from other inputs/model/settings "
+                f"(fingerprint {old.get('fingerprint')} != {fingerprint}); pass overwrite=True or use another folder"
+            )
+        shutil.rmtree(out_dir)
+    elif old.get("status") == "complete" and (out_dir / "tokens.parquet").exists():
+        return HiddenStateStore.open(out_dir)
+    return None
+
+
+def _shard_done(sdir: Path, shard: dict, fingerprint: str) -> bool:
+    "Are shard `shard`'s two files there, the tensors written by this store (fingerprint and index in metadata)?"
+    from safetensors import safe_open
+
+    f = sdir / shard["file"]
+    if not (f.exists() and (sdir / shard["tokens_file"]).exists()):
+        return False
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:
+        return False
+    return meta.get("fingerprint") == fingerprint and meta.get("shard") == str(shard["index"])
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-034o
+def _shard_hidden_states(model, tokenizer, toks, lengths, seq_rows, layers, max_batch_tokens, sdtype, bar) -> dict:
+    "`{layer_<l>: [tokens, hidden]}` of the sequences `seq_rows` (in that order), in dtype `sdtype`."
+    import torch
+
+    dev = next(model.parameters()).device
+    bufs = {l: [] for l in layers}
+    for b in plan_batches([lengths[i] for i in seq_rows], max_batch_tokens):
+        rows = [seq_rows[j] for j in b]
+        ids, att = _pad_batch([toks[i][0] for i in rows], tokenizer.cls_id, tokenizer.pad_id)
+        ids, att = ids.to(dev), att.to(dev)
+        with torch.inference_mode():
+            hs = forward_hidden_states(model, ids, att, layers)
+        for l in layers:
+            h = hs[l].to("cpu", sdtype)  # one device-to-host copy per layer and batch
+            for j, i in enumerate(rows):
+                bufs[l].append(h[j, 1 : lengths[i]])
+        bar.update(int(att.sum()) - len(rows))
+    return {f"layer_{l}": torch.cat(bufs[l]).contiguous() for l in layers}
+
+
+def _write_shard(sdir: Path, shard: dict, table: pd.DataFrame, tensors: dict, fingerprint: str, store_dtype: str):
+    "Check and commit one shard: the token table, then the tensors (whose arrival marks the shard done)."
+    import torch
+    from safetensors.torch import save_file
+
+    k = shard["index"]
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise FloatingPointError(
+                f"shard {k}, {name}: non-finite values in {store_dtype}; use store_dtype='float32' or 'bfloat16'"
+            )
+    table.insert(0, "row", np.arange(len(table), dtype=np.int32))
+    table.insert(0, "shard", np.int32(k))
+    assert len(table) == shard["n_tokens"] == next(iter(tensors.values())).shape[0]
+    core.atomic_write(sdir / shard["tokens_file"], lambda p: table.to_parquet(p, index=False))
+    core.atomic_write(
+        sdir / shard["file"],
+        lambda p: save_file(tensors, str(p), metadata={"fingerprint": fingerprint, "shard": str(k)}),
+    )
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-034q
 def extract_hidden_states(
     model,
     tokenizer: NTTokenizer,
@@ -842,145 +1063,37 @@ def extract_hidden_states(
     `seqset` into a sharded, resumable store at `out_dir` (layout above). Returns the `HiddenStateStore`.
     `on_shard_done(i)` is called after shard i is committed (used by tests to interrupt a run)."""
     import torch
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    base, enc = _blocks(model)
-    L = len(enc.layer)
-    layers = list(range(L + 1)) if layers is None else sorted({(l + L + 1) if l < 0 else l for l in layers})
-    if not layers or layers[0] < 0 or layers[-1] > L:
-        raise ValueError(f"layers must lie in 0..{L} (or -1..-{L + 1}), got {layers}")
+    layers = _resolve_layers(layers, len(_blocks(model)[1].layer))
     if store_dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError("store_dtype must be float16, bfloat16 or float32")
-    sdtype = getattr(torch, store_dtype)
-    dev = next(model.parameters()).device
-    limit = max_model_tokens(model)
-    # tokenize everything first: errors (bad characters, too long) surface before any work is done
-    toks = []
-    for i, (sid, q) in enumerate(zip(seqset.sequences["seq_id"], seqset.sequences["sequence"])):
-        ids, s, e = tokenizer.tokenize_with_spans(q, f"sequence {sid!r}")
-        if len(ids) + 1 > limit:
-            raise ValueError(
-                f"sequence {sid!r} has {len(ids)} tokens + <cls> > the model's limit of {limit}; cut it with "
-                f"seqset.chunk(max_bp, overlap_bp) first (about {6 * (limit - 1)} bp per chunk without N)"
-            )
-        toks.append((ids, s, e))
+    toks = _tokenize_for_model(tokenizer, seqset, max_model_tokens(model))
     lengths = [len(t[0]) + 1 for t in toks]
     shards = plan_shards(lengths, shard_tokens)
-    concepts = seqset.concepts
-    fingerprint = core.stable_hash(
-        {
-            "sequences": seqset.fingerprint(),
-            "model": model_fingerprint(model),
-            "vocab": core.stable_hash(tokenizer.vocab),
-            "layers": layers,
-            "dtype": store_dtype,
-            "shard_tokens": shard_tokens,
-            "max_batch_tokens": max_batch_tokens,
-            "version": STORE_VERSION,
-        }
+    fingerprint = _store_fingerprint(model, tokenizer, seqset, layers, store_dtype, shard_tokens, max_batch_tokens)
+    manifest = _store_manifest(
+        model, seqset, layers, lengths, shards, fingerprint, model_name, store_dtype, max_batch_tokens, shard_tokens
     )
-    manifest = {
-        "format": "xai_hsg hidden-state store",
-        "version": STORE_VERSION,
-        "fingerprint": fingerprint,
-        "model_name": str(model_name),
-        "model_class": type(model).__name__,
-        "n_blocks": L,
-        "hidden_size": int(model.config.hidden_size),
-        "layers": layers,
-        "layer_convention": "hidden_states[i] is the input of block i (0 = embeddings); "
-        f"{L} = output of the last block after the final LayerNorm",
-        "store_dtype": store_dtype,
-        "compute_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(dev),
-        "includes_cls": False,
-        "concepts": concepts,
-        "n_sequences": len(seqset),
-        "sequences_fingerprint": seqset.fingerprint(),
-        "max_batch_tokens": max_batch_tokens,
-        "shard_tokens": shard_tokens,
-        "status": "in_progress",
-        "shards": [
-            {
-                "index": k,
-                "file": f"shard-{k:05d}.safetensors",
-                "tokens_file": f"tokens-{k:05d}.parquet",
-                "n_sequences": len(sh),
-                "n_tokens": int(sum(lengths[i] - 1 for i in sh)),
-            }
-            for k, sh in enumerate(shards)
-        ],
-    }
+    done = _reuse_store(out_dir, fingerprint, overwrite)
+    if done is not None:
+        return done
     sdir = out_dir / "shards"
-    if (out_dir / "manifest.json").exists():
-        old = json.loads((out_dir / "manifest.json").read_text())
-        if old.get("fingerprint") != fingerprint:
-            if not overwrite:
-                raise ValueError(
-                    f"{out_dir} holds a hidden-state store made from other inputs/model/settings "
-                    f"(fingerprint {old.get('fingerprint')} != {fingerprint}); pass overwrite=True or use another folder"
-                )
-            shutil.rmtree(out_dir)
-        elif old.get("status") == "complete" and (out_dir / "tokens.parquet").exists():
-            return HiddenStateStore.open(out_dir)
     sdir.mkdir(parents=True, exist_ok=True)
     for junk in list(sdir.glob(".*.tmp-*")) + list(out_dir.glob(".*.tmp-*")):
         junk.unlink()  # half-written files of a killed run
     core.write_json_atomic(out_dir / "manifest.json", manifest, indent=1, sort_keys=False, default=str)
-
-    def done(k: int) -> bool:
-        f = sdir / manifest["shards"][k]["file"]
-        if not (f.exists() and (sdir / manifest["shards"][k]["tokens_file"]).exists()):
-            return False
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                meta = fh.metadata() or {}
-        except Exception:
-            return False
-        return meta.get("fingerprint") == fingerprint and meta.get("shard") == str(k)
-
-    todo = [k for k in range(len(shards)) if not done(k)]
-    bar = tqdm(
-        total=sum(manifest["shards"][k]["n_tokens"] for k in todo),
-        unit="tok",
-        desc="hidden states",
-        disable=not progress,
-        mininterval=2,
-    )
+    todo = [k for k in range(len(shards)) if not _shard_done(sdir, manifest["shards"][k], fingerprint)]
+    total = sum(manifest["shards"][k]["n_tokens"] for k in todo)
+    bar = tqdm(total=total, unit="tok", desc="hidden states", disable=not progress, mininterval=2)
     try:
         for k in todo:
-            seq_rows = shards[k]
-            bufs = {l: [] for l in layers}
-            for b in plan_batches([lengths[i] for i in seq_rows], max_batch_tokens):
-                rows = [seq_rows[j] for j in b]
-                ids, att = _pad_batch([toks[i][0] for i in rows], tokenizer.cls_id, tokenizer.pad_id)
-                ids, att = ids.to(dev), att.to(dev)
-                with torch.inference_mode():
-                    hs = forward_hidden_states(model, ids, att, layers)
-                for l in layers:
-                    h = hs[l].to("cpu", sdtype)  # one device-to-host copy per layer and batch
-                    for j, i in enumerate(rows):
-                        bufs[l].append(h[j, 1 : lengths[i]])
-                bar.update(int(att.sum()) - len(rows))
-            table = _token_table(seqset, seq_rows, toks, tokenizer, concepts)
-            tensors = {f"layer_{l}": torch.cat(bufs[l]).contiguous() for l in layers}
-            for name, t in tensors.items():
-                if not torch.isfinite(t).all():
-                    raise FloatingPointError(
-                        f"shard {k}, {name}: non-finite values in {store_dtype}; use store_dtype='float32' or 'bfloat16'"
-                    )
-            table.insert(0, "row", np.arange(len(table), dtype=np.int32))
-            table.insert(0, "shard", np.int32(k))
-            assert len(table) == manifest["shards"][k]["n_tokens"] == tensors[f"layer_{layers[0]}"].shape[0]
-            core.atomic_write(sdir / manifest["shards"][k]["tokens_file"], lambda p: table.to_parquet(p, index=False))
-            core.atomic_write(
-                sdir / manifest["shards"][k]["file"],
-                lambda p: save_file(tensors, str(p), metadata={"fingerprint": fingerprint, "shard": str(k)}),
+            tensors = _shard_hidden_states(
+                model, tokenizer, toks, lengths, shards[k], layers, max_batch_tokens, getattr(torch, store_dtype), bar
             )
+            table = _token_table(seqset, shards[k], toks, tokenizer, seqset.concepts)
+            _write_shard(sdir, manifest["shards"][k], table, tensors, fingerprint, store_dtype)
             if on_shard_done is not None:
                 on_shard_done(k)
     finally:

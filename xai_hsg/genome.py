@@ -11,13 +11,16 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
+
+from . import core
 
 # %% auto #0
 __all__ = [
@@ -101,6 +104,7 @@ def _empty_features() -> pd.DataFrame:
 
 
 def _normalise_features(features: pd.DataFrame | None) -> pd.DataFrame:
+    "`features` with every column of `FEATURE_COLUMNS` (typed, defaults filled), sorted by sequence and position."
     if features is None or len(features) == 0:
         return _empty_features()
     f = features.copy()
@@ -128,6 +132,54 @@ def _normalise_features(features: pd.DataFrame | None) -> pd.DataFrame:
     )
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-008c
+def _normalise_sequences(sequences: pd.DataFrame) -> pd.DataFrame:
+    "Validated copy of a sequences table: unique string ids, upper-cased A/C/G/T/N, provenance defaults filled."
+    if not isinstance(sequences, pd.DataFrame):
+        raise TypeError("sequences must be a DataFrame (use SequenceSet.from_sequences)")
+    missing = [c for c in SEQ_COLUMNS if c not in sequences.columns]
+    if missing:
+        raise ValueError(f"sequences table lacks columns {missing}; expected at least {SEQ_COLUMNS}")
+    if len(sequences) == 0:
+        raise ValueError("a SequenceSet needs at least one sequence")
+    s = sequences.reset_index(drop=True).copy()
+    s["seq_id"] = s["seq_id"].astype(str)
+    dup = s["seq_id"][s["seq_id"].duplicated()].unique()
+    if len(dup):
+        raise ValueError(f"duplicated seq_id values: {list(dup[:5])}")
+    s["sequence"] = [validate_sequence(q, f"sequence {i!r}") for i, q in zip(s["seq_id"], s["sequence"])]
+    s["set_label"] = s["set_label"].astype(str)
+    if "parent_id" not in s:
+        s["parent_id"] = s["seq_id"]
+    if "parent_start" not in s:
+        s["parent_start"] = 0
+    if "core_start" not in s:
+        s["core_start"] = 0
+    if "core_end" not in s:
+        s["core_end"] = s["sequence"].str.len().to_numpy()
+    return s
+
+
+def _check_feature_bounds(features: pd.DataFrame, sequences: pd.DataFrame) -> None:
+    "Raise unless every (normalised) feature refers to a known sequence and is a non-empty interval inside it."
+    if not len(features):
+        return
+    length = dict(zip(sequences["seq_id"], sequences["sequence"].str.len().to_numpy()))
+    unknown = sorted(set(features["seq_id"]) - set(length))
+    if unknown:
+        raise ValueError(f"features refer to unknown sequences {unknown[:5]}")
+    L = features["seq_id"].map(length).to_numpy()
+    start, end = features["start"].to_numpy(), features["end"].to_numpy()
+    bad = (start < 0) | (end > L) | (start >= end)
+    if bad.any():
+        r = features[bad].iloc[0]
+        raise ValueError(
+            f"feature {r['concept']!r} [{r['start']}, {r['end']}) on {r['seq_id']!r} (length "
+            f"{length[r['seq_id']]}) is empty or outside the sequence ({int(bad.sum())} such features)"
+        )
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-008e
 CODON_TRACKS = ("codon_pos_1", "codon_pos_2", "codon_pos_3")
 
 
@@ -144,69 +196,11 @@ class SequenceSet:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        s = self.sequences
-        if not isinstance(s, pd.DataFrame):
-            raise TypeError("sequences must be a DataFrame (use SequenceSet.from_sequences)")
-        missing = [c for c in SEQ_COLUMNS if c not in s.columns]
-        if missing:
-            raise ValueError(f"sequences table lacks columns {missing}; expected at least {SEQ_COLUMNS}")
-        if len(s) == 0:
-            raise ValueError("a SequenceSet needs at least one sequence")
-        s = s.reset_index(drop=True).copy()
-        s["seq_id"] = s["seq_id"].astype(str)
-        dup = s["seq_id"][s["seq_id"].duplicated()].unique()
-        if len(dup):
-            raise ValueError(f"duplicated seq_id values: {list(dup[:5])}")
-        s["sequence"] = [validate_sequence(q, f"sequence {i!r}") for i, q in zip(s["seq_id"], s["sequence"])]
-        s["set_label"] = s["set_label"].astype(str)
-        if "parent_id" not in s:
-            s["parent_id"] = s["seq_id"]
-        if "parent_start" not in s:
-            s["parent_start"] = 0
-        lengths = s["sequence"].str.len().to_numpy()
-        if "core_start" not in s:
-            s["core_start"] = 0
-        if "core_end" not in s:
-            s["core_end"] = lengths
-        self.sequences = s
+        self.sequences = _normalise_sequences(self.sequences)
         f = _normalise_features(self.features)
-        if len(f):
-            length = dict(zip(s["seq_id"], lengths))
-            unknown = sorted(set(f["seq_id"]) - set(length))
-            if unknown:
-                raise ValueError(f"features refer to unknown sequences {unknown[:5]}")
-            L = f["seq_id"].map(length).to_numpy()
-            bad = (
-                (f["start"].to_numpy() < 0) | (f["end"].to_numpy() > L) | (f["start"].to_numpy() >= f["end"].to_numpy())
-            )
-            if bad.any():
-                r = f[bad].iloc[0]
-                raise ValueError(
-                    f"feature {r['concept']!r} [{r['start']}, {r['end']}) on {r['seq_id']!r} (length "
-                    f"{length[r['seq_id']]}) is empty or outside the sequence ({int(bad.sum())} such features)"
-                )
+        _check_feature_bounds(f, self.sequences)
         self.features = f
 
-    # -- constructors ---------------------------------------------------------------------------------------
-    @classmethod
-    def from_sequences(
-        cls,
-        seqs: Mapping[str, str] | Sequence[str],
-        set_label: str | Sequence[str] = "sequences",
-        features: pd.DataFrame | None = None,
-        **meta,
-    ) -> SequenceSet:
-        "From a `{seq_id: sequence}` mapping or a list of sequences (ids `seq0`, `seq1`, ...)."
-        items = list(seqs.items()) if isinstance(seqs, Mapping) else [(f"seq{i}", q) for i, q in enumerate(seqs)]
-        if not items:
-            raise ValueError("no sequences given")
-        labels = [set_label] * len(items) if isinstance(set_label, str) else list(set_label)
-        if len(labels) != len(items):
-            raise ValueError(f"{len(labels)} set labels for {len(items)} sequences")
-        df = pd.DataFrame({"seq_id": [k for k, _ in items], "sequence": [q for _, q in items], "set_label": labels})
-        return cls(df, features, dict(meta))
-
-    # -- access ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.sequences)
 
@@ -217,278 +211,348 @@ class SequenceSet:
             f"concepts={self.concepts}, source={self.meta.get('source', '?')!r})"
         )
 
-    @property
-    def ids(self) -> list[str]:
-        return self.sequences["seq_id"].tolist()
 
-    @property
-    def total_bp(self) -> int:
-        return int(self.sequences["sequence"].str.len().sum())
+@patch(cls_method=True)
+def from_sequences(
+    cls: SequenceSet,
+    seqs: Mapping[str, str] | Sequence[str],
+    set_label: str | Sequence[str] = "sequences",
+    features: pd.DataFrame | None = None,
+    **meta,
+) -> SequenceSet:
+    "From a `{seq_id: sequence}` mapping or a list of sequences (ids `seq0`, `seq1`, ...)."
+    items = list(seqs.items()) if isinstance(seqs, Mapping) else [(f"seq{i}", q) for i, q in enumerate(seqs)]
+    if not items:
+        raise ValueError("no sequences given")
+    labels = [set_label] * len(items) if isinstance(set_label, str) else list(set_label)
+    if len(labels) != len(items):
+        raise ValueError(f"{len(labels)} set labels for {len(items)} sequences")
+    df = pd.DataFrame({"seq_id": [k for k, _ in items], "sequence": [q for _, q in items], "set_label": labels})
+    return cls(df, features, dict(meta))
 
-    @property
-    def labels(self) -> pd.Series:
-        return self.sequences.set_index("seq_id")["set_label"]
 
-    def sequence(self, seq_id: str) -> str:
-        row = self._index().get(seq_id)
-        if row is None:
-            raise KeyError(f"no sequence {seq_id!r}")
-        return self.sequences["sequence"].iat[row]
+# %% ../nbs/05_embedding.ipynb #nb05-008g
+@patch(as_prop=True)
+def ids(self: SequenceSet) -> list[str]:
+    return self.sequences["seq_id"].tolist()
 
-    def _index(self) -> dict:
-        if getattr(self, "_idx", None) is None or len(self._idx) != len(self.sequences):
-            self._idx = {k: i for i, k in enumerate(self.sequences["seq_id"])}
-        return self._idx
 
-    @property
-    def concepts(self) -> list[str]:
-        "Concept names of the per-nucleotide tracks (interval concepts + derived codon-position tracks)."
-        c = sorted(self.features["concept"].unique())
-        if self.features["frame_origin"].notna().any():
-            c += list(CODON_TRACKS)
-        return c
+@patch(as_prop=True)
+def total_bp(self: SequenceSet) -> int:
+    return int(self.sequences["sequence"].str.len().sum())
 
-    def _feature_rows(self, seq_id: str) -> np.ndarray:
-        "Row numbers of `seq_id`'s features (index built once; a SequenceSet is not meant to be mutated)."
-        if getattr(self, "_fidx", None) is None:
-            f = self.features
-            self._fidx = (
-                {k: np.asarray(v) for k, v in f.groupby("seq_id", sort=False).indices.items()} if len(f) else {}
-            )
-            self._fcols = (
-                f["start"].to_numpy(),
-                f["end"].to_numpy(),
-                f["concept"].to_numpy(object),
-                f["strand"].to_numpy(object),
-                f["frame_origin"].to_numpy(dtype=float, na_value=np.nan),
-            )
-        return self._fidx.get(seq_id, np.empty(0, dtype=np.int64))
 
-    def features_of(self, seq_id: str) -> pd.DataFrame:
-        return self.features.iloc[self._feature_rows(seq_id)]
+@patch(as_prop=True)
+def labels(self: SequenceSet) -> pd.Series:
+    return self.sequences.set_index("seq_id")["set_label"]
 
-    def tracks(self, seq_id: str, concepts: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        "Per-nucleotide boolean tracks `{concept: bool[len]}` of one sequence."
-        concepts = list(self.concepts if concepts is None else concepts)
-        L = len(self.sequence(seq_id))
-        out = {c: np.zeros(L, dtype=bool) for c in concepts}
-        rows = self._feature_rows(seq_id)
-        if not len(rows):
-            return out
-        fs, fe, fc, fst, fo = (col[rows] for col in self._fcols)
-        want_codon = any(c in out for c in CODON_TRACKS)
-        for a, b, c, strand, origin in zip(fs, fe, fc, fst, fo):
-            if c in out:
-                out[c][a:b] = True
-            if want_codon and origin == origin:  # not NaN
-                pos = np.arange(a, b)
-                phase = (pos - int(origin)) % 3 if strand != "-" else (int(origin) - pos) % 3
-                for k, cc in enumerate(CODON_TRACKS):
-                    if cc in out:
-                        out[cc][pos[phase == k]] = True
+
+@patch
+def _index(self: SequenceSet) -> dict:
+    if getattr(self, "_idx", None) is None or len(self._idx) != len(self.sequences):
+        self._idx = {k: i for i, k in enumerate(self.sequences["seq_id"])}
+    return self._idx
+
+
+@patch
+def sequence(self: SequenceSet, seq_id: str) -> str:
+    row = self._index().get(seq_id)
+    if row is None:
+        raise KeyError(f"no sequence {seq_id!r}")
+    return self.sequences["sequence"].iat[row]
+
+
+@patch(as_prop=True)
+def concepts(self: SequenceSet) -> list[str]:
+    "Concept names of the per-nucleotide tracks (interval concepts + derived codon-position tracks)."
+    c = sorted(self.features["concept"].unique())
+    if self.features["frame_origin"].notna().any():
+        c += list(CODON_TRACKS)
+    return c
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-008j
+@patch
+def _feature_rows(self: SequenceSet, seq_id: str) -> np.ndarray:
+    "Row numbers of `seq_id`'s features (index built once; a SequenceSet is not meant to be mutated)."
+    if getattr(self, "_fidx", None) is None:
+        f = self.features
+        self._fidx = {k: np.asarray(v) for k, v in f.groupby("seq_id", sort=False).indices.items()} if len(f) else {}
+        self._fcols = (
+            f["start"].to_numpy(),
+            f["end"].to_numpy(),
+            f["concept"].to_numpy(object),
+            f["strand"].to_numpy(object),
+            f["frame_origin"].to_numpy(dtype=float, na_value=np.nan),
+        )
+    return self._fidx.get(seq_id, np.empty(0, dtype=np.int64))
+
+
+@patch
+def features_of(self: SequenceSet, seq_id: str) -> pd.DataFrame:
+    return self.features.iloc[self._feature_rows(seq_id)]
+
+
+@patch
+def tracks(self: SequenceSet, seq_id: str, concepts: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    "Per-nucleotide boolean tracks `{concept: bool[len]}` of one sequence."
+    concepts = list(self.concepts if concepts is None else concepts)
+    L = len(self.sequence(seq_id))
+    out = {c: np.zeros(L, dtype=bool) for c in concepts}
+    rows = self._feature_rows(seq_id)
+    if not len(rows):
         return out
+    fs, fe, fc, fst, fo = (col[rows] for col in self._fcols)
+    want_codon = any(c in out for c in CODON_TRACKS)
+    for a, b, c, strand, origin in zip(fs, fe, fc, fst, fo):
+        if c in out:
+            out[c][a:b] = True
+        if want_codon and origin == origin:  # not NaN
+            pos = np.arange(a, b)
+            phase = (pos - int(origin)) % 3 if strand != "-" else (int(origin) - pos) % 3
+            for k, cc in enumerate(CODON_TRACKS):
+                if cc in out:
+                    out[cc][pos[phase == k]] = True
+    return out
 
-    def track_matrix(self, seq_id: str, concepts: Sequence[str] | None = None) -> np.ndarray:
-        "bool[len, n_concepts] in the order of `concepts` (default `self.concepts`)."
-        concepts = list(self.concepts if concepts is None else concepts)
-        t = self.tracks(seq_id, concepts)
-        return (
-            np.stack([t[c] for c in concepts], axis=1) if concepts else np.zeros((len(self.sequence(seq_id)), 0), bool)
-        )
 
-    # -- summaries ------------------------------------------------------------------------------------------
-    def stats(self) -> pd.DataFrame:
-        "Per set label: number of sequences, bp, mean length, GC and N fractions."
-        s = self.sequences.assign(
-            length=self.sequences["sequence"].str.len(),
-            gc=self.sequences["sequence"].map(gc_fraction),
-            n=self.sequences["sequence"].str.count("N"),
-        )
-        g = s.groupby("set_label")
-        return pd.DataFrame(
+@patch
+def track_matrix(self: SequenceSet, seq_id: str, concepts: Sequence[str] | None = None) -> np.ndarray:
+    "bool[len, n_concepts] in the order of `concepts` (default `self.concepts`)."
+    concepts = list(self.concepts if concepts is None else concepts)
+    t = self.tracks(seq_id, concepts)
+    if not concepts:
+        return np.zeros((len(self.sequence(seq_id)), 0), bool)
+    return np.stack([t[c] for c in concepts], axis=1)
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-008m
+@patch
+def stats(self: SequenceSet) -> pd.DataFrame:
+    "Per set label: number of sequences, bp, mean length, GC and N fractions."
+    s = self.sequences.assign(
+        length=self.sequences["sequence"].str.len(),
+        gc=self.sequences["sequence"].map(gc_fraction),
+        n=self.sequences["sequence"].str.count("N"),
+    )
+    g = s.groupby("set_label")
+    return pd.DataFrame(
+        {
+            "n_sequences": g.size(),
+            "total_bp": g["length"].sum(),
+            "mean_length_bp": g["length"].mean(),
+            "gc_fraction": g["gc"].mean(),
+            "n_fraction": g["n"].sum() / g["length"].sum(),
+        }
+    )
+
+
+def _covered_bp(intervals: pd.DataFrame) -> int:
+    "Bases covered by the union of the intervals of one sequence."
+    m = np.zeros(int(intervals["end"].max()), bool)
+    for a, b in zip(intervals["start"], intervals["end"]):
+        m[a:b] = True
+    return int(m.sum())
+
+
+@patch
+def concept_stats(self: SequenceSet) -> pd.DataFrame:
+    "Per concept and set label: number of intervals, sequences carrying one, and fraction of bp covered."
+    rows = []
+    bp_per_set = self.sequences.assign(L=self.sequences["sequence"].str.len()).groupby("set_label")["L"].sum()
+    labelled = self.features.assign(set_label=self.features["seq_id"].map(self.labels))
+    for (concept, label), g in labelled.groupby(["concept", "set_label"]):
+        covered = sum(_covered_bp(gs) for _, gs in g.groupby("seq_id"))
+        rows.append(
             {
-                "n_sequences": g.size(),
-                "total_bp": g["length"].sum(),
-                "mean_length_bp": g["length"].mean(),
-                "gc_fraction": g["gc"].mean(),
-                "n_fraction": g["n"].sum() / g["length"].sum(),
+                "concept": concept,
+                "set_label": label,
+                "n_intervals": len(g),
+                "n_sequences": g["seq_id"].nunique(),
+                "bp_fraction": covered / bp_per_set[label],
             }
         )
+    return pd.DataFrame(rows, columns=["concept", "set_label", "n_intervals", "n_sequences", "bp_fraction"])
 
-    def concept_stats(self) -> pd.DataFrame:
-        "Per concept and set label: number of intervals, sequences carrying one, and fraction of bp covered."
-        rows = []
-        lab = self.labels
-        bp_per_set = self.sequences.assign(L=self.sequences["sequence"].str.len()).groupby("set_label")["L"].sum()
-        for (concept, label), g in self.features.assign(set_label=self.features["seq_id"].map(lab)).groupby(
-            ["concept", "set_label"]
-        ):
-            covered = 0
-            for sid, gs in g.groupby("seq_id"):
-                m = np.zeros(int(gs["end"].max()), bool)
-                for a, b in zip(gs["start"], gs["end"]):
-                    m[a:b] = True
-                covered += int(m.sum())
-            rows.append(
-                {
-                    "concept": concept,
-                    "set_label": label,
-                    "n_intervals": len(g),
-                    "n_sequences": g["seq_id"].nunique(),
-                    "bp_fraction": covered / bp_per_set[label],
-                }
-            )
-        return pd.DataFrame(rows, columns=["concept", "set_label", "n_intervals", "n_sequences", "bp_fraction"])
 
-    def fingerprint(self) -> str:
-        "SHA-256 (16 hex) of ids, sequences, labels and features: equal sets give equal fingerprints."
-        h = hashlib.sha256()
-        for sid, q, lab in zip(self.sequences["seq_id"], self.sequences["sequence"], self.sequences["set_label"]):
-            h.update(f"{sid}\t{lab}\t".encode())
-            h.update(q.encode())
-            h.update(b"\n")
-        h.update(self.features[FEATURE_COLUMNS].to_csv(index=False).encode())
-        return h.hexdigest()[:16]
+@patch
+def fingerprint(self: SequenceSet) -> str:
+    "SHA-256 (16 hex) of ids, sequences, labels and features: equal sets give equal fingerprints."
+    h = hashlib.sha256()
+    for sid, q, lab in zip(self.sequences["seq_id"], self.sequences["sequence"], self.sequences["set_label"]):
+        h.update(f"{sid}\t{lab}\t".encode())
+        h.update(q.encode())
+        h.update(b"\n")
+    h.update(self.features[FEATURE_COLUMNS].to_csv(index=False).encode())
+    return h.hexdigest()[:16]
 
-    # -- windows --------------------------------------------------------------------------------------------
-    def subset(self, seq_ids: Iterable[str]) -> SequenceSet:
-        ids = list(seq_ids)
-        idx = self._index()
-        missing = [i for i in ids if i not in idx]
-        if missing:
-            raise KeyError(f"unknown seq_ids {missing[:5]}")
-        seqs = self.sequences.iloc[[idx[i] for i in ids]]
-        keep = set(ids)
-        return SequenceSet(seqs, self.features[self.features["seq_id"].isin(keep)], dict(self.meta))
 
-    def _windows(self, spans: list[tuple[int, int, int, int, int]]) -> SequenceSet:
-        "Windows (row, start, end, core_start, core_end) of sequences (coordinates in the sequence)."
-        seqs = self.sequences
-        rows = np.array([s[0] for s in spans], dtype=np.int64)
-        a, b, ca, cb = (np.array([s[k] for s in spans], dtype=np.int64) for k in range(1, 5))
-        parents = seqs["sequence"].to_numpy(dtype=object)
-        out = seqs.drop(columns="sequence").iloc[rows].reset_index(drop=True)  # never copy long sequences per window
-        lengths = np.array([len(q) for q in parents])[rows]
-        whole = (a == 0) & (b == lengths)
-        ids = seqs["seq_id"].to_numpy()[rows]
-        out["seq_id"] = [i if w else f"{i}|{x}-{y}" for i, w, x, y in zip(ids, whole, a, b)]
-        out.insert(1, "sequence", [parents[r][x:y] for r, x, y in zip(rows, a, b)])
-        out["parent_start"] = seqs["parent_start"].to_numpy()[rows].astype(np.int64) + a
-        out["core_start"], out["core_end"] = ca - a, cb - a
-        feats = []
-        f = self.features
-        if len(f):
-            fidx = f.groupby("seq_id").indices
-            fs, fe = f["start"].to_numpy(), f["end"].to_numpy()
-            for k, (sid, x, y) in enumerate(zip(ids, a, b)):
-                idx = fidx.get(sid)
-                if idx is None:
-                    continue
-                sel = idx[(fe[idx] > x) & (fs[idx] < y)]
-                if len(sel):
-                    feats.append((sel, k, x, y))
-        features = None
-        if feats:
-            sel = np.concatenate([s_ for s_, *_ in feats])
-            k = np.concatenate([np.full(len(s_), k_) for s_, k_, *_ in feats])
-            x = a[k]
-            y = b[k]
-            features = f.iloc[sel].reset_index(drop=True).copy()
-            features["start"] = np.maximum(features["start"].to_numpy(), x) - x
-            features["end"] = np.minimum(features["end"].to_numpy(), y) - x
-            features["frame_origin"] = features["frame_origin"] - pd.array(x, dtype="Int64")
-            features["seq_id"] = out["seq_id"].to_numpy()[k]
-        return SequenceSet(out, features, dict(self.meta))
+# %% ../nbs/05_embedding.ipynb #nb05-008p
+@patch
+def subset(self: SequenceSet, seq_ids: Iterable[str]) -> SequenceSet:
+    ids = list(seq_ids)
+    idx = self._index()
+    missing = [i for i in ids if i not in idx]
+    if missing:
+        raise KeyError(f"unknown seq_ids {missing[:5]}")
+    seqs = self.sequences.iloc[[idx[i] for i in ids]]
+    keep = set(ids)
+    return SequenceSet(seqs, self.features[self.features["seq_id"].isin(keep)], dict(self.meta))
 
-    def chunk(self, max_bp: int, overlap_bp: int = 0) -> SequenceSet:
-        """Cut sequences longer than `max_bp` into windows of `max_bp` overlapping by `overlap_bp` (the last window
-        ends at the sequence's end); shorter sequences are kept whole. Each base is owned by exactly one window:
-        `[core_start, core_end)` (window coordinates) splits every overlap in its middle."""
-        if max_bp < 1:
-            raise ValueError(f"max_bp must be >= 1, got {max_bp}")
-        if not 0 <= overlap_bp < max_bp:
-            raise ValueError(f"overlap_bp must be in [0, max_bp), got {overlap_bp} (max_bp={max_bp})")
-        spans = []
-        for row, q in enumerate(self.sequences["sequence"]):
-            L = len(q)
-            if L <= max_bp:
-                spans.append((row, 0, L, 0, L))
-                continue
-            step = max_bp - overlap_bp
-            starts = list(range(0, L - max_bp, step)) + [L - max_bp]
-            for j, a in enumerate(starts):
-                b = a + max_bp
-                ca = (
-                    0 if j == 0 else (a + starts[j - 1] + max_bp) // 2
-                )  # middle of the overlap with the previous window
-                cb = L if j == len(starts) - 1 else (starts[j + 1] + b) // 2
-                spans.append((row, a, b, ca, cb))
-        out = self._windows(spans)
-        out.meta.update(chunk_max_bp=max_bp, chunk_overlap_bp=overlap_bp)
-        return out
 
-    def sample_windows(self, window_bp: int, n: int, seed: int = 0, max_n_fraction: float = 0.1) -> SequenceSet:
-        "`n` random windows of `window_bp` (sequences weighted by length; windows with > `max_n_fraction` N skipped)."
-        L = self.sequences["sequence"].str.len().to_numpy()
-        ok = L >= window_bp
-        if not ok.any():
-            raise ValueError(f"no sequence is at least {window_bp} bp long (longest: {L.max()} bp)")
-        rng = np.random.default_rng(seed)
-        w = np.where(ok, L - window_bp + 1, 0).astype(float)
-        spans, seen, tries = [], set(), 0
-        while len(spans) < n:
-            tries += 1
-            if tries > 50 * n + 1000:
-                raise ValueError(f"could not draw {n} distinct windows of {window_bp} bp")
-            row = int(rng.choice(len(L), p=w / w.sum()))
-            a = int(rng.integers(0, L[row] - window_bp + 1))
-            q = self.sequences["sequence"].iat[row][a : a + window_bp]
-            if (row, a) in seen or q.count("N") > max_n_fraction * window_bp:
-                continue
-            seen.add((row, a))
-            spans.append((row, a, a + window_bp, a, a + window_bp))
-        return self._windows(spans)
+def _window_features(f: pd.DataFrame, ids: np.ndarray, a: np.ndarray, b: np.ndarray, new_ids) -> pd.DataFrame | None:
+    "Features of `f` overlapping window k = (`ids[k]`, `[a[k], b[k])`), clipped and moved to window coordinates."
+    if not len(f):
+        return None
+    fidx = f.groupby("seq_id").indices
+    fs, fe = f["start"].to_numpy(), f["end"].to_numpy()
+    hits = []
+    for k, (sid, x, y) in enumerate(zip(ids, a, b)):
+        idx = fidx.get(sid)
+        if idx is None:
+            continue
+        sel = idx[(fe[idx] > x) & (fs[idx] < y)]
+        if len(sel):
+            hits.append((sel, k))
+    if not hits:
+        return None
+    sel = np.concatenate([s_ for s_, _ in hits])
+    k = np.concatenate([np.full(len(s_), k_) for s_, k_ in hits])
+    x = a[k]
+    y = b[k]
+    features = f.iloc[sel].reset_index(drop=True).copy()
+    features["start"] = np.maximum(features["start"].to_numpy(), x) - x
+    features["end"] = np.minimum(features["end"].to_numpy(), y) - x
+    features["frame_origin"] = features["frame_origin"] - pd.array(x, dtype="Int64")
+    features["seq_id"] = np.asarray(new_ids)[k]
+    return features
 
-    def split(self, heldout_fraction: float, seed: int = 0, by: str = "auto") -> tuple[SequenceSet, SequenceSet]:
-        """(train, held-out) split stratified by set label, by `parent_id` (windows of one sequence stay together)
-        or by `seq_id`; "auto" = by parent where every set has at least two parents (windows of a single genome
-        are split window by window: cut them without overlap, e.g. `chunk(bp)`, so that nothing leaks)."""
-        if not 0 < heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-        if by == "auto":
-            by = "parent" if self.sequences.groupby("set_label")["parent_id"].nunique().min() >= 2 else "sequence"
-        if by not in ("parent", "sequence"):
-            raise ValueError(f"by must be 'auto', 'parent' or 'sequence', got {by!r}")
-        key = "parent_id" if by == "parent" else "seq_id"
-        rng = np.random.default_rng(seed)
-        held = []
-        groups = self.sequences.drop_duplicates(key)[[key, "set_label"]]
-        for _, g in groups.groupby("set_label"):
-            p = g[key].to_numpy()
-            k = max(1, int(round(heldout_fraction * len(p)))) if len(p) > 1 else 0
-            held += list(rng.choice(p, size=k, replace=False))
-        is_held = self.sequences[key].isin(set(held))
-        if is_held.all() or not is_held.any():
-            raise ValueError("split left one side empty: use more sequences")
-        return self.subset(self.sequences["seq_id"][~is_held]), self.subset(self.sequences["seq_id"][is_held])
 
-    # -- persistence ----------------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        "Write `sequences.parquet`, `features.parquet`, `meta.json` into `folder`."
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.sequences.to_parquet(folder / "sequences.parquet", index=False)
-        self.features.to_parquet(folder / "features.parquet", index=False)
-        (folder / "meta.json").write_text(json.dumps(self.meta, indent=1, default=str))
-        return folder
+@patch
+def _windows(self: SequenceSet, spans: list[tuple[int, int, int, int, int]]) -> SequenceSet:
+    "Windows (row, start, end, core_start, core_end) of sequences (coordinates in the sequence)."
+    seqs = self.sequences
+    rows = np.array([s[0] for s in spans], dtype=np.int64)
+    a, b, ca, cb = (np.array([s[k] for s in spans], dtype=np.int64) for k in range(1, 5))
+    parents = seqs["sequence"].to_numpy(dtype=object)
+    out = seqs.drop(columns="sequence").iloc[rows].reset_index(drop=True)  # never copy long sequences per window
+    lengths = np.array([len(q) for q in parents])[rows]
+    whole = (a == 0) & (b == lengths)
+    ids = seqs["seq_id"].to_numpy()[rows]
+    out["seq_id"] = [i if w else f"{i}|{x}-{y}" for i, w, x, y in zip(ids, whole, a, b)]
+    out.insert(1, "sequence", [parents[r][x:y] for r, x, y in zip(rows, a, b)])
+    out["parent_start"] = seqs["parent_start"].to_numpy()[rows].astype(np.int64) + a
+    out["core_start"], out["core_end"] = ca - a, cb - a
+    features = _window_features(self.features, ids, a, b, out["seq_id"].to_numpy())
+    return SequenceSet(out, features, dict(self.meta))
 
-    @classmethod
-    def load(cls, folder: str | Path) -> SequenceSet:
-        folder = Path(folder)
-        if not (folder / "sequences.parquet").exists():
-            raise FileNotFoundError(f"no SequenceSet in {folder} (sequences.parquet missing)")
-        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-        return cls(pd.read_parquet(folder / "sequences.parquet"), pd.read_parquet(folder / "features.parquet"), meta)
+
+# %% ../nbs/05_embedding.ipynb #nb05-008s
+def _chunk_spans(row: int, L: int, max_bp: int, overlap_bp: int) -> list[tuple[int, int, int, int, int]]:
+    "Spans (row, start, end, core_start, core_end) that tile a sequence of `L` bp (whole if it fits)."
+    if L <= max_bp:
+        return [(row, 0, L, 0, L)]
+    step = max_bp - overlap_bp
+    starts = list(range(0, L - max_bp, step)) + [L - max_bp]
+    spans = []
+    for j, a in enumerate(starts):
+        b = a + max_bp
+        ca = 0 if j == 0 else (a + starts[j - 1] + max_bp) // 2  # middle of the overlap with the previous window
+        cb = L if j == len(starts) - 1 else (starts[j + 1] + b) // 2
+        spans.append((row, a, b, ca, cb))
+    return spans
+
+
+@patch
+def chunk(self: SequenceSet, max_bp: int, overlap_bp: int = 0) -> SequenceSet:
+    """Cut sequences longer than `max_bp` into windows of `max_bp` overlapping by `overlap_bp` (the last window
+    ends at the sequence's end); shorter sequences are kept whole. Each base is owned by exactly one window:
+    `[core_start, core_end)` (window coordinates) splits every overlap in its middle."""
+    if max_bp < 1:
+        raise ValueError(f"max_bp must be >= 1, got {max_bp}")
+    if not 0 <= overlap_bp < max_bp:
+        raise ValueError(f"overlap_bp must be in [0, max_bp), got {overlap_bp} (max_bp={max_bp})")
+    spans = []
+    for row, q in enumerate(self.sequences["sequence"]):
+        spans += _chunk_spans(row, len(q), max_bp, overlap_bp)
+    out = self._windows(spans)
+    out.meta.update(chunk_max_bp=max_bp, chunk_overlap_bp=overlap_bp)
+    return out
+
+
+@patch
+def sample_windows(
+    self: SequenceSet, window_bp: int, n: int, seed: int = 0, max_n_fraction: float = 0.1
+) -> SequenceSet:
+    "`n` random windows of `window_bp` (sequences weighted by length; windows with > `max_n_fraction` N skipped)."
+    L = self.sequences["sequence"].str.len().to_numpy()
+    ok = L >= window_bp
+    if not ok.any():
+        raise ValueError(f"no sequence is at least {window_bp} bp long (longest: {L.max()} bp)")
+    rng = np.random.default_rng(seed)
+    w = np.where(ok, L - window_bp + 1, 0).astype(float)
+    spans, seen, tries = [], set(), 0
+    while len(spans) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(f"could not draw {n} distinct windows of {window_bp} bp")
+        row = int(rng.choice(len(L), p=w / w.sum()))
+        a = int(rng.integers(0, L[row] - window_bp + 1))
+        q = self.sequences["sequence"].iat[row][a : a + window_bp]
+        if (row, a) in seen or q.count("N") > max_n_fraction * window_bp:
+            continue
+        seen.add((row, a))
+        spans.append((row, a, a + window_bp, a, a + window_bp))
+    return self._windows(spans)
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-008v
+@patch
+def split(
+    self: SequenceSet, heldout_fraction: float, seed: int = 0, by: str = "auto"
+) -> tuple[SequenceSet, SequenceSet]:
+    """(train, held-out) split stratified by set label, by `parent_id` (windows of one sequence stay together)
+    or by `seq_id`; "auto" = by parent where every set has at least two parents (windows of a single genome
+    are split window by window: cut them without overlap, e.g. `chunk(bp)`, so that nothing leaks)."""
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if by == "auto":
+        by = "parent" if self.sequences.groupby("set_label")["parent_id"].nunique().min() >= 2 else "sequence"
+    if by not in ("parent", "sequence"):
+        raise ValueError(f"by must be 'auto', 'parent' or 'sequence', got {by!r}")
+    key = "parent_id" if by == "parent" else "seq_id"
+    rng = np.random.default_rng(seed)
+    held = []
+    groups = self.sequences.drop_duplicates(key)[[key, "set_label"]]
+    for _, g in groups.groupby("set_label"):
+        p = g[key].to_numpy()
+        k = max(1, int(round(heldout_fraction * len(p)))) if len(p) > 1 else 0
+        held += list(rng.choice(p, size=k, replace=False))
+    is_held = self.sequences[key].isin(set(held))
+    if is_held.all() or not is_held.any():
+        raise ValueError("split left one side empty: use more sequences")
+    return self.subset(self.sequences["seq_id"][~is_held]), self.subset(self.sequences["seq_id"][is_held])
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-008y
+@patch
+def save(self: SequenceSet, folder: str | Path) -> Path:
+    "Write `sequences.parquet`, `features.parquet`, `meta.json` into `folder`."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    self.sequences.to_parquet(folder / "sequences.parquet", index=False)
+    self.features.to_parquet(folder / "features.parquet", index=False)
+    core.write_json_atomic(folder / "meta.json", self.meta, indent=1, sort_keys=False, default=str)
+    return folder
+
+
+@patch(cls_method=True)
+def load(cls: SequenceSet, folder: str | Path) -> SequenceSet:
+    folder = Path(folder)
+    if not (folder / "sequences.parquet").exists():
+        raise FileNotFoundError(f"no SequenceSet in {folder} (sequences.parquet missing)")
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+    return cls(pd.read_parquet(folder / "sequences.parquet"), pd.read_parquet(folder / "features.parquet"), meta)
 
 
 # %% ../nbs/05_embedding.ipynb #nb05-011
@@ -634,12 +698,7 @@ def find_g4(seq: str) -> list[tuple[int, int, str]]:
     )
 
 
-_SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
-_CODON_W = np.array([2.0 if c[2] in "GC" else 1.0 for c in _SENSE_CODONS])
-_CODON_W /= _CODON_W.sum()
-_TANDEM_UNITS = ["CA", "A", "CAG", "TTAGGG", "AT", "GAA", "TG"]
-
-
+# %% ../nbs/05_embedding.ipynb #nb05-014c
 @dataclass(frozen=True)
 class PlantedConfig:
     "What `planted()` generates. Rates are per sequence (Poisson means or probabilities)."
@@ -658,6 +717,13 @@ class PlantedConfig:
     tandem_per_seq: float = 1.5
     repeat_divergence: float = 0.1
     seed: int = 0
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-014f
+_SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+_CODON_W = np.array([2.0 if c[2] in "GC" else 1.0 for c in _SENSE_CODONS])
+_CODON_W /= _CODON_W.sum()
+_TANDEM_UNITS = ["CA", "A", "CAG", "TTAGGG", "AT", "GAA", "TG"]
 
 
 def _rand_dna(rng, n, p=(0.25, 0.25, 0.25, 0.25)) -> str:
@@ -714,6 +780,98 @@ def _mutate(rng, s: str, rate: float) -> str:
     return a.tobytes().decode()
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-014i
+class _Canvas:
+    "One sequence being planted into: its bases, the occupied positions and the shared feature list."
+
+    def __init__(self, seq_id: str, codes: np.ndarray, feats: list, rng: np.random.Generator):
+        self.seq_id, self.rng, self.feats = seq_id, rng, feats
+        self.s = bytearray(_ACGT[codes].tobytes())
+        self.occ = np.zeros(len(codes), bool)
+        self.n_not_placed = 0
+
+    def place(self, elem: str, subfeats, strand: str = "+") -> bool:
+        "Put `elem` at a random free position; its `subfeats` (start, end, concept, name) are relative to it."
+        n, length = len(elem), len(self.s)
+        for _ in range(30):
+            if n + 2 > length:
+                break
+            p = int(self.rng.integers(1, length - n))
+            if self.occ[p - 1 : p + n + 1].any():
+                continue
+            self.s[p : p + n] = elem.encode()
+            self.occ[p : p + n] = True
+            for a, b, concept, name in subfeats:
+                a, b = (a, b) if strand == "+" else (n - b, n - a)
+                self.feats.append((self.seq_id, p + a, p + b, concept, strand, name))
+            return True
+        self.n_not_placed += 1
+        return False
+
+    def place_stranded(self, elem: str, subfeats, strand: str) -> bool:
+        "`place` the element read on `strand` (the reverse complement for '-')."
+        return self.place(elem if strand == "+" else reverse_complement(elem), subfeats, strand)
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-014l
+def _random_strand(rng, p_plus: float = 0.5) -> str:
+    return "+" if rng.random() < p_plus else "-"
+
+
+def _plant_elements(cv: _Canvas, cfg: PlantedConfig, consensus: str, motifs: dict, g4_rich: bool) -> None:
+    "Plant every element type into `cv`; the draws from `cv.rng` happen in this order for every sequence."
+    rng = cv.rng
+    if rng.random() < cfg.p_gene:
+        g, gf = _make_gene(rng)
+        cv.place_stranded(g, gf, _random_strand(rng))
+    if rng.random() < cfg.p_cpg_island:
+        n = int(rng.integers(200, 401))
+        cv.place(_rand_dna(rng, n, (0.18, 0.32, 0.32, 0.18)), [(0, n, "cpg_island", "")], ".")
+    for _ in range(rng.poisson(cfg.repeats_per_seq)):
+        n = int(rng.integers(80, 251))
+        a = int(rng.integers(0, 251 - n))
+        rep = _mutate(rng, consensus[a : a + n], cfg.repeat_divergence)
+        cv.place_stranded(rep, [(0, n, "interspersed_repeat", f"consensus:{a}-{a + n}")], _random_strand(rng))
+    if g4_rich:
+        for _ in range(1 + rng.poisson(max(cfg.g4_per_seq - 1, 0))):
+            g = _make_g4(rng)
+            cv.place_stranded(g, [(0, len(g), "g4", "planted")], _random_strand(rng, 0.7))
+    if rng.random() < cfg.p_polya:
+        pa, pf = _make_polya(rng)
+        cv.place_stranded(pa, pf, _random_strand(rng))
+    for _ in range(rng.poisson(cfg.tandem_per_seq)):
+        unit = _TANDEM_UNITS[int(rng.integers(len(_TANDEM_UNITS)))]
+        n = int(rng.integers(18, 40))
+        cv.place((unit * 40)[:n], [(0, n, "tandem_repeat", f"({unit})n")], ".")
+    names = list(motifs)
+    for _ in range(rng.poisson(cfg.motifs_per_seq) if names else 0):
+        c = names[int(rng.integers(len(names)))]
+        site = "".join(_ACGT[[rng.choice(4, p=row) for row in motifs[c]["pfm"]]].tobytes().decode())
+        cv.place_stranded(site, [(0, len(site), c, motifs[c]["matrix_id"])], _random_strand(rng))
+
+
+def _label_chance_g4(seq_id: str, q: str, feats: list, first: int) -> None:
+    "Add G4s of `q` not planted (feats[first:] are `q`'s); a planted G4 the background extends grows to the match."
+    planted_g4 = [k for k in range(first, len(feats)) if feats[k][3] == "g4"]
+    for a, b, strand in find_g4(q):
+        over = [k for k in planted_g4 if a < feats[k][2] and feats[k][1] < b]
+        for k in over:
+            r = feats[k]
+            feats[k] = (r[0], min(r[1], a), max(r[2], b)) + r[3:]
+        if not over:
+            feats.append((seq_id, a, b, "g4", strand, "chance"))
+
+
+# %% ../nbs/05_embedding.ipynb #nb05-014o
+def _set_assignment(cfg: PlantedConfig) -> tuple[tuple[str, ...], np.ndarray]:
+    "(labels, label index of each sequence): floor of the fractions, the remainder to the first set."
+    labels, fracs = zip(*cfg.set_fractions)
+    fracs = np.asarray(fracs, float) / np.sum(fracs)
+    counts = np.floor(fracs * cfg.n_sequences).astype(int)
+    counts[0] += cfg.n_sequences - counts.sum()
+    return labels, np.repeat(np.arange(len(labels)), counts)
+
+
 def planted(
     config: PlantedConfig | None = None, background: MarkovBackground | None = None, **overrides
 ) -> SequenceSet:
@@ -729,84 +887,18 @@ def planted(
     motifs = jaspar_motifs(dict(cfg.motif_ids), cfg.jaspar_release) if cfg.motif_ids else {}
     rng = np.random.default_rng(cfg.seed)
     consensus = _rand_dna(np.random.default_rng([cfg.seed, 7]), 250, (0.25, 0.27, 0.28, 0.2))
-    labels, fracs = zip(*cfg.set_fractions)
-    fracs = np.asarray(fracs, float) / np.sum(fracs)
-    counts = np.floor(fracs * cfg.n_sequences).astype(int)
-    counts[0] += cfg.n_sequences - counts.sum()
-    set_of = np.repeat(np.arange(len(labels)), counts)
+    labels, set_of = _set_assignment(cfg)
     bg = background.sample_codes(cfg.n_sequences, cfg.length_bp, rng)
-    CpG = (0.18, 0.32, 0.32, 0.18)
     seqs, feats, not_placed = [], [], 0
     for i in range(cfg.n_sequences):
         sid = f"planted{i:05d}"
         first = len(feats)
-        s = bytearray(_ACGT[bg[i]].tobytes())
-        occ = np.zeros(cfg.length_bp, bool)
-
-        def place(elem: str, subfeats, strand="+"):
-            nonlocal not_placed
-            n = len(elem)
-            for _ in range(30):
-                if n + 2 > cfg.length_bp:
-                    break
-                p = int(rng.integers(1, cfg.length_bp - n))
-                if occ[p - 1 : p + n + 1].any():
-                    continue
-                s[p : p + n] = elem.encode()
-                occ[p : p + n] = True
-                for a, b, concept, name in subfeats:
-                    a, b = (a, b) if strand == "+" else (n - b, n - a)
-                    feats.append((sid, p + a, p + b, concept, strand, name))
-                return True
-            not_placed += 1
-            return False
-
-        def place_stranded(elem, subfeats, strand):
-            return place(elem if strand == "+" else reverse_complement(elem), subfeats, strand)
-
-        if rng.random() < cfg.p_gene:
-            g, gf = _make_gene(rng)
-            place_stranded(g, gf, "+" if rng.random() < 0.5 else "-")
-        if rng.random() < cfg.p_cpg_island:
-            n = int(rng.integers(200, 401))
-            place(_rand_dna(rng, n, CpG), [(0, n, "cpg_island", "")], ".")
-        for _ in range(rng.poisson(cfg.repeats_per_seq)):
-            n = int(rng.integers(80, 251))
-            a = int(rng.integers(0, 251 - n))
-            rep = _mutate(rng, consensus[a : a + n], cfg.repeat_divergence)
-            place_stranded(
-                rep, [(0, n, "interspersed_repeat", f"consensus:{a}-{a + n}")], "+" if rng.random() < 0.5 else "-"
-            )
-        if labels[set_of[i]] == "g4_rich":
-            for _ in range(1 + rng.poisson(max(cfg.g4_per_seq - 1, 0))):
-                g = _make_g4(rng)
-                place_stranded(g, [(0, len(g), "g4", "planted")], "+" if rng.random() < 0.7 else "-")
-        if rng.random() < cfg.p_polya:
-            pa, pf = _make_polya(rng)
-            place_stranded(pa, pf, "+" if rng.random() < 0.5 else "-")
-        for _ in range(rng.poisson(cfg.tandem_per_seq)):
-            unit = _TANDEM_UNITS[int(rng.integers(len(_TANDEM_UNITS)))]
-            n = int(rng.integers(18, 40))
-            rep = (unit * 40)[:n]
-            place(rep, [(0, n, "tandem_repeat", f"({unit})n")], ".")
-        names = list(motifs)
-        for _ in range(rng.poisson(cfg.motifs_per_seq) if names else 0):
-            c = names[int(rng.integers(len(names)))]
-            pfm = motifs[c]["pfm"]
-            site = "".join(_ACGT[[rng.choice(4, p=row) for row in pfm]].tobytes().decode())
-            place_stranded(site, [(0, len(site), c, motifs[c]["matrix_id"])], "+" if rng.random() < 0.5 else "-")
-        q = s.decode()
-        planted_g4 = [k for k in range(first, len(feats)) if feats[k][3] == "g4"]
-        for a, b, strand in find_g4(q):  # chance G4s of the background count as G4s too
-            over = [k for k in planted_g4 if a < feats[k][2] and feats[k][1] < b]
-            for k in over:  # a planted G4 that the background extends (e.g. a G next to a G-run): label the whole match
-                r = feats[k]
-                feats[k] = (r[0], min(r[1], a), max(r[2], b)) + r[3:]
-            if not over:
-                feats.append((sid, a, b, "g4", strand, "chance"))
+        cv = _Canvas(sid, bg[i], feats, rng)
+        _plant_elements(cv, cfg, consensus, motifs, labels[set_of[i]] == "g4_rich")
+        not_placed += cv.n_not_placed
+        q = cv.s.decode()
+        _label_chance_g4(sid, q, feats, first)
         seqs.append((sid, q, labels[set_of[i]]))
-    sequences = pd.DataFrame(seqs, columns=SEQ_COLUMNS).assign(source="planted")
-    features = pd.DataFrame(feats, columns=["seq_id", "start", "end", "concept", "strand", "name"])
     meta = {
         "source": "planted",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
@@ -816,6 +908,8 @@ def planted(
             c: {"matrix_id": m["matrix_id"], "tf": m["tf"], "consensus": m["consensus"]} for c, m in motifs.items()
         },
     }
+    sequences = pd.DataFrame(seqs, columns=SEQ_COLUMNS).assign(source="planted")
+    features = pd.DataFrame(feats, columns=["seq_id", "start", "end", "concept", "strand", "name"])
     return SequenceSet(sequences, features, meta)
 
 
@@ -862,6 +956,7 @@ def pyrodigal_genome_path(genome: str = "NCTC11397") -> Path:
     return path
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-017c
 _SPACER = {"3-4bp": (3, 4), "5-10bp": (5, 10), "11-12bp": (11, 12), "13-15bp": (13, 15)}
 
 
@@ -895,6 +990,7 @@ def _find_rbs(seq: str, start_codon_at: int, strand: int, motif: str | None, spa
     return up_end + (L - b), up_end + (L - a)
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-017e
 def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
     "Features (cds, start_codon, stop_codon, rbs, intergenic) of pyrodigal `genes` predicted on `seq`."
     rows = []
@@ -929,6 +1025,7 @@ def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-017f
 def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = None) -> SequenceSet:
     """A genome from the pyrodigal wheel (one sequence per contig), annotated by Prodigal trained on it
     (single-genome mode). `region=(start, end)` keeps only that part of the first contig (after annotating the
@@ -989,6 +1086,7 @@ def read_bed(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=_BED_COLS + ["line"])
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-020b
 _GTF_CONCEPTS = {
     "exon": "exon",
     "CDS": "cds",
@@ -1055,6 +1153,7 @@ def read_gtf_features(gtf: str | Path) -> pd.DataFrame:
     return out.drop_duplicates(["Chromosome", "Start", "End", "Strand", "concept"]).reset_index(drop=True)
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-020c
 def bed_fasta(
     bed: str | Path | Mapping[str, str | Path],
     fasta: str | Path,
@@ -1122,6 +1221,7 @@ def bed_fasta(
     )
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-020d
 def _annotate_windows(seqs: pd.DataFrame, annot: pd.DataFrame, strand_aware: bool) -> pd.DataFrame:
     import pyranges as pr
 
