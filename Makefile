@@ -31,8 +31,8 @@ test-fast: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -m "not slow" tests
 
 lint: install
-	$(BIN)/ruff format --check xai_hsg
-	$(BIN)/ruff check xai_hsg
+	$(BIN)/ruff format --check xai_hsg tests bench
+	$(BIN)/ruff check xai_hsg tests bench
 
 # notebooks -> library; nbdev writes its own layout, ruff then formats it (the sync test does the same)
 export: install

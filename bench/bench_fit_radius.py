@@ -8,6 +8,7 @@ Goal (issue): ours within 10 minutes on 2 CPU cores.
 
     python bench/bench_fit_radius.py [--n 2000] [--frames 241] [--boot 200] [--baseline-epochs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from xai_hsg import models, radius
@@ -40,11 +40,15 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         tracks_path, _ = write_simulation(Path(tmp), args.n, params, seed=args.seed)
-        print(f"simulated and wrote {args.n} traces x {args.frames} frames in {time.perf_counter() - t0:.1f} s "
-              f"(r_c = {args.rc:g} nm, sigma_loc = {args.sigma_loc:g} nm)")
+        print(
+            f"simulated and wrote {args.n} traces x {args.frames} frames in {time.perf_counter() - t0:.1f} s "
+            f"(r_c = {args.rc:g} nm, sigma_loc = {args.sigma_loc:g} nm)"
+        )
 
         t0 = time.perf_counter()
-        fit = radius.fit_radius(tracks_path, Path(tmp)/"fit.json", sigma_loc_nm=args.sigma_loc, n_boot=args.boot, seed=args.seed)
+        fit = radius.fit_radius(
+            tracks_path, Path(tmp) / "fit.json", sigma_loc_nm=args.sigma_loc, n_boot=args.boot, seed=args.seed
+        )
         t_ours = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -56,11 +60,17 @@ def main(argv=None) -> None:
 
     lo, hi = fit["r_c_interval_nm"]
     r_ours = fit["r_c_nm"]
-    print(f"  ours (fit-radius, {args.boot} bootstraps): {t_ours:8.1f} s   r_c = {r_ours:.1f} nm "
-          f"[{lo:.1f}, {hi:.1f}] (truth {args.rc:g} nm)   budget 600 s: {'met' if t_ours <= 600 else 'MISSED'}")
-    print(f"  seeds' design ({args.baseline_epochs} epochs):  {t_base:8.1f} s   r_c = {hist['radius_nm'][-1]:.1f} nm-equivalent")
-    print(f"  time ratio (seeds' design / ours): {t_base / t_ours:.2f}x;  "
-          f"relative error ours {abs(r_ours / args.rc - 1):.1%}, seeds' design {abs(hist['radius_nm'][-1] / args.rc - 1):.1%}")
+    print(
+        f"  ours (fit-radius, {args.boot} bootstraps): {t_ours:8.1f} s   r_c = {r_ours:.1f} nm "
+        f"[{lo:.1f}, {hi:.1f}] (truth {args.rc:g} nm)   budget 600 s: {'met' if t_ours <= 600 else 'MISSED'}"
+    )
+    print(
+        f"  seeds' design ({args.baseline_epochs} epochs):  {t_base:8.1f} s   r_c = {hist['radius_nm'][-1]:.1f} nm-equivalent"
+    )
+    print(
+        f"  time ratio (seeds' design / ours): {t_base / t_ours:.2f}x;  "
+        f"relative error ours {abs(r_ours / args.rc - 1):.1%}, seeds' design {abs(hist['radius_nm'][-1] / args.rc - 1):.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: a miniature repository (profiles, notebooks, manuscript) for pipeline and renderer tests."""
+
 from __future__ import annotations
 
 import textwrap
@@ -33,20 +34,26 @@ scale = 2.0
 
 ALPHA_CELLS = [
     ("md", "# Alpha\nComputes the answer and draws it."),
-    ("code", """
+    (
+        "code",
+        """
         import matplotlib; matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from xai_hsg import core
         answer = scale * 21
         core.save_results("01_alpha", {"answer": answer}, profile=profile)
-    """),
-    ("code", """
+    """,
+    ),
+    (
+        "code",
+        """
         #| label: fig-alpha
         #| fig-cap: A line whose slope is the answer.
         fig, ax = plt.subplots(figsize=(3, 2))
         ax.plot([0, 1], [0, answer])
         core.save_figure(fig)
-    """),
+    """,
+    ),
 ]
 
 BETA_PARAMS = """
@@ -56,11 +63,14 @@ offset = 1
 """
 
 BETA_CELLS = [
-    ("code", """
+    (
+        "code",
+        """
         from xai_hsg import core
         total = core.load_results("01_alpha", profile=profile)["answer"] + offset
         core.save_results("02_beta", {"total": total}, profile=profile)
-    """),
+    """,
+    ),
 ]
 
 GAMMA_PARAMS = """
@@ -68,10 +78,15 @@ GAMMA_PARAMS = """
 profile = "smoke"
 """
 
-GAMMA_CELLS = [("code", """
+GAMMA_CELLS = [
+    (
+        "code",
+        """
     from xai_hsg import core
     core.save_results("03_gamma", {"independent": 7}, profile=profile)
-""")]
+""",
+    )
+]
 
 PAPER = """
 ---
@@ -89,21 +104,23 @@ The answer is {{< var alpha.answer >}} and the total is {{< var beta.total >}}, 
 
 def write_profile(root: Path, alpha: dict | None = None, beta: dict | None = None) -> None:
     import yaml
+
     notebooks = {"01_alpha": alpha or {}, "02_beta": beta or {}, "03_gamma": {}}
-    (root/"profiles").mkdir(parents=True, exist_ok=True)
-    (root/"profiles"/"smoke.yml").write_text(yaml.safe_dump({"description": "fixture", "defaults": {"seed": 0},
-                                                             "notebooks": notebooks}))
+    (root / "profiles").mkdir(parents=True, exist_ok=True)
+    (root / "profiles" / "smoke.yml").write_text(
+        yaml.safe_dump({"description": "fixture", "defaults": {"seed": 0}, "notebooks": notebooks})
+    )
 
 
 @pytest.fixture
 def mini_repo(tmp_path: Path) -> Path:
     "A repository with a three-notebook chain (01 → 02; 03 independent) and a manuscript."
-    root = tmp_path/"repo"
-    make_notebook(root/"nbs"/"01_alpha.ipynb", ALPHA_CELLS, ALPHA_PARAMS)
-    make_notebook(root/"nbs"/"02_beta.ipynb", BETA_CELLS, BETA_PARAMS)
-    make_notebook(root/"nbs"/"03_gamma.ipynb", GAMMA_CELLS, GAMMA_PARAMS)
+    root = tmp_path / "repo"
+    make_notebook(root / "nbs" / "01_alpha.ipynb", ALPHA_CELLS, ALPHA_PARAMS)
+    make_notebook(root / "nbs" / "02_beta.ipynb", BETA_CELLS, BETA_PARAMS)
+    make_notebook(root / "nbs" / "03_gamma.ipynb", GAMMA_CELLS, GAMMA_PARAMS)
     write_profile(root)
-    (root/"paper").mkdir()
-    (root/"paper"/"index.qmd").write_text(PAPER.lstrip())
-    (root/"paper"/"refs.bib").write_text("")
+    (root / "paper").mkdir()
+    (root / "paper" / "index.qmd").write_text(PAPER.lstrip())
+    (root / "paper" / "refs.bib").write_text("")
     return root

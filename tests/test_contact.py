@@ -1,5 +1,6 @@
 """Tests of xai_hsg.contact: the Maxwell and 3-D Rice CDFs, the gate posterior, the motion covariance, the Gaussian
 bridge inside a frame interval and its quadrature of the interval contact probability ḡ."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from xai_hsg.contact import (BridgeTerms, MotionCovariance, PairEnds, _angle_nodes, bridge_coefficients,
-                             bridge_terms, endpoint_terms, estimate_sigma_r, gate_posterior, maxwell_cdf,
-                             motion_covariance, pair_gates, rice3_cdf, summed_gates)
+from xai_hsg.contact import (
+    BridgeTerms,
+    MotionCovariance,
+    PairEnds,
+    _angle_nodes,
+    bridge_coefficients,
+    bridge_terms,
+    endpoint_terms,
+    estimate_sigma_r,
+    gate_posterior,
+    maxwell_cdf,
+    motion_covariance,
+    pair_gates,
+    rice3_cdf,
+    summed_gates,
+)
 from xai_hsg.tracks import TraceArrays
 
 torch.set_num_threads(1)
@@ -83,7 +97,7 @@ def test_estimate_sigma_r_removes_noise_and_floors():
     d = np.linalg.norm(y, axis=1)
     d[:50] = np.nan
     assert estimate_sigma_r(d, 40.0) == pytest.approx(200.0, rel=0.02)
-    assert estimate_sigma_r(d, 0.0) > 1.03 * 200.0          # without removing the noise: √(σ_r² + 2σ_loc²)
+    assert estimate_sigma_r(d, 0.0) > 1.03 * 200.0  # without removing the noise: √(σ_r² + 2σ_loc²)
     assert estimate_sigma_r(np.array([1.0, 2.0]), 40.0, floor_nm=5.0) == 5.0
 
 
@@ -128,8 +142,13 @@ def test_motion_covariance_without_consecutive_frames():
 
 # --- the bridge --------------------------------------------------------------------------------------------------
 @PROPS
-@given(S=st.floats(100, 1e6), frac=st.floats(0.0, 0.999), noise=st.floats(0, 1e5), n=st.integers(1, 10),
-       alpha=st.floats(0.1, 2.0))
+@given(
+    S=st.floats(100, 1e6),
+    frac=st.floats(0.0, 0.999),
+    noise=st.floats(0, 1e5),
+    n=st.integers(1, 10),
+    alpha=st.floats(0.1, 2.0),
+)
 def test_bridge_variance_is_between_floor_and_prior(S, frac, noise, n, alpha):
     "Conditioning never widens: 1 nm² ≤ v ≤ v₀, v₁ ≤ S; the quadrature weights sum to 1 on (0, 1)."
     b = bridge_coefficients(MotionCovariance(S, frac * S, noise), n_nodes=n, msd_exponent=alpha)
@@ -142,12 +161,12 @@ def test_bridge_variance_is_between_floor_and_prior(S, frac, noise, n, alpha):
 def test_bridge_limits():
     S = 150.0**2
     b0 = bridge_coefficients(MotionCovariance(S, 0.8 * S, 0.0), n_nodes=8)
-    assert np.allclose(b0.v, b0.v[::-1]) and np.allclose(b0.a, b0.b[::-1])          # symmetric without noise
-    assert b0.v[0] < 0.4 * b0.v[3] and b0.a[0] > 0.8                                 # pinned at the ends
-    assert (bridge_coefficients(MotionCovariance(S, 0.8 * S, 40.0**2), 8).v > b0.v).all()   # noise: ends inexact
-    far = bridge_coefficients(MotionCovariance(S, 0.8 * S, 1e12), 8)                 # no information: the prior
+    assert np.allclose(b0.v, b0.v[::-1]) and np.allclose(b0.a, b0.b[::-1])  # symmetric without noise
+    assert b0.v[0] < 0.4 * b0.v[3] and b0.a[0] > 0.8  # pinned at the ends
+    assert (bridge_coefficients(MotionCovariance(S, 0.8 * S, 40.0**2), 8).v > b0.v).all()  # noise: ends inexact
+    far = bridge_coefficients(MotionCovariance(S, 0.8 * S, 1e12), 8)  # no information: the prior
     assert np.allclose(far.v, S, rtol=1e-6) and np.abs(far.a).max() < 1e-6 and far.kappa_per_nm2 < 1e-15
-    still = bridge_coefficients(MotionCovariance(S, (1 - 1e-6) * S, 0.0), 8)         # no motion: known exactly
+    still = bridge_coefficients(MotionCovariance(S, (1 - 1e-6) * S, 0.0), 8)  # no motion: known exactly
     assert still.v.max() < 1e-3 * S
     with pytest.raises(ValueError, match="n_nodes"):
         bridge_coefficients(MotionCovariance(S, 0.0, 0.0), 0)
@@ -158,7 +177,7 @@ def test_bridge_limits():
 def test_angle_nodes_follow_the_von_mises_fisher_law():
     kappa = np.array([0.0, 0.5, 3.0, 50.0])
     c, w = _angle_nodes(kappa, 32)
-    mean = np.array([0.0] + [1 / math.tanh(k) - 1 / k for k in kappa[1:]])          # E[cos θ] = coth κ − 1/κ
+    mean = np.array([0.0] + [1 / math.tanh(k) - 1 / k for k in kappa[1:]])  # E[cos θ] = coth κ − 1/κ
     assert np.allclose(c @ w, mean, atol=1e-4) and (np.diff(c, axis=1) > 0).all() and np.abs(c).max() <= 1
 
 
@@ -222,5 +241,5 @@ def test_pair_and_summed_gates(ar1):
     rows = np.repeat(np.arange(a.n_traces), a.n_frames - 1)
     exact = np.zeros((a.n_traces, 4))
     np.add.at(exact, rows, g)
-    assert np.allclose(summed_gates(t, rows, a.n_traces, r), exact, rtol=1e-3, atol=1e-8)   # binning on 2 nm
+    assert np.allclose(summed_gates(t, rows, a.n_traces, r), exact, rtol=1e-3, atol=1e-8)  # binning on 2 nm
     assert summed_gates(t.subset(slice(0, 0)), rows[:0], 5, r).shape == (5, 4)

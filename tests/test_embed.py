@@ -1,4 +1,5 @@
 "NT tokenizer exactness, model loading, hidden-state capture, and the resumable hidden-state store."
+
 import json
 import os
 import subprocess
@@ -10,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xai_hsg import embed
 from xai_hsg.embed import NTTokenizer
@@ -31,8 +33,11 @@ def tok():
 def hf_tok(tok, tmp_path_factory):
     "A transformers EsmTokenizer built from the same vocabulary file, configured as NT's (no <eos>)."
     from transformers import EsmTokenizer
+
     vocab = tok.save_vocabulary(tmp_path_factory.mktemp("vocab"))
-    return EsmTokenizer(str(vocab), unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", cls_token="<cls>", eos_token=None)
+    return EsmTokenizer(
+        str(vocab), unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", cls_token="<cls>", eos_token=None
+    )
 
 
 def test_vocabulary_layout(tok):
@@ -52,7 +57,7 @@ def test_tokenizer_matches_esm_tokenizer(tok, hf_tok, seq):
 @given(seq=st.one_of(dna, dna_mostly_acgt))
 def test_span_map(tok, seq):
     ids, s, e = tok.tokenize_with_spans(seq)
-    assert s[0] == 0 and e[-1] == len(seq) and (s[1:] == e[:-1]).all()          # contiguous, covering, in order
+    assert s[0] == 0 and e[-1] == len(seq) and (s[1:] == e[:-1]).all()  # contiguous, covering, in order
     for i, a, b in zip(ids, s, e):
         assert tok.vocab[i] == seq[a:b]
         assert b - a in (1, 6) and (b - a == 6 or i in tok.single_ids)
@@ -66,65 +71,85 @@ def test_span_map(tok, seq):
 def _stretches(seq):
     i = 0
     for part in seq.split("N"):
-        if part: yield i, part
+        if part:
+            yield i, part
         i += len(part) + 1
 
 
 def test_tokenizer_examples_and_bad_input(tok):
     assert tok.tokenize("ATGCATGCA") == ["ATGCAT", "G", "C", "A"]
     assert tok.tokenize("ANCATGCATGCAAA") == ["A", "N", "CATGCA", "TGCAAA"]
-    assert tok.tokenize("acgtac") == ["ACGTAC"]                                   # soft-masked input is upper-cased
-    with pytest.raises(ValueError, match="empty"): tok.encode("")
-    with pytest.raises(ValueError, match="invalid character 'U' at position 2"): tok.encode("ACUG")
-    with pytest.raises(ValueError, match="not a Nucleotide Transformer"): NTTokenizer(["<unk>", "A"])
+    assert tok.tokenize("acgtac") == ["ACGTAC"]  # soft-masked input is upper-cased
+    with pytest.raises(ValueError, match="empty"):
+        tok.encode("")
+    with pytest.raises(ValueError, match="invalid character 'U' at position 2"):
+        tok.encode("ACUG")
+    with pytest.raises(ValueError, match="not a Nucleotide Transformer"):
+        NTTokenizer(["<unk>", "A"])
 
 
 def test_tokenizer_round_trips_through_hf_files(tok, tmp_path):
     from transformers import AutoTokenizer
+
     tok.to_hf(tmp_path)
     hf = AutoTokenizer.from_pretrained(str(tmp_path))
     assert hf("ACGTACGTN")["input_ids"] == tok.encode("ACGTACGTN").tolist()
-    assert NTTokenizer.from_hf(hf).vocab == tok.vocab and NTTokenizer.from_file(tmp_path/"vocab.txt").vocab == tok.vocab
+    assert (
+        NTTokenizer.from_hf(hf).vocab == tok.vocab and NTTokenizer.from_file(tmp_path / "vocab.txt").vocab == tok.vocab
+    )
 
 
 # -- models -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     from transformers import EsmForMaskedLM
+
     torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")/"model"
-    embed.save_genomic_lm(EsmForMaskedLM(embed.nt_config("tiny", max_tokens=256)), NTTokenizer(), d)  # random weights: plumbing only
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    embed.save_genomic_lm(
+        EsmForMaskedLM(embed.nt_config("tiny", max_tokens=256)), NTTokenizer(), d
+    )  # random weights: plumbing only
     return d
 
 
 def test_load_genomic_lm_local_folder(tiny_dir, tok):
     model, t = embed.load_genomic_lm(tiny_dir, device="cpu")
     assert t.vocab == tok.vocab and not model.training and model.config.num_hidden_layers == 2
-    assert (tiny_dir/"model.safetensors").exists() and embed.max_model_tokens(model) == 256
+    assert (tiny_dir / "model.safetensors").exists() and embed.max_model_tokens(model) == 256
     again, _ = embed.load_genomic_lm(str(tiny_dir), device="cpu")
     ids = torch.as_tensor(tok.encode("ACGTACGTTTGACCAN"))[None]
-    with torch.inference_mode(): assert torch.equal(model(ids).logits, again(ids).logits)
-    with pytest.raises(FileNotFoundError): embed.load_genomic_lm(tiny_dir.parent/"nope", device="cpu")
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    with pytest.raises(FileNotFoundError):
+        embed.load_genomic_lm(tiny_dir.parent / "nope", device="cpu")
 
 
 @pytest.mark.parametrize("pos", ["rotary", "absolute"])
 def test_hook_capture_equals_output_hidden_states(tok, pos):
     from transformers import EsmForMaskedLM
+
     torch.manual_seed(1)
     m = EsmForMaskedLM(embed.nt_config("tiny", max_tokens=64, position_embedding_type=pos, num_hidden_layers=3)).eval()
-    ids, att = embed._pad_batch([tok.encode(q, add_cls=False) for q in ["ACGTACGTTTGACCA", "ACGNNACGTAGGGTTTACCAGG", "A"]],
-                                tok.cls_id, tok.pad_id)
+    ids, att = embed._pad_batch(
+        [tok.encode(q, add_cls=False) for q in ["ACGTACGTTTGACCA", "ACGNNACGTAGGGTTTACCAGG", "A"]],
+        tok.cls_id,
+        tok.pad_id,
+    )
     with torch.inference_mode():
         ref = m.esm(input_ids=ids, attention_mask=att, output_hidden_states=True).hidden_states
         for layers in ([0, 1, 2, 3], [1], [2, 0]):
             got = embed.forward_hidden_states(m, ids, att, layers)
             assert sorted(got) == sorted(layers)
-            for i in layers: assert torch.allclose(got[i], ref[i], atol=1e-5)
-    with pytest.raises(ValueError): embed.forward_hidden_states(m, ids, att, [4])
+            for i in layers:
+                assert torch.allclose(got[i], ref[i], atol=1e-5)
+    with pytest.raises(ValueError):
+        embed.forward_hidden_states(m, ids, att, [4])
 
 
 def test_masking_never_touches_special_tokens(tok):
-    ids, att = embed._pad_batch([tok.encode("ACGT"*60, add_cls=False)]*8 + [tok.encode("ACG", add_cls=False)], tok.cls_id, tok.pad_id)
+    ids, att = embed._pad_batch(
+        [tok.encode("ACGT" * 60, add_cls=False)] * 8 + [tok.encode("ACG", add_cls=False)], tok.cls_id, tok.pad_id
+    )
     g = torch.Generator().manual_seed(0)
     inputs, labels = embed.mask_tokens(ids, tok, g, 0.15)
     special = torch.isin(ids, torch.as_tensor(tok.special_ids))
@@ -136,15 +161,26 @@ def test_masking_never_touches_special_tokens(tok):
 def test_pretrain_mlm_runs_and_reports(tok):
     "A corpus of three repeated 24-bp units: few distinct 6-mers, so the masked-token loss must fall fast."
     units = ["".join(np.random.default_rng(100 + k).choice(list("ACGT"), 24)) for k in range(3)]
-    seqs = [units[i % 3]*12 for i in range(12)]
-    res = embed.pretrain_mlm(seqs[:10], seqs[10:], config="tiny", steps=20, batch_size=8, max_tokens=33, eval_every=10,
-                             lr=3e-3, device="cpu", progress=False, seed=0)
+    seqs = [units[i % 3] * 12 for i in range(12)]
+    res = embed.pretrain_mlm(
+        seqs[:10],
+        seqs[10:],
+        config="tiny",
+        steps=20,
+        batch_size=8,
+        max_tokens=33,
+        eval_every=10,
+        lr=3e-3,
+        device="cpu",
+        progress=False,
+        seed=0,
+    )
     h = res.history
     assert set(h["split"]) == {"train", "heldout"} and h["step"].max() == 20
     assert {"heldout", "kmer_baseline"} <= set(res.metrics) and res.metrics["heldout"]["n_masked"] > 0
     assert not res.model.training
     train = h[h["split"] == "train"]["loss"].to_numpy()
-    assert train[-5:].mean() < train[:5].mean() - 1.0, train                  # the loss drops
+    assert train[-5:].mean() < train[:5].mean() - 1.0, train  # the loss drops
     held = h[h["split"] == "heldout"]["loss"].to_numpy()
     assert held[-1] < held[0] - 1.0, held
     assert (np.diff(h["tokens_seen"].to_numpy()) >= 0).all() and res.metrics["tokens_seen"] == h["tokens_seen"].max()
@@ -153,9 +189,12 @@ def test_pretrain_mlm_runs_and_reports(tok):
 # -- hidden-state store -------------------------------------------------------------------------------------
 def _seqset(n=14, seed=0):
     rng = np.random.default_rng(seed)
-    seqs = {f"s{i:02d}": "".join(rng.choice(list("ACGTN"), p=[.24]*4 + [.04], size=int(rng.integers(7, 240)))) for i in range(n)}
-    feats = pd.DataFrame({"seq_id": list(seqs), "start": [1]*n, "end": [5]*n, "concept": ["site"]*n})
-    return SequenceSet.from_sequences(seqs, set_label=["a", "b"]*(n//2), features=feats)
+    seqs = {
+        f"s{i:02d}": "".join(rng.choice(list("ACGTN"), p=[0.24] * 4 + [0.04], size=int(rng.integers(7, 240))))
+        for i in range(n)
+    }
+    feats = pd.DataFrame({"seq_id": list(seqs), "start": [1] * n, "end": [5] * n, "concept": ["site"] * n})
+    return SequenceSet.from_sequences(seqs, set_label=["a", "b"] * (n // 2), features=feats)
 
 
 @pytest.fixture(scope="module")
@@ -171,69 +210,87 @@ def _read_store(path):
 def test_store_matches_unbatched_forward_and_token_table(tiny, tmp_path):
     model, tok = tiny
     ss = _seqset()
-    store = embed.extract_hidden_states(model, tok, ss, tmp_path/"s", layers=[0, 1, 2], max_batch_tokens=200,
-                                        shard_tokens=120, store_dtype="float32", progress=False)
-    st_, layers, tokens = _read_store(tmp_path/"s")
+    store = embed.extract_hidden_states(
+        model,
+        tok,
+        ss,
+        tmp_path / "s",
+        layers=[0, 1, 2],
+        max_batch_tokens=200,
+        shard_tokens=120,
+        store_dtype="float32",
+        progress=False,
+    )
+    st_, layers, tokens = _read_store(tmp_path / "s")
+    assert store.path == st_.path and store.n_tokens == st_.n_tokens  # the returned store is the one on disk
     assert st_.complete and len(st_.manifest["shards"]) > 2 and len(tokens) == st_.n_tokens == layers[0].shape[0]
     assert "input of block i" in st_.manifest["layer_convention"]
-    for sid in ss.ids:                                               # bucketing + padding + masking change nothing
+    for sid in ss.ids:  # bucketing + padding + masking change nothing
         ids = torch.as_tensor(tok.encode(ss.sequence(sid)))[None]
-        with torch.inference_mode(): ref = model.esm(input_ids=ids, output_hidden_states=True).hidden_states
+        with torch.inference_mode():
+            ref = model.esm(input_ids=ids, output_hidden_states=True).hidden_states
         rows = np.flatnonzero((tokens.seq_id == sid).to_numpy())
         t = tokens.loc[rows]
         assert (t.token_index.to_numpy() == np.arange(len(t))).all()
         assert "".join(t.token) == ss.sequence(sid)
         assert all(ss.sequence(sid)[a:b] == x for a, b, x in zip(t.start, t.end, t.token))
         assert (t.ann_site.to_numpy() == ((t.start.to_numpy() < 5) & (t.end.to_numpy() > 1))).all()
-        for l in [0, 1, 2]: assert torch.allclose(layers[l][rows], ref[l][0, 1:], atol=1e-4)
+        for l in [0, 1, 2]:
+            assert torch.allclose(layers[l][rows], ref[l][0, 1:], atol=1e-4)
     assert set(tokens.set_label) == {"a", "b"} and tokens.primary.all()
 
 
 def test_store_errors(tiny, tmp_path):
     model, tok = tiny
-    long = SequenceSet.from_sequences({"long": "ACGTAC"*300})
-    with pytest.raises(ValueError, match="chunk"): embed.extract_hidden_states(model, tok, long, tmp_path/"x", progress=False)
-    ok = long.chunk(6*200, 60)                                       # chunked: fits, and every token has one owner window
-    st_ = embed.extract_hidden_states(model, tok, ok, tmp_path/"x", layers=[2], progress=False)
+    long = SequenceSet.from_sequences({"long": "ACGTAC" * 300})
+    with pytest.raises(ValueError, match="chunk"):
+        embed.extract_hidden_states(model, tok, long, tmp_path / "x", progress=False)
+    ok = long.chunk(6 * 200, 60)  # chunked: fits, and every token has one owner window
+    st_ = embed.extract_hidden_states(model, tok, ok, tmp_path / "x", layers=[2], progress=False)
     tokens = st_.tokens()
     prim = tokens[tokens.primary]
     assert sorted((prim.parent_start + prim.start).tolist()) == list(range(0, 1800, 6))
     with pytest.raises(ValueError, match="other inputs"):
-        embed.extract_hidden_states(model, tok, _seqset(), tmp_path/"x", progress=False)
+        embed.extract_hidden_states(model, tok, _seqset(), tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="layers"):
-        embed.extract_hidden_states(model, tok, _seqset(), tmp_path/"y", layers=[7], progress=False)
+        embed.extract_hidden_states(model, tok, _seqset(), tmp_path / "y", layers=[7], progress=False)
 
 
-class Interrupt(Exception): pass
+class Interrupt(Exception):
+    pass
 
 
 def test_kill_and_resume_gives_the_same_store(tiny, tmp_path):
     model, tok = tiny
     ss = _seqset(n=20, seed=3)
     kw = dict(layers=[1, 2], max_batch_tokens=256, shard_tokens=120, progress=False)
-    ref = embed.extract_hidden_states(model, tok, ss, tmp_path/"ref", **kw)
+    ref = embed.extract_hidden_states(model, tok, ss, tmp_path / "ref", **kw)
     n_shards = len(ref.manifest["shards"])
     assert n_shards >= 5
 
     def boom(k):
-        if k == 2: raise Interrupt
+        if k == 2:
+            raise Interrupt
+
     with pytest.raises(Interrupt):
-        embed.extract_hidden_states(model, tok, ss, tmp_path/"run", on_shard_done=boom, **kw)
-    sdir = tmp_path/"run"/"shards"
-    assert len(list(sdir.glob("shard-*.safetensors"))) == 3 and not list(sdir.glob(".*"))   # 3 committed, nothing half-written
-    man = json.loads((tmp_path/"run"/"manifest.json").read_text())
-    assert man["status"] == "in_progress" and not (tmp_path/"run"/"tokens.parquet").exists()
+        embed.extract_hidden_states(model, tok, ss, tmp_path / "run", on_shard_done=boom, **kw)
+    sdir = tmp_path / "run" / "shards"
+    assert len(list(sdir.glob("shard-*.safetensors"))) == 3 and not list(
+        sdir.glob(".*")
+    )  # 3 committed, nothing half-written
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert man["status"] == "in_progress" and not (tmp_path / "run" / "tokens.parquet").exists()
     # leftovers of a kill in the middle of a write: a temp file and a token part whose tensor file never landed
-    (sdir/".shard-00003.safetensors.tmp-999").write_bytes(b"garbage")
-    (sdir/"tokens-00004.parquet").write_bytes(b"garbage")
+    (sdir / ".shard-00003.safetensors.tmp-999").write_bytes(b"garbage")
+    (sdir / "tokens-00004.parquet").write_bytes(b"garbage")
     done = []
-    res = embed.extract_hidden_states(model, tok, ss, tmp_path/"run", on_shard_done=done.append, **kw)
-    assert done == list(range(3, n_shards))                          # completed shards are skipped
-    _assert_same_store(tmp_path/"ref", tmp_path/"run")
+    res = embed.extract_hidden_states(model, tok, ss, tmp_path / "run", on_shard_done=done.append, **kw)
+    assert done == list(range(3, n_shards))  # completed shards are skipped
+    _assert_same_store(tmp_path / "ref", tmp_path / "run")
     assert res.complete and not list(sdir.glob(".*"))
     # a finished store is reused as it is
     again = []
-    embed.extract_hidden_states(model, tok, ss, tmp_path/"run", on_shard_done=again.append, **kw)
+    embed.extract_hidden_states(model, tok, ss, tmp_path / "run", on_shard_done=again.append, **kw)
     assert again == []
 
 
@@ -241,10 +298,11 @@ def _assert_same_store(a, b):
     sa, la, ta = _read_store(a)
     sb, lb, tb = _read_store(b)
     assert sa.manifest["fingerprint"] == sb.manifest["fingerprint"] and sb.complete
-    assert sorted(p.name for p in (a/"shards").iterdir()) == sorted(p.name for p in (b/"shards").iterdir())
+    assert sorted(p.name for p in (a / "shards").iterdir()) == sorted(p.name for p in (b / "shards").iterdir())
     pd.testing.assert_frame_equal(ta, tb)
     assert not ta.duplicated(["seq_id", "token_index"]).any()
-    for l in la: assert torch.equal(la[l], lb[l])
+    for l in la:
+        assert torch.equal(la[l], lb[l])
 
 
 @pytest.mark.slow
@@ -262,12 +320,18 @@ def test_sigkill_midway_then_resume(tiny_dir, tmp_path):
         embed.extract_hidden_states(model, tok, _seqset(n=16, seed=5), sys.argv[2], layers=[2], shard_tokens=150,
                                     progress=False, on_shard_done=kill)
     """)
-    (tmp_path/"job.py").write_text(script)
+    (tmp_path / "job.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    killed = subprocess.run([sys.executable, str(tmp_path/"job.py"), "kill", str(tmp_path/"run")], env=env, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, str(tmp_path / "job.py"), "kill", str(tmp_path / "run")], env=env, capture_output=True
+    )
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    assert len(list((tmp_path/"run"/"shards").glob("shard-*.safetensors"))) == 2
+    assert len(list((tmp_path / "run" / "shards").glob("shard-*.safetensors"))) == 2
     model, tok = embed.load_genomic_lm(tiny_dir, device="cpu")
-    embed.extract_hidden_states(model, tok, _seqset(n=16, seed=5), tmp_path/"run", layers=[2], shard_tokens=150, progress=False)
-    embed.extract_hidden_states(model, tok, _seqset(n=16, seed=5), tmp_path/"ref", layers=[2], shard_tokens=150, progress=False)
-    _assert_same_store(tmp_path/"ref", tmp_path/"run")
+    embed.extract_hidden_states(
+        model, tok, _seqset(n=16, seed=5), tmp_path / "run", layers=[2], shard_tokens=150, progress=False
+    )
+    embed.extract_hidden_states(
+        model, tok, _seqset(n=16, seed=5), tmp_path / "ref", layers=[2], shard_tokens=150, progress=False
+    )
+    _assert_same_store(tmp_path / "ref", tmp_path / "run")

@@ -1,4 +1,5 @@
 """End to end: the fixture chain through papermill, the cache, failures, and the rendered manuscript."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,9 @@ import shutil
 
 import pytest
 import yaml
+from conftest import ALPHA_CELLS, ALPHA_PARAMS, REPO, make_notebook, write_profile
 from pypdf import PdfReader
 
-from conftest import ALPHA_CELLS, ALPHA_PARAMS, REPO, make_notebook, write_profile
 from xai_hsg import cli, core, pipeline
 from xai_hsg.pipeline import PipelineError, reproduce
 
@@ -27,9 +28,9 @@ def test_chain_runs_caches_and_reruns_downstream_only(mini_repo):
     first = reproduce("smoke", root=mini_repo)
     assert [first[s] for s in ("01_alpha", "02_beta", "03_gamma")] == ["ran", "ran", "ran"]
     # artifacts of the run: executed notebooks, figure (png + svg), results
-    assert (mini_repo/"runs/smoke/01_alpha.ipynb").exists()
-    assert (mini_repo/"figures/smoke/fig-alpha.png").exists() and (mini_repo/"figures/smoke/fig-alpha.svg").exists()
-    assert json.loads((mini_repo/"results/smoke/02_beta.json").read_text()) == {"total": 43.0}
+    assert (mini_repo / "runs/smoke/01_alpha.ipynb").exists()
+    assert (mini_repo / "figures/smoke/fig-alpha.png").exists() and (mini_repo / "figures/smoke/fig-alpha.svg").exists()
+    assert json.loads((mini_repo / "results/smoke/02_beta.json").read_text()) == {"total": 43.0}
 
     # the figure and the numbers reach both renderings, with Quarto-style numbering and cross-reference
     html = first["render"]["html"].read_text()
@@ -47,13 +48,13 @@ def test_chain_runs_caches_and_reruns_downstream_only(mini_repo):
     write_profile(mini_repo, beta={"offset": 5})
     third = reproduce("smoke", root=mini_repo, render=False)
     assert third == {"01_alpha": "cached", "02_beta": "ran", "03_gamma": "cached"}
-    assert json.loads((mini_repo/"results/smoke/02_beta.json").read_text())["total"] == 47.0
+    assert json.loads((mini_repo / "results/smoke/02_beta.json").read_text())["total"] == 47.0
 
     # a parameter of 01 changes: 01 and its downstream 02 re-run, the independent 03 does not
     write_profile(mini_repo, alpha={"scale": 1.0}, beta={"offset": 5})
     fourth = reproduce("smoke", root=mini_repo, render=False)
     assert fourth == {"01_alpha": "ran", "02_beta": "ran", "03_gamma": "cached"}
-    assert json.loads((mini_repo/"results/smoke/02_beta.json").read_text())["total"] == 26.0
+    assert json.loads((mini_repo / "results/smoke/02_beta.json").read_text())["total"] == 26.0
 
     # --only re-runs nothing that is cached; --force does
     assert reproduce("smoke", root=mini_repo, only=["02"], render=False) == {"02_beta": "cached"}
@@ -62,19 +63,25 @@ def test_chain_runs_caches_and_reruns_downstream_only(mini_repo):
 
 @pytest.mark.slow
 def test_failing_notebook_exits_nonzero_naming_notebook_cell_and_error(mini_repo, monkeypatch, capsys):
-    make_notebook(mini_repo/"nbs"/"04_boom.ipynb",
-                  [("code", "x = 1"), ("code", "raise ValueError('boom 123')")], '# needs: none\nprofile = "smoke"')
+    make_notebook(
+        mini_repo / "nbs" / "04_boom.ipynb",
+        [("code", "x = 1"), ("code", "raise ValueError('boom 123')")],
+        '# needs: none\nprofile = "smoke"',
+    )
     monkeypatch.setenv("XAI_HSG_ROOT", str(mini_repo))
     code = cli.main(["reproduce", "--only", "04", "--no-render"])
     err = capsys.readouterr().err
     assert code == 1
     assert "04_boom.ipynb failed in cell 3 of 3" in err and "ValueError: boom 123" in err
     assert "raise ValueError" in err  # the failing line is quoted
-    assert not (mini_repo/"runs/smoke/_state.json").exists() or "04_boom" not in (mini_repo/"runs/smoke/_state.json").read_text()
+    assert (
+        not (mini_repo / "runs/smoke/_state.json").exists()
+        or "04_boom" not in (mini_repo / "runs/smoke/_state.json").read_text()
+    )
 
 
 def test_missing_parameters_tag_is_a_clear_error(mini_repo):
-    make_notebook(mini_repo/"nbs"/"04_untagged.ipynb", [("code", 'profile = "smoke"\nn = 3')], parameters=None)
+    make_notebook(mini_repo / "nbs" / "04_untagged.ipynb", [("code", 'profile = "smoke"\nn = 3')], parameters=None)
     with pytest.raises(PipelineError, match="no cell is tagged 'parameters'"):
         reproduce("smoke", root=mini_repo, render=False)
 
@@ -87,16 +94,19 @@ def test_profile_parameter_the_notebook_does_not_declare_is_refused(mini_repo):
 
 @pytest.mark.slow
 def test_figure_cell_that_saves_nothing_is_an_error(mini_repo):
-    make_notebook(mini_repo/"nbs"/"04_nofig.ipynb", [("code", "#| label: fig-lost\nx = 1")], '# needs: none\nprofile = "smoke"')
+    make_notebook(
+        mini_repo / "nbs" / "04_nofig.ipynb",
+        [("code", "#| label: fig-lost\nx = 1")],
+        '# needs: none\nprofile = "smoke"',
+    )
     with pytest.raises(PipelineError, match="fig-lost"):
         reproduce("smoke", root=mini_repo, only=["04"], render=False)
 
 
 def test_stage_key_follows_code_not_prose(mini_repo):
-    path = mini_repo/"nbs"/"01_alpha.ipynb"
+    path = mini_repo / "nbs" / "01_alpha.ipynb"
     before = pipeline.parse_stage(path).source_hash
-    make_notebook(path, [("md", "Different prose.")] + [c for c in ALPHA_CELLS if c[0] == "code"],
-                  ALPHA_PARAMS)
+    make_notebook(path, [("md", "Different prose.")] + [c for c in ALPHA_CELLS if c[0] == "code"], ALPHA_PARAMS)
     assert pipeline.parse_stage(path).source_hash == before
     make_notebook(path, ALPHA_CELLS + [("code", "y = 2")], ALPHA_PARAMS)
     assert pipeline.parse_stage(path).source_hash != before
@@ -108,7 +118,7 @@ def test_needs_and_selection(mini_repo):
     assert [s.name for s in pipeline.select_stages(stages, start="02")] == ["02_beta", "03_gamma"]
     with pytest.raises(PipelineError, match="matches 0 notebooks"):
         pipeline.select_stages(stages, only=["09"])
-    make_notebook(mini_repo/"nbs"/"04_bad.ipynb", [], '# needs: 05_later\nprofile = "smoke"')
+    make_notebook(mini_repo / "nbs" / "04_bad.ipynb", [], '# needs: 05_later\nprofile = "smoke"')
     with pytest.raises(PipelineError, match="not an earlier notebook"):
         pipeline.discover_stages(mini_repo)
 
@@ -123,7 +133,7 @@ def test_bad_parameter_of_a_later_stage_stops_the_chain_before_anything_runs(min
     write_profile(mini_repo, beta={"ofset": 1})
     with pytest.raises(ValueError, match="ofset"):
         reproduce("smoke", root=mini_repo, render=False)
-    assert not (mini_repo/"runs").exists()
+    assert not (mini_repo / "runs").exists()
 
 
 TABLES_PARAMS = """
@@ -132,26 +142,36 @@ profile = "smoke"
 write = True
 """
 
-TABLES_CELLS = [("code", """
+TABLES_CELLS = [
+    (
+        "code",
+        """
     import pandas as pd
     from xai_hsg import core
     if write:
         core.save_table(pd.DataFrame({"x": [1]}), "tbl-named", "A named table.", profile=profile)
         core.save_table(pd.DataFrame({"y": [2]}), "tbl-" + "computed", "A computed label.", profile=profile)
     core.save_results("04_tables", {"wrote": write}, profile=profile)
-""")]
+""",
+    )
+]
 
 
 @pytest.mark.slow
 def test_rerun_clears_the_stage_tables_named_or_written(mini_repo):
-    make_notebook(mini_repo/"nbs"/"04_tables.ipynb", TABLES_CELLS, TABLES_PARAMS)
-    assert pipeline.parse_stage(mini_repo/"nbs"/"04_tables.ipynb").table_labels == ("tbl-named",)
-    tables = mini_repo/"tables"/"smoke"
+    make_notebook(mini_repo / "nbs" / "04_tables.ipynb", TABLES_CELLS, TABLES_PARAMS)
+    assert pipeline.parse_stage(mini_repo / "nbs" / "04_tables.ipynb").table_labels == ("tbl-named",)
+    tables = mini_repo / "tables" / "smoke"
     assert reproduce("smoke", root=mini_repo, only=["04"], render=False) == {"04_tables": "ran"}
-    assert sorted(p.name for p in tables.iterdir()) == ["tbl-computed.csv", "tbl-computed.md", "tbl-named.csv", "tbl-named.md"]
-    profile = yaml.safe_load((mini_repo/"profiles"/"smoke.yml").read_text())
+    assert sorted(p.name for p in tables.iterdir()) == [
+        "tbl-computed.csv",
+        "tbl-computed.md",
+        "tbl-named.csv",
+        "tbl-named.md",
+    ]
+    profile = yaml.safe_load((mini_repo / "profiles" / "smoke.yml").read_text())
     profile["notebooks"]["04_tables"] = {"write": False}
-    (mini_repo/"profiles"/"smoke.yml").write_text(yaml.safe_dump(profile))
+    (mini_repo / "profiles" / "smoke.yml").write_text(yaml.safe_dump(profile))
     assert reproduce("smoke", root=mini_repo, only=["04"], render=False) == {"04_tables": "ran"}
     assert list(tables.iterdir()) == []  # neither the literal label nor the computed one survives
 
@@ -159,7 +179,9 @@ def test_rerun_clears_the_stage_tables_named_or_written(mini_repo):
 def _repo_copy(tmp_path):
     "The stage notebooks, the library and the profiles of this repository, in a scratch folder."
     for name in ("nbs", "xai_hsg", "profiles"):
-        shutil.copytree(REPO/name, tmp_path/name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        shutil.copytree(
+            REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
+        )
     return tmp_path
 
 
@@ -180,12 +202,12 @@ def test_stage_keys_follow_the_library_code_each_stage_imports(tmp_path):
     assert list(before) == [s.name for s in stages] and before == pipeline.stage_keys("smoke", root)
 
     # a docstring edit in the renderer: no notebook imports it, no stage re-runs
-    render_py = root/"xai_hsg"/"render.py"
+    render_py = root / "xai_hsg" / "render.py"
     render_py.write_text(render_py.read_text().replace('"""', '"""Edited. ', 1))
     assert pipeline.stage_keys("smoke", root) == before
 
     # an edit of simulate.py re-runs exactly the stages whose notebooks reach it through imports, and their downstream
-    simulate_py = root/"xai_hsg"/"simulate.py"
+    simulate_py = root / "xai_hsg" / "simulate.py"
     simulate_py.write_text(simulate_py.read_text() + "\n# edited\n")
     after = pipeline.stage_keys("smoke", root)
     changed = {name for name in before if after[name] != before[name]}
@@ -196,6 +218,6 @@ def test_stage_keys_follow_the_library_code_each_stage_imports(tmp_path):
     assert "00_core" not in changed
 
     # every stage notebook saves its numbers with core: an edit of core re-keys them all
-    core_py = root/"xai_hsg"/"core.py"
+    core_py = root / "xai_hsg" / "core.py"
     core_py.write_text(core_py.read_text() + "\n# edited\n")
     assert all(key != after[name] for name, key in pipeline.stage_keys("smoke", root).items())

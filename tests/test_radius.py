@@ -1,5 +1,6 @@
 """Tests of xai_hsg.radius: the maximum-likelihood contact radius (recovery, bootstrap interval, gaps, bad input) and
 the `xai-hsg fit-radius` command end to end. The contact maths it builds on is tested in test_contact.py."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,29 @@ import pytest
 import torch
 
 from xai_hsg.cli import main
-from xai_hsg.contact import MotionCovariance, bridge_coefficients, bridge_terms, motion_covariance, pair_gates, summed_gates
-from xai_hsg.radius import (HeldOutScore, RadiusFit, RadiusMLE, TransitionData, fit_radius, heldout_score,
-                            state_from_ms2, state_from_ms2_hmm, transition_data)
+from xai_hsg.contact import (
+    MotionCovariance,
+    bridge_coefficients,
+    bridge_terms,
+    motion_covariance,
+    pair_gates,
+    summed_gates,
+)
+from xai_hsg.radius import (
+    HeldOutScore,
+    RadiusFit,
+    RadiusMLE,
+    TransitionData,
+    fit_radius,
+    heldout_score,
+    state_from_ms2,
+    state_from_ms2_hmm,
+    transition_data,
+)
 from xai_hsg.simulate import SimParams, simulate, write_simulation
 
 torch.set_num_threads(1)
-FAST = dict(n_frames=241, k_off_per_s=1 / 300)   # ON periods of 5 min: activations follow contacts closely
+FAST = dict(n_frames=241, k_off_per_s=1 / 300)  # ON periods of 5 min: activations follow contacts closely
 
 
 def sim_arrays(n, r_c, sigma_loc, seed):
@@ -73,6 +90,7 @@ def test_motion_covariance_matches_rouse_theory():
     sampling error of S is ≈ 2–3 % (slow modes correlate frames); tolerance 6 %. The distance-only c₁ uses a fourth
     moment and is noisier: 8 %. The noise variance 2σ_loc² must be removed (else S is 7 % high at σ_loc = 40 nm)."""
     from xai_hsg.simulate import msd_theory, rouse_modes
+
     a, p = sim_arrays(200, 250.0, 40.0, seed=11)
     S, c1 = rouse_modes(p).var_kept_nm2, rouse_modes(p).var_kept_nm2 - msd_theory(p.dt_s, p) / 6
     cv, cd = motion_covariance(a, 40.0), motion_covariance(a.replace(vector_nm=None), 40.0)
@@ -81,7 +99,7 @@ def test_motion_covariance_matches_rouse_theory():
     # the bridge: without noise it is pinned at the ends and symmetric; with noise the ends are not exact
     b0 = bridge_coefficients(MotionCovariance(cv.S_nm2, cv.c1_nm2, 0.0), n_nodes=8)
     assert np.allclose(b0.v, b0.v[::-1]) and np.allclose(b0.a, b0.b[::-1])
-    assert b0.v[0] < 0.4 * b0.v[3] and b0.a[0] > 0.8        # MSD ∝ τ^½ rises fast: node 0 is at u ≈ 0.02
+    assert b0.v[0] < 0.4 * b0.v[3] and b0.a[0] > 0.8  # MSD ∝ τ^½ rises fast: node 0 is at u ≈ 0.02
     assert bridge_coefficients(cv, n_nodes=8).v[0] > b0.v[0]
 
 
@@ -90,7 +108,7 @@ def test_transition_data(fast250):
     a, _ = fast250
     d = transition_data(a)
     s = a.state
-    assert isinstance(d, TransitionData) and len(d) == (s[:, :-1] == 0).sum()    # no gaps: every OFF frame
+    assert isinstance(d, TransitionData) and len(d) == (s[:, :-1] == 0).sum()  # no gaps: every OFF frame
     assert d.n_events == ((s[:, :-1] == 0) & (s[:, 1:] == 1)).sum() and d.ends.has_vectors
     assert d.on_to_off.sum() == ((s[:, :-1] == 1) & (s[:, 1:] == 0)).sum()
     flipped = transition_data(a, state=1 - s)
@@ -107,7 +125,7 @@ def test_summed_gates_match_pairwise(fast250):
     exact = np.zeros((d.n_traces, 3))
     np.add.at(exact, d.trace, pair_gates(t, r))
     assert np.allclose(summed_gates(t, d.trace, d.n_traces, r), exact, rtol=1e-3, atol=1e-8)
-    assert np.all(np.diff(exact.sum(0)) > 0)     # more pairs in contact at larger r_c
+    assert np.all(np.diff(exact.sum(0)) > 0)  # more pairs in contact at larger r_c
 
 
 def test_fitted_attributes_and_summary(fast250):
@@ -132,7 +150,7 @@ def test_bootstrap_interval_and_distance_helps(fast250):
     assert len(m.boot_r_c_nm_) == 30
     ll, n = m.loglik(te)
     ll0, n0 = m.loglik(te, use_distance=False)
-    assert n == n0 > 0 and ll > ll0 + 20          # held-out: distance beats the distance-free null by > 20 nats
+    assert n == n0 > 0 and ll > ll0 + 20  # held-out: distance beats the distance-free null by > 20 nats
     assert m.score(te) == pytest.approx(ll / n)
 
 
@@ -177,7 +195,7 @@ def test_gaps_are_skipped(fast250):
     rng = np.random.default_rng(0)
     d = a.distance_nm.copy()
     d[rng.random(d.shape) < 0.2] = np.nan
-    d[0] = np.nan                                                   # 20 % missing, one empty trace
+    d[0] = np.nan  # 20 % missing, one empty trace
     g = a.replace(distance_nm=d, mask=np.isfinite(d), vector_nm=None)  # distance-only layout
     full, part = transition_data(a), transition_data(g)
     both_missing = ~np.isfinite(d[:, :-1]) & ~np.isfinite(d[:, 1:]) & (a.state[:, :-1] < 0.5)
@@ -244,7 +262,7 @@ def test_cli_end_to_end_with_gaps(tmp_path):
     p = SimParams(r_c_nm=250.0, sigma_loc_nm=20.0, n_frames=161, k_off_per_s=1 / 300)
     tracks, _ = write_simulation(tmp_path / "sim", 80, p, seed=5)
     df = pd.read_csv(tracks)
-    df = df.drop(index=df.sample(frac=0.1, random_state=0).index)          # missing frames -> gaps
+    df = df.drop(index=df.sample(frac=0.1, random_state=0).index)  # missing frames -> gaps
     df.to_csv(tmp_path / "gappy.csv", index=False)
     out = tmp_path / "fit.json"
     rc = main(["fit-radius", str(tmp_path / "gappy.csv"), "--out", str(out), "--sigma-loc", "20", "--n-boot", "20"])

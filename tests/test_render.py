@@ -1,4 +1,5 @@
 """The Quarto-free renderer: variable substitution, figure numbering, cross-references, clear errors."""
+
 from __future__ import annotations
 
 import re
@@ -28,13 +29,16 @@ First see @fig-second, then @fig-first; the value is {{< var demo.value >}} of {
 
 @pytest.fixture
 def paper_repo(tmp_path):
-    root = tmp_path/"repo"
-    for d in ("nbs", "profiles", "paper"): (root/d).mkdir(parents=True)
+    root = tmp_path / "repo"
+    for d in ("nbs", "profiles", "paper"):
+        (root / d).mkdir(parents=True)
     for label in ("fig-first", "fig-second"):
-        fig, ax = plt.subplots(figsize=(2, 2)); ax.plot([0, 1]); core.save_figure(fig, label, profile="smoke", root=root)
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1])
+        core.save_figure(fig, label, profile="smoke", root=root)
         plt.close(fig)
     core.save_results("09_demo", {"value": 0.123456, "count": 12000}, profile="smoke", root=root)
-    (root/"paper"/"index.qmd").write_text(TWO_FIGURES.lstrip())
+    (root / "paper" / "index.qmd").write_text(TWO_FIGURES.lstrip())
     return root
 
 
@@ -43,41 +47,45 @@ def test_numbering_follows_document_order_and_references_resolve(paper_repo):
     out = render.render_paper("smoke", root=paper_repo, engine="pandoc")
     html = out["html"].read_text()
     # figures numbered in order of appearance, references carry the number and link to the figure
-    assert re.search(r"Figure\s+1:</strong>\s*The first one", html) and re.search(r"Figure\s+2:</strong>\s*The second one", html)
+    assert re.search(r"Figure\s+1:</strong>\s*The first one", html) and re.search(
+        r"Figure\s+2:</strong>\s*The second one", html
+    )
     assert re.search(r'<a href="#fig-second">Figure\s+2</a>, then <a href="#fig-first">Figure\s+1</a>', html)
     assert "the value is 0.123 of 12,000" in html  # formatted variables
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(out["pdf"]).pages).split())
     assert "First see Figure 2, then Figure 1" in text and "Figure 1: The first one" in text
     assert "the value is 0.123 of 12,000" in text
-    assert (paper_repo/"paper/_variables.yml").read_text().count("value: '0.123'") == 1
+    assert (paper_repo / "paper/_variables.yml").read_text().count("value: '0.123'") == 1
 
 
 def test_unknown_variable_names_the_line(paper_repo):
-    (paper_repo/"paper/index.qmd").write_text("---\ntitle: x\n---\n\nok\n\n{{< var demo.missing >}}\n")
+    (paper_repo / "paper/index.qmd").write_text("---\ntitle: x\n---\n\nok\n\n{{< var demo.missing >}}\n")
     with pytest.raises(RenderError, match=r"index.qmd:7: unknown variable 'demo.missing'"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
 
 
 def test_unknown_figure_reference_is_an_error(paper_repo):
-    (paper_repo/"paper/index.qmd").write_text("See @fig-nowhere.\n")
+    (paper_repo / "paper/index.qmd").write_text("See @fig-nowhere.\n")
     with pytest.raises(RenderError, match="unknown figure reference @fig-nowhere"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
 
 
 def test_missing_figure_file_is_an_error(paper_repo):
-    (paper_repo/"paper/index.qmd").write_text("![Lost.](figures/fig-lost.png){#fig-lost}\n")
+    (paper_repo / "paper/index.qmd").write_text("![Lost.](figures/fig-lost.png){#fig-lost}\n")
     with pytest.raises(RenderError, match="fig-lost.png"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
 
 
 @pytest.mark.slow  # renders HTML and PDF (pandoc + typst)
 def test_bibliography_from_project_config_and_unknown_citations(paper_repo):
-    (paper_repo/"paper/_quarto.yml").write_text("project:\n  type: manuscript\nbibliography: refs.bib\n")
-    (paper_repo/"paper/refs.bib").write_text("@article{known2020, title={A title}, author={Doe, Jane}, journal={J}, year={2020}}\n")
-    (paper_repo/"paper/index.qmd").write_text("As shown [@known2020].\n")
+    (paper_repo / "paper/_quarto.yml").write_text("project:\n  type: manuscript\nbibliography: refs.bib\n")
+    (paper_repo / "paper/refs.bib").write_text(
+        "@article{known2020, title={A title}, author={Doe, Jane}, journal={J}, year={2020}}\n"
+    )
+    (paper_repo / "paper/index.qmd").write_text("As shown [@known2020].\n")
     html = render.render_paper("smoke", root=paper_repo, engine="pandoc")["html"].read_text()
     assert "Doe" in html and "2020" in html and "known2020?" not in html
-    (paper_repo/"paper/index.qmd").write_text("As shown [@unknown1999].\n")
+    (paper_repo / "paper/index.qmd").write_text("As shown [@unknown1999].\n")
     with pytest.raises(RenderError, match="unknown1999"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
 
@@ -93,8 +101,20 @@ def test_quarto_engine_requested_without_quarto(paper_repo, monkeypatch):
         render.render_paper("smoke", root=paper_repo, engine="quarto")
 
 
-@pytest.mark.parametrize("value,text", [(3, "3"), (12000, "12,000"), (0.5, "0.5"), (0.000123, "1.23e-04"),
-                                        (1234.6, "1,235"), (None, "n/a"), (True, "yes"), ("cpu", "cpu"), (0.0, "0")])
+@pytest.mark.parametrize(
+    "value,text",
+    [
+        (3, "3"),
+        (12000, "12,000"),
+        (0.5, "0.5"),
+        (0.000123, "1.23e-04"),
+        (1234.6, "1,235"),
+        (None, "n/a"),
+        (True, "yes"),
+        ("cpu", "cpu"),
+        (0.0, "0"),
+    ],
+)
 def test_format_value(value, text):
     assert render.format_value(value) == text
 
@@ -102,10 +122,18 @@ def test_format_value(value, text):
 @pytest.mark.slow  # renders HTML and PDF (pandoc + typst)
 def test_tables_are_included_numbered_and_referenced(paper_repo):
     import pandas as pd
-    core.save_table(pd.DataFrame({"model": ["gated", "control"], "R2": [0.27812, 0.2761]}), "tbl-models",
-                    "Held-out R² per model.", profile="smoke", root=paper_repo)
-    (paper_repo/"paper/index.qmd").write_text("See @tbl-models and @fig-first.\n\n{{< include tables/tbl-models.md >}}\n\n"
-                                               "![The first one.](figures/fig-first.png){#fig-first}\n")
+
+    core.save_table(
+        pd.DataFrame({"model": ["gated", "control"], "R2": [0.27812, 0.2761]}),
+        "tbl-models",
+        "Held-out R² per model.",
+        profile="smoke",
+        root=paper_repo,
+    )
+    (paper_repo / "paper/index.qmd").write_text(
+        "See @tbl-models and @fig-first.\n\n{{< include tables/tbl-models.md >}}\n\n"
+        "![The first one.](figures/fig-first.png){#fig-first}\n"
+    )
     out = render.render_paper("smoke", root=paper_repo, engine="pandoc")
     html = out["html"].read_text()
     assert re.search(r'<a href="#tbl-models">Table\s+1</a> and <a href="#fig-first">Figure\s+1</a>', html)
@@ -115,9 +143,9 @@ def test_tables_are_included_numbered_and_referenced(paper_repo):
 
 
 def test_missing_included_table_is_an_error(paper_repo):
-    (paper_repo/"paper/index.qmd").write_text("ok\n\n{{< include tables/tbl-absent.md >}}\n")
+    (paper_repo / "paper/index.qmd").write_text("ok\n\n{{< include tables/tbl-absent.md >}}\n")
     with pytest.raises(RenderError, match=r"index.qmd:3: included file 'tables/tbl-absent.md' not found"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
-    (paper_repo/"paper/index.qmd").write_text("See @tbl-absent.\n")
+    (paper_repo / "paper/index.qmd").write_text("See @tbl-absent.\n")
     with pytest.raises(RenderError, match="unknown table reference @tbl-absent"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")

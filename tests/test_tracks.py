@@ -1,13 +1,13 @@
 """Tracks I/O: exact round trips (CSV, Parquet, both layouts), gaps kept as masks, row order irrelevant, and bad
 files rejected with the file, row and column named."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xai_hsg.tracks import LAYOUT_COLUMNS, TraceArrays, Tracks, TracksError, read_tracks, validate_tracks, write_tracks
 
@@ -21,23 +21,32 @@ def long_tables(draw, layout=None):
     "A random valid long tracks table: 1-4 traces, 1-12 frames each, NaN gaps, optional ms2 and truth."
     layout = layout or draw(st.sampled_from(["vector", "loci", "distance"]))
     n_traces = draw(st.integers(1, 4))
-    ids = draw(st.lists(st.one_of(st.integers(0, 999).map(str), st.text("abcxyz_", min_size=1, max_size=5)),
-                        min_size=n_traces, max_size=n_traces, unique=True))
+    ids = draw(
+        st.lists(
+            st.one_of(st.integers(0, 999).map(str), st.text("abcxyz_", min_size=1, max_size=5)),
+            min_size=n_traces,
+            max_size=n_traces,
+            unique=True,
+        )
+    )
     dt = draw(st.sampled_from([0.5, 1.0, 20.0, 28.0, 30.0]))
     with_ms2, with_truth = draw(st.booleans()), draw(st.booleans())
     rows = []
     for tid in ids:
         n = draw(st.integers(1, 12))
-        frames = sorted(draw(st.sets(st.integers(0, 20), min_size=n, max_size=n)))   # missing rows allowed too
+        frames = sorted(draw(st.sets(st.integers(0, 20), min_size=n, max_size=n)))  # missing rows allowed too
         for f in frames:
             row = {"trace_id": tid, "t_s": f * dt}
             for c in LAYOUT_COLUMNS[layout]:
                 row[c] = abs(draw(maybe)) if layout == "distance" else draw(maybe)
-            if with_ms2: row["ms2"] = draw(maybe)
+            if with_ms2:
+                row["ms2"] = draw(maybe)
             if with_truth:
-                row["state"] = draw(st.sampled_from([0, 1])); row["loadings"] = draw(st.integers(0, 5))
+                row["state"] = draw(st.sampled_from([0, 1]))
+                row["loadings"] = draw(st.integers(0, 5))
             rows.append(row)
-    df = pd.DataFrame(rows); df.attrs["dt_s"] = dt
+    df = pd.DataFrame(rows)
+    df.attrs["dt_s"] = dt
     return df
 
 
@@ -63,23 +72,32 @@ def test_row_order_does_not_matter(df, seed):
 @given(df=long_tables())
 def test_gaps_are_masked_not_dropped(df):
     tr = Tracks(validate_tracks(df), layout=[k for k, v in LAYOUT_COLUMNS.items() if v[0] in df][0])
-    assert len(tr.data) == len(df)                                             # no row dropped
+    assert len(tr.data) == len(df)  # no row dropped
     arr = tr.to_arrays(dt_s=df.attrs["dt_s"])
     d = tr.distance_nm()
-    assert arr.mask.sum() == np.isfinite(d).sum()                           # every observed value lands on the grid
+    assert arr.mask.sum() == np.isfinite(d).sum()  # every observed value lands on the grid
     assert arr.present.sum() == len(df)
-    assert not np.any(arr.mask & ~arr.present)                            # missing rows are masked too
+    assert not np.any(arr.mask & ~arr.present)  # missing rows are masked too
     np.testing.assert_array_equal(np.sort(arr.distance_nm[arr.mask]), np.sort(d[np.isfinite(d)]))
 
 
 @SETTINGS
 @given(df=long_tables(layout="loci"), suffix=st.sampled_from(["csv", "parquet"]))
 def test_brueckner_layout_round_trip(tmp_path, df, suffix):
-    df = df.assign(t_s=np.round(df["t_s"] / 30.0) * 28.0)                    # Brückner frames are 28 s apart
+    df = df.assign(t_s=np.round(df["t_s"] / 30.0) * 28.0)  # Brückner frames are 28 s apart
     df = df.drop_duplicates(["trace_id", "t_s"])
     path = write_tracks(df, tmp_path / f"b.{suffix}", layout="brueckner")
     raw = pd.read_csv(path) if suffix == "csv" else pd.read_parquet(path)
-    assert list(raw.columns[:8]) == ["cell_id", "time_point", "x_blue", "y_blue", "z_blue", "x_green", "y_green", "z_green"]
+    assert list(raw.columns[:8]) == [
+        "cell_id",
+        "time_point",
+        "x_blue",
+        "y_blue",
+        "z_blue",
+        "x_green",
+        "y_green",
+        "z_green",
+    ]
     back = read_tracks(path)
     expected = validate_tracks(df).drop(columns=[c for c in ("state", "loadings") if c in df])
     pd.testing.assert_frame_equal(back.data, expected)
@@ -88,8 +106,10 @@ def test_brueckner_layout_round_trip(tmp_path, df, suffix):
 
 def test_brueckner_file_as_published(tmp_path):
     f = tmp_path / "b.csv"
-    f.write_text("cell_id,time_point,x_blue,y_blue,z_blue,x_green,y_green,z_green,x_Rij,y_Rij,z_Rij,red\n"
-                 "3,0,0.1,0.2,0.3,0.4,0.6,0.3,0.3,0.4,0.0,10\n3,2,0,0,0,,,,,,,\n")
+    f.write_text(
+        "cell_id,time_point,x_blue,y_blue,z_blue,x_green,y_green,z_green,x_Rij,y_Rij,z_Rij,red\n"
+        "3,0,0.1,0.2,0.3,0.4,0.6,0.3,0.3,0.4,0.0,10\n3,2,0,0,0,,,,,,,\n"
+    )
     tr = read_tracks(f, dt_s=28.0)
     assert tr.data["t_s"].tolist() == [0.0, 56.0] and tr.data["trace_id"].tolist() == ["3", "3"]
     assert tr.distance_nm()[0] == pytest.approx(0.5) and np.isnan(tr.distance_nm()[1])
@@ -99,23 +119,36 @@ def test_brueckner_file_as_published(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
+
 def _write(tmp_path, text, name="bad.csv"):
-    f = tmp_path / name; f.write_text(text); return f
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
 
 GOOD = "trace_id,t_s,distance_nm,ms2\n1,0,100,0.5\n1,30,110,0.6\n1,60,120,0.7\n2,0,90,0.1\n"
 
-@pytest.mark.parametrize("text,row,column,words", [
-    (GOOD.replace("ms2", "ms3"), 0, "ms3", "unknown column"),
-    (GOOD.replace("1,30,110", "1,30,abc"), 2, "distance_nm", "non-numeric"),
-    (GOOD.replace("1,60,120", "1,60,-4"), 3, "distance_nm", "negative"),
-    (GOOD.replace("1,60,", "1,30,"), 3, "t_s", "duplicated frame"),
-    (GOOD.replace("2,0,90", "2,,90"), 4, "t_s", "finite"),
-    ("trace_id,t_s,dx_nm,dy_nm,dz_nm,distance_nm\n1,0,1,2,3,4\n", 0, None, "exactly one coordinate group"),
-    ("trace_id,t_s,dx_nm,dy_nm\n1,0,1,2\n", 0, "dz_nm", "missing"),
-    ("trace_id,distance_nm\n1,4\n", 0, "t_s", "missing"),
-    ("trace_id,t_s,distance_nm,state\n1,0,4,2\n", 1, "state", "0 or 1"),
-    ("cell_id,time_point,x_blue,y_blue,z_blue,x_green,y_green,z_green,extra\n1,0,0,0,0,1,1,1,5\n", 0, "extra", "unknown column"),
-])
+
+@pytest.mark.parametrize(
+    "text,row,column,words",
+    [
+        (GOOD.replace("ms2", "ms3"), 0, "ms3", "unknown column"),
+        (GOOD.replace("1,30,110", "1,30,abc"), 2, "distance_nm", "non-numeric"),
+        (GOOD.replace("1,60,120", "1,60,-4"), 3, "distance_nm", "negative"),
+        (GOOD.replace("1,60,", "1,30,"), 3, "t_s", "duplicated frame"),
+        (GOOD.replace("2,0,90", "2,,90"), 4, "t_s", "finite"),
+        ("trace_id,t_s,dx_nm,dy_nm,dz_nm,distance_nm\n1,0,1,2,3,4\n", 0, None, "exactly one coordinate group"),
+        ("trace_id,t_s,dx_nm,dy_nm\n1,0,1,2\n", 0, "dz_nm", "missing"),
+        ("trace_id,distance_nm\n1,4\n", 0, "t_s", "missing"),
+        ("trace_id,t_s,distance_nm,state\n1,0,4,2\n", 1, "state", "0 or 1"),
+        (
+            "cell_id,time_point,x_blue,y_blue,z_blue,x_green,y_green,z_green,extra\n1,0,0,0,0,1,1,1,5\n",
+            0,
+            "extra",
+            "unknown column",
+        ),
+    ],
+)
 def test_bad_files_name_file_row_and_column(tmp_path, text, row, column, words):
     f = _write(tmp_path, text)
     with pytest.raises(TracksError, match=words) as err:
@@ -129,21 +162,27 @@ def test_bad_files_name_file_row_and_column(tmp_path, text, row, column, words):
 def test_too_short_traces(tmp_path):
     f = _write(tmp_path, GOOD)
     assert read_tracks(f, min_length=1).n_traces == 2
-    with pytest.raises(TracksError, match=r"row 4, column 'trace_id': trace '2' has 1 frames, fewer than the minimum 3"):
+    with pytest.raises(
+        TracksError, match=r"row 4, column 'trace_id': trace '2' has 1 frames, fewer than the minimum 3"
+    ):
         read_tracks(f, min_length=3)
 
 
 def test_bad_parquet_names_row(tmp_path):
     df = pd.DataFrame({"trace_id": ["a", "a"], "t_s": [0.0, 30.0], "distance_nm": [5.0, -1.0]})
-    f = tmp_path / "bad.parquet"; df.to_parquet(f)
+    f = tmp_path / "bad.parquet"
+    df.to_parquet(f)
     with pytest.raises(TracksError, match=r"bad\.parquet: row 2, column 'distance_nm': negative"):
         read_tracks(f)
 
 
 def test_missing_and_unsupported_files(tmp_path):
-    with pytest.raises(FileNotFoundError): read_tracks(tmp_path / "nope.csv")
-    with pytest.raises(TracksError, match="unsupported"): read_tracks(_write(tmp_path, "x", "t.xlsx"))
-    with pytest.raises(TracksError, match="empty file"): read_tracks(_write(tmp_path, ""))
+    with pytest.raises(FileNotFoundError):
+        read_tracks(tmp_path / "nope.csv")
+    with pytest.raises(TracksError, match="unsupported"):
+        read_tracks(_write(tmp_path, "x", "t.xlsx"))
+    with pytest.raises(TracksError, match="empty file"):
+        read_tracks(_write(tmp_path, ""))
 
 
 def test_trace_arrays_validate_once_and_subset_alike():
