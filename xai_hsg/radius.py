@@ -16,11 +16,24 @@ from scipy.interpolate import CubicSpline
 from scipy.optimize import minimize_scalar
 
 from . import contact, core
-from .tracks import TraceArrays, read_tracks
+from .tracks import TraceArrays, check_plausible, read_tracks
+
+MIN_TRACES = 5  # traces with frames at risk of activation: fewer give no estimate (nor an interval over traces)
+MIN_EVENTS = 10  # OFF→ON switches: fewer give no estimate
+MIN_BOOT = 20  # bootstrap resamples `fit_radius` asks for an interval (0: none)
+
+
+class DegenerateFitError(ValueError):
+    "A fit whose radius the data do not determine (`fit_radius`): the reasons, never a number."
+
 
 # %% auto #0
 __all__ = [
+    "MIN_TRACES",
+    "MIN_EVENTS",
+    "MIN_BOOT",
     "MOTION_FRACTION",
+    "DegenerateFitError",
     "frame_motion_var",
     "TransitionData",
     "transition_data",
@@ -158,9 +171,17 @@ class _ProfileLik:
 
 
 # %% ../nbs/03_radius.ipynb #e03d623c
+def _finite_or_none(x):
+    "A float as is, NaN/inf as None (strict JSON); tuples and lists element by element."
+    if isinstance(x, (tuple, list)):
+        return [_finite_or_none(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 @dataclass(frozen=True)
 class RadiusFit:
-    "A fitted `RadiusMLE` (its `summary()`): the radius with its bootstrap interval, the rates and the fit's settings."
+    """A fitted `RadiusMLE` (its `summary()`): the radius with its bootstrap interval, the rates and the fit's settings;
+    `identifiable` False with the `reasons` when the data do not determine the radius, `notes` for caveats."""
 
     r_c_nm: float
     r_c_interval_nm: tuple[float, float]  # `ci` percentile bootstrap interval over traces (NaN with < 10 resamples)
@@ -175,10 +196,18 @@ class RadiusFit:
     n_at_risk: int
     dt_s: float
     n_boot: int  # bootstrap resamples used
+    identifiable: bool = True
+    reasons: tuple[str, ...] = ()  # why not identifiable
+    notes: tuple[str, ...] = ()  # caveats of an identifiable fit (e.g. an interval end at the search bound)
 
     def to_dict(self) -> dict:
-        "JSON-ready (the interval as a list)."
-        return dict(asdict(self), r_c_interval_nm=list(self.r_c_interval_nm))
+        """Strict JSON: NaN as null, the interval as a list (null without bootstrap); a degenerate fit's radius,
+        interval and k_on are null (its reasons say why): never reported as numbers."""
+        d = {k: _finite_or_none(v) for k, v in asdict(self).items()}
+        d["r_c_interval_nm"] = None if d["r_c_interval_nm"] == [None, None] else d["r_c_interval_nm"]
+        if not self.identifiable:
+            d.update(r_c_nm=None, r_c_interval_nm=None, k_on_per_s=None)
+        return d
 
 
 # %% ../nbs/03_radius.ipynb #2c09b9e9
@@ -284,7 +313,53 @@ def fit(self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None) -
     self.interval_nm_ = (
         tuple(np.quantile(self.boot_r_c_nm_, [a, 1 - a]).tolist()) if len(boot) >= 10 else (float("nan"),) * 2
     )
+    self.degenerate_, self.notes_ = self._degeneracy(data)
     return self
+
+
+# %% ../nbs/03_radius.ipynb #9d1e6b20
+@patch
+def _degeneracy(self: RadiusMLE, data: TransitionData) -> tuple[list[str], list[str]]:
+    """Why the fitted radius is not determined by the data (empty: it is), and caveats: fewer than `MIN_TRACES`
+    traces at risk or `MIN_EVENTS` activations, the estimate at an end of the search range, bootstrap resamples asked
+    for but < 10 usable, a zero-width interval; an interval end at the search range (a note)."""
+    lo_nm, hi_nm = self.r_range_nm
+    at = lambda r, bound: abs(math.log(r / bound)) < 1e-6
+    reasons, notes = [], []
+    n_tr = len(np.unique(data.trace))
+    if n_tr < MIN_TRACES:
+        reasons.append(f"only {n_tr} trace(s) with frames at risk of activation (at least {MIN_TRACES} needed)")
+    if self.n_events_ < MIN_EVENTS:
+        reasons.append(f"only {self.n_events_} OFF→ON switch(es) of the promoter (at least {MIN_EVENTS} needed)")
+    if at(self.r_c_nm_, lo_nm):
+        reasons.append(
+            f"the estimate is the lower end of the search range ({lo_nm:g} nm): the radius is below what the data "
+            f"resolve, or σ_loc = {self.sigma_loc_nm:g} nm exceeds the localization error, or distances are not in nm"
+        )
+    elif at(self.r_c_nm_, hi_nm):
+        reasons.append(
+            f"the estimate is the upper end of the search range ({hi_nm:g} nm): activations do not follow contacts in "
+            "these data (check the promoter state and the distances)"
+        )
+    lo, hi = self.interval_nm_
+    if self.n_boot > 0 and not math.isfinite(lo):
+        reasons.append(
+            f"only {len(self.boot_r_c_nm_)} of {self.n_boot} bootstrap resamples had an activation: no interval "
+            "(at least 10 needed)"
+        )
+    elif math.isfinite(lo) and hi - lo <= 1e-9 * hi:
+        reasons.append(f"the bootstrap interval has zero width (every resample gives {lo:.4g} nm)")
+    elif math.isfinite(lo) and not reasons:
+        for end, bound, side in ((lo, lo_nm, "lower"), (hi, hi_nm, "upper")):
+            if at(end, bound):
+                notes.append(f"the interval's {side} end is the search bound {bound:g} nm: it is open on that side")
+    return reasons, notes
+
+
+@patch(as_prop=True)
+def identifiable_(self: RadiusMLE) -> bool:
+    "True when the data determine the fitted radius (`degenerate_` is empty)."
+    return not self.degenerate_
 
 
 # %% ../nbs/03_radius.ipynb #a45284f1
@@ -334,6 +409,9 @@ def summary(self: RadiusMLE) -> RadiusFit:
         n_at_risk=self.n_at_risk_,
         dt_s=self.dt_s_,
         n_boot=int(len(self.boot_r_c_nm_)),
+        identifiable=self.identifiable_,
+        reasons=tuple(self.degenerate_),
+        notes=tuple(self.notes_),
     )
 
 
@@ -383,8 +461,13 @@ def state_from_ms2_hmm(
     x = np.asarray(ms2, dtype=float)
     if x.ndim != 2:
         raise ValueError(f"ms2 must be [B, T], got shape {x.shape}")
-    if lag_frames < 0 or lag_frames >= x.shape[1] - 1:
-        raise ValueError("lag_frames must be in [0, T − 1)")
+    if lag_frames < 0:
+        raise ValueError(f"lag_frames must be >= 0, got {lag_frames}")
+    if lag_frames >= x.shape[1] - 1:
+        raise ValueError(
+            f"MS2 traces of {x.shape[1]} frame(s) are too short to infer the promoter state: the MS2 is read "
+            f"{lag_frames} frames later, so traces need at least {lag_frames + 2} frames"
+        )
     o = np.full_like(x, np.nan)
     o[:, : x.shape[1] - lag_frames] = x[:, lag_frames:]
     ok = np.isfinite(o)
@@ -448,7 +531,8 @@ class HeldOutScore:
     test_gain_nats_per_event: float  # (with − without distance) per held-out activation
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        "Strict JSON (NaN as null)."
+        return {k: _finite_or_none(v) for k, v in asdict(self).items()}
 
 
 def heldout_score(arrays: TraceArrays, test_fraction: float = 0.2, seed: int = 0, **mle_kw) -> HeldOutScore | None:
@@ -475,6 +559,25 @@ def heldout_score(arrays: TraceArrays, test_fraction: float = 0.2, seed: int = 0
 
 
 # %% ../nbs/03_radius.ipynb #4ef5c8c7
+def _arrays_for_fit(tracks_path, dt_s: float | None, state_from: str, sanity: bool) -> tuple[TraceArrays, list[str]]:
+    "The traces of a tracks file with their promoter state, checked for plausibility; messages name the file."
+    arrays = read_tracks(tracks_path, dt_s=dt_s).to_arrays(dt_s)
+    if arrays.n_frames < 2:
+        raise ValueError(f"{tracks_path}: every trace has a single frame: the radius needs traces of >= 2 frames")
+    warnings = check_plausible(arrays, sanity, source=tracks_path)
+    if state_from == "truth" and arrays.state is None:
+        hint = "; use --state-from ms2" if arrays.ms2 is not None else " and no 'ms2' column to infer it from"
+        raise ValueError(f"{tracks_path}: no 'state' column" + hint)
+    if state_from == "ms2":
+        if arrays.ms2 is None:
+            raise ValueError(f"{tracks_path}: no 'ms2' column to infer the promoter state from")
+        try:
+            arrays = arrays.replace(state=state_from_ms2_hmm(arrays.ms2)[0])
+        except ValueError as e:
+            raise ValueError(f"{tracks_path}: {e}") from None
+    return arrays, warnings
+
+
 def fit_radius(
     tracks_path: str | Path,
     out: str | Path | None = None,
@@ -485,30 +588,44 @@ def fit_radius(
     ci: float = 0.9,
     seed: int = 0,
     dt_s: float | None = None,
+    sanity: bool = True,
 ) -> dict:
-    """Fit `RadiusMLE` to a tracks file (any layout; gaps allowed): `heldout_score` on a random `test_fraction` of
-    traces, then the radius with its bootstrap interval from all traces. `state_from`: 'truth' (a `state` column) or
-    'ms2' (`state_from_ms2_hmm`). Returns the JSON written to `out`: the file, `state_from`, `n_traces`, the
-    `RadiusFit` fields and 'heldout' (the `HeldOutScore` fields, {} without a split)."""
+    """Fit `RadiusMLE` to a tracks file (any layout; gaps allowed): the radius with its bootstrap interval from all
+    traces, then `heldout_score` on a random `test_fraction` of traces. `state_from`: 'truth' (a `state` column) or
+    'ms2' (`state_from_ms2_hmm`). `dt_s`: the frame interval in s (default: the file's smallest step; for the
+    Brückner layout `time_point` × `dt_s`, default 28 s). `n_boot`: 0 (no interval) or >= `MIN_BOOT`.
+    `sanity` (default True): implausible units or an all-zero MS2 are errors (`check_plausible`); False accepts the
+    file and lists the problems under 'warnings'. A radius the data do not determine raises `DegenerateFitError`
+    (every reason named; with or without `sanity`). Returns the JSON written to `out` (strict: null, not NaN): the
+    file, `state_from`, `n_traces`, the `RadiusFit` fields, 'warnings' and 'heldout' (the `HeldOutScore` fields, {}
+    without a split)."""
     if state_from not in ("truth", "ms2"):
         raise ValueError(f"state_from must be 'truth' or 'ms2', got {state_from!r}")
     if not 0 <= test_fraction < 1:
         raise ValueError("test_fraction must be in [0, 1)")
-    arrays = read_tracks(tracks_path).to_arrays(dt_s)
-    if state_from == "truth" and arrays.state is None:
-        hint = "; use --state-from ms2" if arrays.ms2 is not None else " and no 'ms2' column to infer it from"
-        raise ValueError(f"{tracks_path}: no 'state' column" + hint)
-    if state_from == "ms2":
-        if arrays.ms2 is None:
-            raise ValueError(f"{tracks_path}: no 'ms2' column to infer the promoter state from")
-        arrays = arrays.replace(state=state_from_ms2_hmm(arrays.ms2)[0])
-    heldout = heldout_score(arrays, test_fraction, seed, sigma_loc_nm=sigma_loc_nm, ci=ci)
-    model = RadiusMLE(sigma_loc_nm=sigma_loc_nm, n_boot=n_boot, ci=ci, seed=seed).fit(arrays)
+    if n_boot != 0 and not n_boot >= MIN_BOOT:
+        raise ValueError(
+            f"n_boot = {n_boot}: a bootstrap interval needs at least {MIN_BOOT} resamples (0: no interval)"
+        )
+    arrays, warnings = _arrays_for_fit(tracks_path, dt_s, state_from, sanity)
+    try:
+        model = RadiusMLE(sigma_loc_nm=sigma_loc_nm, n_boot=n_boot, ci=ci, seed=seed).fit(arrays)
+    except ValueError as e:
+        raise DegenerateFitError(f"{tracks_path}: {e}") from None
+    if not model.identifiable_:
+        raise DegenerateFitError(
+            f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(model.degenerate_)
+        )
+    try:
+        heldout = heldout_score(arrays, test_fraction, seed, sigma_loc_nm=sigma_loc_nm, ci=ci)
+    except ValueError as e:
+        heldout, warnings = None, [*warnings, f"no held-out score: {e}"]
     res = {
         "tracks": str(tracks_path),
         "state_from": state_from,
         "n_traces": arrays.n_traces,
         **model.summary().to_dict(),
+        "warnings": warnings,
         "heldout": heldout.to_dict() if heldout else {},
     }
     if out is not None:

@@ -7,6 +7,7 @@ missing frames kept as masked gaps and clear errors that name the file, row and 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,11 @@ BRUECKNER_COLUMNS = [
     "z_Rij",
     "red",
 ]
-BRUECKNER_DT_S = 28.0  # Brückner et al. 2023 frame interval
+BRUECKNER_DT_S = 28.0  # Brückner et al. 2023 frame interval (the default of `read_tracks(dt_s=...)`)
+BRUECKNER_EXTRA_COLUMNS = ["state"]  # accepted beside the Brückner columns (e.g. a called promoter state)
+# plausibility bounds of `check_plausible` (units: seconds and nm)
+MIN_FRAME_STEP_S, MAX_FRAME_STEP_S = 1.0, 3600.0
+MIN_MEDIAN_DISTANCE_NM, MAX_MEDIAN_DISTANCE_NM = 5.0, 50_000.0
 
 
 class TracksError(ValueError):
@@ -51,6 +56,10 @@ class TracksError(ValueError):
         super().__init__(where + message)
 
 
+class PlausibilityError(TracksError):
+    "Tracks that parse but look like the wrong units or an empty signal (`check_plausible`; `sanity=False` accepts)."
+
+
 # %% auto #0
 __all__ = [
     "LAYOUT_COLUMNS",
@@ -59,13 +68,20 @@ __all__ = [
     "TRUTH_COLUMNS",
     "BRUECKNER_COLUMNS",
     "BRUECKNER_DT_S",
+    "BRUECKNER_EXTRA_COLUMNS",
+    "MIN_FRAME_STEP_S",
+    "MAX_FRAME_STEP_S",
+    "MIN_MEDIAN_DISTANCE_NM",
+    "MAX_MEDIAN_DISTANCE_NM",
     "OPTIONAL_ARRAYS",
     "TracksError",
+    "PlausibilityError",
     "detect_layout",
     "validate_tracks",
     "Tracks",
     "TraceArrays",
     "read_tracks",
+    "check_plausible",
     "write_tracks",
 ]
 
@@ -116,12 +132,15 @@ def _layout_and_columns(df: pd.DataFrame, file: str) -> tuple[str, list[str]]:
         if c not in KEY_COLUMNS + SIGNAL_COLUMNS + TRUTH_COLUMNS + sum(LAYOUT_COLUMNS.values(), [])
     ]
     if unknown:
+        names = {";": "semicolon", "\t": "tab", ",": "comma", "|": "pipe"}
+        glued = [name for sep, name in names.items() if sep in unknown[0]]
+        hint = f"; the file looks {glued[0]}-separated" if glued else ""
         raise TracksError(
             file,
             0,
             unknown[0],
             f"unknown column (known: trace_id, t_s, "
-            f"{', '.join(sum(LAYOUT_COLUMNS.values(), []))}, ms2, {', '.join(TRUTH_COLUMNS)})",
+            f"{', '.join(sum(LAYOUT_COLUMNS.values(), []))}, ms2, {', '.join(TRUTH_COLUMNS)}){hint}",
         )
     for c in KEY_COLUMNS:
         if c not in df.columns:
@@ -243,11 +262,13 @@ def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: 
 # %% ../nbs/01a_tracks.ipynb #65470fa2
 @dataclass
 class Tracks:
-    "A validated long tracks table plus the file it came from."
+    """A validated long tracks table plus the file it came from; `dt_s` is the frame step the file itself defines
+    (the Brückner layout's `time_point` unit), None when the times are given in seconds."""
 
     data: pd.DataFrame
     layout: str
     source: str = "<table>"
+    dt_s: float | None = None
 
     @property
     def trace_ids(self) -> list:
@@ -273,8 +294,8 @@ class Tracks:
         return np.linalg.norm(self.vector_nm(), axis=1)
 
     def to_arrays(self, dt_s: float | None = None) -> TraceArrays:
-        "`TraceArrays.from_tracks(self, dt_s)`: the traces padded onto a regular time grid."
-        return TraceArrays.from_tracks(self, dt_s)
+        "`TraceArrays.from_tracks(self, dt_s)`: the traces on a regular grid of `dt_s` (default: the file's own step)."
+        return TraceArrays.from_tracks(self, self.dt_s if dt_s is None else dt_s)
 
 
 # %% ../nbs/01a_tracks.ipynb #3a9d0c34
@@ -396,7 +417,13 @@ def from_tracks(cls: TraceArrays, tracks: Tracks, dt_s: float | None = None) -> 
     t0 = d.groupby("trace_id", sort=False)["t_s"].transform("min").to_numpy()
     idx = np.rint((d["t_s"].to_numpy() - t0) / dt_s).astype(np.int64)
     if not np.allclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)):
-        raise ValueError(f"{tracks.source}: times are not on a regular grid of {dt_s} s")
+        bad = int(
+            np.flatnonzero(~np.isclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)))[0]
+        )
+        raise ValueError(
+            f"{tracks.source}: times are not on a regular grid of {dt_s:g} s (trace {d['trace_id'].iloc[bad]!r} has a "
+            f"frame at t_s = {d['t_s'].iloc[bad]:g} s); give the frame interval in seconds (--dt)"
+        )
     B, T = len(ids), int(idx.max()) + 1 if len(idx) else 0
 
     def grid(values, fill=np.nan):
@@ -419,12 +446,11 @@ def from_tracks(cls: TraceArrays, tracks: Tracks, dt_s: float | None = None) -> 
 
 # %% ../nbs/01a_tracks.ipynb #f3e3524e
 def _from_brueckner(df: pd.DataFrame, file: str, dt_s: float) -> pd.DataFrame:
-    known = set(BRUECKNER_COLUMNS)
+    "The Brückner columns as the long loci layout (`time_point` × `dt_s` → `t_s`, red → ms2, a `state` kept)."
+    known = BRUECKNER_COLUMNS + BRUECKNER_EXTRA_COLUMNS
     unknown = [c for c in df.columns if c not in known]
     if unknown:
-        raise TracksError(
-            file, 0, unknown[0], f"unknown column for the Brückner layout (known: {', '.join(BRUECKNER_COLUMNS)})"
-        )
+        raise TracksError(file, 0, unknown[0], f"unknown column for the Brückner layout (known: {', '.join(known)})")
     need = ["cell_id", "time_point", "x_blue", "y_blue", "z_blue", "x_green", "y_green", "z_green"]
     for c in need:
         if c not in df.columns:
@@ -435,6 +461,8 @@ def _from_brueckner(df: pd.DataFrame, file: str, dt_s: float) -> pd.DataFrame:
         out[dst] = _numeric(df, src, file)
     if "red" in df.columns:
         out["ms2"] = _numeric(df, "red", file)
+    for c in [c for c in BRUECKNER_EXTRA_COLUMNS if c in df.columns]:
+        out[c] = df[c]
     return out
 
 
@@ -450,15 +478,37 @@ def _to_brueckner(data: pd.DataFrame, dt_s: float) -> pd.DataFrame:
 
 
 # %% ../nbs/01a_tracks.ipynb #8aea1dec
+def _csv_delimiter(path: Path) -> str:
+    "The header line's delimiter: ',' unless it has no comma and more semicolons (or tabs)."
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return ","
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return "," if counts[","] or not counts[best] else best
+
+
 def _read_table(path: Path) -> pd.DataFrame:
+    """A tracks table from CSV (comma-, semicolon- or tab-separated, detected from the header; a semicolon file may
+    use decimal commas) or Parquet."""
     suffix = path.suffix.lower()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such tracks file")
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    if suffix in (".csv", ".gz", ".txt"):
+    if suffix in (".csv", ".gz", ".txt", ".tsv"):
+        sep = _csv_delimiter(path)
         try:
-            return pd.read_csv(path, dtype={"trace_id": str, "cell_id": str}, skipinitialspace=True)
+            return pd.read_csv(
+                path,
+                sep=sep,
+                decimal="," if sep == ";" else ".",
+                dtype={"trace_id": str, "cell_id": str},
+                skipinitialspace=True,
+            )
         except pd.errors.ParserError as e:
             raise TracksError(path, None, None, f"not a readable CSV table ({e})") from None
         except pd.errors.EmptyDataError:
@@ -466,17 +516,65 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise TracksError(path, None, None, f"unsupported file type {suffix!r} (use .csv or .parquet)")
 
 
-def read_tracks(path: str | Path, min_length: int | None = None, dt_s: float = BRUECKNER_DT_S) -> Tracks:
+def read_tracks(path: str | Path, min_length: int | None = None, dt_s: float | None = None) -> Tracks:
     """Read and validate a tracks file (CSV or Parquet; long format or the Brückner layout, detected from the
-    columns). `dt_s` converts Brückner `time_point` to seconds. `min_length`: minimum frames per trace."""
+    columns). `dt_s`: the Brückner layout's frame interval in s (`time_point` × `dt_s` → `t_s`; default
+    `BRUECKNER_DT_S`), kept as the tracks' grid step; long files give their times in seconds. `min_length`: minimum
+    frames per trace. A header without data rows is an error."""
     path = Path(path)
+    if dt_s is not None and not (math.isfinite(dt_s) and dt_s > 0):
+        raise ValueError(f"the frame interval must be a number of seconds > 0, got {dt_s!r}")
     df = _read_table(path)
     if df.shape[1] == 0:
         raise TracksError(path, 0, None, "no columns")
+    if len(df) == 0:
+        raise TracksError(path, None, None, "no data rows (the file has only a header)")
+    frame_s = None
     if {"cell_id", "time_point"} <= set(df.columns):
-        df = _from_brueckner(df, str(path), dt_s)
+        frame_s = BRUECKNER_DT_S if dt_s is None else float(dt_s)
+        df = _from_brueckner(df, str(path), frame_s)
     data = validate_tracks(df, path, min_length=min_length)
-    return Tracks(data=data, layout=detect_layout(data.columns), source=str(path))
+    return Tracks(data=data, layout=detect_layout(data.columns), source=str(path), dt_s=frame_s)
+
+
+# %% ../nbs/01a_tracks.ipynb #c4e1a7d2
+def check_plausible(data: TraceArrays | Tracks, sanity: bool = True, source: str | Path | None = None) -> list[str]:
+    """Plausibility of the units and signals of tracks, each problem with a hint: a frame step < 1 s (or of exactly
+    1 s with whole-number times: frame numbers) or > 1 h; a median observed distance < 5 nm or > 50 µm; MS2 zero in
+    every frame; no two consecutive frames on the grid. Returns the problems (messages naming `source`); with
+    `sanity` (the default) any problem raises a `PlausibilityError` listing them all. For estimators' inputs (e.g.
+    `fit_radius`), not for the reader: simulator files pass through `read_tracks` unchecked."""
+    if isinstance(data, Tracks):
+        source = source or data.source
+        data = data.to_arrays()
+    source = str(source or "<tracks>")
+    problems, dt, t = [], data.dt_s, data.t_s[data.present]
+    if dt < MIN_FRAME_STEP_S or (dt == MIN_FRAME_STEP_S and np.array_equal(t, np.round(t))):
+        problems.append(f"frame step {dt:g} s: times look like minutes or frame numbers: t_s must be seconds")
+    elif dt > MAX_FRAME_STEP_S:
+        problems.append(f"frame step {dt:g} s (over 1 h): times look like milliseconds: t_s must be seconds")
+    if data.n_frames > 1 and not (data.present[:, :-1] & data.present[:, 1:]).any():
+        problems.append(
+            f"no trace has two consecutive frames on the {dt:g}-s grid: the frame interval looks wrong "
+            "(every other frame would be a gap)"
+        )
+    d = data.distance_nm[data.mask]
+    med = float(np.median(d)) if len(d) else math.nan
+    if med < MIN_MEDIAN_DISTANCE_NM:
+        problems.append(f"median distance {med:.3g} nm: distances look like µm or pixels: distance_nm must be nm")
+    elif med > MAX_MEDIAN_DISTANCE_NM:
+        problems.append(
+            f"median distance {med:.3g} nm (over 50 µm): distances look like Å or pm: distance_nm must be nm"
+        )
+    if data.ms2 is not None:
+        ms2 = data.ms2[np.isfinite(data.ms2)]
+        if len(ms2) and not ms2.any():
+            problems.append("ms2 is 0 in every frame: no transcription signal (an empty column?)")
+    if problems and sanity:
+        raise PlausibilityError(
+            source, None, None, "; ".join(problems) + " (sanity=False, or --no-sanity, accepts the file as it is)"
+        )
+    return [f"{source}: {p}" for p in problems]
 
 
 # %% ../nbs/01a_tracks.ipynb #97acc861
