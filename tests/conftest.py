@@ -76,6 +76,7 @@ BETA_CELLS = [
 GAMMA_PARAMS = """
 # needs: none
 profile = "smoke"
+seed = 0
 """
 
 GAMMA_CELLS = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -197,3 +198,44 @@ def test_find_root_and_device(tmp_path, monkeypatch):
             core.get_device("cuda")
     with pytest.raises(ValueError):
         core.seed_everything(-1)
+
+
+@pytest.mark.parametrize("atomic_swap", [True, False])
+def test_atomic_folder_replaces_a_run_as_a_whole(tmp_path, monkeypatch, atomic_swap):
+    if not atomic_swap:  # a system without renameat2: two renames, the old folder aside until the new one is in
+        monkeypatch.setattr(core, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError("no swap")))
+    run = tmp_path / "run"
+    for text in ("first", "second"):
+        with core.atomic_folder(run, marker="demo") as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".run.tmp-")
+            (tmp / "a.txt").write_text(text)
+        assert (run / "a.txt").read_text() == text and os.listdir(tmp_path) == ["run"]
+    with pytest.raises(RuntimeError, match="boom"), core.atomic_folder(run, marker="demo") as tmp:
+        (tmp / "a.txt").write_text("third")
+        raise RuntimeError("boom")
+    assert (run / "a.txt").read_text() == "second" and os.listdir(tmp_path) == ["run"]
+    assert json.loads((run / core.OUTPUT_MARKER).read_text())["kind"] == "demo"
+    with pytest.raises(core.OutputError, match="holds a demo run, not a previous other run"):
+        with core.atomic_folder(run, marker="other"):
+            pass
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    with core.atomic_folder(link, marker="demo") as tmp:  # a link: its target is replaced, the link kept
+        (tmp / "a.txt").write_text("via link")
+    assert link.is_symlink() and (run / "a.txt").read_text() == "via link"
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / "fit.json").write_text("{}")
+    ours = core._temp_sibling(tmp_path / "fit.json")
+    killed = ours.with_name(ours.name.replace(f".{os.getpid()}.", f".{pid}."))
+    other = tmp_path / ".other.json.tmp-host.1.ab"
+    for p in (ours, killed, other):
+        p.write_text("partial")
+    core.check_output_path(tmp_path / "fit.json")  # the next writer of fit.json
+    assert sorted(os.listdir(tmp_path)) == sorted([ours.name, other.name, "fit.json"])  # a live writer's is kept

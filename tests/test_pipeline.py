@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
+import nbformat
 import pytest
 import yaml
 from conftest import ALPHA_CELLS, ALPHA_PARAMS, REPO, make_notebook, write_profile
@@ -221,3 +223,64 @@ def test_stage_keys_follow_the_library_code_each_stage_imports(tmp_path):
     core_py = root / "xai_hsg" / "core.py"
     core_py.write_text(core_py.read_text() + "\n# edited\n")
     assert all(key != after[name] for name, key in pipeline.stage_keys("smoke", root).items())
+
+
+TRAP_PARAMS = """
+# needs: none
+profile = "smoke"
+n_traces = 3  # traces (paper: >= 1000)
+label = None  # None = the default label
+"""
+
+TRAP_CELLS = [
+    (
+        "code",
+        """
+    from xai_hsg import core
+    core.save_results("04_trap", {"n_traces": n_traces, "label": label}, profile=profile)
+""",
+    )
+]
+
+
+@pytest.mark.slow  # one notebook through papermill
+def test_injected_parameters_raise_no_papermill_parse_warnings(mini_repo, caplog):
+    "Issue 12 row 12: comments with '=' made papermill warn 'Unable to parse line' and 'Passed unknown parameter'."
+    from papermill.translators import PythonTranslator, papermill_translators
+
+    path = make_notebook(mini_repo / "nbs" / "04_trap.ipynb", TRAP_CELLS, TRAP_PARAMS)
+    with caplog.at_level(logging.WARNING, logger="papermill"):  # papermill's own parser trips on this cell
+        names = {p.name for p in PythonTranslator.inspect(nbformat.read(path, as_version=4).cells[0])}
+    assert "n_traces" not in names and "Unable to parse line" in caplog.text
+    caplog.clear()
+    profile = yaml.safe_load((mini_repo / "profiles" / "smoke.yml").read_text())
+    profile["notebooks"]["04_trap"] = {"n_traces": 7, "label": "x"}
+    (mini_repo / "profiles" / "smoke.yml").write_text(yaml.safe_dump(profile))
+    with caplog.at_level(logging.INFO, logger="papermill"):
+        assert reproduce("smoke", root=mini_repo, only=["04"], render=False) == {"04_trap": "ran"}
+    noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noise == []
+    assert json.loads((mini_repo / "results/smoke/04_trap.json").read_text()) == {"n_traces": 7, "label": "x"}
+    assert "python3" not in papermill_translators._translators  # papermill's registry is restored
+
+
+def test_interrupted_or_failed_stage_leaves_none_of_its_outputs(mini_repo, monkeypatch):
+    "Ctrl-C (or a failure) inside a stage: the outputs it wrote are cleared and it is not recorded; earlier ones stay."
+    stage = pipeline.parse_stage(mini_repo / "nbs" / "03_gamma.ipynb")
+    where = core.paths("smoke", mini_repo)
+    core.save_results("01_alpha", {"answer": 1}, profile="smoke", root=mini_repo)
+
+    def interrupted(stage, params, out_nb, root):
+        core.save_results(stage.name, {"half": 1}, profile="smoke", root=root)
+        (where.tables).mkdir(parents=True, exist_ok=True)
+        (where.tables / "tbl-half.md").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_execute", interrupted)
+    prof = core.load_profile("smoke", root=mini_repo)
+    plan = pipeline.plan_stages(prof, [stage], mini_repo)[0]
+    state = pipeline._State(where.runs / "_state.json")
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._run_stage(plan, where, mini_repo, state)
+    assert not (where.results / "03_gamma.json").exists() and not (where.tables / "tbl-half.md").exists()
+    assert (where.results / "01_alpha.json").exists() and "03_gamma" not in state.keys()

@@ -149,3 +149,36 @@ def test_missing_included_table_is_an_error(paper_repo):
     (paper_repo / "paper/index.qmd").write_text("See @tbl-absent.\n")
     with pytest.raises(RenderError, match="unknown table reference @tbl-absent"):
         render.render_paper("smoke", root=paper_repo, engine="pandoc")
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_refusals_come_before_paper_changes_and_outputs_replace_as_a_whole(paper_repo):
+    "An unknown profile, a profile without results, or a check that fails leaves paper/ as it was (issue 12 row 7)."
+    paper = paper_repo / "paper"
+    (paper / "figures").mkdir()
+    (paper / "figures" / "fig-stale.png").write_bytes(b"old")
+    (paper / "_variables.yml").write_text("old: 1\n")
+    before = _tree(paper)
+    with pytest.raises(RenderError, match=r"no profile 'nope' \(known: smoke\)"):
+        render.render_paper("nope", root=paper_repo, engine="pandoc")
+    (paper_repo / "profiles" / "paper.yml").write_text("defaults: {}\n")
+    with pytest.raises(RenderError, match="no results for profile 'paper'"):
+        render.render_paper("paper", root=paper_repo, engine="pandoc")
+    (paper / "index.qmd").write_text("{{< var demo.value >}}\n\n{{< var demo.missing >}}\n")
+    with pytest.raises(RenderError, match="index.qmd:3: unknown variable"):
+        render.render_paper("smoke", root=paper_repo, engine="pandoc")
+    assert _tree(paper) == {**before, "index.qmd": (paper / "index.qmd").read_bytes()}
+    # the checks pass: figures and tables are replaced as a whole (the stale figure goes), variables rewritten
+    (paper / "index.qmd").write_text("{{< var demo.value >}}\n")
+    render._update_paper("smoke", paper_repo, render.collect_variables("smoke", paper_repo), check_text=True)
+    assert sorted(p.name for p in (paper / "figures").iterdir()) == [
+        "fig-first.png",
+        "fig-first.svg",
+        "fig-second.png",
+        "fig-second.svg",
+    ]
+    assert "value: '0.123'" in (paper / "_variables.yml").read_text()
+    assert not [p for p in paper.iterdir() if p.name.startswith(".")]  # no staging folder left

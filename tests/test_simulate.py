@@ -508,7 +508,8 @@ def test_to_arrays_is_the_written_and_read_tracks(tmp_path, fmt, dt_s):
         assert getattr(arrays, name) is not None, name
     np.testing.assert_array_equal(arrays.loadings, res.loading_counts)
     np.testing.assert_array_equal(arrays.vector_nm, res.xyz_nm)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"tracks.{fmt}", "truth.json"]  # no temporary file left
+    # no temporary left; the hidden marker says which kind of run the folder holds (core.atomic_folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".xai_hsg_output.json", f"tracks.{fmt}", "truth.json"]
 
 
 def test_load_simulation(tmp_path):
@@ -520,9 +521,9 @@ def test_load_simulation(tmp_path):
     _assert_same_arrays(sim.to_arrays(), res.to_arrays())
     # truth.json is written as before: compact, keys in insertion order
     assert (tmp_path / "sim" / "truth.json").read_text() == json.dumps(res.truth_dict()) + "\n"
-    # the newer tracks file wins when both formats are there
+    # a run in another format replaces the folder as a whole: never the older run's tracks beside the new truth
     save_simulation(simulate(5, p, seed=6), tmp_path / "sim", fmt="csv")
-    assert load_simulation(tmp_path / "sim").tracks.n_traces == 5
+    assert load_simulation(tmp_path / "sim").tracks.n_traces == 5 and not (tmp_path / "sim" / "tracks.parquet").exists()
     with pytest.raises(FileNotFoundError, match="run notebook 01_simulation first"):
         load_simulation(tmp_path / "nothing")
     # by profile: notebook 01's artifact folder (core.stage_file), with the command to make it when missing
@@ -530,8 +531,7 @@ def test_load_simulation(tmp_path):
     assert load_simulation(profile="demo", root=tmp_path / "root").params == p
     with pytest.raises(FileNotFoundError, match="reproduce --profile other --only 01"):
         load_simulation(profile="other", root=tmp_path / "root")
-    # tracks and truth from different runs are refused
-    (tmp_path / "sim" / "tracks.parquet").unlink()
+    # tracks and truth from different runs (copied by hand) are refused
     save_simulation(res, tmp_path / "other")
     (tmp_path / "sim" / "truth.json").write_text((tmp_path / "other" / "truth.json").read_text())
     with pytest.raises(ValueError, match="different runs"):

@@ -1,17 +1,131 @@
 """`xai-hsg`: the command line of the repository.
 
-xai-hsg reproduce [--profile smoke|paper] [--only 03] [--from 05] [--force] [--no-render]
-xai-hsg render [--profile smoke] [--engine auto|quarto|pandoc]
-xai-hsg simulate --n N --rc NM --sigma-loc NM --seed S --out DIR
-xai-hsg fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from truth|ms2]
+xai-hsg [--debug] reproduce [--profile smoke|paper] [--only 03] [--from 05] [--force] [--no-render]
+xai-hsg [--debug] render [--profile smoke] [--engine auto|quarto|pandoc]
+xai-hsg [--debug] simulate --n N --rc NM --sigma-loc NM --seed S --out DIR [--force]
+xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from truth|ms2] [--force]
+
+An expected failure (a bad file, a bad value, a missing device, an interruption) is one line on stderr,
+`xai-hsg <command>: error: <message>`, with exit status 2 for usage errors (a bad option or option value),
+1 for data and runtime errors and 130 for Ctrl-C; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+import tempfile
+from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError", "check_output_file", "check_output_folder"]
+
+EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(ValueError):
+    "A bad option value found after parsing (e.g. `--device cuda` without CUDA): exit status 2, like argparse's own."
+
+
+class _Parser(argparse.ArgumentParser):
+    "argparse with its usage errors as one line: `xai-hsg <command>: error: <message>`, exit status 2."
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, minimum: float | None = None, strict: bool = False, unit: str = ""):
+    "An argparse `type=`: a finite `kind` (int or float) ≥ `minimum` (> when `strict`), with a message saying so."
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}{unit}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number{unit}, got {text!r}")
+        if minimum is not None and (value <= minimum if strict else value < minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}{unit}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _n_boot(text: str) -> int:
+    "`--n-boot`: 0 (no interval) or at least `radius.MIN_BOOT` resamples."
+    from .radius import MIN_BOOT
+
+    value = _number(int, 0)(text)
+    if 0 < value < MIN_BOOT:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (no interval) or >= {MIN_BOOT} resamples (fewer leave the interval's tails empty), got {text}"
+        )
+    return value
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return parent
+    return Path.cwd()
+
+
+def _probe_writable(folder: Path) -> None:
+    "Raise the OSError that writing into `folder` would raise (a real probe: permission bits do not bind root)."
+    if not folder.is_dir():
+        raise NotADirectoryError(20, "not a folder", str(folder))
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot write there ({err.strerror})", str(folder)) from None
+
+
+def check_output_file(out: str | Path, inputs=(), force: bool = False) -> Path:
+    """Refuse, before any work (`core.check_output_path`): an output file that is an input, a folder, or in a place
+    that cannot be written; and, unless `force`, an existing file that is not an earlier fit (JSON with `r_c_nm`)."""
+    from .core import OutputError, check_output_path
+
+    out = check_output_path(out, inputs=inputs, force=force, kind="file")
+    if out.exists() and not force:
+        try:
+            earlier = json.loads(out.read_text())
+        except (UnicodeDecodeError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "r_c_nm" in earlier):
+            raise OutputError(
+                f"{out}: exists and is not an earlier fit-radius output; choose another --out, or use --force to replace it"
+            )
+    _probe_writable(_nearest_existing(out.absolute().parent))
+    return out
+
+
+def check_output_folder(out: str | Path, force: bool = False) -> Path:
+    """Refuse, before any work (`core.check_output_path`): an output folder that is a file or in a place that cannot
+    be written; and, unless `force`, a folder that holds anything (another run, or the user's files)."""
+    from .core import OutputError, check_output_path
+
+    out = check_output_path(out, force=force, kind="folder")
+    if out.is_dir() and (held := sorted(p.name for p in out.iterdir())) and not force:
+        shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+        raise OutputError(
+            f"{out}: already holds files ({shown}); choose a new or empty folder, or use --force to replace the "
+            f"folder as a whole"
+        )
+    _probe_writable(_nearest_existing(out.absolute()))
+    return out
+
+
+def _check_device(name: str) -> None:
+    "Parse and check `--device` before any work: a bad name or CUDA without CUDA is a usage error."
+    from .core import get_device
+
+    try:
+        get_device(name)
+    except RuntimeError as err:
+        raise UsageError(f"argument --device: {err}") from None
 
 
 def _cmd_reproduce(args) -> int:
@@ -34,7 +148,11 @@ def _cmd_simulate(args) -> int:
     from .simulate import SimParams, write_simulation
 
     params = SimParams(r_c_nm=args.rc, sigma_loc_nm=args.sigma_loc, n_frames=args.frames)
-    tracks, truth = write_simulation(args.out, args.n, params, seed=args.seed, device=args.device, fmt=args.format)
+    _check_device(args.device)
+    check_output_folder(args.out, force=args.force)
+    tracks, truth = write_simulation(
+        args.out, args.n, params, seed=args.seed, device=args.device, fmt=args.format, force=args.force
+    )
     print(
         f"wrote {tracks} and {truth} ({args.n} traces x {args.frames} frames, r_c = {args.rc:g} nm, "
         f"sigma_loc = {args.sigma_loc:g} nm, seed {args.seed})"
@@ -42,9 +160,16 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _fmt_nm(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
 def _cmd_fit_radius(args) -> int:
     from .radius import fit_radius
 
+    if not Path(args.tracks).is_file():
+        raise FileNotFoundError(2, "no such file", args.tracks)
+    check_output_file(args.out, inputs=[args.tracks], force=args.force)
     res = fit_radius(
         args.tracks,
         args.out,
@@ -53,22 +178,33 @@ def _cmd_fit_radius(args) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         dt_s=args.dt,
+        sanity=not args.no_sanity,
     )
-    lo, hi = res["r_c_interval_nm"]
+    for warning in res.get("warnings") or ():
+        print(f"xai-hsg fit-radius: warning: {warning}", file=sys.stderr)
+    lo, hi = res.get("r_c_interval_nm") or (None, None)
     h = res["heldout"]
     gain = f", held-out gain {h['test_gain_nats_per_event']:.2f} nats/event over no distance" if h else ""
     print(
-        f"r_c = {res['r_c_nm']:.1f} nm ({100 * res['ci']:.0f}% interval {lo:.1f}-{hi:.1f}), k_on = {res['k_on_per_s']:.3g}/s, "
-        f"k_off = {res['k_off_per_s']:.3g}/s, {res['n_events']} activations{gain}; wrote {args.out}"
+        f"r_c = {_fmt_nm(res['r_c_nm'])} nm ({100 * res['ci']:.0f}% interval {_fmt_nm(lo)}-{_fmt_nm(hi)}), "
+        f"k_on = {res['k_on_per_s']:.3g}/s, k_off = {res['k_off_per_s']:.3g}/s, {res['n_events']} activations{gain}; "
+        f"wrote {args.out}"
     )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xai-hsg", description=__doc__.split("\n")[0])
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+    )
+    parser = _Parser(prog="xai-hsg", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("reproduce", help="execute the notebook chain with papermill, then render the manuscript")
+    p = sub.add_parser(
+        "reproduce", parents=[common], help="execute the notebook chain with papermill, then render the manuscript"
+    )
     p.add_argument("--profile", default="smoke", help="profiles/<name>.yml or a YAML path (default: smoke)")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (number or name)")
     p.add_argument("--from", dest="start", metavar="NN", help="run this notebook and every later one")
@@ -76,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-render", action="store_true", help="skip rendering the manuscript")
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser("render", help="render paper/ to HTML and PDF from results/ and figures/ of a profile")
+    p = sub.add_parser(
+        "render", parents=[common], help="render paper/ to HTML and PDF from results/ and figures/ of a profile"
+    )
     p.add_argument("--profile", default="smoke")
     p.add_argument(
         "--engine",
@@ -87,29 +225,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser(
-        "simulate", help="simulate EP-distance + MS2 traces with ground truth (tracks file + truth.json)"
+        "simulate",
+        parents=[common],
+        help="simulate EP-distance + MS2 traces with ground truth (tracks file + truth.json)",
     )
-    p.add_argument("--n", type=int, default=100, help="number of traces (default: 100)")
-    p.add_argument("--rc", type=float, default=100.0, help="contact radius r_c in nm (default: 100)")
+    p.add_argument("--n", type=_number(int, 1), default=100, help="number of traces (default: 100)")
+    p.add_argument("--rc", type=_number(float), default=100.0, help="contact radius r_c in nm (default: 100)")
     p.add_argument(
-        "--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)"
+        "--sigma-loc",
+        type=_number(float, 0, unit=" nm"),
+        default=40.0,
+        help="localization error per spot and axis in nm (default: 40)",
     )
-    p.add_argument("--frames", type=int, default=601, help="frames per trace, 30 s apart (default: 601)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--frames", type=_number(int, 2), default=601, help="frames per trace, 30 s apart (default: 601)")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--format", default="csv", choices=["csv", "parquet"], help="tracks file format (default: csv)")
-    p.add_argument("--out", required=True, help="output folder: writes tracks.csv and truth.json")
+    p.add_argument("--out", required=True, help="output folder (new or empty): writes tracks.csv and truth.json")
+    p.add_argument("--force", action="store_true", help="replace a folder that holds another run, as a whole")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser(
-        "fit-radius", help="maximum-likelihood contact radius (nm, with interval) from a tracks file with state or MS2"
+        "fit-radius",
+        parents=[common],
+        help="maximum-likelihood contact radius (nm, with interval) from a tracks file with state or MS2",
     )
     p.add_argument("tracks", help="tracks file (CSV or Parquet, any layout; gaps allowed)")
     p.add_argument(
         "--out", required=True, help="output JSON: radius in nm with interval, k_on, k_off, held-out metrics"
     )
     p.add_argument(
-        "--sigma-loc", type=float, default=40.0, help="localization error per spot and axis in nm (default: 40)"
+        "--sigma-loc",
+        type=_number(float, 0, unit=" nm"),
+        default=40.0,
+        help="localization error per spot and axis in nm (default: 40)",
     )
     p.add_argument(
         "--state-from",
@@ -117,26 +266,77 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["truth", "ms2"],
         help="promoter state from the 'state' column (truth) or inferred from MS2 (crude; default: truth)",
     )
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples over traces (default: 200)")
-    p.add_argument("--dt", type=float, default=None, help="frame interval in s (default: from the file)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--n-boot",
+        type=_n_boot,
+        default=200,
+        help="bootstrap resamples over traces: 0 (no interval) or at least 20 (default: 200)",
+    )
+    p.add_argument(
+        "--dt",
+        type=_number(float, 0, strict=True, unit=" s"),
+        default=None,
+        help="frame interval in s (default: from the file)",
+    )
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument(
+        "--no-sanity",
+        action="store_true",
+        help="accept a file whose units look implausible (frame step, distances, MS2) and list the problems",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file that is not an earlier fit")
     p.set_defaults(func=_cmd_fit_radius)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .pipeline import PipelineError
-    from .render import RenderError
+def _one_line(err: BaseException) -> str:
+    "The error as one line: an OSError as 'file: reason', a YAML error with its line and column, the rest by str."
+    import yaml
 
-    args = build_parser().parse_args(argv)
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else ""
+        text = f"{where}: {err.strerror}" if where else err.strerror
+    elif isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark
+        where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
+        text = f"{where}YAML syntax error: {err.problem}" + (f" ({err.context})" if err.context else "")
+    else:
+        text = str(err) or type(err).__name__
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+_INTERRUPTED = {
+    "reproduce": "interrupted; finished notebooks stay cached, the interrupted one's results, figures and tables "
+    "were cleared (run the same command again to finish)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    "Run `xai-hsg`; returns the exit status (0 ok, 1 data or runtime error, 2 usage error, 130 interrupted)."
+    import yaml
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse: --help (0) or a usage error (2), already printed as one line
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    command = f"xai-hsg {args.command}"
     try:
         return args.func(args)
-    except (PipelineError, RenderError, FileNotFoundError, ValueError) as err:
-        print(f"xai-hsg {args.command}: error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"xai-hsg {args.command}: interrupted (finished stages stay cached)", file=sys.stderr)
-        return 130
+        if args.debug:
+            raise
+        print(f"{command}: error: {_INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as err:
+        if args.debug:
+            raise
+        print(f"{command}: error: {_one_line(err)} (see {command} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError, RuntimeError, yaml.YAMLError) as err:
+        if args.debug:
+            raise
+        print(f"{command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_DATA
 
 
 if __name__ == "__main__":

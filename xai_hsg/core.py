@@ -8,15 +8,22 @@ the manuscript."""
 from __future__ import annotations
 
 import ast
+import ctypes
+import difflib
+import fnmatch
 import hashlib
 import json
 import math
 import os
 import random
 import re
+import secrets
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +39,7 @@ __all__ = [
     "ROOT_ENV",
     "PROFILE_ENV",
     "DEFAULT_PROFILE",
+    "OUTPUT_MARKER",
     "PACKAGE_MODULE",
     "find_root",
     "current_profile",
@@ -41,8 +49,13 @@ __all__ = [
     "load_profile",
     "seed_everything",
     "get_device",
+    "OutputError",
+    "remove_stale_temporaries",
     "atomic_write",
+    "strict_json",
     "write_json_atomic",
+    "check_output_path",
+    "atomic_folder",
     "stable_hash",
     "imported_modules",
     "library_folder",
@@ -150,6 +163,12 @@ def paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
 
 
 # %% ../nbs/00_core.ipynb #c764e1b7
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    "' (did you mean 'x'?)' for the closest of `known` to `name`, or ''."
+    close = difflib.get_close_matches(str(name), sorted(map(str, known)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 @dataclass(frozen=True)
 class Profile:
     "A named set of notebook parameters (see `profiles/*.yml`)."
@@ -167,7 +186,8 @@ class Profile:
         unknown = sorted(set(given) - declared)
         if unknown:
             raise ValueError(
-                f"{self.path or self.name}: notebooks.{notebook} sets {unknown}, but the notebook's "
+                f"{self.path or self.name}: notebooks.{notebook} sets {unknown}"
+                f"{_did_you_mean(unknown[0], declared - {'profile'})}, but the notebook's "
                 f"parameters cell declares only {sorted(declared)}"
             )
         params = {k: v for k, v in self.defaults.items() if k in declared}
@@ -176,23 +196,57 @@ class Profile:
             params["profile"] = self.name
         return params
 
+    def check(self, declared_by_stage: Mapping[str, Iterable[str]]) -> None:
+        """Refuse a key that no notebook would read: a default that no parameters cell in `declared_by_stage` (notebook
+        name -> declared parameter names, every stage of the chain) declares, a notebook that does not exist, or a
+        parameter its notebook does not declare. One-line `ValueError` naming the file, the key and the closest name."""
+        declared = {nb: set(names) for nb, names in declared_by_stage.items()}
+        every = set().union(*declared.values()) - {"profile"}
+        problems = []
+        for key in self.defaults:
+            if key == "profile" or key not in every:
+                problems.append(f"defaults.{key} is not a parameter of any notebook{_did_you_mean(key, every)}")
+        for nb, given in self.notebooks.items():
+            if nb not in declared:
+                problems.append(f"notebooks.{nb} is not a notebook of the chain{_did_you_mean(nb, declared)}")
+                continue
+            for key in given or {}:
+                if key == "profile" or key not in declared[nb]:
+                    hint = _did_you_mean(key, declared[nb] - {"profile"})
+                    problems.append(f"notebooks.{nb}.{key} is not a parameter of {nb}{hint}")
+        if problems:
+            raise ValueError(f"{self.path or self.name}: " + "; ".join(problems))
+
 
 # %% ../nbs/00_core.ipynb #ab9ee0a3
 _PROFILE_KEYS = {"description", "defaults", "notebooks"}
 
 
+def _read_yaml(path: Path) -> Any:
+    "`yaml.safe_load` of `path`; a syntax error is one line naming the file, line and column."
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}: YAML syntax error at {where}: {problem}") from None
+
+
 def load_profile(name_or_path: str | Path | None = None, root: str | Path | None = None) -> Profile:
-    "Read `profiles/<name>.yml` (or a YAML file path) into a `Profile`, checking its structure."
+    """Read `profiles/<name>.yml` (or a YAML file path) into a `Profile`, checking its structure. Whether every key is
+    read by some notebook needs the notebooks: `Profile.check` (the pipeline calls it)."""
     spec = str(name_or_path or current_profile())
     path = Path(spec) if spec.endswith((".yml", ".yaml")) else paths(root=root).profiles / f"{spec}.yml"
     if not path.is_file():
         known = sorted(q.stem for q in path.parent.glob("*.yml")) if path.parent.is_dir() else []
         raise FileNotFoundError(f"No profile {spec!r} ({path}); known profiles: {known}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a profile must be a mapping, got {type(data).__name__}")
     if extra := sorted(set(data) - _PROFILE_KEYS):
-        raise ValueError(f"{path}: unknown top-level keys {extra}; allowed: {sorted(_PROFILE_KEYS)}")
+        hint = _did_you_mean(extra[0], _PROFILE_KEYS)
+        raise ValueError(f"{path}: unknown top-level keys {extra}{hint}; allowed: {sorted(_PROFILE_KEYS)}")
     for key in ("defaults", "notebooks"):
         if not isinstance(data.get(key) or {}, dict):
             raise ValueError(f"{path}: '{key}' must be a mapping")
@@ -234,13 +288,65 @@ def get_device(preference: str | None = "auto"):
     return device
 
 
+# %% ../nbs/00_core.ipynb #0d1bb772
+class OutputError(ValueError, OSError):
+    "An output that would overwrite what it must not, or that cannot be written: one line naming the path."
+
+
+# %% ../nbs/00_core.ipynb #a66adcb9
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]+$")
+
+
+def _temp_sibling(path: Path, kind: str = "tmp") -> Path:
+    "A fresh name beside `path` that says who made it: `.<name>.tmp-<host>.<pid>.<random>`."
+    return path.with_name(f".{path.name}.{kind}-{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(
+    folder: str | Path, name: str | None = None, max_age_s: float = 3600.0, legacy: str | None = None
+) -> list[Path]:
+    """Remove the temporaries that killed writers left in `folder` (those of the file or folder `name`, or all):
+    made on this host by a process that is gone, or made elsewhere (another host of a shared disk) and older than
+    `max_age_s`. `legacy`: a regular expression for unlabelled temporaries of older versions, removed by age.
+    Returns what it removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, now, removed = socket.gethostname(), time.time(), []
+    for entry in folder.iterdir():
+        m = _TEMP_RE.match(entry.name)
+        if m and (name is None or m["name"] == name) and m["kind"] == "tmp":
+            mine = m["host"] == host
+            stale = not _pid_alive(int(m["pid"])) if mine else now - entry.lstat().st_mtime > max_age_s
+        else:
+            stale = bool(legacy and re.fullmatch(legacy, entry.name)) and now - entry.lstat().st_mtime > max_age_s
+        if stale and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif stale:
+            entry.unlink(missing_ok=True)
+        if stale:
+            removed.append(entry)
+    return removed
+
+
 # %% ../nbs/00_core.ipynb #28cb1cd5
 def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
     """Write a file so that a reader (or a crash) sees the old file or the new one, never half of it: `write(tmp)`
-    fills a temporary file beside `path`, flushed to disk (`fsync`), then renamed over `path`."""
+    fills a temporary file beside `path` (named by `_temp_sibling`: host and process), flushed to disk (`fsync`),
+    then renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp_sibling(path)
     try:
         write(tmp)
         if fsync:
@@ -254,10 +360,187 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = 
 
 
 # %% ../nbs/00_core.ipynb #e3b3d600
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf; also NumPy scalars and arrays, at any depth) as None, NumPy
+    scalars as Python numbers and arrays as lists: what strict JSON can hold. Other objects are left as they are."""
+    if isinstance(value, Mapping):
+        return {(k.item() if isinstance(k, np.generic) else k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json_atomic(path: str | Path, data: Any, **json_kwargs) -> Path:
-    "`atomic_write` of `json.dumps(data)` (default: indented, sorted keys); a value JSON cannot hold raises before any write."
-    text = json.dumps(data, **{"indent": 2, "sort_keys": True, **json_kwargs}) + "\n"
+    """`atomic_write` of strict `json.dumps(data)` (default: indented, sorted keys): non-finite numbers become null
+    (`strict_json`, also for what a `default=` returns), so no file holds a bare NaN; a value JSON cannot hold raises
+    before any write."""
+    kwargs = {"indent": 2, "sort_keys": True, **json_kwargs, "allow_nan": False}
+    if (default := kwargs.get("default")) is not None:
+        kwargs["default"] = lambda obj: strict_json(default(obj))
+    text = json.dumps(strict_json(data), **kwargs) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+# %% ../nbs/00_core.ipynb #10af67ec
+def _check_writable_place(path: Path) -> None:
+    "Refuse `path` when its nearest existing ancestor is a file or a folder that cannot be written (tried)."
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:  # folders a writer would create
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{path}: cannot be written, {ancestor} is a file, not a folder")
+    try:  # a real probe: permission bits do not bind root, and a read-only mount shows only on writing
+        tempfile.TemporaryFile(dir=ancestor).close()
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written, {ancestor} is not writable ({e.strerror})") from None
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    "Whether `a` and `b` name the same file (links and relative paths resolved)."
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(
+    out: str | Path, inputs: Iterable[str | Path] = (), force: bool = False, kind: str = "file"
+) -> Path:
+    """Check, before any work, that `out` can be written as a `kind` ('file' or 'folder'): it is not one of `inputs`
+    (nor, for a folder, a folder holding one; `force` allows it), it is not a folder where a file is expected nor a
+    file where a folder is, and it lies in a place that can be written. Returns `out` as a Path; raises `OutputError`.
+    Temporaries that a killed writer of `out` left beside it are removed."""
+    if kind not in ("file", "folder"):
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
+    out = Path(out).expanduser()
+    if kind == "file" and out.is_dir():
+        raise OutputError(f"{out}: is a folder; the output is a file, give its name (e.g. {out / 'out.json'})")
+    if kind == "folder" and out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file; the output is a folder of files, give a folder name")
+    if not force:
+        for given in inputs:
+            inp = Path(given).expanduser()
+            clash = _same_place(out, inp) or (kind == "folder" and out.resolve() in inp.resolve().parents)
+            if clash:
+                what = "is the input" if _same_place(out, inp) else "holds the input"
+                raise OutputError(
+                    f"{out}: the output {what} {inp}; choose another output (or force it to replace the input)"
+                )
+    _check_writable_place(out.absolute())
+    remove_stale_temporaries(out.absolute().parent, out.name)
+    return out
+
+
+# %% ../nbs/00_core.ipynb #ce4cc2ef
+OUTPUT_MARKER = ".xai_hsg_output.json"  # written into every folder `atomic_folder` makes: which kind of run
+
+
+def _folder_kind(path: Path) -> str | None:
+    "The kind of run recorded in `path`'s marker, if any."
+    try:
+        return json.loads((path / OUTPUT_MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_replaceable(path: Path, force: bool, marker: str, files, recognise) -> None:
+    "Refuse to replace a non-empty folder that is not a previous `marker` run (or holds files such a run never writes)."
+    entries = sorted(p.name for p in path.iterdir() if p.name != OUTPUT_MARKER) if path.is_dir() else []
+    if force or not entries:
+        return
+    kind = _folder_kind(path)
+    if kind != marker and not (kind is None and recognise is not None and recognise(path)):
+        what = (
+            f"a {kind} run"
+            if kind
+            else f"{len(entries)} entries ({', '.join(entries[:3])}{', …' * (len(entries) > 3)})"
+        )
+        raise OutputError(
+            f"{path}: holds {what}, not a previous {marker} run; choose another folder "
+            f"(or force to replace the folder as a whole)"
+        )
+    if files is not None and (extra := [e for e in entries if not any(fnmatch.fnmatch(e, f) for f in files)]):
+        raise OutputError(
+            f"{path}: holds {', '.join(extra)} besides a previous {marker} run, which replacing it would delete; "
+            f"move them (or force to replace the folder as a whole)"
+        )
+
+
+def _exchange(a: Path, b: Path) -> None:
+    "Swap two existing paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); OSError where it is not supported."
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError) as e:
+        raise OSError(f"no renameat2: {e}") from e
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(b))
+
+
+# %% ../nbs/00_core.ipynb #1d7400fe
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    "Put the folder `tmp` at `path`; an old folder there ends up at `tmp` (for the caller to remove)."
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    try:
+        _exchange(tmp, path)  # one step: a reader sees the old folder or the new one
+    except OSError:  # no atomic swap here: two renames, the old folder kept aside until the new one is in place
+        aside = _temp_sibling(path, "old")
+        os.rename(path, aside)
+        os.rename(tmp, path)
+        os.rename(aside, tmp)
+
+
+@contextmanager
+def atomic_folder(
+    path: str | Path,
+    *,
+    force: bool = False,
+    marker: str = "output",
+    files: Iterable[str] | None = None,
+    recognise: Callable[[Path], bool] | None = None,
+    fsync: bool = True,
+) -> Iterator[Path]:
+    """Write a folder of files that belong together: the body writes into the temporary sibling folder it is given,
+    which replaces `path` as a whole when the body succeeds. On an exception or an interruption the temporary folder is
+    removed and an old folder stays complete (after SIGKILL the next writer of `path` removes it). `marker`: the kind
+    of run, recorded in the folder (`OUTPUT_MARKER`); an existing non-empty folder that is not a previous run of that
+    kind (`recognise(path)` identifies one written before markers existed), or that holds files not matching the
+    patterns `files`, is refused (`OutputError`, before the body runs) unless `force`."""
+    path = Path(os.path.realpath(check_output_path(path, kind="folder")))  # a link: replace its target
+    _check_replaceable(path, force, marker, None if files is None else list(files), recognise)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
+    tmp = _temp_sibling(path)
+    tmp.mkdir()  # mode from the umask, as any folder
+    try:
+        yield tmp
+        write_json_atomic(tmp / OUTPUT_MARKER, {"kind": marker, "xai_hsg_version": xai_hsg.__version__})
+        if fsync:
+            _fsync_tree(tmp)
+        _move_into_place(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # %% ../nbs/00_core.ipynb #5ad1d49c
@@ -452,8 +735,12 @@ def load_default(folder: Path) -> Any:
 
 
 # %% ../nbs/00_core.ipynb #2b8457d9
+_LEGACY_CACHE_TEMP = r"\.[0-9a-f]{16}-[a-z0-9_]{8}"  # tempfile.mkdtemp names of versions before the labelled ones
+
+
 class ArtifactCache:
-    "Content-addressed store of expensive results: `<root>/<name>/<key>/`, written atomically."
+    """Content-addressed store of expensive results: `<root>/<name>/<key>/`, written atomically. A save killed
+    midway leaves a hidden temporary folder; the next `get_or_compute` of that name removes it (`remove_stale_temporaries`)."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else paths().cache
@@ -480,6 +767,7 @@ class ArtifactCache:
 
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"artifact name {name!r}: use letters, digits, '_', '.', '-'")
+        remove_stale_temporaries(self.root / name, legacy=_LEGACY_CACHE_TEMP)
         code = None if code is None else [code] if isinstance(code, str) else list(code)
         upstream = list(upstream)
         version = code_version(code)
@@ -499,7 +787,8 @@ class ArtifactCache:
     def _store(self, final: Path, value: Any, save: Callable[[Any, Path], None], record: dict) -> None:
         "Save into a temporary folder beside `final`, then rename it: the folder exists complete or not at all."
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        tmp = _temp_sibling(final)
+        tmp.mkdir()
         try:
             save(value, tmp)
             write_json_atomic(tmp / "_key.json", record, indent=1, sort_keys=False)

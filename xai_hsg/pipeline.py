@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,9 +237,7 @@ def _load(profile: str, root: str | Path | None) -> tuple[Path, core.Profile, li
     stages = discover_stages(root)
     if not stages:
         raise PipelineError(f"no notebooks matching nbs/{STAGE_GLOB} in {root}")
-    unknown = sorted(set(prof.notebooks) - {s.name for s in stages})
-    if unknown:
-        raise PipelineError(f"{prof.path}: parameters for notebooks that do not exist: {unknown}")
+    prof.check({s.name: s.declared for s in stages})  # a key no notebook reads (`defaults: {sede: 5}`) is an error
     return root, prof, stages
 
 
@@ -298,6 +297,47 @@ def _failure_message(stage: Stage, err, out_nb: Path) -> str:
     )
 
 
+KERNEL = "python3"
+
+
+def _ast_translator(stage: Stage):
+    """Papermill's Python translator with its parameters-cell parser replaced by the pipeline's (`ast`).
+
+    Papermill reads the parameters cell line by line and gives up on a line with two `=`, a comment included
+    (`n_traces = 100  # paper: >= 1000`): it warns "Unable to parse line" and then "Passed unknown parameter" for a
+    parameter it injects all the same. The pipeline has already parsed the cell with `ast` (`Stage.declared`) and
+    refuses a parameter the cell does not declare (`Profile.params_for`), so papermill gets that list instead;
+    injection (`translate_*`) is papermill's own."""
+    from papermill.models import Parameter
+    from papermill.translators import PythonTranslator
+
+    class StageTranslator(PythonTranslator):
+        @classmethod
+        def inspect(cls, parameters_cell):
+            return [Parameter(name, type(value).__name__, repr(value), "") for name, value in stage.declared.items()]
+
+    return StageTranslator
+
+
+@contextmanager
+def _papermill_parameters(stage: Stage, params: dict):
+    "Papermill inspects the parameters cell with `_ast_translator(stage)` (for this kernel) while the block runs."
+    from papermill.translators import papermill_translators
+
+    if undeclared := sorted(set(params) - set(stage.declared)):  # Profile.params_for refuses these already
+        raise PipelineError(f"{stage.path}: parameters {undeclared} are not declared in its parameters cell")
+    registry = papermill_translators._translators
+    before = registry.get(KERNEL)
+    papermill_translators.register(KERNEL, _ast_translator(stage))
+    try:
+        yield
+    finally:
+        if before is None:
+            registry.pop(KERNEL, None)
+        else:
+            registry[KERNEL] = before
+
+
 def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -305,16 +345,18 @@ def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
     env_backup = os.environ.get(core.ROOT_ENV)
     os.environ[core.ROOT_ENV] = str(root)  # the kernel inherits it: notebooks find this repository
     try:
-        pm.execute_notebook(
-            str(stage.path),
-            str(out_nb),
-            parameters=params,
-            kernel_name="python3",
-            cwd=str(stage.path.parent),
-            progress_bar={"desc": f"  {stage.name}", "leave": False},
-            log_output=False,
-            request_save_on_cell_execute=True,
-        )
+        with _papermill_parameters(stage, params):
+            pm.execute_notebook(
+                str(stage.path),
+                str(out_nb),
+                parameters=params,
+                kernel_name=KERNEL,
+                cwd=str(stage.path.parent),
+                progress_bar={"desc": f"  {stage.name}", "leave": False},
+                log_output=False,
+                request_save_on_cell_execute=True,
+                shutdown_kernel="immediate",  # after the last cell, or on Ctrl-C: no half-interrupted kernel's noise
+            )
     except PapermillExecutionError as err:
         raise PipelineError(_failure_message(stage, err, out_nb)) from None
     finally:
@@ -343,20 +385,26 @@ def _tables_written_since(where: core.Paths, start_ns: int) -> list[str]:
 
 
 def _run_stage(plan: StagePlan, where: core.Paths, root: Path, state: _State) -> float:
-    "Execute one stage into `runs/<profile>/`, check its figures, record its key; the seconds it took."
+    """Execute one stage into `runs/<profile>/`, check its figures, record its key; the seconds it took. A stage that
+    fails or is interrupted leaves none of its results, figures or tables (those of its previous run were cleared
+    before it started) and no key, so the next `reproduce` runs it again; its partial notebook stays in `runs/`."""
     stage = plan.stage
     where.runs.mkdir(parents=True, exist_ok=True)
     _clear_outputs(stage, where, state.get(stage.name))
     state.forget(stage.name)
     start_ns, t0 = time.time_ns(), time.perf_counter()
-    _execute(stage, plan.params, where.runs / stage.path.name, root)
-    seconds = time.perf_counter() - t0
-    missing = [label for label in stage.figure_labels if not (where.figures / f"{label}.png").exists()]
-    if missing:
-        raise PipelineError(
-            f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
-            f"call core.save_figure(fig) in each labelled figure cell"
-        )
+    try:
+        _execute(stage, plan.params, where.runs / stage.path.name, root)
+        seconds = time.perf_counter() - t0
+        missing = [label for label in stage.figure_labels if not (where.figures / f"{label}.png").exists()]
+        if missing:
+            raise PipelineError(
+                f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
+                f"call core.save_figure(fig) in each labelled figure cell"
+            )
+    except BaseException:  # failed or interrupted (Ctrl-C): no half of this stage's outputs stays behind
+        _clear_outputs(stage, where, {"tables": _tables_written_since(where, start_ns)})
+        raise
     state.record(stage.name, plan.key, seconds, _tables_written_since(where, start_ns))
     return seconds
 

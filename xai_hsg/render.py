@@ -11,6 +11,7 @@ Quarto-style figure and table numbering and `@fig-` / `@tbl-` cross-references, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,11 +26,13 @@ from .core import format_value  # the manuscript's number format lives in core (
 
 __all__ = [
     "RenderError",
+    "check_profile",
     "format_value",
     "collect_variables",
     "write_variables",
     "substitute_variables",
     "expand_includes",
+    "manuscript_text",
     "render_paper",
 ]
 
@@ -53,15 +56,20 @@ def collect_variables(profile: str, root: str | Path | None = None) -> dict:
     results_dir = core.paths(profile, root).results
     variables: dict = {"profile": profile}
     for f in sorted(results_dir.glob("*.json")):
-        variables[stage_variable_name(f.stem)] = format_value(json.loads(f.read_text()))
+        try:
+            data = json.loads(f.read_text())
+        except ValueError as e:
+            raise RenderError(f"{f}: not valid JSON ({e}); re-run the notebook that writes it") from None
+        variables[stage_variable_name(f.stem)] = format_value(data)
     return variables
 
 
-def write_variables(profile: str, root: str | Path | None = None) -> Path:
+def write_variables(profile: str, root: str | Path | None = None, variables: dict | None = None) -> Path:
     "Write `paper/_variables.yml` from `results/<profile>/` (read by Quarto and by the fallback renderer)."
     out = core.paths(profile, root).paper / "_variables.yml"
     header = f"# Written by xai-hsg from results/{profile}/ — do not edit; edit the notebooks instead.\n"
-    text = header + yaml.safe_dump(collect_variables(profile, root), sort_keys=True, allow_unicode=True)
+    variables = collect_variables(profile, root) if variables is None else variables
+    text = header + yaml.safe_dump(variables, sort_keys=True, allow_unicode=True)
     return core.atomic_write(out, lambda p: p.write_text(text))
 
 
@@ -107,29 +115,72 @@ def substitute_variables(text: str, variables: dict, source: str = "index.qmd") 
     return "".join(lines)
 
 
-def _copy_outputs(source: Path, target: Path, suffixes: tuple) -> Path:
-    "Replace `target` by the files of `source` with these suffixes (a stale file of an earlier run must not survive)."
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+def _stage_outputs(source: Path, staged: Path, suffixes: tuple) -> Path:
+    "Copy the files of `source` with these suffixes into the new folder `staged` (swapped in later by `_swap_in`)."
+    staged.mkdir(parents=True)
     if source.is_dir():
         for f in source.iterdir():
             if f.suffix in suffixes:
-                shutil.copy2(f, target / f.name)
+                shutil.copy2(f, staged / f.name)
+    return staged
+
+
+def _swap_in(staged: Path, target: Path) -> Path:
+    "Replace the folder `target` by `staged` as a whole (a stale file of an earlier run must not survive)."
+    trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, trash)
+    os.replace(staged, target)
+    shutil.rmtree(trash, ignore_errors=True)
     return target
 
 
-def _copy_figures(profile: str, root: Path) -> Path:
+_STAGED = ("figures", "tables")
+
+
+def _update_paper(profile: str, root: Path, variables: dict, check_text: bool) -> None:
+    """Copy the profile's figures and tables into `paper/` and write `_variables.yml`, after checking (`check_text`)
+    that the manuscript's variables, includes and figures resolve: a failed check leaves `paper/` as it was."""
     where = core.paths(profile, root)
-    _copy_outputs(where.tables, where.paper / "tables", (".md", ".csv"))
-    return _copy_outputs(where.figures, where.paper / "figures", (".png", ".svg"))
+    staged = where.paper / f".render-stage-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        _stage_outputs(where.tables, staged / "tables", (".md", ".csv"))
+        _stage_outputs(where.figures, staged / "figures", (".png", ".svg"))
+        if check_text:
+            manuscript_text(where.paper, variables, staged)
+        for name in _STAGED:
+            _swap_in(staged / name, where.paper / name)
+        write_variables(profile, root, variables)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
-def expand_includes(text: str, base: Path, source: str = "index.qmd") -> str:
-    "Quarto's `{{< include path >}}` (alone on its line) for the fallback renderer; a missing file is an error naming the line."
+def check_profile(profile: str, root: str | Path | None = None) -> Path:
+    """Before anything is written: `profile` is known (a `profiles/<name>.yml` or a results folder) and has results;
+    returns `results/<profile>/`."""
+    where = core.paths(profile, root)
+    known = sorted(
+        {p.stem for p in where.profiles.glob("*.yml")}
+        | {p.name for p in where.results.parent.glob("*") if p.is_dir() and any(p.glob("*.json"))}
+    )
+    if profile not in known and not where.results.is_dir():
+        raise RenderError(f"no profile {profile!r} (known: {', '.join(known) or 'none'})")
+    if not any(where.results.glob("*.json")):
+        raise RenderError(
+            f"no results for profile {profile!r} in {where.results}; run the chain first: "
+            f"xai-hsg reproduce --profile {profile}"
+        )
+    return where.results
+
+
+def expand_includes(text: str, base: Path, source: str = "index.qmd", resolve=None) -> str:
+    """Quarto's `{{< include path >}}` (alone on its line) for the fallback renderer; a missing file is an error naming
+    the line. `resolve(relative path) -> Path` overrides `base / path` (to check staged outputs before they move in)."""
     lines = []
     for lineno, line in enumerate(text.splitlines(keepends=True), 1):
         if m := _INCLUDE_RE.match(line.strip()):
-            f = base / m.group(1)
+            f = resolve(m.group(1)) if resolve else base / m.group(1)
             if not f.is_file():
                 raise RenderError(
                     f"{source}:{lineno}: included file {m.group(1)!r} not found in {base} — did the notebook "
@@ -169,17 +220,29 @@ def _project_metadata(paper: Path) -> list[str]:
     return args
 
 
-def render_with_pandoc(paper: Path, variables: dict) -> dict:
-    "The Quarto-free path: pandoc + Lua cross-references → HTML; pandoc → Typst → PDF."
-    import typst
-
+def manuscript_text(paper: Path, variables: dict, staged: Path | None = None) -> str:
+    """`index.qmd` with its includes expanded and its variables substituted, every figure it shows checked to exist;
+    with `staged`, `figures/` and `tables/` are read from there (outputs not yet moved into `paper/`)."""
     qmd = paper / "index.qmd"
-    text = substitute_variables(expand_includes(qmd.read_text(), paper, source=str(qmd)), variables, source=str(qmd))
-    missing = sorted({p for p in _FIGURE_PATH_RE.findall(text) if not (paper / p).exists()})
+
+    def resolve(rel: str) -> Path:
+        return (staged if staged is not None and rel.split("/")[0] in _STAGED else paper) / rel
+
+    text = expand_includes(qmd.read_text(), paper, source=str(qmd), resolve=resolve)
+    text = substitute_variables(text, variables, source=str(qmd))
+    missing = sorted({p for p in _FIGURE_PATH_RE.findall(text) if not resolve(p).exists()})
     if missing:
         raise RenderError(
             f"{qmd}: figures not found: {missing} — did the notebook that makes them run for this profile?"
         )
+    return text
+
+
+def render_with_pandoc(paper: Path, variables: dict) -> dict:
+    "The Quarto-free path: pandoc + Lua cross-references → HTML; pandoc → Typst → PDF."
+    import typst
+
+    text = manuscript_text(paper, variables)
     out = paper / "_output"
     out.mkdir(exist_ok=True)
     source = paper / ".render-index.md"
@@ -241,14 +304,14 @@ def render_paper(profile: str = "smoke", root: str | Path | None = None, engine:
     paper = root / "paper"
     if not (paper / "index.qmd").is_file():
         raise RenderError(f"no manuscript at {paper / 'index.qmd'}")
-    write_variables(profile, root)
-    _copy_figures(profile, root)
-    variables = collect_variables(profile, root)
     if engine not in ("auto", "quarto", "pandoc"):
         raise ValueError(f"engine must be auto, quarto or pandoc, not {engine!r}")
     use_quarto = engine == "quarto" or (engine == "auto" and shutil.which("quarto"))
     if engine == "quarto" and not shutil.which("quarto"):
         raise RenderError("engine='quarto' but quarto is not on PATH")
+    check_profile(profile, root)  # nothing in paper/ changes before the profile, its results and the text check out
+    variables = collect_variables(profile, root)
+    _update_paper(profile, root, variables, check_text=not use_quarto)
     result = render_with_quarto(paper) if use_quarto else render_with_pandoc(paper, variables)
     if console is not None:
         console.print(

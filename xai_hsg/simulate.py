@@ -28,6 +28,8 @@ __all__ = [
     "SECONDS_PER_MINUTE",
     "FRESH_DECAY",
     "CHUNK_TRACES",
+    "SIMULATION_KIND",
+    "SIMULATION_FILES",
     "SimParams",
     "RouseModes",
     "rouse_modes",
@@ -1024,26 +1026,51 @@ def to_arrays(self: SimResult) -> TraceArrays:
 
 
 # %% ../nbs/01_simulation.ipynb #e77059b6
-def _write_tracks_atomic(frame, path: Path) -> Path:
-    "`write_tracks` through `core.atomic_write`: a reader (or a crash) never sees half a tracks file."
+SIMULATION_KIND = "simulation"  # the kind of run `core.atomic_folder` records in a simulation's folder
+SIMULATION_FILES = ("tracks.csv", "tracks.parquet", "truth.json")
 
-    def write(tmp: Path) -> None:
-        # write_tracks picks the format by the suffix, which the temporary name lacks: write beside it, then move
-        os.replace(write_tracks(frame, tmp.with_name(tmp.name + path.suffix)), tmp)
 
-    return core.atomic_write(path, write)
+def _is_simulation_folder(folder: Path) -> bool:
+    "A folder `save_simulation` wrote before folders were marked: a tracks file and a simulation's truth.json, nothing else."
+    names = {p.name for p in folder.iterdir()}
+    if not names <= set(SIMULATION_FILES) or "truth.json" not in names or len(names) < 2:
+        return False
+    try:
+        truth = json.loads((folder / "truth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(truth, dict) and {"params", "seed", "traces"} <= set(truth)
+
+
+def _check_fmt(fmt: str) -> None:
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+
+
+def _simulation_folder(out_dir: str | Path, force: bool):
+    "`core.atomic_folder` for a simulation: a previous simulation is replaced, anything else refused unless `force`."
+    return core.atomic_folder(
+        out_dir, force=force, marker=SIMULATION_KIND, files=SIMULATION_FILES, recognise=_is_simulation_folder
+    )
+
+
+def _write_simulation_files(result: SimResult, folder: Path, fmt: str) -> None:
+    "tracks.<fmt> and truth.json into `folder` (a temporary folder of `_simulation_folder`)."
+    write_tracks(result.to_frame(truth=True), folder / f"tracks.{fmt}")
+    # compact JSON (per-trace event times of thousands of traces), as before: indent=None, keys in insertion order
+    core.write_json_atomic(folder / "truth.json", result.truth_dict(), indent=None, sort_keys=False)
 
 
 # %% ../nbs/01_simulation.ipynb #2f7d9e11
-def save_simulation(result: SimResult, out_dir: str | Path, fmt: str = "csv") -> tuple[Path, Path]:
-    "Write `out_dir/tracks.<fmt>` (csv or parquet) and `out_dir/truth.json`; return both paths."
-    if fmt not in ("csv", "parquet"):
-        raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+def save_simulation(result: SimResult, out_dir: str | Path, fmt: str = "csv", force: bool = False) -> tuple[Path, Path]:
+    """Write `out_dir/tracks.<fmt>` (csv or parquet) and `out_dir/truth.json` as one folder (`core.atomic_folder`):
+    an interrupted write leaves the previous run complete. A folder holding anything but a previous simulation is
+    refused (`core.OutputError`) unless `force`, which replaces it as a whole. Returns both paths."""
+    _check_fmt(fmt)
+    with _simulation_folder(out_dir, force) as tmp:
+        _write_simulation_files(result, tmp, fmt)
     out = Path(out_dir)
-    tracks_path = _write_tracks_atomic(result.to_frame(truth=True), out / f"tracks.{fmt}")
-    # compact JSON (per-trace event times of thousands of traces), as before: indent=None, keys in insertion order
-    truth_path = core.write_json_atomic(out / "truth.json", result.truth_dict(), indent=None, sort_keys=False)
-    return tracks_path, truth_path
+    return out / f"tracks.{fmt}", out / "truth.json"
 
 
 # %% ../nbs/01_simulation.ipynb #2f7d9e02
@@ -1100,6 +1127,12 @@ def write_simulation(
     seed: int = 0,
     device: str = "cpu",
     fmt: str = "csv",
+    force: bool = False,
 ) -> tuple[Path, Path]:
-    "Simulate `n_traces` traces and write `out_dir/tracks.csv` + `out_dir/truth.json`; returns (tracks_path, truth_path)."
-    return save_simulation(simulate(n_traces, params or SimParams(), seed=seed, device=device), out_dir, fmt=fmt)
+    """Simulate `n_traces` traces and write `out_dir/tracks.<fmt>` + `out_dir/truth.json` as `save_simulation` does;
+    the folder is checked before simulating. Returns (tracks_path, truth_path)."""
+    _check_fmt(fmt)
+    with _simulation_folder(out_dir, force) as tmp:
+        _write_simulation_files(simulate(n_traces, params or SimParams(), seed=seed, device=device), tmp, fmt)
+    out = Path(out_dir)
+    return out / f"tracks.{fmt}", out / "truth.json"
