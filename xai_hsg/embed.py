@@ -21,6 +21,7 @@ __all__ = [
     "evaluate_mlm",
     "kmer_frequency_baseline",
     "PretrainResult",
+    "default_threads",
     "pretrain_mlm",
     "pretrained_default",
     "model_fingerprint",
@@ -34,21 +35,31 @@ __all__ = [
 
 # %% ../nbs/05a_embed.ipynb #nb05-024
 import functools
+import hashlib
 import itertools
 import json
+import math
+import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from fastcore.basics import patch
+# OpenMP threads that spin-wait for a core held by another process make torch on a busy CPU up to ~10x slower.
+# libgomp reads OMP_WAIT_POLICY once, when torch loads it: this takes effect only if torch is imported after this
+# line (as in `import xai_hsg.embed` first, or a notebook that imports torch after xai_hsg); a value set by the user
+# is kept. Set it in the environment of the process to be sure.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import core
-from .genome import SequenceSet, validate_sequence
-from .training import History, LoopConfig, lr_factor, train_loop
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from fastcore.basics import patch  # noqa: E402
+
+from . import core  # noqa: E402
+from .genome import SequenceSet, validate_sequence  # noqa: E402
+from .training import History, LoopConfig, lr_factor, train_loop  # noqa: E402
 
 # %% ../nbs/05a_embed.ipynb #nb05-025
 NT_SPECIAL_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
@@ -569,6 +580,18 @@ def _mlm_history(hist: History, loop: LoopConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# %% ../nbs/05a_embed.ipynb #nb05-032f1b
+def default_threads(cap: int | None = 2) -> int:
+    """Torch CPU threads when not told: `cap` (None: all cores; never more than the cores), fewer when other
+    processes keep cores busy (1-minute load average), 1 when the load exceeds cores - 1. With `cap=2` this is
+    `simulate.default_threads` (kept here until the rule moves to `core`)."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores - 1:
+        return 1
+    return max(1, min(cap or cores, cores, cores + 1 - math.ceil(load)))
+
+
 # %% ../nbs/05a_embed.ipynb #nb05-032f2
 def pretrain_mlm(
     train_seqs: Sequence[str] | SequenceSet,
@@ -592,7 +615,8 @@ def pretrain_mlm(
 
     Each step draws `batch_size` random windows of `max_tokens - 1` tokens (+ `<cls>`) from the training
     sequences (weighted by length). Held-out masked-token accuracy/loss on `eval_seqs` is logged every
-    `eval_every` steps (fixed masks, `eval_mode` masking), with a 6-mer frequency baseline in `metrics`."""
+    `eval_every` steps (fixed masks, `eval_mode` masking), with a 6-mer frequency baseline in `metrics`.
+    `num_threads`: torch CPU threads during training (None: `default_threads()`, chosen by load)."""
     import torch
     from transformers import EsmForMaskedLM
 
@@ -607,8 +631,7 @@ def pretrain_mlm(
         )
     dev = core.get_device(device)
     old_threads = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    torch.set_num_threads(int(num_threads or default_threads()))
     try:
         core.seed_everything(seed)  # the model's initial weights
         g = torch.Generator().manual_seed(seed)  # masks
@@ -635,6 +658,7 @@ def pretrain_mlm(
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "n_train_sequences": len(train_seqs),
             "n_eval_sequences": len(eval_seqs or []),
+            "cpu_threads": torch.get_num_threads(),
         }
         if eval_set:
             metrics["heldout"] = evaluate_mlm(model, tokenizer, eval_set)
@@ -682,7 +706,7 @@ def pretrained_default(
 
 
 # %% ../nbs/05a_embed.ipynb #nb05-034
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: sha256 of every shard file in the manifest
 
 
 def model_fingerprint(model) -> str:
@@ -817,17 +841,29 @@ def _token_table(
 # %% ../nbs/05a_embed.ipynb #nb05-034f
 @dataclass
 class HiddenStateStore:
-    "A finished (or partial) hidden-state store on disk; see `extract_hidden_states`."
+    """A finished (or partial) hidden-state store on disk; see `extract_hidden_states`. Every file is checked
+    against the sha256 the manifest recorded for it before it is read."""
 
     path: Path
     manifest: dict
+    _checked: dict = field(default_factory=dict, repr=False, compare=False)  # shard -> (size, mtime) checked
 
     @classmethod
     def open(cls, path: str | Path) -> "HiddenStateStore":
         path = Path(path)
-        if not (path / "manifest.json").exists():
+        f = path / "manifest.json"
+        if not f.exists():
             raise FileNotFoundError(f"no hidden-state store in {path} (manifest.json missing)")
-        return cls(path, json.loads((path / "manifest.json").read_text()))
+        try:
+            manifest = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not valid JSON ({e}); re-run extract_hidden_states with overwrite=True") from None
+        if manifest.get("version") != STORE_VERSION:
+            raise ValueError(
+                f"{f}: store version {manifest.get('version')} (this code reads {STORE_VERSION}); re-run "
+                f"extract_hidden_states with overwrite=True"
+            )
+        return cls(path, manifest)
 
     @property
     def layers(self) -> list[int]:
@@ -837,8 +873,17 @@ class HiddenStateStore:
     def complete(self) -> bool:
         return self.manifest.get("status") == "complete"
 
+    def written(self, i: int) -> bool:
+        "Was shard `i` committed (its checksums recorded)?"
+        return "sha256" in self.manifest["shards"][i]
+
     @property
     def n_tokens(self) -> int:
+        "Tokens stored so far (all of them once `complete`)."
+        return int(sum(s["n_tokens"] for i, s in enumerate(self.manifest["shards"]) if self.written(i)))
+
+    @property
+    def n_tokens_planned(self) -> int:
         return int(sum(s["n_tokens"] for s in self.manifest["shards"]))
 
     @property
@@ -849,25 +894,95 @@ class HiddenStateStore:
         return [self.path / "shards" / s["file"] for s in self.manifest["shards"]]
 
     def tokens(self) -> pd.DataFrame:
-        "The token table (rows in store order: shard, then row)."
+        "The token table (rows in store order: shard, then row), checked against its sha256."
         f = self.path / "tokens.parquet"
-        if not f.exists():
+        if not self.complete or not f.exists():
             raise FileNotFoundError(f"{f} missing: the extraction has not finished (re-run it to resume)")
+        _check_file(f, self.manifest.get("tokens_sha256"), "token table")
         return pd.read_parquet(f)
 
 
 @patch
 def __repr__(self: HiddenStateStore) -> str:
+    written = f"{self.n_tokens:,}" if self.complete else f"{self.n_tokens:,} of {self.n_tokens_planned:,}"
     return (
-        f"HiddenStateStore({self.path}, {self.n_tokens:,} tokens, layers={self.layers}, hidden={self.hidden_size}, "
+        f"HiddenStateStore({self.path}, {written} tokens, layers={self.layers}, hidden={self.hidden_size}, "
         f"shards={len(self.manifest['shards'])}, status={self.manifest.get('status')})"
     )
+
+
+# %% ../nbs/05a_embed.ipynb #nb05-034f1
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_file(path: Path, want: str | None, what: str) -> None:
+    "`FileNotFoundError`/`ValueError` naming `path` unless it exists and has the sha256 `want`."
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} missing; re-run extract_hidden_states to rewrite it")
+    if want is None:
+        raise ValueError(f"{path}: no sha256 recorded for this {what} in manifest.json; re-run extract_hidden_states")
+    got = _sha256(path)
+    if got != want:
+        raise ValueError(
+            f"{path}: corrupted {what}: sha256 {got[:16]}... differs from {want[:16]}... recorded in manifest.json; "
+            f"re-run extract_hidden_states on the same inputs to rewrite it"
+        )
+
+
+@patch
+def check_shard(self: HiddenStateStore, i: int) -> Path:
+    "The safetensors file of shard `i`, checked against its sha256 (once per version of the file)."
+    f = self.shard_files()[i]
+    if not self.written(i):
+        raise FileNotFoundError(
+            f"{f}: shard {i} of {len(self.manifest['shards'])} was not written: the extraction stopped before it "
+            f"(re-run extract_hidden_states to resume)"
+        )
+    st = f.stat() if f.exists() else None
+    stamp = (st.st_size, st.st_mtime_ns) if st else None
+    if stamp is None or self._checked.get(i) != stamp:
+        _check_file(f, self.manifest["shards"][i]["sha256"], "hidden-state shard")
+        self._checked[i] = stamp
+    return f
+
+
+@patch
+def _shard_problems(self: HiddenStateStore, i: int) -> list[str]:
+    "One line per file of shard `i` that is missing or does not match its recorded sha256."
+    s, out = self.manifest["shards"][i], []
+    for name, key, what in [
+        (s["file"], "sha256", "hidden-state shard"),
+        (s["tokens_file"], "tokens_sha256", "token part"),
+    ]:
+        try:
+            _check_file(self.path / "shards" / name, s.get(key), what)
+        except (OSError, ValueError) as e:
+            out.append(str(e))
+    return out
+
+
+@patch
+def verify(self: HiddenStateStore) -> list[str]:
+    "Every problem found (one line each, naming the file); [] when each written file matches its sha256."
+    out = [p for i in range(len(self.manifest["shards"])) if self.written(i) for p in self._shard_problems(i)]
+    if self.complete:
+        try:
+            _check_file(self.path / "tokens.parquet", self.manifest.get("tokens_sha256"), "token table")
+        except (OSError, ValueError) as e:
+            out.append(str(e))
+    return out
 
 
 # %% ../nbs/05a_embed.ipynb #nb05-034g
 @patch
 def load_layer(self: HiddenStateStore, layer: int, shards: Iterable[int] | None = None, dtype=None):
-    "`[tokens, hidden]` torch tensor of one layer (all shards, or the given ones, in store order)."
+    """`[tokens, hidden]` torch tensor of one layer (all shards, or the given ones, in store order). Each shard file
+    is checked against its sha256 first; a missing, unwritten or corrupted shard is an error naming the file."""
     import torch
     from safetensors import safe_open
 
@@ -876,15 +991,19 @@ def load_layer(self: HiddenStateStore, layer: int, shards: Iterable[int] | None 
     idx = range(len(self.manifest["shards"])) if shards is None else shards
     parts = []
     for i in idx:
-        with safe_open(str(self.shard_files()[i]), framework="pt") as fh:
-            parts.append(fh.get_tensor(f"layer_{layer}"))
+        f = self.check_shard(i)
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                parts.append(fh.get_tensor(f"layer_{layer}"))
+        except Exception as e:  # safetensors' own errors name no file
+            raise ValueError(f"{f}: cannot read layer_{layer} ({type(e).__name__}: {e})") from e
     x = torch.cat(parts) if parts else torch.empty(0, self.hidden_size)
     return x.to(dtype) if dtype is not None else x
 
 
 @patch
 def iter_shards(self: HiddenStateStore, layer: int):
-    "Yield (shard index, tensor) one shard at a time (for data that does not fit in memory)."
+    "Yield (shard index, tensor) one shard at a time (for data that does not fit in memory), each checked first."
     for i in range(len(self.manifest["shards"])):
         yield i, self.load_layer(layer, [i])
 
@@ -969,11 +1088,15 @@ def _store_manifest(
 
 
 # %% ../nbs/05a_embed.ipynb #nb05-034m
-def _reuse_store(out_dir: Path, fingerprint: str, overwrite: bool) -> HiddenStateStore | None:
-    "The complete store at `out_dir` if it was made from the same inputs; else None (after clearing a stale one)."
-    if not (out_dir / "manifest.json").exists():
+def _previous_manifest(out_dir: Path, fingerprint: str, overwrite: bool) -> dict | None:
+    "The manifest of an earlier run at `out_dir` from the same inputs; None if there is none (a stale one is cleared)."
+    f = out_dir / "manifest.json"
+    if not f.exists():
         return None
-    old = json.loads((out_dir / "manifest.json").read_text())
+    try:
+        old = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        old = {}
     if old.get("fingerprint") != fingerprint:
         if not overwrite:
             raise ValueError(
@@ -981,24 +1104,24 @@ def _reuse_store(out_dir: Path, fingerprint: str, overwrite: bool) -> HiddenStat
                 f"(fingerprint {old.get('fingerprint')} != {fingerprint}); pass overwrite=True or use another folder"
             )
         shutil.rmtree(out_dir)
-    elif old.get("status") == "complete" and (out_dir / "tokens.parquet").exists():
-        return HiddenStateStore.open(out_dir)
-    return None
+        return None
+    return old
 
 
-def _shard_done(sdir: Path, shard: dict, fingerprint: str) -> bool:
-    "Are shard `shard`'s two files there, the tensors written by this store (fingerprint and index in metadata)?"
-    from safetensors import safe_open
-
-    f = sdir / shard["file"]
-    if not (f.exists() and (sdir / shard["tokens_file"]).exists()):
-        return False
-    try:
-        with safe_open(str(f), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception:
-        return False
-    return meta.get("fingerprint") == fingerprint and meta.get("shard") == str(shard["index"])
+def _kept_shards(out_dir: Path, old: dict | None) -> dict[int, dict]:
+    "`{index: shard entry}` of the shards an earlier run committed whose files still match (warning for the others)."
+    if old is None:
+        return {}
+    prev, kept = HiddenStateStore(out_dir, old), {}
+    for i, s in enumerate(old["shards"]):
+        if not prev.written(i):
+            continue
+        problems = prev._shard_problems(i)
+        for p in problems:
+            warnings.warn(f"{p} (recomputing shard {i})", stacklevel=3)
+        if not problems:
+            kept[i] = s
+    return kept
 
 
 # %% ../nbs/05a_embed.ipynb #nb05-034o
@@ -1022,8 +1145,10 @@ def _shard_hidden_states(model, tokenizer, toks, lengths, seq_rows, layers, max_
     return {f"layer_{l}": torch.cat(bufs[l]).contiguous() for l in layers}
 
 
-def _write_shard(sdir: Path, shard: dict, table: pd.DataFrame, tensors: dict, fingerprint: str, store_dtype: str):
-    "Check and commit one shard: the token table, then the tensors (whose arrival marks the shard done)."
+def _write_shard(
+    sdir: Path, shard: dict, table: pd.DataFrame, tensors: dict, fingerprint: str, store_dtype: str
+) -> dict:
+    "Check and commit one shard: the token table, then the tensors (whose arrival marks the shard done); their sha256."
     import torch
     from safetensors.torch import save_file
 
@@ -1041,6 +1166,7 @@ def _write_shard(sdir: Path, shard: dict, table: pd.DataFrame, tensors: dict, fi
         sdir / shard["file"],
         lambda p: save_file(tensors, str(p), metadata={"fingerprint": fingerprint, "shard": str(k)}),
     )
+    return {"sha256": _sha256(sdir / shard["file"]), "tokens_sha256": _sha256(sdir / shard["tokens_file"])}
 
 
 # %% ../nbs/05a_embed.ipynb #nb05-034q
@@ -1058,10 +1184,12 @@ def extract_hidden_states(
     progress: bool = True,
     overwrite: bool = False,
     on_shard_done: Callable[[int], None] | None = None,
+    num_threads: int | None = None,
 ) -> HiddenStateStore:
     """Stream the residual stream of `layers` (hidden_states indices, default all 0..L) of every sequence of
     `seqset` into a sharded, resumable store at `out_dir` (layout above). Returns the `HiddenStateStore`.
-    `on_shard_done(i)` is called after shard i is committed (used by tests to interrupt a run)."""
+    `on_shard_done(i)` is called after shard i is committed (used by tests to interrupt a run). `num_threads`:
+    torch CPU threads while extracting (None: `default_threads()`, chosen by load)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -1076,30 +1204,45 @@ def extract_hidden_states(
     manifest = _store_manifest(
         model, seqset, layers, lengths, shards, fingerprint, model_name, store_dtype, max_batch_tokens, shard_tokens
     )
-    done = _reuse_store(out_dir, fingerprint, overwrite)
-    if done is not None:
-        return done
+    old = _previous_manifest(out_dir, fingerprint, overwrite)
+    if old is not None and old.get("status") == "complete":
+        done = HiddenStateStore(out_dir, old)
+        if not done.verify():
+            return done  # else: damaged shards are named below and recomputed, tokens.parquet is rebuilt
+    kept = _kept_shards(out_dir, old)
+    for k, s in kept.items():
+        manifest["shards"][k].update(sha256=s["sha256"], tokens_sha256=s["tokens_sha256"])
     sdir = out_dir / "shards"
     sdir.mkdir(parents=True, exist_ok=True)
     for junk in list(sdir.glob(".*.tmp-*")) + list(out_dir.glob(".*.tmp-*")):
         junk.unlink()  # half-written files of a killed run
-    core.write_json_atomic(out_dir / "manifest.json", manifest, indent=1, sort_keys=False, default=str)
-    todo = [k for k in range(len(shards)) if not _shard_done(sdir, manifest["shards"][k], fingerprint)]
+    write_manifest = lambda: core.write_json_atomic(
+        out_dir / "manifest.json", manifest, indent=1, sort_keys=False, default=str
+    )
+    write_manifest()
+    todo = [k for k in range(len(shards)) if k not in kept]
     total = sum(manifest["shards"][k]["n_tokens"] for k in todo)
     bar = tqdm(total=total, unit="tok", desc="hidden states", disable=not progress, mininterval=2)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads or default_threads()))
     try:
         for k in todo:
             tensors = _shard_hidden_states(
                 model, tokenizer, toks, lengths, shards[k], layers, max_batch_tokens, getattr(torch, store_dtype), bar
             )
             table = _token_table(seqset, shards[k], toks, tokenizer, seqset.concepts)
-            _write_shard(sdir, manifest["shards"][k], table, tensors, fingerprint, store_dtype)
+            manifest["shards"][k].update(
+                _write_shard(sdir, manifest["shards"][k], table, tensors, fingerprint, store_dtype)
+            )
+            write_manifest()  # the checksums recorded: shard k is done
             if on_shard_done is not None:
                 on_shard_done(k)
     finally:
         bar.close()
+        torch.set_num_threads(old_threads)
     table = pd.concat([pd.read_parquet(sdir / s["tokens_file"]) for s in manifest["shards"]], ignore_index=True)
     core.atomic_write(out_dir / "tokens.parquet", lambda p: table.to_parquet(p, index=False))
+    manifest["tokens_sha256"] = _sha256(out_dir / "tokens.parquet")
     manifest["status"] = "complete"
     core.write_json_atomic(out_dir / "manifest.json", manifest, indent=1, sort_keys=False, default=str)
     return HiddenStateStore.open(out_dir)

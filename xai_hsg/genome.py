@@ -9,7 +9,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +62,10 @@ _VALID[np.frombuffer((DNA_ALPHABET + DNA_ALPHABET.lower()).encode(), np.uint8)] 
 _COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
 
-def validate_sequence(seq: str, name: str = "sequence") -> str:
-    "Upper-cased `seq`; `ValueError` naming `name`, position and character if it is empty or not A/C/G/T/N."
+def _check_bases(seq: str, name: str) -> None:
+    "`TypeError`/`ValueError` naming `name`, the first bad character and its position unless `seq` is A/C/G/T/N (any case)."
     if not isinstance(seq, str):
         raise TypeError(f"{name}: a sequence must be a str, got {type(seq).__name__}")
-    if len(seq) == 0:
-        raise ValueError(f"{name}: empty sequence")
     codes = np.frombuffer(seq.encode("ascii", errors="replace"), np.uint8)  # one byte per character
     bad = np.flatnonzero(~_VALID[codes])
     if bad.size:
@@ -74,18 +74,30 @@ def validate_sequence(seq: str, name: str = "sequence") -> str:
             f"{name}: invalid character {seq[i]!r} at position {i} ({bad.size} invalid in total); "
             f"only {', '.join(DNA_ALPHABET)} are allowed (IUPAC ambiguity codes must be mapped to N first)"
         )
+
+
+def validate_sequence(seq: str, name: str = "sequence") -> str:
+    "Upper-cased `seq`; `ValueError` naming `name`, position and character if it is empty or not A/C/G/T/N."
+    _check_bases(seq, name)
+    if len(seq) == 0:
+        raise ValueError(f"{name}: empty sequence")
     return seq.upper()
 
 
-def reverse_complement(seq: str) -> str:
-    "Reverse complement of an A/C/G/T/N string."
+def reverse_complement(seq: str, name: str = "sequence") -> str:
+    """Reverse complement of an A/C/G/T/N string; case is kept (soft-masked lower-case bases stay lower-case).
+    Any other character is a `ValueError` naming it and its position."""
+    _check_bases(seq, name)
     return seq.translate(_COMPLEMENT)[::-1]
 
 
-def gc_fraction(seq: str) -> float:
-    "Fraction of G+C among the non-N bases (NaN if none)."
-    n = len(seq) - seq.count("N")
-    return (seq.count("G") + seq.count("C")) / n if n else float("nan")
+def gc_fraction(seq: str, name: str = "sequence") -> float:
+    """Fraction of G+C among the non-N bases, case-insensitive (soft-masked bases count); NaN if there are none.
+    Any character other than A/C/G/T/N is a `ValueError` naming it and its position."""
+    _check_bases(seq, name)
+    s = seq.upper()
+    n = len(s) - s.count("N")
+    return (s.count("G") + s.count("C")) / n if n else float("nan")
 
 
 # %% ../nbs/05_embedding.ipynb #nb05-008
@@ -920,19 +932,29 @@ PYRODIGAL_GENOMES = {
 }
 
 
+def _duplicate_id(path: Path, name: str, first_line: int, line: int) -> ValueError:
+    return ValueError(
+        f"{path}: duplicate FASTA id {name!r} at lines {first_line} and {line}; record ids (the first word of "
+        f"each '>' line) must be unique"
+    )
+
+
 def read_fasta(path: str | Path) -> dict[str, str]:
-    "`{record id: sequence}` of a (gzipped) FASTA file, upper-cased and validated."
+    "`{record id: sequence}` of a (gzipped) FASTA file, upper-cased and validated; a duplicated id is an error."
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"FASTA file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
-    seqs, name, chunks = {}, None, []
+    seqs, header_line, name, chunks = {}, {}, None, []
     with opener(path, "rt") as fh:
-        for line in fh:
+        for ln, line in enumerate(fh, 1):
             if line.startswith(">"):
                 if name is not None:
                     seqs[name] = "".join(chunks)
                 name, chunks = line[1:].split()[0] if line[1:].strip() else f"record{len(seqs)}", []
+                if name in header_line:
+                    raise _duplicate_id(path, name, header_line[name], ln)
+                header_line[name] = ln
             elif line.strip():
                 if name is None:
                     raise ValueError(f"{path}: sequence data before the first '>' header")
@@ -1153,6 +1175,77 @@ def read_gtf_features(gtf: str | Path) -> pd.DataFrame:
     return out.drop_duplicates(["Chromosome", "Start", "End", "Strand", "concept"]).reset_index(drop=True)
 
 
+# %% ../nbs/05_embedding.ipynb #nb05-020b1
+def _fasta_ids(path: Path) -> dict[str, int]:
+    "`{record id: header line}` of a (gzipped) FASTA, read line by line; a duplicated id is a `ValueError`."
+    ids = {}
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+        for ln, line in enumerate(fh, 1):
+            if line.startswith(b">"):
+                words = line[1:].split()
+                name = words[0].decode(errors="replace") if words else ""
+                if name in ids:
+                    raise _duplicate_id(path, name, ids[name], ln)
+                ids[name] = ln
+    return ids
+
+
+def _index_folder() -> Path:
+    "Where FASTA indexes go: the project's cache, or a temporary folder when not inside a checkout."
+    try:
+        return core.paths().cache / "fasta_index"
+    except FileNotFoundError:
+        return Path(tempfile.gettempdir()) / "xai_hsg-fasta_index"
+
+
+def _open_fasta(fasta: Path):
+    """`pyfaidx.Fasta` of `fasta` reading an index kept in `_index_folder()` (built there, atomically, if missing):
+    nothing is written beside the FASTA. Key: resolved path, size and mtime of the FASTA."""
+    import pyfaidx
+
+    st = fasta.stat()
+    key = hashlib.sha256(f"{fasta.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = _index_folder()
+    fai, gzi = folder / f"{fasta.name}.{key}.fai", folder / f"{fasta.name}.{key}.gzi"
+    if not fai.exists():
+        _fasta_ids(fasta)  # duplicated ids: one clear error, before pyfaidx
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+            t_fai, t_gzi = Path(tmp) / "index.fai", Path(tmp) / "index.gzi"
+            try:
+                pyfaidx.Faidx(str(fasta), indexname=str(t_fai), gzi_indexname=str(t_gzi)).close()
+            except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat) as e:
+                raise ValueError(f"{fasta}: cannot be indexed by pyfaidx: {e}") from None
+            if t_gzi.exists():
+                os.replace(t_gzi, gzi)
+            os.replace(t_fai, fai)  # the .fai arriving marks the index complete
+    return pyfaidx.Fasta(
+        str(fasta),
+        indexname=str(fai),
+        gzi_indexname=str(gzi),
+        sequence_always_upper=True,
+        as_raw=True,
+        build_index=False,
+        rebuild=False,
+    )
+
+
+def _unique_window_ids(seqs: pd.DataFrame) -> pd.Series:
+    "Window ids: a name given to several windows gets `#0`, `#1`, … (file order); unique names are kept."
+    sid = seqs["seq_id"].copy()
+    dup = sid.duplicated(keep=False)
+    if dup.any():
+        sid[dup] = sid[dup] + "#" + sid[dup].groupby(sid[dup]).cumcount().astype(str)
+        clash = sid.duplicated(keep=False)
+        if clash.any():
+            where = seqs.loc[clash, "bed_line"].tolist()[:4]
+            raise ValueError(
+                f"window ids {sorted(set(sid[clash]))[:4]} clash with the '#k' suffixes given to repeated BED "
+                f"names (at {where}); rename them"
+            )
+    return sid
+
+
 # %% ../nbs/05_embedding.ipynb #nb05-020c
 def bed_fasta(
     bed: str | Path | Mapping[str, str | Path],
@@ -1161,14 +1254,12 @@ def bed_fasta(
     *,
     strand_aware: bool = True,
 ) -> SequenceSet:
-    "Windows of a BED file (or `{set label: BED}`) from an indexed FASTA, annotated with a GTF (see above)."
-    import pyfaidx
-
+    "Windows of a BED file (or `{set label: BED}`) from a FASTA (indexed in the cache), annotated with a GTF (see above)."
     fasta = Path(fasta)
     if not fasta.exists():
         raise FileNotFoundError(f"FASTA file not found: {fasta}")
     beds = dict(bed) if isinstance(bed, Mapping) else {None: bed}
-    fa = pyfaidx.Fasta(str(fasta), sequence_always_upper=True, as_raw=True, rebuild=True)
+    fa = _open_fasta(fasta)
     chrom_len = {k: len(fa[k]) for k in fa.keys()}
     rows = []
     for label, path in beds.items():
@@ -1203,9 +1294,9 @@ def bed_fasta(
                     "bed_line": where,
                 }
             )
+    fa.close()
     seqs = pd.DataFrame(rows)
-    if seqs["seq_id"].duplicated().any():
-        seqs["seq_id"] = seqs["seq_id"] + "#" + seqs.groupby("seq_id").cumcount().astype(str)
+    seqs["seq_id"] = _unique_window_ids(seqs)
     feats = None
     if gtf is not None:
         feats = _annotate_windows(seqs, read_gtf_features(gtf), strand_aware)
