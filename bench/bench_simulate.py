@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from xai_hsg import core
-from xai_hsg.simulate import FRESH_DECAY, SimParams, default_threads, rouse_modes, simulate, simulate_reference
+from xai_hsg.core import default_threads
+from xai_hsg.simulate import FRESH_DECAY, SimParams, rouse_modes, simulate, simulate_reference
 
 # the fields of the report `main` returns (and writes with --json); "gpu" is added on CUDA
 FIELDS = (

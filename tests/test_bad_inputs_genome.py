@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from xai_hsg import embed, genome, simulate
+from xai_hsg import core, embed, genome
 from xai_hsg.genome import SequenceSet, bed_fasta, gc_fraction, read_fasta, reverse_complement
 
 
@@ -242,13 +242,11 @@ def test_damaged_manifest_is_one_line(tmp_path):
 def test_default_threads_follow_the_load(monkeypatch, cores, load, cap, want):
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    assert embed.default_threads(cap) == want
-    if cap == 2:  # with cap 2 it is simulate's rule
-        assert simulate.default_threads() == want
+    assert core.default_threads(cap) == want
 
 
 def test_pretraining_uses_threads_chosen_by_load(monkeypatch):
-    monkeypatch.setattr(embed, "default_threads", lambda cap=2: 1)
+    monkeypatch.setattr(core, "default_threads", lambda cap=2: 1)
     before = torch.get_num_threads()
     seqs = ["".join(np.random.default_rng(i).choice(list("ACGT"), 200)) for i in range(3)]
     res = embed.pretrain_mlm(seqs, config="tiny", steps=2, batch_size=2, max_tokens=21, progress=False, device="cpu")

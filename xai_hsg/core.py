@@ -49,6 +49,7 @@ __all__ = [
     "load_profile",
     "seed_everything",
     "get_device",
+    "default_threads",
     "OutputError",
     "remove_stale_temporaries",
     "atomic_write",
@@ -286,6 +287,17 @@ def get_device(preference: str | None = "auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={preference!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return device
+
+
+# %% ../nbs/00_core.ipynb #255abdf0
+def default_threads(cap: int | None = 2) -> int:
+    """CPU threads when not told: `cap` (None: all cores; never more than the cores), fewer when other processes keep
+    cores busy (1-minute load average), 1 when the load exceeds cores - 1."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores - 1:
+        return 1
+    return max(1, min(cap or cores, cores, cores + 1 - math.ceil(load)))
 
 
 # %% ../nbs/00_core.ipynb #0d1bb772

@@ -21,7 +21,6 @@ __all__ = [
     "evaluate_mlm",
     "kmer_frequency_baseline",
     "PretrainResult",
-    "default_threads",
     "pretrain_mlm",
     "pretrained_default",
     "model_fingerprint",
@@ -38,7 +37,6 @@ import functools
 import hashlib
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -580,18 +578,6 @@ def _mlm_history(hist: History, loop: LoopConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# %% ../nbs/05a_embed.ipynb #nb05-032f1b
-def default_threads(cap: int | None = 2) -> int:
-    """Torch CPU threads when not told: `cap` (None: all cores; never more than the cores), fewer when other
-    processes keep cores busy (1-minute load average), 1 when the load exceeds cores - 1. With `cap=2` this is
-    `simulate.default_threads` (kept here until the rule moves to `core`)."""
-    cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cores - 1:
-        return 1
-    return max(1, min(cap or cores, cores, cores + 1 - math.ceil(load)))
-
-
 # %% ../nbs/05a_embed.ipynb #nb05-032f2
 def pretrain_mlm(
     train_seqs: Sequence[str] | SequenceSet,
@@ -616,7 +602,7 @@ def pretrain_mlm(
     Each step draws `batch_size` random windows of `max_tokens - 1` tokens (+ `<cls>`) from the training
     sequences (weighted by length). Held-out masked-token accuracy/loss on `eval_seqs` is logged every
     `eval_every` steps (fixed masks, `eval_mode` masking), with a 6-mer frequency baseline in `metrics`.
-    `num_threads`: torch CPU threads during training (None: `default_threads()`, chosen by load)."""
+    `num_threads`: torch CPU threads during training (None: `core.default_threads()`, chosen by load)."""
     import torch
     from transformers import EsmForMaskedLM
 
@@ -631,7 +617,7 @@ def pretrain_mlm(
         )
     dev = core.get_device(device)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads or default_threads()))
+    torch.set_num_threads(int(num_threads or core.default_threads()))
     try:
         core.seed_everything(seed)  # the model's initial weights
         g = torch.Generator().manual_seed(seed)  # masks
@@ -1189,7 +1175,7 @@ def extract_hidden_states(
     """Stream the residual stream of `layers` (hidden_states indices, default all 0..L) of every sequence of
     `seqset` into a sharded, resumable store at `out_dir` (layout above). Returns the `HiddenStateStore`.
     `on_shard_done(i)` is called after shard i is committed (used by tests to interrupt a run). `num_threads`:
-    torch CPU threads while extracting (None: `default_threads()`, chosen by load)."""
+    torch CPU threads while extracting (None: `core.default_threads()`, chosen by load)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -1224,7 +1210,7 @@ def extract_hidden_states(
     total = sum(manifest["shards"][k]["n_tokens"] for k in todo)
     bar = tqdm(total=total, unit="tok", desc="hidden states", disable=not progress, mininterval=2)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads or default_threads()))
+    torch.set_num_threads(int(num_threads or core.default_threads()))
     try:
         for k in todo:
             tensors = _shard_hidden_states(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +37,6 @@ __all__ = [
     "on_fraction_theory",
     "mean_ms2_theory",
     "SimResult",
-    "default_threads",
     "simulate",
     "simulate_reference",
     "save_simulation",
@@ -739,14 +737,6 @@ def _concat_results(parts: list, seed: int) -> SimResult:
     return dataclasses.replace(parts[0], seed=int(seed), **arrays, **ragged)
 
 
-# %% ../nbs/01_simulation.ipynb #71c2d034
-def default_threads() -> int:
-    "Threads `simulate` uses when not told: 2 (or the cores, if fewer), or 1 if the machine is busy (1-min load > cores - 1)."
-    cores = os.cpu_count() or 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > cores - 1
-    return 1 if busy else min(2, cores)
-
-
 # %% ../nbs/01_simulation.ipynb #71c2d036
 CHUNK_TRACES = 512  # CPU: traces per chunk; each chunk has its own random stream, and chunks run on parallel threads
 
@@ -762,7 +752,7 @@ def simulate(
     """Simulate `n_traces` EP-distance + MS2 traces (vectorised over traces and modes; exact OU updates). See `SimResult`.
     On CPU the traces are simulated in chunks of `CHUNK_TRACES`, chunk k with its own random stream spawned from `seed`
     (numpy SeedSequence), `threads` chunks at a time (torch releases the GIL): the result depends on `seed` and
-    `n_traces`, not on `threads`. None: `default_threads()`. torch's own (OpenMP) threads are held at 1: the steps are
+    `n_traces`, not on `threads`. None: `core.default_threads()`. torch's own (OpenMP) threads are held at 1: the steps are
     small, and OpenMP threads spin-waiting for a core held by another process make them up to 30x slower."""
     params = params or SimParams()
     _check_run_args(n_traces, seed)
@@ -770,7 +760,7 @@ def simulate(
         return _simulate(n_traces, params, seed, device, dtype)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    n = int(threads or default_threads())
+    n = int(threads or core.default_threads())
     sizes = [min(CHUNK_TRACES, n_traces - i) for i in range(0, n_traces, CHUNK_TRACES)]
     seeds = [int(s.generate_state(1, np.uint64)[0] >> 1) for s in np.random.SeedSequence(int(seed)).spawn(len(sizes))]
     run = lambda k: _simulate(sizes[k], params, seeds[k], device, dtype)
