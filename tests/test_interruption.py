@@ -160,5 +160,110 @@ def test_interrupted_simulate_and_fit_radius_leave_old_or_new_outputs(tmp_path):
     print(f"{outcomes}, simulate {log['sim_s']:.1f} s, fit {log['fit_s']:.1f} s, {time.perf_counter() - started:.0f} s")
 
 
-if __name__ == "__main__":  # the driver: python tests/test_interruption.py WORK SEED
-    print(json.dumps(_drive(Path(sys.argv[1]), int(sys.argv[2]))))
+N_STORE = 10  # store trials, half SIGINT and half SIGKILL
+
+
+def _store_job(model_dir: Path, out: Path) -> int:
+    "Child: extract the hidden states of a small fixed corpus into `out` (resuming whatever is there)."
+    import numpy as np
+    import torch
+
+    from xai_hsg import embed
+    from xai_hsg.genome import SequenceSet
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    seqs = {f"s{i:02d}": "".join(rng.choice(list("ACGT"), size=int(rng.integers(30, 240)))) for i in range(24)}
+    model, tok = embed.load_genomic_lm(model_dir, device="cpu")
+    embed.extract_hidden_states(
+        model, tok, SequenceSet.from_sequences(seqs), out, layers=[1, 2], shard_tokens=150, progress=False
+    )
+    return 0
+
+
+def _run_store_child(model_dir: Path, out: Path, delay_s: float | None, sig: int) -> tuple[int, float]:
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _store_job(model_dir, out)
+        except BaseException:
+            code = 99
+        finally:
+            os._exit(code)
+    if delay_s is not None:
+        while time.perf_counter() < start + delay_s:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status, time.perf_counter() - start
+            time.sleep(0.005)
+        os.kill(pid, sig)
+    _, status = os.waitpid(pid, 0)
+    return status, time.perf_counter() - start
+
+
+def _drive_store(work: Path, seed: int) -> dict:
+    "Store trials: a random-weight tiny model (plumbing only), a reference store, then interrupted extractions."
+    import random
+
+    import torch
+    from transformers import EsmForMaskedLM
+
+    from xai_hsg import embed
+
+    torch.manual_seed(0)
+    model_dir = work / "model"
+    embed.save_genomic_lm(EsmForMaskedLM(embed.nt_config("tiny", max_tokens=256)), embed.NTTokenizer(), model_dir)
+    status, run_s = _run_store_child(model_dir, work / "ref", None, 0)
+    assert status == 0
+    rng = random.Random(seed)
+    trials = []
+    for i, delay in enumerate(_delays(rng, N_STORE, run_s)):
+        sig = (signal.SIGINT, signal.SIGKILL)[i % 2]
+        status, _ = _run_store_child(model_dir, work / f"store{i:02d}", delay, sig)
+        trials.append({"folder": f"store{i:02d}", "signal": int(sig), "delay_s": delay, "status": status})
+    return {"trials": trials, "run_s": run_s, "model_dir": str(model_dir)}
+
+
+@pytest.mark.slow
+def test_interrupted_store_is_complete_or_resumes_to_the_same_store(tmp_path):
+    "Interrupted at random points, a store is either complete and verified, or resumes to the uninterrupted store."
+    import torch
+
+    from xai_hsg import embed
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), "3", "store"], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = json.loads(proc.stdout.splitlines()[-1])
+    ref = embed.HiddenStateStore.open(tmp_path / "ref")
+    assert ref.complete and not ref.verify()
+    outcomes = {"complete": 0, "resumed": 0, "not started": 0}
+    for trial in log["trials"]:
+        folder = tmp_path / trial["folder"]
+        manifest = folder / "manifest.json"
+        if manifest.exists() and embed.HiddenStateStore.open(folder).complete:
+            outcomes["complete"] += 1
+        else:
+            outcomes["resumed" if manifest.exists() else "not started"] += 1
+            assert _store_child_resume(Path(log["model_dir"]), folder) == 0, trial
+        store = embed.HiddenStateStore.open(folder)
+        assert store.complete and not store.verify(), trial  # every shard present and matching its checksum
+        assert store.n_tokens == ref.n_tokens and store.tokens().equals(ref.tokens()), trial
+        for layer in ref.layers:
+            assert torch.equal(store.load_layer(layer), ref.load_layer(layer)), trial
+    assert len(log["trials"]) >= N_STORE and outcomes["resumed"] > 0, outcomes
+
+
+def _store_child_resume(model_dir: Path, out: Path) -> int:
+    return _run_store_child(model_dir, out, None, 0)[0]
+
+
+if __name__ == "__main__":  # the driver: python tests/test_interruption.py WORK SEED [store]
+    if sys.argv[3:] == ["store"]:
+        print(json.dumps(_drive_store(Path(sys.argv[1]), int(sys.argv[2]))))
+    else:
+        print(json.dumps(_drive(Path(sys.argv[1]), int(sys.argv[2]))))
