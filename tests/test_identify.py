@@ -176,17 +176,6 @@ def test_profile_on_grid():
         profile_on_grid(lambda r: 0.0, 10.0, 5.0)
 
 
-def _mle_profile(model, arrays):
-    "RadiusMLE's profile log-likelihood (k_on profiled) on its own grid, read from `_ProfileLik`."
-    from xai_hsg.radius import _ProfileLik, transition_data
-
-    data = transition_data(arrays)
-    r = np.geomspace(*model.r_range_nm, model.n_grid)
-    lik = _ProfileLik(model._terms(data), data, r, model.dt_s_)
-    ll, _ = lik._k_profile(lik.E, lik.A.sum(0), np.ones(len(lik.ev_trace)))
-    return r, ll
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "n, kw, identifiable",
@@ -196,14 +185,25 @@ def _mle_profile(model, arrays):
         (300, dict(r_c_nm=150.0), True),
     ],
 )
-def test_guard_on_radius_mle(n, kw, identifiable):
-    from xai_hsg.radius import RadiusMLE
+def test_guard_on_radius_mle(n, kw, identifiable, tmp_path):
+    from xai_hsg.cli import main
+    from xai_hsg.radius import DegenerateFitError, RadiusMLE, identifiable_radius
+    from xai_hsg.simulate import save_simulation
 
-    a = simulate(n, SimParams(n_frames=241, k_off_per_s=1 / 300, sigma_loc_nm=20.0, **kw), seed=2).to_arrays()
+    res = simulate(n, SimParams(n_frames=241, k_off_per_s=1 / 300, sigma_loc_nm=20.0, **kw), seed=2)
+    a = res.to_arrays()
     m = RadiusMLE(sigma_loc_nm=20.0, n_boot=0).fit(a)
-    g = identifiability(*_mle_profile(m, a), m.r_c_nm_, bounds_nm=m.r_range_nm, signal=m.n_events_ > 0)
+    g = identifiability(m.profile_r_nm_, m.profile_loglik_, m.r_c_nm_, bounds_nm=m.r_range_nm, signal=m.n_events_ > 0)
     assert g.identifiable is identifiable, g
     if identifiable:
-        assert g.lo_nm < m.r_c_nm_ < g.hi_nm
-    else:
-        assert g.reasons
+        assert g.lo_nm < m.r_c_nm_ < g.hi_nm and identifiable_radius(m).identifiable
+        return
+    assert g.reasons
+    with pytest.raises(DegenerateFitError, match="not identifiable"):
+        identifiable_radius(m)
+    tracks, _ = save_simulation(res, tmp_path / "sim")  # fit-radius says so too: exit 1, no fit.json
+    assert (
+        main(["fit-radius", str(tracks), "--out", str(tmp_path / "fit.json"), "--sigma-loc", "20", "--n-boot", "0"])
+        == 1
+    )
+    assert not (tmp_path / "fit.json").exists()

@@ -16,6 +16,7 @@ from scipy.interpolate import CubicSpline
 from scipy.optimize import minimize_scalar
 
 from . import contact, core
+from .identify import Identifiability, identifiability
 from .tracks import TraceArrays, check_plausible, read_tracks
 
 MIN_TRACES = 5  # traces with frames at risk of activation: fewer give no estimate (nor an interval over traces)
@@ -43,6 +44,7 @@ __all__ = [
     "state_from_ms2_hmm",
     "HeldOutScore",
     "heldout_score",
+    "identifiable_radius",
     "fit_radius",
 ]
 
@@ -295,8 +297,10 @@ def fit(self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None) -
     self.cov_ = contact.motion_covariance(arrays, self.sigma_loc_nm, self.use_vectors)
     self.frame_var_nm2_ = frame_motion_var(arrays, self.sigma_loc_nm)
     self.motion_nm_ = math.sqrt(2 * (self.cov_.S_nm2 - self.cov_.c1_nm2))
-    lik = _ProfileLik(self._terms(data), data, np.geomspace(*self.r_range_nm, self.n_grid), self.dt_s_)
+    self.profile_r_nm_ = np.geomspace(*self.r_range_nm, self.n_grid)
+    lik = _ProfileLik(self._terms(data), data, self.profile_r_nm_, self.dt_s_)
     self.r_c_nm_, self.k_on_per_s_, ll = lik.fit()
+    self.profile_loglik_ = lik._k_profile(lik.E, lik.A.sum(0), np.ones(len(lik.ev_trace)))[0]  # k_on maximised
     self.nll_ = -ll / self.n_at_risk_
     on, off = data.on_frames.sum(), data.on_to_off.sum()
     self.k_off_per_s_ = float(-math.log1p(-off / on) / self.dt_s_) if on > 0 and off < on else float("nan")
@@ -558,6 +562,21 @@ def heldout_score(arrays: TraceArrays, test_fraction: float = 0.2, seed: int = 0
     )
 
 
+# %% ../nbs/03_radius.ipynb #4204a29b
+def identifiable_radius(model: RadiusMLE, source: str | Path = "<arrays>") -> Identifiability:
+    """The identifiability verdict of a fitted `RadiusMLE` (its own degeneracy reasons plus the profile-likelihood
+    guard); raises `DegenerateFitError` naming `source` and every reason when the radius is not identifiable."""
+    guard = identifiability(
+        model.profile_r_nm_, model.profile_loglik_, model.r_c_nm_, ci=model.ci, bounds_nm=model.r_range_nm
+    )
+    reasons = list(dict.fromkeys([*model.degenerate_, *guard.reasons]))
+    if reasons:
+        raise DegenerateFitError(
+            f"{source}: the contact radius is not identifiable from these data: " + "; ".join(reasons)
+        )
+    return guard
+
+
 # %% ../nbs/03_radius.ipynb #4ef5c8c7
 def _arrays_for_fit(tracks_path, dt_s: float | None, state_from: str, sanity: bool) -> tuple[TraceArrays, list[str]]:
     "The traces of a tracks file with their promoter state, checked for plausibility; messages name the file."
@@ -596,7 +615,7 @@ def fit_radius(
     Brückner layout `time_point` × `dt_s`, default 28 s). `n_boot`: 0 (no interval) or >= `MIN_BOOT`.
     `sanity` (default True): implausible units or an all-zero MS2 are errors (`check_plausible`); False accepts the
     file and lists the problems under 'warnings'. A radius the data do not determine raises `DegenerateFitError`
-    (every reason named; with or without `sanity`). Returns the JSON written to `out` (strict: null, not NaN): the
+    (every reason named; with or without `sanity`; see `identifiable_radius`). Returns the JSON written to `out` (strict: null, not NaN): the
     file, `state_from`, `n_traces`, the `RadiusFit` fields, 'warnings' and 'heldout' (the `HeldOutScore` fields, {}
     without a split)."""
     if state_from not in ("truth", "ms2"):
@@ -612,10 +631,7 @@ def fit_radius(
         model = RadiusMLE(sigma_loc_nm=sigma_loc_nm, n_boot=n_boot, ci=ci, seed=seed).fit(arrays)
     except ValueError as e:
         raise DegenerateFitError(f"{tracks_path}: {e}") from None
-    if not model.identifiable_:
-        raise DegenerateFitError(
-            f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(model.degenerate_)
-        )
+    guard = identifiable_radius(model, tracks_path)
     try:
         heldout = heldout_score(arrays, test_fraction, seed, sigma_loc_nm=sigma_loc_nm, ci=ci)
     except ValueError as e:
@@ -626,6 +642,7 @@ def fit_radius(
         "n_traces": arrays.n_traces,
         **model.summary().to_dict(),
         "warnings": warnings,
+        "identifiability": guard.to_dict(),
         "heldout": heldout.to_dict() if heldout else {},
     }
     if out is not None:
