@@ -22,6 +22,7 @@ import pytest
 
 SIM_OLD = ["--n", "150", "--frames", "61", "--seed", "1"]
 SIM_NEW = ["--n", "300", "--frames", "61", "--seed", "2", "--force"]
+FIT_DATA = ["--n", "200", "--frames", "241", "--seed", "3"]
 FIT_ARGS = ["--n-boot", "20", "--sigma-loc", "40"]  # the CLI takes 0 or >= 20
 N_SIM, N_FIT = 12, 10  # trials per command, half SIGINT and half SIGKILL: 22 in all
 
@@ -90,7 +91,9 @@ def _drive(work: Path, seed: int) -> dict:
         shutil.copytree(old, target)
         status, _ = _run_child(["simulate", *SIM_NEW, "--out", str(target)], delay, sig)
         log["simulate"].append({"folder": target.name, "signal": int(sig), "delay_s": delay, "status": status})
-    tracks = old / "tracks.csv"
+    # fit-radius needs data that determine the radius (a weaker file is refused as not identifiable)
+    assert _run_child(["simulate", *FIT_DATA, "--out", str(work / "radius_data")], None, 0)[0] == 0
+    tracks = work / "radius_data" / "tracks.csv"
     fit_old, fit_ref = work / "fit_old.json", work / "fit_ref.json"
     assert _run_child(["fit-radius", str(tracks), "--out", str(fit_old), *FIT_ARGS, "--seed", "0"], None, 0)[0] == 0
     status, fit_s = _run_child(["fit-radius", str(tracks), "--out", str(fit_ref), *FIT_ARGS, "--seed", "1"], None, 0)
