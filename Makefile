@@ -31,13 +31,12 @@ test-fast: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -m "not slow" tests
 
 lint: install
-	$(BIN)/ruff format --check xai_hsg tests bench
+	$(BIN)/ruff format --check nbs xai_hsg tests bench
 	$(BIN)/ruff check xai_hsg tests bench
 
-# notebooks -> library; nbdev writes its own layout, ruff then formats it (the sync test does the same)
+# notebooks -> library (format the notebooks with `ruff format nbs` first: they are the source)
 export: install
 	$(BIN)/nbdev-export
-	$(BIN)/ruff format --quiet xai_hsg
 
 clean-nbs: install
 	$(BIN)/nbdev-clean

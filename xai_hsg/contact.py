@@ -17,24 +17,9 @@ import torch
 from .tracks import TraceArrays
 
 # %% auto #0
-__all__ = [
-    "maxwell_cdf",
-    "rice3_cdf",
-    "estimate_sigma_r",
-    "GatePosterior",
-    "gate_posterior",
-    "MotionCovariance",
-    "motion_covariance",
-    "BridgeCoefficients",
-    "bridge_coefficients",
-    "PairEnds",
-    "BridgeTerms",
-    "bridge_terms",
-    "endpoint_terms",
-    "pair_gates",
-    "summed_gates",
-]
-
+__all__ = ['maxwell_cdf', 'rice3_cdf', 'estimate_sigma_r', 'GatePosterior', 'gate_posterior', 'MotionCovariance',
+           'motion_covariance', 'BridgeCoefficients', 'bridge_coefficients', 'PairEnds', 'BridgeTerms', 'bridge_terms',
+           'endpoint_terms', 'pair_gates', 'summed_gates']
 
 # %% ../nbs/00a_contact.ipynb #9b5e2905
 def maxwell_cdf(r_nm, sigma_nm):
@@ -43,7 +28,6 @@ def maxwell_cdf(r_nm, sigma_nm):
 
     x = np.asarray(r_nm, dtype=float) / sigma_nm
     return erf(x / np.sqrt(2)) - np.sqrt(2 / np.pi) * x * np.exp(-(x**2) / 2)
-
 
 # %% ../nbs/00a_contact.ipynb #276d8811
 _SQRT2 = math.sqrt(2.0)
@@ -70,14 +54,12 @@ def rice3_cdf(R: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.T
     )
     return out.clamp(0.0, 1.0)
 
-
 # %% ../nbs/00a_contact.ipynb #12997787
 def estimate_sigma_r(distance_nm, sigma_loc_nm: float, floor_nm: float = 1.0) -> float:
     "Per-axis std of the true E–P vector from observed distances: σ_r² = E[d²]/3 − 2σ_loc² (NaNs ignored)."
     d = np.asarray(distance_nm, dtype=float)
     var = np.nanmean(d**2) / 3 - 2 * sigma_loc_nm**2
     return float(math.sqrt(max(var, floor_nm**2)))
-
 
 # %% ../nbs/00a_contact.ipynb #0a2b581c
 class GatePosterior(NamedTuple):
@@ -94,7 +76,6 @@ def gate_posterior(sigma_r_nm, sigma_loc_nm, blur_nm) -> GatePosterior:
     vr = sigma_r_nm**2
     sqrt = torch.sqrt if isinstance(vr, torch.Tensor) else np.sqrt
     return GatePosterior(vr / (vr + s2), sqrt(vr * s2 / (vr + s2)))
-
 
 # %% ../nbs/00a_contact.ipynb #c35d321a
 @dataclass(frozen=True)
@@ -123,7 +104,6 @@ def motion_covariance(arrays: TraceArrays, sigma_loc_nm: float, use_vectors: boo
     S = max(float(Sy) - e, 1.0)
     c1 = float(np.clip(c1, 0.0, S)) if np.isfinite(c1) else 0.0  # no consecutive pair: frames independent
     return MotionCovariance(S_nm2=S, c1_nm2=c1, noise_nm2=e)
-
 
 # %% ../nbs/00a_contact.ipynb #f6726961
 @dataclass(frozen=True)
@@ -173,7 +153,6 @@ def bridge_coefficients(cov: MotionCovariance, n_nodes: int = 6, msd_exponent: f
         kappa_per_nm2=c1 / ((S + e) ** 2 - c1**2) if (S + e) > c1 else 0.0,
     )
 
-
 # %% ../nbs/00a_contact.ipynb #6cea171c
 def _angle_nodes(kappa: np.ndarray, n: int):
     "cos θ of the two observed vectors given their norms (density ∝ e^{κ·cos θ} on [−1, 1]) at inverse-CDF Gauss–Legendre nodes."
@@ -181,7 +160,6 @@ def _angle_nodes(kappa: np.ndarray, n: int):
     q = (x + 1) / 2
     k = np.maximum(kappa, 1e-9)[:, None]
     return np.clip(1 + np.log1p(-(1 - q[None]) * -np.expm1(-2 * k)) / k, -1, 1), w / 2
-
 
 # %% ../nbs/00a_contact.ipynb #cb142fba
 @dataclass(frozen=True)
@@ -215,7 +193,6 @@ class PairEnds:
         pick = lambda x: None if x is None else x[idx]
         return PairEnds(self.d0_nm[idx], self.d1_nm[idx], pick(self.v0_nm), pick(self.v1_nm))
 
-
 # %% ../nbs/00a_contact.ipynb #6d5cd94a
 class BridgeTerms(NamedTuple):
     "ḡ of pair p = Σ_q weight[p, q]·F₃(r_c; mu_nm[p, q], sigma_nm[sigma_index[p, q]]) (F₃: `rice3_cdf`)."
@@ -228,7 +205,6 @@ class BridgeTerms(NamedTuple):
     def subset(self, idx) -> BridgeTerms:
         "The pairs `idx` (σ shared)."
         return BridgeTerms(self.mu_nm[idx], self.sigma_index[idx], self.weight[idx], self.sigma_nm)
-
 
 # %% ../nbs/00a_contact.ipynb #52f24bf5
 def bridge_terms(
@@ -266,7 +242,6 @@ def bridge_terms(
         sig,
     )
 
-
 # %% ../nbs/00a_contact.ipynb #4921fb2d
 def endpoint_terms(ends: PairEnds, sigma_loc_nm: float, sigma_r_nm: float, blur_nm: float) -> BridgeTerms:
     """The earlier approximation, kept for comparison: the gate of notebook 02 (`gate_posterior` under the prior
@@ -281,7 +256,6 @@ def endpoint_terms(ends: PairEnds, sigma_loc_nm: float, sigma_r_nm: float, blur_
         np.array([post.sd_nm]),
     )
 
-
 # %% ../nbs/00a_contact.ipynb #9cee0d9d
 def pair_gates(terms: BridgeTerms, r_nm) -> np.ndarray:
     "ḡ of each pair at each radius in `r_nm`: [P, R]."
@@ -292,7 +266,6 @@ def pair_gates(terms: BridgeTerms, r_nm) -> np.ndarray:
         torch.as_tensor(sig[si])[..., None],
     )
     return torch.einsum("pqr,pq->pr", g, torch.as_tensor(w, dtype=g.dtype)).numpy()
-
 
 # %% ../nbs/00a_contact.ipynb #048ffe15
 def summed_gates(terms: BridgeTerms, rows: np.ndarray, n_rows: int, r_nm, h_nm: float = 2.0) -> np.ndarray:

@@ -35,49 +35,13 @@ import yaml
 import xai_hsg
 
 # %% auto #0
-__all__ = [
-    "ROOT_ENV",
-    "PROFILE_ENV",
-    "DEFAULT_PROFILE",
-    "OUTPUT_MARKER",
-    "PACKAGE_MODULE",
-    "find_root",
-    "current_profile",
-    "Paths",
-    "paths",
-    "Profile",
-    "load_profile",
-    "seed_everything",
-    "get_device",
-    "default_threads",
-    "OutputError",
-    "remove_stale_temporaries",
-    "atomic_write",
-    "strict_json",
-    "write_json_atomic",
-    "check_output_path",
-    "atomic_folder",
-    "stable_hash",
-    "imported_modules",
-    "library_folder",
-    "library_modules",
-    "module_closure",
-    "code_version",
-    "cache_key",
-    "Artifact",
-    "save_default",
-    "load_default",
-    "ArtifactCache",
-    "save_results",
-    "load_results",
-    "artifact_dir",
-    "stage_file",
-    "cell_label",
-    "save_figure",
-    "format_value",
-    "save_table",
-    "environment_report",
-]
+__all__ = ['ROOT_ENV', 'PROFILE_ENV', 'DEFAULT_PROFILE', 'OUTPUT_MARKER', 'PACKAGE_MODULE', 'find_root', 'current_profile',
+           'Paths', 'paths', 'Profile', 'load_profile', 'seed_everything', 'get_device', 'default_threads',
+           'OutputError', 'remove_stale_temporaries', 'atomic_write', 'strict_json', 'write_json_atomic',
+           'check_output_path', 'atomic_folder', 'stable_hash', 'imported_modules', 'library_folder', 'library_modules',
+           'module_closure', 'code_version', 'cache_key', 'Artifact', 'save_default', 'load_default', 'ArtifactCache',
+           'save_results', 'load_results', 'artifact_dir', 'stage_file', 'cell_label', 'save_figure', 'format_value',
+           'save_table', 'environment_report']
 
 # %% ../nbs/00_core.ipynb #e3c9cc92
 ROOT_ENV = "XAI_HSG_ROOT"  # point the library at a checkout from anywhere
@@ -101,12 +65,10 @@ def find_root(start: str | Path | None = None) -> Path:
         f"run from inside a checkout or set ${ROOT_ENV}."
     )
 
-
 # %% ../nbs/00_core.ipynb #56ef3ce5
 def current_profile(profile: str | None = None) -> str:
     "`profile` if given, else `$XAI_HSG_PROFILE`, else 'smoke'."
     return profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
-
 
 # %% ../nbs/00_core.ipynb #bf6f9d70
 @dataclass(frozen=True)
@@ -156,12 +118,10 @@ class Paths:
     def runs(self) -> Path:
         return self.root / "runs" / self.profile
 
-
 # %% ../nbs/00_core.ipynb #9a9b1efe
 def paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
     "Paths of the repository at `root` (default: `find_root()`) for `profile` (default: `current_profile()`)."
     return Paths(Path(root).resolve() if root else find_root(), current_profile(profile))
-
 
 # %% ../nbs/00_core.ipynb #c764e1b7
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -218,7 +178,6 @@ class Profile:
         if problems:
             raise ValueError(f"{self.path or self.name}: " + "; ".join(problems))
 
-
 # %% ../nbs/00_core.ipynb #ab9ee0a3
 _PROFILE_KEYS = {"description", "defaults", "notebooks"}
 
@@ -262,7 +221,6 @@ def load_profile(name_or_path: str | Path | None = None, root: str | Path | None
         path=path,
     )
 
-
 # %% ../nbs/00_core.ipynb #481178e8
 def seed_everything(seed: int) -> np.random.Generator:
     "Seed `random`, NumPy and torch (CPU and CUDA); return `np.random.default_rng(seed)`."
@@ -274,7 +232,6 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))
     return np.random.default_rng(int(seed))
-
 
 # %% ../nbs/00_core.ipynb #52092e5a
 def get_device(preference: str | None = "auto"):
@@ -288,7 +245,6 @@ def get_device(preference: str | None = "auto"):
         raise RuntimeError(f"device={preference!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return device
 
-
 # %% ../nbs/00_core.ipynb #255abdf0
 def default_threads(cap: int | None = 2) -> int:
     """CPU threads when not told: `cap` (None: all cores; never more than the cores), fewer when other processes keep
@@ -299,11 +255,9 @@ def default_threads(cap: int | None = 2) -> int:
         return 1
     return max(1, min(cap or cores, cores, cores + 1 - math.ceil(load)))
 
-
 # %% ../nbs/00_core.ipynb #0d1bb772
 class OutputError(ValueError, OSError):
     "An output that would overwrite what it must not, or that cannot be written: one line naming the path."
-
 
 # %% ../nbs/00_core.ipynb #a66adcb9
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]+$")
@@ -350,7 +304,6 @@ def remove_stale_temporaries(
             removed.append(entry)
     return removed
 
-
 # %% ../nbs/00_core.ipynb #28cb1cd5
 def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
     """Write a file so that a reader (or a crash) sees the old file or the new one, never half of it: `write(tmp)`
@@ -369,7 +322,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = 
         if tmp.exists():
             tmp.unlink()
     return path
-
 
 # %% ../nbs/00_core.ipynb #e3b3d600
 def strict_json(value: Any) -> Any:
@@ -397,7 +349,6 @@ def write_json_atomic(path: str | Path, data: Any, **json_kwargs) -> Path:
         kwargs["default"] = lambda obj: strict_json(default(obj))
     text = json.dumps(strict_json(data), **kwargs) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))
-
 
 # %% ../nbs/00_core.ipynb #10af67ec
 def _check_writable_place(path: Path) -> None:
@@ -447,7 +398,6 @@ def check_output_path(
     remove_stale_temporaries(out.absolute().parent, out.name)
     return out
 
-
 # %% ../nbs/00_core.ipynb #ce4cc2ef
 OUTPUT_MARKER = ".xai_hsg_output.json"  # written into every folder `atomic_folder` makes: which kind of run
 
@@ -494,7 +444,6 @@ def _exchange(a: Path, b: Path) -> None:
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(b))
-
 
 # %% ../nbs/00_core.ipynb #1d7400fe
 def _fsync_tree(folder: Path) -> None:
@@ -554,7 +503,6 @@ def atomic_folder(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
 # %% ../nbs/00_core.ipynb #5ad1d49c
 def _canonical(obj: Any) -> Any:
     "JSON-ready, order-independent form of parameters (dicts sorted, tuples as lists, numpy as python)."
@@ -582,13 +530,11 @@ def _canonical(obj: Any) -> Any:
         return obj
     raise TypeError(f"cannot hash a {type(obj).__name__} as a parameter; pass plain values")
 
-
 # %% ../nbs/00_core.ipynb #952e7a8b
 def stable_hash(obj: Any, length: int = 16) -> str:
     "Hex digest of `obj`'s canonical JSON: equal for equal parameters, whatever their order."
     text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
 
 # %% ../nbs/00_core.ipynb #cbb0053b
 PACKAGE_MODULE = "__init__"  # importing `xai_hsg` itself runs the package's __init__.py
@@ -629,7 +575,6 @@ def imported_modules(source: str, known: Iterable[str] | None = None) -> set[str
                 found.update(a.name if known is None or a.name in known else PACKAGE_MODULE for a in node.names)
     return found
 
-
 # %% ../nbs/00_core.ipynb #0c1dccd5
 def library_folder(root: str | Path | None = None) -> Path:
     "The library's source folder: `<root>/xai_hsg` of the repository at `root`, or the installed package's."
@@ -642,7 +587,6 @@ def library_folder(root: str | Path | None = None) -> Path:
 def library_modules(root: str | Path | None = None) -> set[str]:
     "Names of the library's modules (`xai_hsg/*.py`, '__init__' included)."
     return {f.stem for f in library_folder(root).glob("*.py")}
-
 
 # %% ../nbs/00_core.ipynb #d45da02b
 @lru_cache(maxsize=256)
@@ -678,7 +622,6 @@ def module_closure(modules: Iterable[str], root: str | Path | None = None) -> tu
         seen.add(PACKAGE_MODULE)
     return tuple(sorted(seen))
 
-
 # %% ../nbs/00_core.ipynb #2b733a07
 def code_version(modules: Iterable[str] | None = None, root: str | Path | None = None) -> str:
     """Package version + hash of library source: every `xai_hsg/**/*.py` (`modules=None`), or only the modules in the
@@ -695,12 +638,10 @@ def code_version(modules: Iterable[str] | None = None, root: str | Path | None =
         digest.update(f.read_bytes())
     return f"{xai_hsg.__version__}+{digest.hexdigest()[:12]}"
 
-
 # %% ../nbs/00_core.ipynb #1f1ff2fa
 def cache_key(params: Any, upstream: Iterable[str] = (), version: str | None = None) -> str:
     "Key of an artifact made from `params` and the artifacts keyed `upstream` by code at `version` (default: the whole library's)."
     return stable_hash({"params": params, "upstream": list(upstream), "version": version or code_version()})
-
 
 # %% ../nbs/00_core.ipynb #551f0165
 @dataclass(frozen=True)
@@ -711,7 +652,6 @@ class Artifact:
     key: str
     path: Path
     cached: bool
-
 
 # %% ../nbs/00_core.ipynb #fb32503e
 def save_default(value: Any, folder: Path) -> None:
@@ -730,7 +670,6 @@ def save_default(value: Any, folder: Path) -> None:
         except TypeError as e:
             raise TypeError(f"no default way to cache a {type(value).__name__}; pass save= and load=") from e
 
-
 # %% ../nbs/00_core.ipynb #a364cf93
 def load_default(folder: Path) -> Any:
     "Inverse of `save_default`."
@@ -744,7 +683,6 @@ def load_default(folder: Path) -> Any:
         with np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     return json.loads((folder / "value.json").read_text())
-
 
 # %% ../nbs/00_core.ipynb #2b8457d9
 _LEGACY_CACHE_TEMP = r"\.[0-9a-f]{16}-[a-z0-9_]{8}"  # tempfile.mkdtemp names of versions before the labelled ones
@@ -811,7 +749,6 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-
 # %% ../nbs/00_core.ipynb #d3080e39
 def _jsonable(value: Any, key: str) -> Any:
     "`value` as plain JSON (numpy and 0-d tensors as Python numbers, non-finite floats as null)."
@@ -831,7 +768,6 @@ def _jsonable(value: Any, key: str) -> Any:
         return value
     raise TypeError(f"result {key!r}: cannot store a {type(value).__name__} as JSON")
 
-
 # %% ../nbs/00_core.ipynb #543c6639
 def save_results(
     stage: str, values: Mapping[str, Any], profile: str | None = None, root: str | Path | None = None
@@ -846,7 +782,6 @@ def save_results(
     write_json_atomic(path, data)
     return path
 
-
 # %% ../nbs/00_core.ipynb #a28ffb91
 def load_results(stage: str, profile: str | None = None, root: str | Path | None = None) -> dict:
     "The results a notebook saved; a clear error if it has not run for this profile."
@@ -858,14 +793,12 @@ def load_results(stage: str, profile: str | None = None, root: str | Path | None
         )
     return json.loads(path.read_text())
 
-
 # %% ../nbs/00_core.ipynb #8b7d3b0e
 def artifact_dir(stage: str, profile: str | None = None, root: str | Path | None = None) -> Path:
     "Folder for the large outputs of `stage` that later notebooks read (created if missing)."
     folder = paths(profile, root).artifacts / stage
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
 
 # %% ../nbs/00_core.ipynb #40b252bb
 def stage_file(stage: str, filename: str, profile: str | None = None, root: str | Path | None = None) -> Path:
@@ -881,7 +814,6 @@ def stage_file(stage: str, filename: str, profile: str | None = None, root: str 
         )
     return path
 
-
 # %% ../nbs/00_core.ipynb #c4c54802
 _LABEL_RE = re.compile(r"^#\|\s*label:\s*(\S+)\s*$", re.M)
 
@@ -890,7 +822,6 @@ def cell_label(source: str) -> str | None:
     "The `#| label:` of a cell's source, if any."
     m = _LABEL_RE.search(source)
     return m.group(1) if m else None
-
 
 # %% ../nbs/00_core.ipynb #a67df62c
 def _running_cell_source() -> str:
@@ -923,7 +854,6 @@ def save_figure(
     fig.savefig(folder / f"{label}.svg", bbox_inches="tight")
     return png
 
-
 # %% ../nbs/00_core.ipynb #b3bfab09
 def format_value(value: Any) -> Any:
     "How a result appears in prose: integers with thousands separators, floats to 3 significant digits."
@@ -946,7 +876,6 @@ def format_value(value: Any) -> Any:
             return f"{value:.2e}"
         return f"{value:.3g}"
     return str(value)
-
 
 # %% ../nbs/00_core.ipynb #241d80f8
 def _markdown_cell(value: Any) -> str:
@@ -982,7 +911,6 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
     atomic_write(md, lambda p: p.write_text("\n".join(lines) + f"\n\n: {caption.strip()} {{#{label}}}\n"))
     atomic_write(folder / f"{label}.csv", lambda p: df.to_csv(p, index=False))
     return md
-
 
 # %% ../nbs/00_core.ipynb #231ad31b
 def environment_report(device: str | None = "auto") -> dict:

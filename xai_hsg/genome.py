@@ -25,32 +25,10 @@ from fastcore.basics import patch
 from . import core
 
 # %% auto #0
-__all__ = [
-    "DNA_ALPHABET",
-    "SEQ_COLUMNS",
-    "FEATURE_COLUMNS",
-    "CODON_TRACKS",
-    "DEFAULT_JASPAR_MOTIFS",
-    "G4_PATTERN",
-    "G4_PATTERN_MINUS",
-    "PYRODIGAL_GENOMES",
-    "validate_sequence",
-    "reverse_complement",
-    "gc_fraction",
-    "SequenceSet",
-    "MarkovBackground",
-    "jaspar_motifs",
-    "find_g4",
-    "PlantedConfig",
-    "planted",
-    "read_fasta",
-    "pyrodigal_genome_path",
-    "annotate_prodigal",
-    "prokaryote",
-    "read_bed",
-    "read_gtf_features",
-    "bed_fasta",
-]
+__all__ = ['DNA_ALPHABET', 'SEQ_COLUMNS', 'FEATURE_COLUMNS', 'CODON_TRACKS', 'DEFAULT_JASPAR_MOTIFS', 'G4_PATTERN',
+           'G4_PATTERN_MINUS', 'PYRODIGAL_GENOMES', 'validate_sequence', 'reverse_complement', 'gc_fraction',
+           'SequenceSet', 'MarkovBackground', 'jaspar_motifs', 'find_g4', 'PlantedConfig', 'planted', 'read_fasta',
+           'pyrodigal_genome_path', 'annotate_prodigal', 'prokaryote', 'read_bed', 'read_gtf_features', 'bed_fasta']
 
 # %% ../nbs/05_embedding.ipynb #nb05-005
 DNA_ALPHABET = "ACGTN"
@@ -99,7 +77,6 @@ def gc_fraction(seq: str, name: str = "sequence") -> float:
     n = len(s) - s.count("N")
     return (s.count("G") + s.count("C")) / n if n else float("nan")
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-008
 def _empty_features() -> pd.DataFrame:
     return pd.DataFrame(
@@ -142,7 +119,6 @@ def _normalise_features(features: pd.DataFrame | None) -> pd.DataFrame:
         .sort_values(["seq_id", "start", "end", "concept"], kind="stable")
         .reset_index(drop=True)
     )
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-008c
 def _normalise_sequences(sequences: pd.DataFrame) -> pd.DataFrame:
@@ -189,7 +165,6 @@ def _check_feature_bounds(features: pd.DataFrame, sequences: pd.DataFrame) -> No
             f"feature {r['concept']!r} [{r['start']}, {r['end']}) on {r['seq_id']!r} (length "
             f"{length[r['seq_id']]}) is empty or outside the sequence ({int(bad.sum())} such features)"
         )
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-008e
 CODON_TRACKS = ("codon_pos_1", "codon_pos_2", "codon_pos_3")
@@ -242,7 +217,6 @@ def from_sequences(
     df = pd.DataFrame({"seq_id": [k for k, _ in items], "sequence": [q for _, q in items], "set_label": labels})
     return cls(df, features, dict(meta))
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-008g
 @patch(as_prop=True)
 def ids(self: SequenceSet) -> list[str]:
@@ -281,7 +255,6 @@ def concepts(self: SequenceSet) -> list[str]:
     if self.features["frame_origin"].notna().any():
         c += list(CODON_TRACKS)
     return c
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-008j
 @patch
@@ -336,7 +309,6 @@ def track_matrix(self: SequenceSet, seq_id: str, concepts: Sequence[str] | None 
     if not concepts:
         return np.zeros((len(self.sequence(seq_id)), 0), bool)
     return np.stack([t[c] for c in concepts], axis=1)
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-008m
 @patch
@@ -398,7 +370,6 @@ def fingerprint(self: SequenceSet) -> str:
     h.update(self.features[FEATURE_COLUMNS].to_csv(index=False).encode())
     return h.hexdigest()[:16]
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-008p
 @patch
 def subset(self: SequenceSet, seq_ids: Iterable[str]) -> SequenceSet:
@@ -458,7 +429,6 @@ def _windows(self: SequenceSet, spans: list[tuple[int, int, int, int, int]]) -> 
     features = _window_features(self.features, ids, a, b, out["seq_id"].to_numpy())
     return SequenceSet(out, features, dict(self.meta))
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-008s
 def _chunk_spans(row: int, L: int, max_bp: int, overlap_bp: int) -> list[tuple[int, int, int, int, int]]:
     "Spans (row, start, end, core_start, core_end) that tile a sequence of `L` bp (whole if it fits)."
@@ -517,7 +487,6 @@ def sample_windows(
         spans.append((row, a, a + window_bp, a, a + window_bp))
     return self._windows(spans)
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-008v
 @patch
 def split(
@@ -545,7 +514,6 @@ def split(
         raise ValueError("split left one side empty: use more sequences")
     return self.subset(self.sequences["seq_id"][~is_held]), self.subset(self.sequences["seq_id"][is_held])
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-008y
 @patch
 def save(self: SequenceSet, folder: str | Path) -> Path:
@@ -565,7 +533,6 @@ def load(cls: SequenceSet, folder: str | Path) -> SequenceSet:
         raise FileNotFoundError(f"no SequenceSet in {folder} (sequences.parquet missing)")
     meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
     return cls(pd.read_parquet(folder / "sequences.parquet"), pd.read_parquet(folder / "features.parquet"), meta)
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-011
 _HUMAN_DINUC = np.array(
@@ -644,7 +611,6 @@ class MarkovBackground:
         codes = self.sample_codes(n, length, rng)
         return [_ACGT[row].tobytes().decode() for row in codes]
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-013
 DEFAULT_JASPAR_MOTIFS = {  # base JASPAR ids (latest version of the release is used) -> concept name
     "MA0139": "CTCF",
@@ -696,7 +662,6 @@ def jaspar_motifs(
         }
     return out
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-014
 G4_PATTERN = re.compile(r"G{3,}[ACGTN]{1,7}G{3,}[ACGTN]{1,7}G{3,}[ACGTN]{1,7}G{3,}")
 G4_PATTERN_MINUS = re.compile(r"C{3,}[ACGTN]{1,7}C{3,}[ACGTN]{1,7}C{3,}[ACGTN]{1,7}C{3,}")
@@ -708,7 +673,6 @@ def find_g4(seq: str) -> list[tuple[int, int, str]]:
         [(m.start(), m.end(), "+") for m in G4_PATTERN.finditer(seq)]
         + [(m.start(), m.end(), "-") for m in G4_PATTERN_MINUS.finditer(seq)]
     )
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-014c
 @dataclass(frozen=True)
@@ -729,7 +693,6 @@ class PlantedConfig:
     tandem_per_seq: float = 1.5
     repeat_divergence: float = 0.1
     seed: int = 0
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-014f
 _SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
@@ -791,7 +754,6 @@ def _mutate(rng, s: str, rate: float) -> str:
     a[hit] = _ACGT[rng.integers(0, 4, hit.sum())]
     return a.tobytes().decode()
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-014i
 class _Canvas:
     "One sequence being planted into: its bases, the occupied positions and the shared feature list."
@@ -823,7 +785,6 @@ class _Canvas:
     def place_stranded(self, elem: str, subfeats, strand: str) -> bool:
         "`place` the element read on `strand` (the reverse complement for '-')."
         return self.place(elem if strand == "+" else reverse_complement(elem), subfeats, strand)
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-014l
 def _random_strand(rng, p_plus: float = 0.5) -> str:
@@ -872,7 +833,6 @@ def _label_chance_g4(seq_id: str, q: str, feats: list, first: int) -> None:
             feats[k] = (r[0], min(r[1], a), max(r[2], b)) + r[3:]
         if not over:
             feats.append((seq_id, a, b, "g4", strand, "chance"))
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-014o
 def _set_assignment(cfg: PlantedConfig) -> tuple[tuple[str, ...], np.ndarray]:
@@ -923,7 +883,6 @@ def planted(
     sequences = pd.DataFrame(seqs, columns=SEQ_COLUMNS).assign(source="planted")
     features = pd.DataFrame(feats, columns=["seq_id", "start", "end", "concept", "strand", "name"])
     return SequenceSet(sequences, features, meta)
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-017
 PYRODIGAL_GENOMES = {
@@ -977,7 +936,6 @@ def pyrodigal_genome_path(genome: str = "NCTC11397") -> Path:
         raise FileNotFoundError(f"{path} is missing: this pyrodigal wheel does not ship its test data")
     return path
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-017c
 _SPACER = {"3-4bp": (3, 4), "5-10bp": (5, 10), "11-12bp": (11, 12), "13-15bp": (13, 15)}
 
@@ -1010,7 +968,6 @@ def _find_rbs(seq: str, start_codon_at: int, strand: int, motif: str | None, spa
         return off + a, off + b
     L = len(window)
     return up_end + (L - b), up_end + (L - a)
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-017e
 def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
@@ -1046,7 +1003,6 @@ def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
         rows.append((seq_id, int(a), int(b), "intergenic", ".", "", None))
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-017f
 def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = None) -> SequenceSet:
     """A genome from the pyrodigal wheel (one sequence per contig), annotated by Prodigal trained on it
@@ -1075,7 +1031,6 @@ def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = No
             raise ValueError(f"region {region} is outside the genome (length {L})")
         ss = ss._windows([(0, a, b, a, b)])
     return ss
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-020
 _BED_COLS = ["chrom", "start", "end", "name", "score", "strand"]
@@ -1106,7 +1061,6 @@ def read_bed(path: str | Path) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"{path}: no intervals")
     return pd.DataFrame(rows, columns=_BED_COLS + ["line"])
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-020b
 _GTF_CONCEPTS = {
@@ -1173,7 +1127,6 @@ def read_gtf_features(gtf: str | Path) -> pd.DataFrame:
     if introns:
         out = pd.concat([out, pd.DataFrame(introns, columns=out.columns)], ignore_index=True)
     return out.drop_duplicates(["Chromosome", "Start", "End", "Strand", "concept"]).reset_index(drop=True)
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-020b1
 def _fasta_ids(path: Path) -> dict[str, int]:
@@ -1245,7 +1198,6 @@ def _unique_window_ids(seqs: pd.DataFrame) -> pd.Series:
             )
     return sid
 
-
 # %% ../nbs/05_embedding.ipynb #nb05-020c
 def bed_fasta(
     bed: str | Path | Mapping[str, str | Path],
@@ -1310,7 +1262,6 @@ def bed_fasta(
             "gtf": str(gtf) if gtf else None,
         },
     )
-
 
 # %% ../nbs/05_embedding.ipynb #nb05-020d
 def _annotate_windows(seqs: pd.DataFrame, annot: pd.DataFrame, strand_aware: bool) -> pd.DataFrame:

@@ -18,16 +18,8 @@ from scipy.stats import chi2
 from .tracks import TraceArrays
 
 # %% auto #0
-__all__ = [
-    "FAMILIES",
-    "SigmaLocEstimate",
-    "estimate_sigma_loc",
-    "Profile",
-    "profile_on_grid",
-    "Identifiability",
-    "identifiability",
-]
-
+__all__ = ['FAMILIES', 'SigmaLocEstimate', 'estimate_sigma_loc', 'Profile', 'profile_on_grid', 'Identifiability',
+           'identifiability']
 
 # %% ../nbs/03c_sigma_loc.ipynb #3c8fb085
 def _lag_sums(arrays: TraceArrays, max_lag_frames: int, use_vectors: bool = True):
@@ -64,7 +56,6 @@ def _msd_from_sums(num, den, kind, w=None) -> np.ndarray:
         return m
     c0 = m[0] / 3
     return 2 * (c0 - np.sqrt(np.maximum(m[1:] - (3 * c0) ** 2, 0) / 6))
-
 
 # %% ../nbs/03c_sigma_loc.ipynb #96f7067e
 def _msd_saturating(k, log_s2, log_S, log_tau, alpha):
@@ -108,7 +99,6 @@ def _fit_family(name: str, msd: np.ndarray, start=None) -> np.ndarray:
         inits = [[s2, math.log(m[ok][0]), a] for a, _ in starts]
     best = min((least_squares(res, x0, bounds=(lo, hi)) for x0 in inits), key=lambda r: r.cost)
     return best.x
-
 
 # %% ../nbs/03c_sigma_loc.ipynb #b4819845
 @dataclass(frozen=True)
@@ -198,7 +188,6 @@ def estimate_sigma_loc(
         msd_nm2=[float(x) for x in msd],
     )
 
-
 # %% ../nbs/03c_sigma_loc.ipynb #f04d5d01
 @dataclass(frozen=True)
 class Profile:
@@ -228,7 +217,6 @@ def profile_on_grid(loglik_at: Callable[[float], float], lo_nm: float, hi_nm: fl
         raise ValueError("need 0 < lo_nm < hi_nm and n >= 3")
     r = np.geomspace(lo_nm, hi_nm, n)
     return Profile(r, np.array([float(loglik_at(float(x))) for x in r]))
-
 
 # %% ../nbs/03c_sigma_loc.ipynb #6574d2e7
 @dataclass(frozen=True)

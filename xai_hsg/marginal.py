@@ -24,25 +24,9 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = [
-    "KernelWeights",
-    "trapezoid_kernel",
-    "kernel_weights",
-    "CompoundStates",
-    "compound_states",
-    "MarginalParams",
-    "MarginalConfig",
-    "MarginalData",
-    "interval_gate",
-    "emission_moments",
-    "marginal_loglik",
-    "posterior_compound",
-    "initial_params",
-    "MarginalFit",
-    "MarginalRadius",
-    "PosteriorStates",
-]
-
+__all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_weights', 'CompoundStates', 'compound_states', 'MarginalParams',
+           'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_moments', 'marginal_loglik',
+           'posterior_compound', 'initial_params', 'MarginalFit', 'MarginalRadius', 'PosteriorStates']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -56,7 +40,6 @@ class KernelWeights(NamedTuple):
     def n_lags(self) -> int:
         return len(self.kappa)
 
-
 # %% ../nbs/03b_marginal.ipynb #2c5a03fa
 def trapezoid_kernel(tau_s, t_rise_s: float, t_plateau_s: float):
     "K(τ): τ/T_rise on [0, T_rise), 1 on [T_rise, T_rise + T_plateau), 0 elsewhere (the simulator's kernel)."
@@ -64,7 +47,6 @@ def trapezoid_kernel(tau_s, t_rise_s: float, t_plateau_s: float):
     return np.where((tau >= 0) & (tau < t_rise_s), tau / t_rise_s, 0.0) + (
         (tau >= t_rise_s) & (tau < t_rise_s + t_plateau_s)
     )
-
 
 # %% ../nbs/03b_marginal.ipynb #3cebf1b7
 def kernel_weights(dt_s: float, t_rise_s: float, t_plateau_s: float) -> KernelWeights:
@@ -81,7 +63,6 @@ def kernel_weights(dt_s: float, t_rise_s: float, t_plateau_s: float) -> KernelWe
         for i, f in enumerate((K, lambda x: K(x) ** 2, lambda x: K(x) * K(x + dt_s))):
             out[i, l] = quad(f, a, b, points=pts or None, limit=200, epsabs=1e-12)[0] / dt_s
     return KernelWeights(*out)
-
 
 # %% ../nbs/03b_marginal.ipynb #e37113cd
 @dataclass(frozen=True)
@@ -119,7 +100,6 @@ def compound_states(window: int, max_switches: int | None = None) -> CompoundSta
     counts = np.stack([((older == x) & (newer == y)).sum(1) for x in (0, 1) for y in (0, 1)], 1)
     return CompoundStates(window, max_switches, codes, bits.astype(float), pred, counts.astype(float))
 
-
 # %% ../nbs/03b_marginal.ipynb #7adff8f1
 @dataclass(frozen=True)
 class MarginalParams:
@@ -151,7 +131,6 @@ class MarginalParams:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
 # %% ../nbs/03b_marginal.ipynb #f5124762
 @dataclass(frozen=True)
 class MarginalConfig:
@@ -182,7 +161,6 @@ class MarginalConfig:
         if cs.n_states > self.max_states:
             raise ValueError(f"{cs.n_states} compound states > max_states={self.max_states}: set max_switches")
         return kw, cs
-
 
 # %% ../nbs/03b_marginal.ipynb #e265d914
 class MarginalData(NamedTuple):
@@ -216,7 +194,6 @@ class MarginalData(NamedTuple):
         )
         return self._replace(terms=terms, y=self.y[idx], y_obs=self.y_obs[idx])
 
-
 # %% ../nbs/03b_marginal.ipynb #b8362233
 _GATE_NETS: dict = {}
 
@@ -231,7 +208,6 @@ def interval_gate(data: MarginalData, log_r_c: torch.Tensor) -> torch.Tensor:
     n = obs.sum(1, keepdim=True)
     fill = torch.where(n > 0, (g * obs).sum(1, keepdim=True) / n.clamp_min(1), (g * obs).sum() / obs.sum().clamp_min(1))
     return torch.where(obs, g, fill)
-
 
 # %% ../nbs/03b_marginal.ipynb #42f0ab0b
 def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,7 +227,6 @@ def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Ten
 def _normal_logpdf(y, mean, var):
     return -0.5 * (_LOG2PI + torch.log(var) + (y - mean) ** 2 / var)
 
-
 # %% ../nbs/03b_marginal.ipynb #64c8a8d1
 def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch.Tensor, torch.Tensor]:
     "log P(s_t | s_{t−1}) per interval as [B, T−1, 4] (index 2·s_{t−1} + s_t), and the initial chain's [B, 4] and [B, 2]."
@@ -264,7 +239,6 @@ def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch
     init = torch.stack([-lam0, torch.log(p01), torch.log(p10), -(k_off * dt_s).expand_as(lam0)], -1)
     pi_on = p01 / (p01 + p10)
     return logp, init, torch.stack([torch.log1p(-pi_on), torch.log(pi_on)], -1)
-
 
 # %% ../nbs/03b_marginal.ipynb #6736342f
 def _transition_logw(data: MarginalData, theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -317,7 +291,6 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
         alpha = torch.logaddexp(a.index_select(1, pred0) + w[..., 0], a.index_select(1, pred1) + w[..., 1]) + phi[t]
     return torch.logsumexp(alpha, -1)
 
-
 # %% ../nbs/03b_marginal.ipynb #9e1d3818
 def posterior_compound(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "P(c_t = c | data) [B, T, N] (forward–backward by autograd through `marginal_loglik`) and log L per trace [B]."
@@ -326,7 +299,6 @@ def posterior_compound(data: MarginalData, theta: torch.Tensor) -> tuple[torch.T
         ll = marginal_loglik(data, theta.detach(), phi)
         (post,) = torch.autograd.grad(ll.sum(), phi)
     return post, ll.detach()
-
 
 # %% ../nbs/03b_marginal.ipynb #ed0983de
 def initial_params(
@@ -352,7 +324,6 @@ def initial_params(
     A = max(var_on - sigma**2, 0.1 * sigma**2) / (a * dt * kernel.kappa2.sum())
     return MarginalParams(float(r_c), float(k_on), float(k_off), float(a), float(A), max(sigma, 1e-3))
 
-
 # %% ../nbs/03b_marginal.ipynb #8a561f7e
 @dataclass(frozen=True)
 class MarginalFit:
@@ -374,7 +345,6 @@ class MarginalFit:
 
     def to_dict(self) -> dict:
         return dict(asdict(self), params=self.params.to_dict(), start=self.start.to_dict())
-
 
 # %% ../nbs/03b_marginal.ipynb #1b90c035
 class MarginalRadius:
@@ -416,7 +386,6 @@ class MarginalRadius:
             raise RuntimeError("MarginalRadius: call fit() first")
         return self.params_.to_log()
 
-
 # %% ../nbs/03b_marginal.ipynb #e6fd4bdb
 def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, int]:
     "Minimise −log L per observed MS2 frame over θ[free] with L-BFGS; returns θ and the number of evaluations."
@@ -445,7 +414,6 @@ def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_ite
     opt.step(closure)
     return theta0.masked_scatter(free, x.detach()), n_evals
 
-
 # %% ../nbs/03b_marginal.ipynb #6b297f92
 @patch
 def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
@@ -467,7 +435,6 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
     self.fit_seconds_ = time.perf_counter() - t0
     return self
 
-
 # %% ../nbs/03b_marginal.ipynb #5096c381
 class PosteriorStates(NamedTuple):
     "Per frame [B, T]: P(promoter ON in the interval ending at the frame | data), and the loadings expected from it."
@@ -484,7 +451,6 @@ def score(self: MarginalRadius, arrays: TraceArrays) -> float:
         ll = marginal_loglik(data, self._theta()).sum()
     return float(ll) / max(int(data.y_obs.sum()), 1)
 
-
 # %% ../nbs/03b_marginal.ipynb #05a598e3
 @patch
 def posterior_states(self: MarginalRadius, arrays: TraceArrays) -> PosteriorStates:
@@ -495,7 +461,6 @@ def posterior_states(self: MarginalRadius, arrays: TraceArrays) -> PosteriorStat
     p = self.params_
     nu_dt = p.load_amp_per_s / p.amplitude * data.dt_s
     return PosteriorStates(p_on, nu_dt * (p.nu_off_fraction + (1 - p.nu_off_fraction) * p_on))
-
 
 # %% ../nbs/03b_marginal.ipynb #3a3a847f
 @patch

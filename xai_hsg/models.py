@@ -19,37 +19,10 @@ from .tracks import TraceArrays
 from .training import History, LoopConfig, train_loop
 
 # %% auto #0
-__all__ = [
-    "ContactGate",
-    "CausalHazard",
-    "ConvBlock",
-    "UNet1d",
-    "ResNet1d",
-    "CausalConv1d",
-    "PastMS2",
-    "rotary",
-    "TransformerBlock",
-    "TransformerEncoder1d",
-    "PastSummary",
-    "FiLM",
-    "EPModel",
-    "SeedsGateModel",
-    "to_tensors",
-    "masked_gaussian_nll",
-    "masked_bce",
-    "task_loss",
-    "TrainConfig",
-    "radius_param_groups",
-    "train",
-    "predict",
-    "eval_loss",
-    "evaluate",
-    "far_distance_nm",
-    "integrated_gradients",
-    "off_to_on",
-    "triggered",
-]
-
+__all__ = ['ContactGate', 'CausalHazard', 'ConvBlock', 'UNet1d', 'ResNet1d', 'CausalConv1d', 'PastMS2', 'rotary',
+           'TransformerBlock', 'TransformerEncoder1d', 'PastSummary', 'FiLM', 'EPModel', 'SeedsGateModel', 'to_tensors',
+           'masked_gaussian_nll', 'masked_bce', 'task_loss', 'TrainConfig', 'radius_param_groups', 'train', 'predict',
+           'eval_loss', 'evaluate', 'far_distance_nm', 'integrated_gradients', 'off_to_on', 'triggered']
 
 # %% ../nbs/02_ep_ms2.ipynb #91795c60
 class ContactGate(nn.Module):
@@ -88,7 +61,6 @@ class ContactGate(nn.Module):
         g = rice3_cdf(self.log_r_c.exp(), m * d, sd)
         return torch.where(obs, g, torch.zeros_like(g))
 
-
 # %% ../nbs/02_ep_ms2.ipynb #e330640a
 class CausalHazard(nn.Module):
     """Causal, non-negative linear filters over one channel: u_k(t) = b_k + Σ_{j<L} w_kj · x(t − j), w = softplus(·)/L ≥ 0.
@@ -112,7 +84,6 @@ class CausalHazard(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T] -> [B, K, T]
         return F.conv1d(F.pad(x[:, None], (self.length - 1, 0)), self.weight(), self.bias)
 
-
 # %% ../nbs/02_ep_ms2.ipynb #eb3a2e81
 class ConvBlock(nn.Module):
     "Two 'same' convolutions with GELU and a residual connection (length-preserving)."
@@ -126,7 +97,6 @@ class ConvBlock(nn.Module):
 
     def forward(self, x):
         return self.skip(x) + self.c2(F.gelu(self.c1(F.gelu(x))))
-
 
 # %% ../nbs/02_ep_ms2.ipynb #eb3a2001
 class UNet1d(nn.Module):
@@ -156,7 +126,6 @@ class UNet1d(nn.Module):
             h = up(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), s], 1))
         return h[..., :T]
 
-
 # %% ../nbs/02_ep_ms2.ipynb #eb3a2002
 class ResNet1d(nn.Module):
     "ResNet-style 1-D decoder: residual dilated blocks, length-preserving."
@@ -172,7 +141,6 @@ class ResNet1d(nn.Module):
             h = b(h)
         return h
 
-
 # %% ../nbs/02_ep_ms2.ipynb #eb3a2003
 class CausalConv1d(nn.Conv1d):
     "Convolution whose output at t sees inputs at ≤ t only (left padding)."
@@ -183,7 +151,6 @@ class CausalConv1d(nn.Conv1d):
 
     def forward(self, x):
         return super().forward(F.pad(x, (self.left, 0)))
-
 
 # %% ../nbs/02_ep_ms2.ipynb #eb3a2004
 class PastMS2(nn.Module):
@@ -203,7 +170,6 @@ class PastMS2(nn.Module):
             h = F.gelu(layer(h)) + (h if i else 0)
         return h
 
-
 # %% ../nbs/02_ep_ms2.ipynb #385a7b9e
 def rotary(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
     "Rotary position embedding of queries or keys x [..., T, D] (D even): pairs of channels rotated by angle t·base^(−2i/D)."
@@ -215,7 +181,6 @@ def rotary(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
     cos, sin = angle.cos(), angle.sin()
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
-
 
 # %% ../nbs/02_ep_ms2.ipynb #385a7001
 class TransformerBlock(nn.Module):
@@ -237,7 +202,6 @@ class TransformerBlock(nn.Module):
         x = x + self.proj(a.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
 
-
 # %% ../nbs/02_ep_ms2.ipynb #385a7002
 class TransformerEncoder1d(nn.Module):
     "Small bidirectional Transformer encoder over time, [B, c_in, T] → [B, width, T], any length (rotary positions)."
@@ -253,7 +217,6 @@ class TransformerEncoder1d(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.ln_f(h).transpose(1, 2)
-
 
 # %% ../nbs/02_ep_ms2.ipynb #66002934
 class PastSummary(nn.Module):
@@ -285,7 +248,6 @@ class PastSummary(nn.Module):
         mean = torch.where(den > 1e-6, num / den.clamp_min(1e-6), torch.zeros_like(num))
         return torch.cat([mean, den / self.kernel.sum(-1).to(x.dtype)], 1)
 
-
 # %% ../nbs/02_ep_ms2.ipynb #66002001
 class FiLM(nn.Module):
     "Feature-wise linear modulation, pointwise in time: h·(1 + γ(c)) + β(c); starts as the identity (last layer zero)."
@@ -299,7 +261,6 @@ class FiLM(nn.Module):
     def forward(self, h, cond):
         gamma, beta = self.net(cond).chunk(2, 1)
         return h * (1 + gamma) + beta
-
 
 # %% ../nbs/02_ep_ms2.ipynb #ed8d4f75
 class EPModel(nn.Module):
@@ -362,7 +323,6 @@ class EPModel(nn.Module):
     def r_c_nm(self) -> float:
         return self.gate.r_c_nm
 
-
 # %% ../nbs/02_ep_ms2.ipynb #ed8d4f76
 @patch
 def forward(self: EPModel, distance_nm, mask, ms2=None, ms2_mask=None) -> dict:
@@ -390,7 +350,6 @@ def forward(self: EPModel, distance_nm, mask, ms2=None, ms2_mask=None) -> dict:
     else:
         res["logit"] = out[:, 0]
     return res
-
 
 # %% ../nbs/02_ep_ms2.ipynb #34050efe
 class SeedsGateModel(nn.Module):
@@ -442,7 +401,6 @@ class SeedsGateModel(nn.Module):
             res["logit"] = out[:, 0]
         return res
 
-
 # %% ../nbs/02_ep_ms2.ipynb #b94fa572
 def to_tensors(arrays: TraceArrays, idx=None, dtype=torch.float32) -> dict:
     "Tensors of the rows `idx` of a `TraceArrays`: distance_nm, mask, and ms2 / ms2_mask / state / state_mask when present."
@@ -459,7 +417,6 @@ def to_tensors(arrays: TraceArrays, idx=None, dtype=torch.float32) -> dict:
             out[f"{k}_mask"] = torch.as_tensor(np.isfinite(v))
     return out
 
-
 # %% ../nbs/02_ep_ms2.ipynb #c0de0002
 def masked_gaussian_nll(mean, logvar, target, mask) -> torch.Tensor:
     "Mean over `mask` of ½(log σ² + (y − μ)²/σ²) (constant dropped); masked frames contribute nothing (no NaN)."
@@ -475,7 +432,6 @@ def masked_bce(logit, target, mask) -> torch.Tensor:
     y = torch.where(m, target, torch.zeros_like(target))
     return (F.binary_cross_entropy_with_logits(logit, y, reduction="none") * m).sum() / m.sum().clamp_min(1)
 
-
 # %% ../nbs/02_ep_ms2.ipynb #c0de0004
 def _inputs(model, batch):
     return model(batch["distance_nm"], batch["mask"], batch.get("ms2"), batch.get("ms2_mask"))
@@ -489,7 +445,6 @@ def task_loss(model, batch) -> tuple[torch.Tensor, dict]:
     else:
         loss = masked_bce(out["logit"], batch["state"], batch["state_mask"])
     return loss + out["penalty"], out
-
 
 # %% ../nbs/02_ep_ms2.ipynb #1f5b23cf
 @dataclass
@@ -521,7 +476,6 @@ class TrainConfig:
             desc="train",
         )
 
-
 # %% ../nbs/02_ep_ms2.ipynb #1f5b2001
 def radius_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     "Two AdamW groups: the network weights (lr, weight decay) and the radius (its own lr, no weight decay)."
@@ -532,7 +486,6 @@ def radius_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         {"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         {"params": radius, "lr": cfg.lr_radius, "weight_decay": 0.0},
     ]
-
 
 # %% ../nbs/02_ep_ms2.ipynb #a7c1e002
 def _radius(model, data) -> float:
@@ -569,7 +522,6 @@ def train(model: nn.Module, train_data: dict, cfg: TrainConfig, val_data: dict |
         row["train_loss"], row["seconds"] = row.pop("loss"), row.pop("elapsed_s")
     return hist
 
-
 # %% ../nbs/02_ep_ms2.ipynb #6baac553
 def _batches(data: dict, batch_size: int, dev):
     n = len(data["distance_nm"])
@@ -585,7 +537,6 @@ def predict(model, data: dict, batch_size: int = 64) -> dict:
     outs = [_inputs(model, b) for b in _batches(data, batch_size, dev)]
     return {k: torch.cat([o[k] for o in outs]).cpu().numpy() for k, v in outs[0].items() if v.ndim}
 
-
 # %% ../nbs/02_ep_ms2.ipynb #c0de0005
 @torch.no_grad()
 def eval_loss(model, data: dict, batch_size: int = 64) -> float:
@@ -600,7 +551,6 @@ def eval_loss(model, data: dict, batch_size: int = 64) -> float:
         total += float(loss) * n
         frames += n
     return total / max(frames, 1)
-
 
 # %% ../nbs/02_ep_ms2.ipynb #c0de0006
 def evaluate(model, data: dict) -> dict:
@@ -626,13 +576,11 @@ def evaluate(model, data: dict) -> dict:
         "state_bce": float(log_loss(y, 1 / (1 + np.exp(-logit)), labels=[False, True])),
     }
 
-
 # %% ../nbs/02_ep_ms2.ipynb #3dd6dc48
 def far_distance_nm(model: EPModel, n_sd: float = 8.0) -> float:
     "A distance at which the gate is ≈ 0 (posterior mean of |r| n_sd posterior s.d. beyond r_c): 'no contact'."
     m, sd = model.gate.posterior()
     return float((model.gate.log_r_c.detach().exp() + n_sd * sd) / m)
-
 
 # %% ../nbs/02_ep_ms2.ipynb #3dd6d001
 def integrated_gradients(
@@ -714,7 +662,6 @@ def integrated_gradients(
         n_steps = min(2 * n_steps, max_steps)
         attr[bad], delta[bad] = run(torch.as_tensor(bad, device=dev), n_steps)
     return attr, delta
-
 
 # %% ../nbs/02_ep_ms2.ipynb #3dd6d002
 def off_to_on(state: np.ndarray, state_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -28,28 +28,10 @@ from .tracks import TraceArrays
 from .training import History, LoopConfig, train_loop
 
 # %% auto #0
-__all__ = [
-    "NEURAL_METHODS",
-    "IntervalTerms",
-    "interval_terms",
-    "ContactHazardNet",
-    "transition_masks",
-    "HazardData",
-    "hazard_loss",
-    "RadiusConfig",
-    "HazardConfig",
-    "UNetRadiusConfig",
-    "SeedsRadiusConfig",
-    "NeuralRadiusFit",
-    "fit_hazard_radius",
-    "fit_unet_radius",
-    "fit_seeds_radius",
-    "RadiusInterval",
-    "radius_interval",
-    "RegularisationSensitivity",
-    "regularisation_sensitivity",
-]
-
+__all__ = ['NEURAL_METHODS', 'IntervalTerms', 'interval_terms', 'ContactHazardNet', 'transition_masks', 'HazardData',
+           'hazard_loss', 'RadiusConfig', 'HazardConfig', 'UNetRadiusConfig', 'SeedsRadiusConfig', 'NeuralRadiusFit',
+           'fit_hazard_radius', 'fit_unet_radius', 'fit_seeds_radius', 'RadiusInterval', 'radius_interval',
+           'RegularisationSensitivity', 'regularisation_sensitivity']
 
 # %% ../nbs/03a_neural_radius.ipynb #19efa0bb
 @dataclass(frozen=True)
@@ -71,7 +53,6 @@ class IntervalTerms:
         "Q: bridge nodes per pair (time nodes, × angle nodes without vectors)."
         return self.cols.shape[-1] // 2
 
-
 # %% ../nbs/03a_neural_radius.ipynb #bdaad584
 def _bridge_chunks(d, v, cov, seen, n_nodes, n_angle, msd_exponent, chunk_pairs):
     """`bridge_terms` of every frame pair of `d` [B, T] (NaN: unobserved) and `v` [B, T, 3] (None: distances only),
@@ -89,7 +70,6 @@ def _bridge_chunks(d, v, cov, seen, n_nodes, n_angle, msd_exponent, chunk_pairs)
         si.append(bt.sigma_index.astype(np.int32))
         w.append((bt.weight * seen[chunk, None]).astype(np.float32))  # no observed end: no contribution
     return mu, si, w, bt.sigma_nm
-
 
 # %% ../nbs/03a_neural_radius.ipynb #9033f01d
 def _binned_gather(mu, si, w, sig, h_nm):
@@ -111,7 +91,6 @@ def _binned_gather(mu, si, w, sig, h_nm):
         vals[rows, :Q] = wc * (1 - (x - i0))
         vals[rows, Q:] = wc * (x - i0)
     return cols, vals, torch.arange(nb, dtype=torch.float32) * h
-
 
 # %% ../nbs/03a_neural_radius.ipynb #5c96ce31
 def interval_terms(
@@ -160,7 +139,6 @@ def interval_terms(
         use_vectors=vec,
         cov=cov,
     )
-
 
 # %% ../nbs/03a_neural_radius.ipynb #a4c4e4eb
 class ContactHazardNet(nn.Module):
@@ -232,7 +210,6 @@ class ContactHazardNet(nn.Module):
         "The parameters of c_θ."
         return [*self.context.parameters(), *self.out.parameters()]
 
-
 # %% ../nbs/03a_neural_radius.ipynb #b4b54015
 @patch
 def context_l2(self: ContactHazardNet) -> torch.Tensor:
@@ -255,7 +232,6 @@ def log_context(self: ContactHazardNet, obs, ms2=None, ms2_mask=None) -> torch.T
     for i, layer in enumerate(self.context):
         h = F.gelu(layer(h)) + (h if i else 0)
     return self.out(h)[:, 0]
-
 
 # %% ../nbs/03a_neural_radius.ipynb #45222a08
 @patch
@@ -289,7 +265,6 @@ def pair_gate(self: ContactHazardNet, terms: IntervalTerms, log_r_c=None) -> tor
         g = g + dg * (lr - lr.detach()).reshape(-1)  # value ḡ, first derivative dḡ/d log r_c
     return g[..., 0] if lr.dim() == 0 else g
 
-
 # %% ../nbs/03a_neural_radius.ipynb #f5dfee42
 @patch
 def forward(self: ContactHazardNet, terms: IntervalTerms, ms2=None, ms2_mask=None) -> dict:
@@ -299,14 +274,12 @@ def forward(self: ContactHazardNet, terms: IntervalTerms, ms2=None, ms2_mask=Non
     lam = torch.exp(self.log_k_on + c) * self.dt_s * g_bar
     return {"gate_pair": g_bar, "context": c, "hazard": lam, "pair_observed": terms.pair_observed}
 
-
 # %% ../nbs/03a_neural_radius.ipynb #65e6c262
 def transition_masks(state, state_mask, pair_observed):
     "[B, T−1] masks of the frame pairs at risk of OFF→ON (distance seen at ≥ 1 end) and ON→OFF, and the outcome at t."
     prev, nxt = state[:, :-1], state[:, 1:]
     known = state_mask[:, :-1].bool() & state_mask[:, 1:].bool()
     return known & (prev < 0.5) & pair_observed, known & (prev >= 0.5), nxt >= 0.5
-
 
 # %% ../nbs/03a_neural_radius.ipynb #e53c35e8
 class HazardData(NamedTuple):
@@ -327,7 +300,6 @@ class HazardData(NamedTuple):
         as_tensors = lambda x: (torch.as_tensor(np.nan_to_num(x), dtype=torch.float32), torch.as_tensor(np.isfinite(x)))
         return cls(terms, *as_tensors(arrays.state), *(as_tensors(arrays.ms2) if with_ms2 else ()))
 
-
 # %% ../nbs/03a_neural_radius.ipynb #1a0b68f6
 def hazard_loss(model: ContactHazardNet, data: HazardData, context_l2_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Transition NLL per frame pair: OFF→ON with P = 1 − e^{−λ_t} and ON→OFF with P = 1 − e^{−k_off·dt}, as in
@@ -343,7 +315,6 @@ def hazard_loss(model: ContactHazardNet, data: HazardData, context_l2_weight: fl
     nll = ((nll_on * off).sum() + (nll_off * on).sum()) / n
     loss = nll + context_l2_weight * model.context_l2()
     return loss, {**out, "nll": nll.detach(), "n_events": int((y & off).sum())}
-
 
 # %% ../nbs/03a_neural_radius.ipynb #16c96723
 class RadiusConfig:
@@ -365,7 +336,6 @@ class RadiusConfig:
     @property
     def reg_weight(self) -> float:
         return float(getattr(self, self.regulariser))
-
 
 # %% ../nbs/03a_neural_radius.ipynb #0aac8e78
 @dataclass(frozen=True)
@@ -391,7 +361,6 @@ class HazardConfig(RadiusConfig):
     msd_exponent: float = 0.5
     verbose: bool = False  # a progress bar with the radius
 
-
 # %% ../nbs/03a_neural_radius.ipynb #cdc94803
 @dataclass(frozen=True)
 class UNetRadiusConfig(RadiusConfig):
@@ -409,7 +378,6 @@ class UNetRadiusConfig(RadiusConfig):
     seed: int = 0
     verbose: bool = False
 
-
 # %% ../nbs/03a_neural_radius.ipynb #a5b9b219
 @dataclass(frozen=True)
 class SeedsRadiusConfig(RadiusConfig):
@@ -424,7 +392,6 @@ class SeedsRadiusConfig(RadiusConfig):
     width: int = 8
     seed: int = 0
     verbose: bool = False
-
 
 # %% ../nbs/03a_neural_radius.ipynb #4dbedea4
 @dataclass
@@ -453,7 +420,6 @@ class NeuralRadiusFit:
         history = self.history.to_dict() if isinstance(self.history, History) else self.history
         return out | {"config": config, "history": history, "reg_weight": self.reg_weight}
 
-
 # %% ../nbs/03a_neural_radius.ipynb #e8594d01
 def _hazard_net(arrays: TraceArrays, cfg: HazardConfig, start: RadiusMLE) -> ContactHazardNet:
     "`ContactHazardNet` at `start`'s fitted r_c, k_on and k_off (k_off 10⁻³/s where no ON→OFF switch was seen)."
@@ -473,7 +439,6 @@ def _hazard_net(arrays: TraceArrays, cfg: HazardConfig, start: RadiusMLE) -> Con
         ms2_std=float(np.nanstd(ms2)) if cfg.past_ms2 else 1.0,
     )
 
-
 # %% ../nbs/03a_neural_radius.ipynb #bf3df9c3
 def _train_hazard(model: ContactHazardNet, data: HazardData, cfg: HazardConfig) -> History:
     "Full-batch Adam by `train_loop`; a row per step: loss, nll, lr, and r_c_nm, k_on_per_s, context_l2 after it."
@@ -490,7 +455,6 @@ def _train_hazard(model: ContactHazardNet, data: HazardData, cfg: HazardConfig) 
         return {"r_c_nm": model.r_c_nm, "k_on_per_s": model.k_on_per_s, "context_l2": model.context_l2()}
 
     return train_loop(model, loss_fn, lambda: [data], loop, param_groups=groups, evaluate=after_step)
-
 
 # %% ../nbs/03a_neural_radius.ipynb #4fe6c378
 def fit_hazard_radius(arrays: TraceArrays, cfg: HazardConfig | None = None) -> NeuralRadiusFit:
@@ -524,7 +488,6 @@ def fit_hazard_radius(arrays: TraceArrays, cfg: HazardConfig | None = None) -> N
         n_events=int((y & off).sum()),
     )
 
-
 # %% ../nbs/03a_neural_radius.ipynb #a394791b
 def _state_tensors(arrays: TraceArrays) -> dict:
     "What `models.train` reads for task='state': distance_nm, mask, state (0 where unknown) and state_mask."
@@ -537,7 +500,6 @@ def _state_tensors(arrays: TraceArrays) -> dict:
         "state": torch.as_tensor(np.nan_to_num(arrays.state), dtype=torch.float32),
         "state_mask": torch.as_tensor(np.isfinite(arrays.state)),
     }
-
 
 # %% ../nbs/03a_neural_radius.ipynb #862dec25
 def fit_unet_radius(arrays: TraceArrays, cfg: UNetRadiusConfig | None = None) -> NeuralRadiusFit:
@@ -564,7 +526,6 @@ def fit_unet_radius(arrays: TraceArrays, cfg: UNetRadiusConfig | None = None) ->
     hist = train(model, data, train_cfg)
     return NeuralRadiusFit("unet", float(hist["radius_nm"][-1]), cfg, time.perf_counter() - t0, hist, model)
 
-
 # %% ../nbs/03a_neural_radius.ipynb #7865ee19
 def fit_seeds_radius(arrays: TraceArrays, cfg: SeedsRadiusConfig | None = None) -> NeuralRadiusFit:
     "The radius of the seeds' design (`SeedsGateModel(task='state')`) on `arrays`: d_c × median per-trace max distance."
@@ -577,14 +538,12 @@ def fit_seeds_radius(arrays: TraceArrays, cfg: SeedsRadiusConfig | None = None) 
     hist = train(model, data, train_cfg)
     return NeuralRadiusFit("seeds", float(hist["radius_nm"][-1]), cfg, time.perf_counter() - t0, hist, model)
 
-
 # %% ../nbs/03a_neural_radius.ipynb #71a0fb6d
 NEURAL_METHODS: dict[str, tuple[Callable, type]] = {
     "hazard": (fit_hazard_radius, HazardConfig),
     "unet": (fit_unet_radius, UNetRadiusConfig),
     "seeds": (fit_seeds_radius, SeedsRadiusConfig),
 }  # name → (fit function, its config class)
-
 
 # %% ../nbs/03a_neural_radius.ipynb #76349f8e
 class RadiusInterval(NamedTuple):
@@ -593,7 +552,6 @@ class RadiusInterval(NamedTuple):
     estimate_nm: float
     lo_nm: float
     hi_nm: float
-
 
 # %% ../nbs/03a_neural_radius.ipynb #bdb9b8b9
 def radius_interval(
@@ -632,7 +590,6 @@ def radius_interval(
     half = q * np.std(members, ddof=1)
     return RadiusInterval(float(est), float(est - half), float(est + half))
 
-
 # %% ../nbs/03a_neural_radius.ipynb #688f42f9
 @dataclass
 class RegularisationSensitivity:
@@ -648,7 +605,6 @@ class RegularisationSensitivity:
     def to_dict(self) -> dict:
         scalars = {k: getattr(self, k) for k in ("max_rel_change", "ratio", "decade_covered")}
         return scalars | {"table": self.table.to_dict(orient="list")}
-
 
 # %% ../nbs/03a_neural_radius.ipynb #a90bef22
 def regularisation_sensitivity(

@@ -27,26 +27,10 @@ MIN_BOOT = 20  # bootstrap resamples `fit_radius` asks for an interval (0: none)
 class DegenerateFitError(ValueError):
     "A fit whose radius the data do not determine (`fit_radius`): the reasons, never a number."
 
-
 # %% auto #0
-__all__ = [
-    "MIN_TRACES",
-    "MIN_EVENTS",
-    "MIN_BOOT",
-    "MOTION_FRACTION",
-    "DegenerateFitError",
-    "frame_motion_var",
-    "TransitionData",
-    "transition_data",
-    "RadiusFit",
-    "RadiusMLE",
-    "state_from_ms2",
-    "state_from_ms2_hmm",
-    "HeldOutScore",
-    "heldout_score",
-    "identifiable_radius",
-    "fit_radius",
-]
+__all__ = ['MIN_TRACES', 'MIN_EVENTS', 'MIN_BOOT', 'MOTION_FRACTION', 'DegenerateFitError', 'frame_motion_var', 'TransitionData',
+           'transition_data', 'RadiusFit', 'RadiusMLE', 'state_from_ms2', 'state_from_ms2_hmm', 'HeldOutScore',
+           'heldout_score', 'identifiable_radius', 'fit_radius']
 
 # %% ../nbs/03_radius.ipynb #5df1f5ca
 MOTION_FRACTION = 0.363  # mean over s ∈ (0, 1) of Var(B_s | B_0, B_1) / Var(B_1) for fBm with H = ¼ (Rouse: MSD ∝ τ^½)
@@ -61,7 +45,6 @@ def frame_motion_var(arrays: TraceArrays, sigma_loc_nm: float) -> float:
     else:
         v = np.nanmean(np.diff(arrays.distance_nm, axis=1) ** 2)
     return float(max(v - 4 * sigma_loc_nm**2, 0.0)) if np.isfinite(v) else 0.0
-
 
 # %% ../nbs/03_radius.ipynb #8639f66c
 @dataclass(frozen=True)
@@ -110,7 +93,6 @@ def transition_data(arrays: TraceArrays, state: np.ndarray | None = None) -> Tra
         on_frames=on.sum(1).astype(float),
         on_to_off=(on & (nxt < 0.5)).sum(1).astype(float),
     )
-
 
 # %% ../nbs/03_radius.ipynb #07a35b19
 def _bernoulli_loglik(lam: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -171,7 +153,6 @@ class _ProfileLik:
         llb, x = self._k_profile(*at(l), w_ev)
         return float(np.exp(l)), float(np.exp(x[0]) / self.dt), float(llb[0])
 
-
 # %% ../nbs/03_radius.ipynb #e03d623c
 def _finite_or_none(x):
     "A float as is, NaN/inf as None (strict JSON); tuples and lists element by element."
@@ -210,7 +191,6 @@ class RadiusFit:
         if not self.identifiable:
             d.update(r_c_nm=None, r_c_interval_nm=None, k_on_per_s=None)
         return d
-
 
 # %% ../nbs/03_radius.ipynb #2c09b9e9
 class RadiusMLE:
@@ -280,7 +260,6 @@ class RadiusMLE:
         blur = math.sqrt(self.floor_nm**2 + self.motion_fraction * self.frame_var_nm2_)
         return contact.endpoint_terms(data.ends, self.sigma_loc_nm, self.sigma_r_nm_, blur)
 
-
 # %% ../nbs/03_radius.ipynb #286561e8
 @patch
 def fit(self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None) -> RadiusMLE:
@@ -319,7 +298,6 @@ def fit(self: RadiusMLE, arrays: TraceArrays, state: np.ndarray | None = None) -
     )
     self.degenerate_, self.notes_ = self._degeneracy(data)
     return self
-
 
 # %% ../nbs/03_radius.ipynb #9d1e6b20
 @patch
@@ -364,7 +342,6 @@ def _degeneracy(self: RadiusMLE, data: TransitionData) -> tuple[list[str], list[
 def identifiable_(self: RadiusMLE) -> bool:
     "True when the data determine the fitted radius (`degenerate_` is empty)."
     return not self.degenerate_
-
 
 # %% ../nbs/03_radius.ipynb #a45284f1
 @patch
@@ -418,7 +395,6 @@ def summary(self: RadiusMLE) -> RadiusFit:
         notes=tuple(self.notes_),
     )
 
-
 # %% ../nbs/03_radius.ipynb #5143146e
 def state_from_ms2(ms2: np.ndarray, window: int = 6) -> np.ndarray:
     """A crude promoter state from MS2 (kept as the baseline of `state_from_ms2_hmm`): the mean of the next `window`
@@ -451,7 +427,6 @@ def state_from_ms2(ms2: np.ndarray, window: int = 6) -> np.ndarray:
             break
         lo, hi = lo2, hi2
     return np.where(np.isfinite(sm), (sm > (lo + hi) / 2).astype(float), np.nan)
-
 
 # %% ../nbs/03_radius.ipynb #b939cfe1
 def state_from_ms2_hmm(
@@ -521,7 +496,6 @@ def state_from_ms2_hmm(
     p[:, T - lag_frames :] = np.nan
     return np.where(np.isfinite(p), (p > 0.5).astype(float), np.nan), p
 
-
 # %% ../nbs/03_radius.ipynb #c3a48c9a
 @dataclass(frozen=True)
 class HeldOutScore:
@@ -561,7 +535,6 @@ def heldout_score(arrays: TraceArrays, test_fraction: float = 0.2, seed: int = 0
         test_gain_nats_per_event=(ll - ll0) / max(transition_data(a_te).n_events, 1),
     )
 
-
 # %% ../nbs/03_radius.ipynb #4204a29b
 def identifiable_radius(model: RadiusMLE, source: str | Path = "<arrays>") -> Identifiability:
     """The identifiability verdict of a fitted `RadiusMLE` (its own degeneracy reasons plus the profile-likelihood
@@ -575,7 +548,6 @@ def identifiable_radius(model: RadiusMLE, source: str | Path = "<arrays>") -> Id
             f"{source}: the contact radius is not identifiable from these data: " + "; ".join(reasons)
         )
     return guard
-
 
 # %% ../nbs/03_radius.ipynb #4ef5c8c7
 def _arrays_for_fit(tracks_path, dt_s: float | None, state_from: str, sanity: bool) -> tuple[TraceArrays, list[str]]:

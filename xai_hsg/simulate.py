@@ -23,27 +23,9 @@ from .contact import maxwell_cdf
 from .tracks import TraceArrays, Tracks, read_tracks, write_tracks
 
 # %% auto #0
-__all__ = [
-    "SECONDS_PER_MINUTE",
-    "FRESH_DECAY",
-    "CHUNK_TRACES",
-    "SIMULATION_KIND",
-    "SIMULATION_FILES",
-    "SimParams",
-    "RouseModes",
-    "rouse_modes",
-    "contact_probability",
-    "msd_theory",
-    "on_fraction_theory",
-    "mean_ms2_theory",
-    "SimResult",
-    "simulate",
-    "simulate_reference",
-    "save_simulation",
-    "SimulationData",
-    "load_simulation",
-    "write_simulation",
-]
+__all__ = ['SECONDS_PER_MINUTE', 'FRESH_DECAY', 'CHUNK_TRACES', 'SIMULATION_KIND', 'SIMULATION_FILES', 'SimParams', 'RouseModes',
+           'rouse_modes', 'contact_probability', 'msd_theory', 'on_fraction_theory', 'mean_ms2_theory', 'SimResult',
+           'simulate', 'simulate_reference', 'save_simulation', 'SimulationData', 'load_simulation', 'write_simulation']
 
 # %% ../nbs/01_simulation.ipynb #28864486
 SECONDS_PER_MINUTE = 60.0
@@ -89,7 +71,6 @@ def _check_param(name: str, value) -> None:
         )
     if bad:
         raise ValueError(f"SimParams.{name} must be {want}, got {value!r}")
-
 
 # %% ../nbs/01_simulation.ipynb #5d0c9a12
 @dataclass(frozen=True)
@@ -160,7 +141,6 @@ class SimParams:
             raise ValueError(f"SimParams: unknown field(s) {unknown}")
         return cls(**d)
 
-
 # %% ../nbs/01_simulation.ipynb #d21863e6
 @dataclass(frozen=True)
 class RouseModes:
@@ -183,7 +163,6 @@ class RouseModes:
     @property
     def fraction_kept(self) -> float:
         return self.var_kept_nm2 / self.var_full_nm2
-
 
 # %% ../nbs/01_simulation.ipynb #9b1e0f22
 FRESH_DECAY = 17.0  # e^-17 = 4e-8, below float32 resolution: a mode decorrelated this far is an independent draw
@@ -217,13 +196,11 @@ def rouse_modes(params: SimParams) -> RouseModes:
         var_full_nm2=float(var.sum()),
     )
 
-
 # %% ../nbs/01_simulation.ipynb #3c51a0e1
 def contact_probability(params: SimParams, kept: bool = True) -> float:
     "Stationary P(|r| < r_c) (with the kept modes' variance by default, as simulated)."
     m = rouse_modes(params)
     return float(maxwell_cdf(params.r_c_nm, math.sqrt(m.var_kept_nm2 if kept else m.var_full_nm2)))
-
 
 # %% ../nbs/01_simulation.ipynb #3c51a0e3
 def msd_theory(lag_s, params: SimParams) -> np.ndarray:
@@ -232,13 +209,11 @@ def msd_theory(lag_s, params: SimParams) -> np.ndarray:
     lag = np.asarray(lag_s, dtype=float)[..., None]
     return 3 * np.sum(2 * m.coef**2 * m.std_nm**2 * (1 - np.exp(-m.rate_per_s * lag)), axis=-1)
 
-
 # %% ../nbs/01_simulation.ipynb #3c51a0e5
 def on_fraction_theory(params: SimParams) -> float:
     "P(ON) in the fast-polymer limit: k_on P_c / (k_on P_c + k_off)."
     a = params.k_on * contact_probability(params)
     return float(a / (a + params.k_off_per_s)) if a + params.k_off_per_s > 0 else 0.0
-
 
 # %% ../nbs/01_simulation.ipynb #3c51a0e7
 def mean_ms2_theory(params: SimParams) -> float:
@@ -247,14 +222,12 @@ def mean_ms2_theory(params: SimParams) -> float:
     rate = params.nu_on_per_s * p_on + params.nu_off_per_s * (1 - p_on)
     return params.ms2_background + params.amplitude * rate * (params.t_rise_s / 2 + params.t_plateau_s)
 
-
 # %% ../nbs/01_simulation.ipynb #f1e9b35d
 def _time_grid(params: SimParams):
     "Burn-in frames, all frame times (burn-in included), start and end of the simulated span."
     n_burn = int(math.ceil((params.t_rise_s + params.t_plateau_s) / params.dt_s)) + 1
     t_frames = np.arange(-n_burn, params.n_frames) * params.dt_s
     return n_burn, t_frames, -n_burn * params.dt_s, params.duration_s + params.dt_s / 2
-
 
 # %% ../nbs/01_simulation.ipynb #6a0b7c02
 @dataclass
@@ -314,14 +287,12 @@ class SimResult:
     def off_durations_s(self) -> np.ndarray:
         return self._durations(False)
 
-
 # %% ../nbs/01_simulation.ipynb #7380243a
 def _rows_to_list(values: torch.Tensor, mask: torch.Tensor) -> list:
     "Ragged rows: values[b][mask[b]] as a list of numpy arrays."
     v, m = values.detach().cpu().numpy(), mask.detach().cpu().numpy()
     flat, ends = v[m], np.cumsum(m.sum(1)).tolist()
     return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]  # (np.split is 30x slower on thousands of rows)
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d002
 def _poisson_times(g, B, rate, t0, span, dev, pad):
@@ -335,14 +306,12 @@ def _poisson_times(g, B, rate, t0, span, dev, pad):
     valid = torch.isfinite(t)
     return torch.where(valid, t, pad), valid
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d004
 def _check_run_args(n_traces, seed):
     if isinstance(n_traces, bool) or not isinstance(n_traces, (int, np.integer)) or n_traces < 1:
         raise ValueError(f"n_traces must be a positive integer, got {n_traces!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d006
 def _mode_groups(rate, dt, ratio=1.6, min_fast_rate=0.0):
@@ -353,7 +322,6 @@ def _mode_groups(rate, dt, ratio=1.6, min_fast_rate=0.0):
         bounds.append(int(np.searchsorted(rate, rate[bounds[-1]] * ratio, side="right")))
     return bounds
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d008
 def _ou_bridge(theta, std, s, q):
     """Exact OU bridge, per mode: u at `s` after a point and `q` before the next one, given u at both, is
@@ -363,7 +331,6 @@ def _ou_bridge(theta, std, s, q):
     r = (m_s + m_q * (1 - m_s)).reciprocal_()  # 1 / (1 - e^{-2 theta (s + q)})
     a, b = (1 + e_s).mul_(m_q).mul_(r), (1 + e_q).mul_(m_s).mul_(r)
     return a, b, m_s.mul_(m_q).mul_(r).mul_(std**2)
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d010
 def _fast_cov(lag_s, theta, w, bounds):
@@ -384,7 +351,6 @@ def _fast_cov(lag_s, theta, w, bounds):
         w_near.index_add_(0, idx, torch.full((len(idx),), float(w[lo:hi].double().sum()), **f64))
     K0 = float(w.double().sum())
     return w_near - w_gone, (K0 - w_near) + w_gone
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d012
 def _banded_gaussian(g, mean, var, C_band, start, kw):
@@ -423,7 +389,6 @@ def _banded_gaussian(g, mean, var, C_band, start, kw):
         x[d:] += L[d:, d, None] * z[: n - d]
     return mean + x
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d014
 def _slow_at_frames(g, B, n_frames, dt_s, theta, std, coef, kw):
     """The slow modes stepped exactly through `n_frames` frames `dt_s` apart, started stationary:
@@ -441,7 +406,6 @@ def _slow_at_frames(g, B, n_frames, dt_s, theta, std, coef, kw):
             X[f].addcmul_(X[f - 1], decay)
         torch.matmul(blk, coef, out=r_slow[f0 : f0 + 8])
     return X, r_slow
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d016
 def _slow_at_candidates(g, Xr, B, b_c, f_c, tc, t_ext, s_next, theta, std, coef, kw):
@@ -478,7 +442,6 @@ def _slow_at_candidates(g, Xr, B, b_c, f_c, tc, t_ext, s_next, theta, std, coef,
         U, U_at = (u, i) if len(i) else (None, None)  # per-mode values the next level bridges from
     return slow_c
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d018
 def _fast_band(t_cand, cand_valid, b_c, j_c, f_c, tc, var, Km, Kp, theta, w, groups):
     """Covariance of the fast modes' part of r at the candidates given the frames, banded in time order: two
@@ -508,7 +471,6 @@ def _fast_band(t_cand, cand_valid, b_c, j_c, f_c, tc, var, Km, Kp, theta, w, gro
         C_band[ii, dd] = K_lag - shared / K0
     return C_band, start
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d020
 def _fast_at_candidates(g, fast_frames, t_cand, cand_valid, b_c, j_c, f_c, s_prev, s_next, theta, w, groups, kw):
     """The fast modes' part of r at the candidates (float64 [n, 3]): Gaussian given the two frames that bracket each
@@ -527,7 +489,6 @@ def _fast_at_candidates(g, fast_frames, t_cand, cand_valid, b_c, j_c, f_c, s_pre
     var = var.clamp(min=0)
     C_band, start = _fast_band(t_cand, cand_valid, b_c, j_c, f_c, t_cand[b_c, j_c], var, Km, Kp, theta, w, groups)
     return _banded_gaussian(g, mean, var, C_band, start, kw)
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d022
 def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
@@ -573,7 +534,6 @@ def _polymer(g, t_frames, dt_s, t_cand, cand_valid, modes, dtype):
     r_cand.view(-1, 3).index_copy_(0, b_c * t_cand.shape[1] + j_c, slow_c + fast_c.to(dtype))
     return r_frames[:, :F], r_cand
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d023
 class _PromoterPath(NamedTuple):
     "The promoter's path per trace: its events in time order and the state from each one on (float 0/1)."
@@ -594,7 +554,6 @@ class _PromoterPath(NamedTuple):
         "Time spent ON from the start to the sorted times q [B, Q]."
         k = torch.searchsorted(self.ev_t, q.contiguous(), right=True)
         return self.cum_on.gather(1, k) + self.seg_state.gather(1, k) * (q - self.seg_start.gather(1, k))
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d024
 def _promoter(g, params, t_cand, cand_valid, d_cand, t0, t1, pad) -> _PromoterPath:
@@ -623,7 +582,6 @@ def _promoter(g, params, t_cand, cand_valid, d_cand, t0, t1, pad) -> _PromoterPa
     flips = ev_real & (ev_type != seg_state[:, :-1])
     return _PromoterPath(ev_t, seg_state, seg_start, cum_on, flips, accepted, init)
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d026
 def _loadings(g, params, path: _PromoterPath, t0, span, pad):
     """Pol II loading times by thinning: Poisson at max(nu_on, nu_off), each kept with probability nu(state(t))/max.
@@ -639,7 +597,6 @@ def _loadings(g, params, path: _PromoterPath, t0, span, pad):
         keep = load_valid & False
     t_load = torch.sort(torch.where(keep, t_load, torch.inf), dim=1).values
     return t_load, torch.isfinite(t_load)
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d028
 def _ms2_clean(t_load, keep, t_out, params):
@@ -660,7 +617,6 @@ def _ms2_clean(t_load, keep, t_out, params):
     return params.ms2_background + params.amplitude * kernel_sum * torch.exp(
         -params.bleach_rate_per_s * t_out.clamp(min=0)
     )
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d030
 def _simulate(n_traces, params, seed, device, dtype) -> SimResult:
@@ -714,7 +670,6 @@ def _simulate(n_traces, params, seed, device, dtype) -> SimResult:
         variance_fraction_kept=modes.fraction_kept,
     )
 
-
 # %% ../nbs/01_simulation.ipynb #71c2d032
 _PER_TRACE = (
     "xyz_nm",
@@ -735,7 +690,6 @@ def _concat_results(parts: list, seed: int) -> SimResult:
     arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _PER_TRACE} if len(parts) > 1 else {}
     ragged = {f: [x for p in parts for x in getattr(p, f)] for f in _RAGGED}
     return dataclasses.replace(parts[0], seed=int(seed), **arrays, **ragged)
-
 
 # %% ../nbs/01_simulation.ipynb #71c2d036
 CHUNK_TRACES = 512  # CPU: traces per chunk; each chunk has its own random stream, and chunks run on parallel threads
@@ -778,13 +732,11 @@ def simulate(
         torch.set_num_threads(before)
     return _concat_results(parts, seed)
 
-
 # %% ../nbs/01_simulation.ipynb #fd132887
 def _trapezoid(tau, t_rise, t_plateau):
     "MS2 kernel K(tau): tau/T_rise on [0, T_rise), 1 on [T_rise, T_rise + T_plateau), 0 elsewhere."
     tau = np.asarray(tau, dtype=float)
     return np.where((tau >= 0) & (tau < t_rise), tau / t_rise, 0.0) + ((tau >= t_rise) & (tau < t_rise + t_plateau))
-
 
 # %% ../nbs/01_simulation.ipynb #8e4f2a02
 def _reference_polymer(rng, t_frames, cand, modes: RouseModes):
@@ -803,7 +755,6 @@ def _reference_polymer(rng, t_frames, cand, modes: RouseModes):
         u = u * decay + rng.standard_normal((3, len(theta))) * std * np.sqrt(1 - decay**2)
         r[j] = u @ coef
     return r, is_frame
-
 
 # %% ../nbs/01_simulation.ipynb #8e4f2a04
 def _reference_promoter(rng, params, cand, d_cand, t0, t1, p_on0):
@@ -826,7 +777,6 @@ def _reference_promoter(rng, params, cand, d_cand, t0, t1, p_on0):
     seg_states = (state0 + np.arange(len(bounds) - 1)) % 2
     return accepted, state0, switches, bounds, seg_states
 
-
 # %% ../nbs/01_simulation.ipynb #8e4f2a06
 def _reference_loadings(rng, params, bounds, seg_states):
     "Pol II loading times: a Poisson number per constant-state segment, uniform in it; sorted."
@@ -835,7 +785,6 @@ def _reference_loadings(rng, params, bounds, seg_states):
         nu = params.nu_on_per_s if st else params.nu_off_per_s
         loads.append(rng.uniform(a, b, rng.poisson(nu * (b - a))))
     return np.sort(np.concatenate(loads)) if loads else np.zeros(0)
-
 
 # %% ../nbs/01_simulation.ipynb #8e4f2a08
 class _ReferenceTrace(NamedTuple):
@@ -854,7 +803,6 @@ class _ReferenceTrace(NamedTuple):
     cand: np.ndarray  # candidate times
     cand_d: np.ndarray  # |r| at the candidates
     cand_acc: np.ndarray  # accepted candidates
-
 
 # %% ../nbs/01_simulation.ipynb #8e4f2a31
 def _reference_trace(rng, params, modes, t_frames, n_burn, t0, t1, p_on0) -> _ReferenceTrace:
@@ -891,7 +839,6 @@ def _reference_trace(rng, params, modes, t_frames, n_burn, t0, t1, p_on0) -> _Re
         cand_d=d_cand,
         cand_acc=accepted,
     )
-
 
 # %% ../nbs/01_simulation.ipynb #8e4f2a10
 def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int = 0) -> SimResult:
@@ -931,7 +878,6 @@ def simulate_reference(n_traces: int, params: SimParams | None = None, seed: int
         variance_fraction_kept=modes.fraction_kept,
     )
 
-
 # %% ../nbs/01_simulation.ipynb #8e4f2a21
 @patch
 def to_frame(self: SimResult, truth: bool = True):
@@ -952,7 +898,6 @@ def to_frame(self: SimResult, truth: bool = True):
             distance_true_nm=self.distance_true_nm.astype(float).ravel(),
         )
     return pd.DataFrame(cols)
-
 
 # %% ../nbs/01_simulation.ipynb #8e4f2a23
 @patch
@@ -989,7 +934,6 @@ def truth_dict(self: SimResult) -> dict:
         ],
     }
 
-
 # %% ../nbs/01_simulation.ipynb #8e4f2a25
 @patch
 def to_arrays(self: SimResult) -> TraceArrays:
@@ -1013,7 +957,6 @@ def to_arrays(self: SimResult) -> TraceArrays:
         ms2_clean=self.ms2_clean.astype(float),
         distance_true_nm=self.distance_true_nm.astype(float),
     )
-
 
 # %% ../nbs/01_simulation.ipynb #e77059b6
 SIMULATION_KIND = "simulation"  # the kind of run `core.atomic_folder` records in a simulation's folder
@@ -1050,7 +993,6 @@ def _write_simulation_files(result: SimResult, folder: Path, fmt: str) -> None:
     # compact JSON (per-trace event times of thousands of traces), as before: indent=None, keys in insertion order
     core.write_json_atomic(folder / "truth.json", result.truth_dict(), indent=None, sort_keys=False)
 
-
 # %% ../nbs/01_simulation.ipynb #2f7d9e11
 def save_simulation(result: SimResult, out_dir: str | Path, fmt: str = "csv", force: bool = False) -> tuple[Path, Path]:
     """Write `out_dir/tracks.<fmt>` (csv or parquet) and `out_dir/truth.json` as one folder (`core.atomic_folder`):
@@ -1061,7 +1003,6 @@ def save_simulation(result: SimResult, out_dir: str | Path, fmt: str = "csv", fo
         _write_simulation_files(result, tmp, fmt)
     out = Path(out_dir)
     return out / f"tracks.{fmt}", out / "truth.json"
-
 
 # %% ../nbs/01_simulation.ipynb #2f7d9e02
 @dataclass(frozen=True)
@@ -1088,7 +1029,6 @@ class SimulationData:
     def to_arrays(self) -> TraceArrays:
         return self.tracks.to_arrays()
 
-
 # %% ../nbs/01_simulation.ipynb #2f7d9e13
 def load_simulation(
     folder: str | Path | None = None, profile: str | None = None, root: str | Path | None = None
@@ -1107,7 +1047,6 @@ def load_simulation(
         )
     tracks_path = max(found, key=lambda p: p.stat().st_mtime)
     return SimulationData(tracks=read_tracks(tracks_path), truth=json.loads((folder / "truth.json").read_text()))
-
 
 # %% ../nbs/01_simulation.ipynb #2f7d9e04
 def write_simulation(

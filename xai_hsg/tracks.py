@@ -59,32 +59,11 @@ class TracksError(ValueError):
 class PlausibilityError(TracksError):
     "Tracks that parse but look like the wrong units or an empty signal (`check_plausible`; `sanity=False` accepts)."
 
-
 # %% auto #0
-__all__ = [
-    "LAYOUT_COLUMNS",
-    "KEY_COLUMNS",
-    "SIGNAL_COLUMNS",
-    "TRUTH_COLUMNS",
-    "BRUECKNER_COLUMNS",
-    "BRUECKNER_DT_S",
-    "BRUECKNER_EXTRA_COLUMNS",
-    "MIN_FRAME_STEP_S",
-    "MAX_FRAME_STEP_S",
-    "MIN_MEDIAN_DISTANCE_NM",
-    "MAX_MEDIAN_DISTANCE_NM",
-    "OPTIONAL_ARRAYS",
-    "TracksError",
-    "PlausibilityError",
-    "detect_layout",
-    "validate_tracks",
-    "Tracks",
-    "TraceArrays",
-    "read_tracks",
-    "check_plausible",
-    "write_tracks",
-]
-
+__all__ = ['LAYOUT_COLUMNS', 'KEY_COLUMNS', 'SIGNAL_COLUMNS', 'TRUTH_COLUMNS', 'BRUECKNER_COLUMNS', 'BRUECKNER_DT_S',
+           'BRUECKNER_EXTRA_COLUMNS', 'MIN_FRAME_STEP_S', 'MAX_FRAME_STEP_S', 'MIN_MEDIAN_DISTANCE_NM',
+           'MAX_MEDIAN_DISTANCE_NM', 'OPTIONAL_ARRAYS', 'TracksError', 'PlausibilityError', 'detect_layout',
+           'validate_tracks', 'Tracks', 'TraceArrays', 'read_tracks', 'check_plausible', 'write_tracks']
 
 # %% ../nbs/01a_tracks.ipynb #ddc101a0
 def _numeric(df, col, file):
@@ -107,7 +86,6 @@ def _sort_key(ids: pd.Series):
     as_int = pd.to_numeric(ids, errors="coerce")
     return as_int if as_int.notna().all() and (as_int == np.round(as_int)).all() else ids
 
-
 # %% ../nbs/01a_tracks.ipynb #0917b1c0
 def detect_layout(columns) -> str:
     "'vector', 'loci', 'distance' or 'brueckner' from a table's columns."
@@ -121,7 +99,6 @@ def detect_layout(columns) -> str:
             f"found {found or 'none'}"
         )
     return found[0]
-
 
 # %% ../nbs/01a_tracks.ipynb #12b6b686
 def _layout_and_columns(df: pd.DataFrame, file: str) -> tuple[str, list[str]]:
@@ -155,7 +132,6 @@ def _layout_and_columns(df: pd.DataFrame, file: str) -> tuple[str, list[str]]:
     cols = KEY_COLUMNS + LAYOUT_COLUMNS[layout] + [c for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in df.columns]
     return layout, cols
 
-
 # %% ../nbs/01a_tracks.ipynb #d246c775
 def _as_numbers(df: pd.DataFrame, cols: list[str], file: str) -> pd.DataFrame:
     "`trace_id` as text, every other column as float64; a TracksError at the first empty id or non-number."
@@ -170,7 +146,6 @@ def _as_numbers(df: pd.DataFrame, cols: list[str], file: str) -> pd.DataFrame:
     for c in cols[1:]:
         out[c] = _numeric(df, c, file)
     return out
-
 
 # %% ../nbs/01a_tracks.ipynb #be954991
 def _check_values(out: pd.DataFrame, cols: list[str], file: str) -> pd.DataFrame:
@@ -216,7 +191,6 @@ def _check_values(out: pd.DataFrame, cols: list[str], file: str) -> pd.DataFrame
         out["loadings"] = out["loadings"].round().astype("Int64")
     return out
 
-
 # %% ../nbs/01a_tracks.ipynb #77de3c9b
 def _check_frames(out: pd.DataFrame, file: str, min_length: int | None) -> None:
     "No frame twice in a trace; every trace at least `min_length` frames long."
@@ -245,7 +219,6 @@ def _check_frames(out: pd.DataFrame, file: str, min_length: int | None) -> None:
                 f"trace {tid!r} has {int(short.iloc[0])} frames, fewer than the minimum {min_length}",
             )
 
-
 # %% ../nbs/01a_tracks.ipynb #5db4cc27
 def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: int | None = None) -> pd.DataFrame:
     """Check a long tracks table and return it in canonical form: known columns in canonical order, `trace_id` as
@@ -257,7 +230,6 @@ def validate_tracks(df: pd.DataFrame, file: str | Path = "<table>", min_length: 
     _check_frames(out, file, min_length)
     out = out.assign(_k=_sort_key(out["trace_id"])).sort_values(["_k", "t_s"], kind="stable").drop(columns="_k")
     return out.reset_index(drop=True)[cols]
-
 
 # %% ../nbs/01a_tracks.ipynb #65470fa2
 @dataclass
@@ -296,7 +268,6 @@ class Tracks:
     def to_arrays(self, dt_s: float | None = None) -> TraceArrays:
         "`TraceArrays.from_tracks(self, dt_s)`: the traces on a regular grid of `dt_s` (default: the file's own step)."
         return TraceArrays.from_tracks(self, self.dt_s if dt_s is None else dt_s)
-
 
 # %% ../nbs/01a_tracks.ipynb #3a9d0c34
 OPTIONAL_ARRAYS = ("vector_nm", *SIGNAL_COLUMNS, *TRUTH_COLUMNS)
@@ -377,7 +348,6 @@ class TraceArrays:
         "True when E–P vectors are given and at least one is finite."
         return self.vector_nm is not None and bool(np.isfinite(self.vector_nm).any())
 
-
 # %% ../nbs/01a_tracks.ipynb #e4d07a44
 @patch
 def require(self: TraceArrays, *names: str, hint: str = "") -> None:
@@ -401,7 +371,6 @@ def subset(self: TraceArrays, idx) -> TraceArrays:
         raise ValueError(f"a boolean trace selection needs {self.n_traces} entries, got {idx.shape}")
     per_trace = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dt_s"}
     return dataclasses.replace(self, **{k: (None if v is None else v[idx]) for k, v in per_trace.items()})
-
 
 # %% ../nbs/01a_tracks.ipynb #ac3ed539
 @patch(cls_method=True)
@@ -443,7 +412,6 @@ def from_tracks(cls: TraceArrays, tracks: Tracks, dt_s: float | None = None) -> 
         **columns,
     )
 
-
 # %% ../nbs/01a_tracks.ipynb #f3e3524e
 def _from_brueckner(df: pd.DataFrame, file: str, dt_s: float) -> pd.DataFrame:
     "The Brückner columns as the long loci layout (`time_point` × `dt_s` → `t_s`, red → ms2, a `state` kept)."
@@ -475,7 +443,6 @@ def _to_brueckner(data: pd.DataFrame, dt_s: float) -> pd.DataFrame:
     if "ms2" in data:
         out["red"] = data["ms2"]
     return out
-
 
 # %% ../nbs/01a_tracks.ipynb #8aea1dec
 def _csv_delimiter(path: Path) -> str:
@@ -536,7 +503,6 @@ def read_tracks(path: str | Path, min_length: int | None = None, dt_s: float | N
     data = validate_tracks(df, path, min_length=min_length)
     return Tracks(data=data, layout=detect_layout(data.columns), source=str(path), dt_s=frame_s)
 
-
 # %% ../nbs/01a_tracks.ipynb #c4e1a7d2
 def check_plausible(data: TraceArrays | Tracks, sanity: bool = True, source: str | Path | None = None) -> list[str]:
     """Plausibility of the units and signals of tracks, each problem with a hint: a frame step < 1 s (or of exactly
@@ -575,7 +541,6 @@ def check_plausible(data: TraceArrays | Tracks, sanity: bool = True, source: str
             source, None, None, "; ".join(problems) + " (sanity=False, or --no-sanity, accepts the file as it is)"
         )
     return [f"{source}: {p}" for p in problems]
-
 
 # %% ../nbs/01a_tracks.ipynb #97acc861
 def write_tracks(

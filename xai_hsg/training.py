@@ -18,8 +18,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ["LoopConfig", "lr_factor", "make_optimizer", "History", "EarlyStopping", "optimizer_step", "train_loop"]
-
+__all__ = ['LoopConfig', 'lr_factor', 'make_optimizer', 'History', 'EarlyStopping', 'optimizer_step', 'train_loop']
 
 # %% ../nbs/00b_training.ipynb #b0000006
 @dataclass
@@ -76,7 +75,6 @@ class LoopConfig:
             return self.steps
         return self.epochs * self.steps_per_epoch if self.steps_per_epoch else None
 
-
 # %% ../nbs/00b_training.ipynb #b0000009
 def lr_factor(step: int, cfg: LoopConfig) -> float:
     "The learning-rate multiplier of optimiser step `step` (from 0): linear warm-up, then constant or cosine."
@@ -88,7 +86,6 @@ def lr_factor(step: int, cfg: LoopConfig) -> float:
     progress = min(1.0, (step - warm) / max(1, cfg.total_steps - warm))
     return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
-
 # %% ../nbs/00b_training.ipynb #b000000c
 def make_optimizer(model: nn.Module, cfg: LoopConfig, param_groups: list[dict] | None = None) -> torch.optim.Optimizer:
     "Adam or AdamW over `param_groups` (default: all of the model's parameters), with the config's defaults."
@@ -96,7 +93,6 @@ def make_optimizer(model: nn.Module, cfg: LoopConfig, param_groups: list[dict] |
     groups = [{"lr": cfg.lr, "weight_decay": cfg.weight_decay, **g} for g in groups]
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return kind(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-
 
 # %% ../nbs/00b_training.ipynb #b000000f
 @dataclass
@@ -130,7 +126,6 @@ class History:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
 # %% ../nbs/00b_training.ipynb #b0000012
 class EarlyStopping:
     "Track the best value of `cfg.monitor`; `update` returns True when training should stop."
@@ -152,7 +147,6 @@ class EarlyStopping:
         self.bad += 1
         return self.cfg.patience is not None and self.bad >= self.cfg.patience
 
-
 # %% ../nbs/00b_training.ipynb #b0000015
 def optimizer_step(model: nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer, sched, grad_clip: float | None):
     "zero_grad → backward → clip (when `grad_clip`) → optimiser step → schedule step."
@@ -162,7 +156,6 @@ def optimizer_step(model: nn.Module, loss: torch.Tensor, opt: torch.optim.Optimi
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     sched.step()
-
 
 # %% ../nbs/00b_training.ipynb #b0000018
 def _units(batches: Callable[[], Iterable], cfg: LoopConfig) -> Iterator[Iterable]:
@@ -186,7 +179,6 @@ _END = object()
 def _weighted_means(sums: dict, weight: float) -> dict:
     return {k: v / weight for k, v in sums.items()}
 
-
 # %% ../nbs/00b_training.ipynb #b000001a
 def _run_unit(model, loss_fn, unit_batches, opt, sched, cfg: LoopConfig) -> dict | None:
     "Train on the batches of one epoch (or step); the weighted means of loss and metrics (None if all skipped)."
@@ -205,7 +197,6 @@ def _run_unit(model, loss_fn, unit_batches, opt, sched, cfg: LoopConfig) -> dict
         weight += n
     return None if lr is None else {**_weighted_means(sums, weight), "lr": lr}
 
-
 # %% ../nbs/00b_training.ipynb #b000001b
 def _evaluate(model, evaluate: Callable[[nn.Module], dict]) -> dict:
     model.eval()
@@ -215,7 +206,6 @@ def _evaluate(model, evaluate: Callable[[nn.Module], dict]) -> dict:
 
 def _postfix(row: dict, unit: str) -> dict:
     return {k: f"{v:.4g}" for k, v in row.items() if k not in (unit, "elapsed_s") and isinstance(v, float)}
-
 
 # %% ../nbs/00b_training.ipynb #b000001c
 def train_loop(
