@@ -36,19 +36,18 @@ def _digest(folder: Path) -> dict:
     }
 
 
-def _run_child(argv: list[str], delay_s: float | None, sig: int) -> tuple[int, float]:
-    """Fork, run `main(argv)` in the child (stdout discarded, stderr to `$XAI_HSG_TEST_LOG`); kill it with `sig` after
-    `delay_s`. Returns (wait status, seconds)."""
+def _fork_and_signal(job, delay_s: float | None, sig: int) -> tuple[int, float]:
+    """Fork, run `job()` in the child (its return value is the exit status; stdout discarded, stderr to
+    `$XAI_HSG_TEST_LOG` when set); kill it with `sig` after `delay_s`. Returns (wait status, seconds)."""
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # child: never return into the driver
         code = 1
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-            os.dup2(os.open(os.environ["XAI_HSG_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT), 2)
-            from xai_hsg.cli import main
-
-            code = main(argv)
+            if "XAI_HSG_TEST_LOG" in os.environ:
+                os.dup2(os.open(os.environ["XAI_HSG_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT), 2)
+            code = job()
         except KeyboardInterrupt:  # Ctrl-C before main's handler (parsing the arguments): nothing written yet
             code = 98
         except BaseException:
@@ -65,6 +64,17 @@ def _run_child(argv: list[str], delay_s: float | None, sig: int) -> tuple[int, f
         os.kill(pid, sig)
     _, status = os.waitpid(pid, 0)
     return status, time.perf_counter() - start
+
+
+def _run_child(argv: list[str], delay_s: float | None, sig: int) -> tuple[int, float]:
+    "`xai_hsg.cli.main(argv)` in a forked child, killed with `sig` after `delay_s` (see `_fork_and_signal`)."
+
+    def job():
+        from xai_hsg.cli import main
+
+        return main(argv)
+
+    return _fork_and_signal(job, delay_s, sig)
 
 
 def _delays(rng, n: int, run_s: float) -> list[float]:
@@ -185,25 +195,7 @@ def _store_job(model_dir: Path, out: Path) -> int:
 
 
 def _run_store_child(model_dir: Path, out: Path, delay_s: float | None, sig: int) -> tuple[int, float]:
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = _store_job(model_dir, out)
-        except BaseException:
-            code = 99
-        finally:
-            os._exit(code)
-    if delay_s is not None:
-        while time.perf_counter() < start + delay_s:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return status, time.perf_counter() - start
-            time.sleep(0.005)
-        os.kill(pid, sig)
-    _, status = os.waitpid(pid, 0)
-    return status, time.perf_counter() - start
+    return _fork_and_signal(lambda: _store_job(model_dir, out), delay_s, sig)
 
 
 def _drive_store(work: Path, seed: int) -> dict:

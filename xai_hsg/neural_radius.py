@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .contact import MotionCovariance, PairEnds, bridge_terms, estimate_sigma_r, motion_covariance, rice3_cdf
-from .models import CausalConv1d, EPModel, SeedsGateModel, TrainConfig, train
+from .models import CausalConv1d, EPModel, SeedsGateModel, TrainConfig, to_tensors, train
 from .radius import RadiusMLE
 from .tracks import TraceArrays
 from .training import History, LoopConfig, train_loop
@@ -494,12 +494,8 @@ def _state_tensors(arrays: TraceArrays) -> dict:
     arrays.require("state", hint="the promoter state per frame, e.g. arrays.replace(state=...)")
     if not np.isfinite(arrays.state).any():
         raise ValueError("state has no finite value")
-    return {
-        "distance_nm": torch.as_tensor(arrays.distance_nm, dtype=torch.float32),
-        "mask": torch.as_tensor(arrays.mask),
-        "state": torch.as_tensor(np.nan_to_num(arrays.state), dtype=torch.float32),
-        "state_mask": torch.as_tensor(np.isfinite(arrays.state)),
-    }
+    data = to_tensors(arrays)
+    return {k: data[k] for k in ("distance_nm", "mask", "state", "state_mask")}
 
 # %% ../nbs/03a_neural_radius.ipynb #862dec25
 def fit_unet_radius(arrays: TraceArrays, cfg: UNetRadiusConfig | None = None) -> NeuralRadiusFit:
