@@ -1,5 +1,5 @@
 """Tests of xai_hsg.marginal: the kernel moments against Monte Carlo, the forward algorithm against brute-force
-enumeration of promoter paths (with missing MS2 and missing distances, both emissions), the truncated compound state
+enumeration of promoter paths (with missing MS2 and missing distances, emission orders 0–2), the truncated compound state
 against the full one, the gradient against finite differences, posterior states, recovery of r_c from distances and
 MS2 alone, and a radius that does not move when the Poisson loading noise is made negligible."""
 
@@ -43,18 +43,26 @@ def tiny_arrays(B=3, T=6, dt=60.0, seed=1) -> TraceArrays:
     return TraceArrays(distance_nm=d, dt_s=dt, ms2=ms2)
 
 
-def _moments(w: dict, t: int, kw, p: MarginalParams, dt: float) -> tuple[float, float, float]:
-    "Mean and variance of y_t and Cov(y_{t−1}, y_t) given the loading levels w[u], term by term."
+def _joint(w: dict, frames: list, kw, p: MarginalParams, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    "Mean and covariance of y at `frames` given the loading levels w[u], term by term (from the moment formulas)."
     lags = range(kw.n_lags)
-    m = p.load_amp_per_s * dt * sum(kw.kappa[l] * w[t - l] for l in lags)
-    V = p.sigma_ms2**2 + p.amplitude * p.load_amp_per_s * dt * sum(kw.kappa2[l] * w[t - l] for l in lags)
-    C = p.amplitude * p.load_amp_per_s * dt * sum(kw.rho[l] * w[t - 1 - l] for l in lags if t - 1 - l in w)
-    return m, V, C
+    scale = p.load_amp_per_s * dt
+    mean = np.array([scale * sum(kw.kappa[l] * w[t - l] for l in lags) for t in frames])
+    cov = np.zeros((len(frames), len(frames)))
+    for i, ti in enumerate(frames):
+        for j, tj in enumerate(frames):
+            if ti == tj:
+                cov[i, j] = p.sigma_ms2**2 + p.amplitude * scale * sum(kw.kappa2[l] * w[ti - l] for l in lags)
+            else:
+                d, early = abs(ti - tj), min(ti, tj)
+                cov[i, j] = p.amplitude * scale * sum(kw.cross[d - 1][l] * w[early - l] for l in lags)
+    return mean, cov
 
 
 def brute_force(data: MarginalData, p: MarginalParams, ms2: np.ndarray) -> np.ndarray:
-    "log L per trace by enumerating every promoter path over the W − 1 + T intervals, written from the equations."
-    kw, W, dt = data.kernel, data.states.window, data.dt_s
+    """log L per trace by enumerating every promoter path over the W − 1 + T intervals, written from the equations:
+    each observed frame conditioned on the q = min(order, run of observed frames before it) frames before it."""
+    kw, W, dt, order = data.kernel, data.states.window, data.dt_s, data.emission_order
     g = interval_gate(data, torch.tensor(math.log(p.r_c_nm))).detach().numpy()
     f = p.nu_off_fraction
     out = []
@@ -71,16 +79,17 @@ def brute_force(data: MarginalData, p: MarginalParams, ms2: np.ndarray) -> np.nd
                 q01 = p01 if u <= 0 else 1 - math.exp(-p.k_on_per_s * dt * g[b, u - 1])
                 lp += math.log([[1 - q01, q01], [p10, 1 - p10]][s[u - 1]][s[u]])
             w = {u: f + (1 - f) * s[u] for u in s}  # relative loading level per interval
+            run = 0
             for t in range(T):
                 y = ms2[b, t]
+                q = min(order, run) if t > 0 else 0
+                run = run + 1 if np.isfinite(y) else 0
                 if not np.isfinite(y):
                     continue
-                m, V, C = _moments(w, t, kw, p, dt)
-                if data.emission == "conditional" and t > 0 and np.isfinite(ms2[b, t - 1]):
-                    m1, V1, _ = _moments(w, t - 1, kw, p, dt)
-                    mu, var = m + C / V1 * (ms2[b, t - 1] - m1), V - C**2 / V1
-                else:
-                    mu, var = m, V
+                mean, cov = _joint(w, [t - j for j in range(q + 1)], kw, p, dt)
+                k = np.linalg.solve(cov[1:, 1:], cov[1:, 0]) if q else np.zeros(0)
+                mu = mean[0] + k @ (ms2[b, t - np.arange(1, q + 1)] - mean[1:])
+                var = cov[0, 0] - k @ cov[1:, 0]
                 lp += -0.5 * (math.log(2 * math.pi * var) + (y - mu) ** 2 / var)
             total += math.exp(lp)
         out.append(math.log(total))
@@ -117,12 +126,10 @@ def test_kernel_moments_match_monte_carlo():
     assert np.isclose(np.cov(y.T)[0, 1], A * nu * A * dt * kw.rho @ lags(8), rtol=0.05)
 
 
-@pytest.mark.parametrize("emission", ["conditional", "independent"])
-def test_forward_equals_brute_force(emission):
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_forward_equals_brute_force(order):
     arrays = tiny_arrays()
-    data = MarginalData.from_arrays(
-        arrays, 20.0, MarginalConfig(50.0, 80.0, window=3, max_switches=None, emission=emission)
-    )
+    data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig(50.0, 80.0, emission_order=order, max_switches=None))
     ll = marginal_loglik(data, PARAMS.to_log()).numpy()
     np.testing.assert_allclose(ll, brute_force(data, PARAMS, arrays.ms2), rtol=0, atol=1e-10)
 
@@ -148,7 +155,7 @@ def test_truncation_against_full_state_space():
     theta = MarginalParams(150.0, p.k_on, p.k_off_per_s, p.nu_on_per_s * p.amplitude, p.amplitude, 1.0).to_log()
     ll = {}
     for m in (None, 1, 2, 3):
-        data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig(window=6, max_switches=m))
+        data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig(window=7, max_switches=m))
         ll[m] = float(marginal_loglik(data, theta).sum()) / int(data.y_obs.sum())
     assert ll[1] <= ll[2] <= ll[3] <= ll[None] + 1e-12
     assert ll[None] - ll[2] < 1e-3  # nats per frame; measured: m = 1 4.1e-3, m = 2 1.6e-4, m = 3 8.6e-6
@@ -156,7 +163,7 @@ def test_truncation_against_full_state_space():
 
 
 def test_gradient_matches_finite_differences():
-    data = MarginalData.from_arrays(tiny_arrays(B=4, T=12), 20.0, MarginalConfig(window=6, max_switches=2))
+    data = MarginalData.from_arrays(tiny_arrays(B=4, T=12), 20.0, MarginalConfig(window=7, max_switches=2))
     theta = PARAMS.to_log().requires_grad_()
     marginal_loglik(data, theta).sum().backward()
     h = 1e-3  # ḡ is float32 (the bridge table): a smaller step measures its rounding
@@ -167,12 +174,12 @@ def test_gradient_matches_finite_differences():
 
 def test_no_ms2_sums_to_one_and_bad_config():
     arrays = tiny_arrays().replace(ms2=np.full((3, 6), np.nan))
-    data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig(50.0, 80.0, window=3, max_switches=None))
+    data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig(50.0, 80.0, window=4, max_switches=None))
     assert torch.allclose(marginal_loglik(data, PARAMS.to_log()), torch.zeros(3, dtype=torch.float64), atol=1e-12)
-    with pytest.raises(ValueError, match="emission"):
-        MarginalConfig(emission="poisson")
-    with pytest.raises(ValueError, match="shorter than the kernel"):
-        MarginalConfig(window=2).states(60.0)
+    with pytest.raises(ValueError, match="emission_order"):
+        MarginalConfig(emission_order=-1)
+    with pytest.raises(ValueError, match="too short for the kernel"):
+        MarginalConfig(window=6).states(60.0)  # L = 6 and order 2 need W >= 7
     with pytest.raises(ValueError, match="max_states"):
         MarginalConfig(max_switches=None).states(20.0)
     with pytest.raises(ValueError, match="ms2"):
@@ -182,7 +189,7 @@ def test_no_ms2_sums_to_one_and_bad_config():
 
 
 def sim60(n, seed, **changes):
-    "One-minute frames (W = 6: all 64 compound states), r_c 150 nm, σ_loc 20 nm, ON periods of ~10 min."
+    "One-minute frames (L = 6, order 2: W = 7, all 128 compound states), r_c 150 nm, σ_loc 20 nm, ON periods of ~10 min."
     p = SimParams(n_frames=121, dt_s=60.0, r_c_nm=150.0, sigma_loc_nm=20.0, k_off_per_s=1 / 600, **changes)
     return simulate(n, p, seed=seed, threads=1).to_arrays()
 
@@ -231,7 +238,7 @@ def test_fit_recovers_radius(fits60):
         assert abs(truth.r_c_nm_ / 150.0 - 1) < 0.1
         assert abs(est.sigma_ms2_ - 1.0) < 0.05
     summary = fits60["realistic"][0].summary().to_dict()
-    assert summary["n_states"] == 64 and summary["params"]["r_c_nm"] == fits60["realistic"][0].r_c_nm_
+    assert summary["n_states"] == 128 and summary["params"]["r_c_nm"] == fits60["realistic"][0].r_c_nm_
 
 
 @pytest.mark.slow

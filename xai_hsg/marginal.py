@@ -25,20 +25,26 @@ _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
 __all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_weights', 'CompoundStates', 'compound_states', 'MarginalParams',
-           'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_moments', 'marginal_loglik',
-           'posterior_compound', 'initial_params', 'MarginalFit', 'MarginalRadius', 'PosteriorStates']
+           'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
+           'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'MarginalFit',
+           'MarginalRadius', 'PosteriorStates']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
-    "Per-lag tables of the MS2 kernel at frame resolution (`kernel_weights`), each [L]."
+    "Per-lag tables of the MS2 kernel at frame resolution (`kernel_weights`): κ, κ⁽²⁾ [L] and ρ⁽ᵈ⁾ [D, L]."
 
     kappa: np.ndarray  # mean of K over the lag interval
     kappa2: np.ndarray  # mean of K²
-    rho: np.ndarray  # mean of K(τ)·K(τ + Δt)
+    cross: np.ndarray  # [D, L]: cross[d − 1] = mean of K(τ)·K(τ + d·Δt), d = 1..D
 
     @property
     def n_lags(self) -> int:
         return len(self.kappa)
+
+    @property
+    def rho(self) -> np.ndarray:
+        "ρ⁽¹⁾ [L]: the lag-1 table."
+        return self.cross[0]
 
 # %% ../nbs/03b_marginal.ipynb #2c5a03fa
 def trapezoid_kernel(tau_s, t_rise_s: float, t_plateau_s: float):
@@ -49,20 +55,25 @@ def trapezoid_kernel(tau_s, t_rise_s: float, t_plateau_s: float):
     )
 
 # %% ../nbs/03b_marginal.ipynb #3cebf1b7
-def kernel_weights(dt_s: float, t_rise_s: float, t_plateau_s: float) -> KernelWeights:
-    "κ, κ⁽²⁾ and ρ of the trapezoid kernel (see the equations above), by adaptive quadrature with the kinks as breakpoints."
+def kernel_weights(dt_s: float, t_rise_s: float, t_plateau_s: float, max_lag: int = 1) -> KernelWeights:
+    "κ, κ⁽²⁾ and ρ⁽¹⁾..ρ⁽ᴰ⁾ (D = `max_lag`) of the trapezoid kernel, by adaptive quadrature with the kinks as breakpoints."
     if not (dt_s > 0 and t_rise_s > 0 and t_plateau_s >= 0):
         raise ValueError("need dt_s > 0, t_rise_s > 0, t_plateau_s >= 0")
+    if max_lag < 1:
+        raise ValueError(f"max_lag must be >= 1, got {max_lag}")
     L = int(math.ceil((t_rise_s + t_plateau_s) / dt_s - 1e-9))
     K = lambda x: float(trapezoid_kernel(x, t_rise_s, t_plateau_s))
-    kinks = [0.0, t_rise_s, t_rise_s + t_plateau_s, t_rise_s - dt_s, t_rise_s + t_plateau_s - dt_s]
-    out = np.zeros((3, L))
-    for l in range(L):
-        a, b = l * dt_s, (l + 1) * dt_s
-        pts = [p for p in kinks if a < p < b]
-        for i, f in enumerate((K, lambda x: K(x) ** 2, lambda x: K(x) * K(x + dt_s))):
+    ends = (0.0, t_rise_s, t_rise_s + t_plateau_s)
+    products = [(K, ends), (lambda x: K(x) ** 2, ends)] + [
+        (lambda x, d=d: K(x) * K(x + d * dt_s), ends + tuple(e - d * dt_s for e in ends)) for d in range(1, max_lag + 1)
+    ]
+    out = np.zeros((len(products), L))
+    for i, (f, kinks) in enumerate(products):
+        for l in range(L):
+            a, b = l * dt_s, (l + 1) * dt_s
+            pts = [p for p in kinks if a < p < b]
             out[i, l] = quad(f, a, b, points=pts or None, limit=200, epsabs=1e-12)[0] / dt_s
-    return KernelWeights(*out)
+    return KernelWeights(out[0], out[1], out[2:])
 
 # %% ../nbs/03b_marginal.ipynb #e37113cd
 @dataclass(frozen=True)
@@ -134,29 +145,35 @@ class MarginalParams:
 # %% ../nbs/03b_marginal.ipynb #f5124762
 @dataclass(frozen=True)
 class MarginalConfig:
-    "What the likelihood does not fit: the MS2 kernel (s), the compound window, its truncation and the emission."
+    """What the likelihood does not fit: the MS2 kernel (s), the emission's order p (0: independent frames; p ≥ 1: each
+    frame conditioned on the p frames before it), the compound window W and its truncation."""
 
     t_rise_s: float = 120.0
     t_plateau_s: float = 240.0
-    window: int | None = None  # W; None: the kernel's lags L
+    emission_order: int = 2  # p
+    window: int | None = None  # W; None: L + p − 1 (the smallest that holds the p + 1 frames' kernels)
     max_switches: int | None = 2  # truncation (None: all 2^W states)
-    emission: str = "conditional"  # or "independent"
     max_states: int = 4096
 
     def __post_init__(self):
         if not (self.t_rise_s > 0 and self.t_plateau_s >= 0):
             raise ValueError("need t_rise_s > 0 and t_plateau_s >= 0")
-        if self.emission not in ("conditional", "independent"):
-            raise ValueError(f"emission must be 'conditional' or 'independent', got {self.emission!r}")
+        if not (isinstance(self.emission_order, int) and 0 <= self.emission_order <= 8):
+            raise ValueError(f"emission_order must be an integer in [0, 8], got {self.emission_order!r}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 or None, got {self.window}")
 
     def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates]:
-        "The kernel tables at `dt_s` and the compound states (W ≥ L is required: the kernel must fit in the window)."
-        kw = kernel_weights(dt_s, self.t_rise_s, self.t_plateau_s)
-        W = self.window or max(kw.n_lags, 1)
-        if W < kw.n_lags:
-            raise ValueError(f"window {W} is shorter than the kernel ({kw.n_lags} frames of {dt_s} s)")
+        "The kernel tables at `dt_s` and the compound states (W ≥ L + p − 1: a transition's W + 1 bits hold p + 1 frames)."
+        p = self.emission_order
+        kw = kernel_weights(dt_s, self.t_rise_s, self.t_plateau_s, max_lag=max(p, 1))
+        need = max(kw.n_lags + p - 1, kw.n_lags, 1)
+        W = self.window or need
+        if W < need:
+            raise ValueError(
+                f"window {W} is too short for the kernel ({kw.n_lags} frames of {dt_s} s) and emission order {p}: "
+                f"need W >= {need}"
+            )
         cs = compound_states(W, self.max_switches)
         if cs.n_states > self.max_states:
             raise ValueError(f"{cs.n_states} compound states > max_states={self.max_states}: set max_switches")
@@ -169,10 +186,11 @@ class MarginalData(NamedTuple):
     terms: IntervalTerms
     y: torch.Tensor  # [B, T] float64 MS2, 0 where missing
     y_obs: torch.Tensor  # [B, T] bool
+    features: torch.Tensor  # [B, T − 1, F] the emission's data features of frames 1..T−1 (`emission_features`)
     dt_s: float
     kernel: KernelWeights
     states: CompoundStates
-    emission: str
+    emission_order: int
 
     @classmethod
     def from_arrays(cls, arrays: TraceArrays, sigma_loc_nm: float, cfg: MarginalConfig, **terms_kw) -> MarginalData:
@@ -182,8 +200,9 @@ class MarginalData(NamedTuple):
         ms2 = arrays.ms2
         ok = np.isfinite(ms2) & arrays.present
         terms = interval_terms(arrays, sigma_loc_nm, **terms_kw)
-        y = torch.as_tensor(np.where(ok, ms2, 0.0), dtype=torch.float64)
-        return cls(terms, y, torch.as_tensor(ok), float(arrays.dt_s), kw, cs, cfg.emission)
+        y, y_obs = torch.as_tensor(np.where(ok, ms2, 0.0), dtype=torch.float64), torch.as_tensor(ok)
+        feats = emission_features(y, y_obs, cfg.emission_order)
+        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, cfg.emission_order)
 
     def subset(self, idx) -> MarginalData:
         "The traces `idx` (a 1-D index tensor or array)."
@@ -192,7 +211,7 @@ class MarginalData(NamedTuple):
         terms = IntervalTerms(
             t.cols[idx], t.vals[idx], t.mu_grid_nm, t.sigma_nm, t.obs[idx], t.pair_observed[idx], t.use_vectors, t.cov
         )
-        return self._replace(terms=terms, y=self.y[idx], y_obs=self.y_obs[idx])
+        return self._replace(terms=terms, y=self.y[idx], y_obs=self.y_obs[idx], features=self.features[idx])
 
 # %% ../nbs/03b_marginal.ipynb #b8362233
 _GATE_NETS: dict = {}
@@ -210,22 +229,64 @@ def interval_gate(data: MarginalData, log_r_c: torch.Tensor) -> torch.Tensor:
     return torch.where(obs, g, fill)
 
 # %% ../nbs/03b_marginal.ipynb #42f0ab0b
-def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Per compound state: mean m, variance V of its frame and covariance C with the next frame, each [N]."
-    _, _, _, a, A, sigma, f = theta.exp()
-    bits = torch.as_tensor(data.states.bits)
-    W = bits.shape[1]
-    pad = lambda x: torch.as_tensor(np.pad(x, (0, W - len(x))))
-    level = lambda x: f * x.sum() + (1 - f) * (bits @ x)  # Σ_l x_l·w_{t−l}
-    kw = data.kernel
-    m = a * data.dt_s * level(pad(kw.kappa))
-    v = sigma**2 + A * a * data.dt_s * level(pad(kw.kappa2))
-    c = A * a * data.dt_s * level(pad(kw.rho))
-    return m, v, c
+def emission_features(y: torch.Tensor, y_obs: torch.Tensor, order: int) -> torch.Tensor:
+    """The emission's data features of frames t = 1..T−1 [B, T − 1, F]: per level q = 0..p (the number of observed frames
+    conditioned on), the indicator of q times (1, y_t², y_t, y_{t−a}·y_{t−b} for 1 ≤ a ≤ b ≤ q, y_t·y_{t−a}, y_{t−a});
+    zeros where y_t is missing."""
+    B, T = y.shape
+    run = torch.zeros(B, T, dtype=torch.long)  # observed frames right before t, capped at p
+    for t in range(1, T):
+        run[:, t] = torch.where(y_obs[:, t - 1], (run[:, t - 1] + 1).clamp(max=order), 0)
+    level = torch.where(y_obs, run, -1)[:, 1:]
+    yt = y[:, 1:]
+    lag = [yt] + [torch.cat([y.new_zeros(B, a - 1), y[:, : T - a]], 1) for a in range(1, order + 1)]  # y_{t−a}
+    feats = []
+    for q in range(order + 1):
+        on = (level == q).to(y.dtype)
+        pairs = [lag[a] * lag[b] for a in range(1, q + 1) for b in range(a, q + 1)]
+        feats += [on * x for x in [torch.ones_like(yt), yt**2, yt, *pairs, *(yt * lag[a] for a in range(1, q + 1))]]
+        feats += [on * lag[a] for a in range(1, q + 1)]
+    return torch.stack(feats, -1)
 
 
 def _normal_logpdf(y, mean, var):
     return -0.5 * (_LOG2PI + torch.log(var) + (y - mean) ** 2 / var)
+
+# %% ../nbs/03b_marginal.ipynb #7c3d9e41
+def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [N, 2, p + 1] and covariance [N, 2, p + 1, p + 1] of the frames (y_t, y_{t−1}, …, y_{t−p}) on each kept
+    transition c = pred[c′, j] → c′ (the W bits of c′, then the oldest bit of c: j)."""
+    _, _, _, a, A, sigma, f = theta.exp()
+    bits = torch.as_tensor(data.states.bits)
+    N, W = bits.shape
+    oldest = torch.tensor([0.0, 1.0], dtype=bits.dtype)
+    path = torch.cat([bits[:, None].expand(N, 2, W), oldest[None, :, None].expand(N, 2, 1)], -1)  # s_t .. s_{t−W}
+    w = f + (1 - f) * path
+    kw, p, L = data.kernel, data.emission_order, data.kernel.n_lags
+    level = lambda x, j: w[..., j : j + L] @ torch.as_tensor(x)  # Σ_l x_l·w_{t−j−l}
+    scale = a * data.dt_s
+    mean = torch.stack([scale * level(kw.kappa, j) for j in range(p + 1)], -1)
+    cov = [[None] * (p + 1) for _ in range(p + 1)]
+    for i in range(p + 1):
+        cov[i][i] = sigma**2 + A * scale * level(kw.kappa2, i)
+        for j in range(i + 1, p + 1):
+            cov[i][j] = cov[j][i] = A * scale * level(kw.cross[j - i - 1], j)
+    return mean, torch.stack([torch.stack(row, -1) for row in cov], -2)
+
+
+def emission_coefficients(data: MarginalData, theta: torch.Tensor) -> torch.Tensor:
+    "Per transition, the coefficients of `emission_features` in log p(y_t | y_{t−1..t−q}, c, c′): [F, N, 2]."
+    mean, S = emission_moments(data, theta)
+    out = []
+    for q in range(data.emission_order + 1):
+        prev = slice(1, q + 1)
+        k = torch.linalg.solve(S[..., prev, prev], S[..., prev, :1]).squeeze(-1)  # regression of y_t on y_prev
+        o = mean[..., 0] - (k * mean[..., prev]).sum(-1)
+        cv = S[..., 0, 0] - (k * S[..., prev, 0]).sum(-1)
+        pairs = [(2 - (a == b)) * k[..., a] * k[..., b] for a in range(q) for b in range(a, q)]
+        out += [-0.5 * (_LOG2PI + torch.log(cv) + o**2 / cv), -0.5 / cv, o / cv, *(-0.5 * x / cv for x in pairs)]
+        out += [k[..., a] / cv for a in range(q)] + [-o * k[..., a] / cv for a in range(q)]
+    return torch.stack(out)
 
 # %% ../nbs/03b_marginal.ipynb #64c8a8d1
 def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,33 +303,16 @@ def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch
 
 # %% ../nbs/03b_marginal.ipynb #6736342f
 def _transition_logw(data: MarginalData, theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """log[P(s_t | s_{t−1})·p(y_t | y_{t−1}, c, c′)] of every kept transition c = pred[c′, j] → c′ at every frame
-    t ≥ 1: [B, T−1, N, 2]. A Gaussian log-density is a quadratic form in (y_t, y_{t−1}), so the whole table is one
-    matrix product: per frame pair, features (the 4 log step probabilities, then 1, y_t², y_t where only y_t is seen,
-    then 1, y_t², y_{t−1}², y_t·y_{t−1}, y_t, y_{t−1} where both are seen) times per-transition coefficients."""
+    """log[P(s_t | s_{t−1})·p(y_t | y_{t−1..t−q}, c, c′)] of every kept transition c = pred[c′, j] → c′ at every frame
+    t ≥ 1: [B, T−1, N, 2]; the emission is one matrix product (`emission_features` × `emission_coefficients`)."""
     cs = data.states
     N = cs.n_states
     logp, _, _ = _step_logp(theta, g, data.dt_s)
-    m, v, c = emission_moments(data, theta)
-    pred = torch.as_tensor(cs.pred)
     bits = torch.as_tensor(cs.bits)
-    s_prev = torch.cat([bits[:, 0], bits.new_zeros(1)]).long()[pred]  # newest bit of each predecessor
-    step = torch.nn.functional.one_hot(2 * s_prev + bits[:, :1].long(), 4)  # [N, 2, 4]: (s_{t−1}, s_t)
-    m2, v2 = m[:, None].expand(N, 2), v[:, None].expand(N, 2)
-    coef = [*step.to(m.dtype).unbind(-1), -0.5 * (_LOG2PI + torch.log(v2) + m2**2 / v2), -0.5 / v2, m2 / v2]
-    y, yo = data.y, data.y_obs
-    yt, yp, seen = y[:, 1:], y[:, :-1], yo[:, 1:].to(y.dtype)
-    both = seen * yo[:, :-1] if data.emission == "conditional" else torch.zeros_like(seen)
-    only = seen - both
-    feats = [only, only * yt**2, only * yt]
-    if data.emission == "conditional":
-        m_p, v_p, c_p = (torch.cat([x, x.new_ones(1)])[pred] for x in (m, v, c))  # predecessor moments [N, 2]
-        k = torch.where(pred < N, c_p / v_p, 0.0)  # y_t | y_{t−1} ~ N(o + k·y_{t−1}, cv)
-        o, cv = m2 - k * m_p, v2 - k * k * v_p
-        coef += [-0.5 * (_LOG2PI + torch.log(cv) + o**2 / cv), -0.5 / cv, -0.5 * k**2 / cv, k / cv, o / cv, -k * o / cv]
-        feats += [both, both * yt**2, both * yp**2, both * yt * yp, both * yt, both * yp]
-    X = torch.cat([logp, torch.stack(feats, -1)], -1)  # [B, T−1, F]
-    return (X @ torch.stack(coef).reshape(len(coef), 2 * N)).reshape(*yt.shape, N, 2)
+    s_prev = torch.cat([bits[:, 0], bits.new_zeros(1)]).long()[torch.as_tensor(cs.pred)]  # newest bit of c
+    step = logp[..., (2 * s_prev + bits[:, :1].long()).reshape(-1)]  # [B, T−1, 2N]: (s_{t−1}, s_t)
+    coef = emission_coefficients(data, theta)
+    return (step + data.features @ coef.reshape(len(coef), 2 * N)).reshape(*data.features.shape[:2], N, 2)
 
 
 def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,10 +322,11 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
     cs = data.states
     g = interval_gate(data, theta[0])
     _, init, log_pi = _step_logp(theta, g, data.dt_s)
-    m, v, _ = emission_moments(data, theta)
+    mean, S = emission_moments(data, theta)
+    m0, v0 = mean[:, 0, 0], S[:, 0, 0, 0]  # frame 0 of each state (its own bits)
     bits = torch.as_tensor(cs.bits)
     alpha = log_pi[:, bits[:, -1].long()] + init @ torch.as_tensor(cs.step_counts).T  # [B, N]: the W bits before t = 1
-    alpha = alpha + torch.where(data.y_obs[:, :1], _normal_logpdf(data.y[:, :1], m, v), 0.0)
+    alpha = alpha + torch.where(data.y_obs[:, :1], _normal_logpdf(data.y[:, :1], m0, v0), 0.0)
     phi = [0.0] * data.y.shape[1] if potentials is None else potentials.unbind(1)
     alpha = alpha + phi[0]
     pred0, pred1 = (torch.as_tensor(cs.pred[:, j]) for j in (0, 1))
@@ -337,7 +382,7 @@ class MarginalFit:
     window: int
     max_switches: int | None
     n_states: int
-    emission: str
+    emission_order: int
     n_traces: int
     n_frames: int
     n_evals: int
@@ -362,9 +407,9 @@ class MarginalRadius:
         sigma_loc_nm: float,
         t_rise_s: float = 120.0,
         t_plateau_s: float = 240.0,
+        emission_order: int = 2,
         window: int | None = None,
         max_switches: int | None = 2,
-        emission: str = "conditional",
         fit_nu_off: bool = False,
         max_iter: int = 100,
         start: MarginalParams | None = None,
@@ -374,7 +419,7 @@ class MarginalRadius:
             raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.config = MarginalConfig(t_rise_s, t_plateau_s, window, max_switches, emission)
+        self.config = MarginalConfig(t_rise_s, t_plateau_s, emission_order, window, max_switches)
         self.sigma_loc_nm, self.fit_nu_off, self.max_iter = sigma_loc_nm, fit_nu_off, max_iter
         self.start, self.use_vectors = start, use_vectors
 
@@ -476,7 +521,7 @@ def summary(self: MarginalRadius) -> MarginalFit:
         window=self.window_,
         max_switches=self.config.max_switches,
         n_states=self.n_states_,
-        emission=self.config.emission,
+        emission_order=self.config.emission_order,
         n_traces=self.n_traces_,
         n_frames=self.n_frames_,
         n_evals=self.n_evals_,
