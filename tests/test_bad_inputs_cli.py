@@ -251,7 +251,7 @@ def test_ctrl_c_is_one_line_with_status_130_and_debug_shows_the_traceback(user, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(radius, "fit_radius", interrupted)
-    argv = ["fit-radius", user / "sim" / "tracks.csv", "--out", user / "fit.json"]
+    argv = ["fit-radius", user / "sim" / "tracks.csv", "--out", user / "fit.json", "--state-from", "truth"]
     code, lines = _run(capsys, *argv)
     assert code == 130
     _one_line(lines, "fit-radius", "interrupted")
@@ -278,16 +278,18 @@ def test_row6_ctrl_c_in_reproduce(tmp_path):
     env = {**os.environ, "XAI_HSG_ROOT": str(root)}
     cmd = [sys.executable, "-m", "xai_hsg.cli", "reproduce", "--no-render"]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    half, t0 = root / "results" / "smoke" / "02_slow.json", time.monotonic()
-    while not half.exists():
+    staged, t0 = root / "runs" / "smoke", time.monotonic()
+    while not (halves := list(staged.glob(".02_slow.tmp-*/results/02_slow.json"))):  # the stage writes to staging
         assert proc.poll() is None and time.monotonic() - t0 < 300, proc.stderr.read()
         time.sleep(0.2)
+    half = halves[0]
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground process group
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err
     errors = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert len(errors) == 1 and errors[0].startswith("xai-hsg reproduce: error: interrupted"), err
-    assert not half.exists() and (root / "results" / "smoke" / "01_one.json").exists()
+    assert not half.exists() and not (root / "results" / "smoke" / "02_slow.json").exists()
+    assert (root / "results" / "smoke" / "01_one.json").exists()
     state = yaml.safe_load((root / "runs" / "smoke" / "_state.json").read_text())
     assert list(state) == ["01_one"]
     rerun = subprocess.run([*cmd, "--only", "01"], cwd=root, env=env, capture_output=True, text=True, timeout=120)

@@ -203,7 +203,20 @@ def test_guard_on_radius_mle(n, kw, identifiable, tmp_path):
         identifiable_radius(m)
     tracks, _ = save_simulation(res, tmp_path / "sim")  # fit-radius says so too: exit 1, no fit.json
     assert (
-        main(["fit-radius", str(tracks), "--out", str(tmp_path / "fit.json"), "--sigma-loc", "20", "--n-boot", "0"])
+        main(
+            [
+                "fit-radius",
+                str(tracks),
+                "--out",
+                str(tmp_path / "fit.json"),
+                "--sigma-loc",
+                "20",
+                "--n-boot",
+                "0",
+                "--state-from",
+                "truth",
+            ]
+        )
         == 1
     )
     assert not (tmp_path / "fit.json").exists()

@@ -247,3 +247,49 @@ def test_radius_barely_moves_with_poisson_noise(fits60):
     realistic Poisson noise. Measured: 157 → 178 nm (13 %); the issue's prototype target is ≤ 3 % (not reached)."""
     r = {k: v[0].r_c_nm_ for k, v in fits60.items()}
     assert abs(r["realistic"] / r["negligible"] - 1) < 0.2, r
+
+
+def _sim_file(tmp_path, n, frames, seed, **changes):
+    from xai_hsg.simulate import save_simulation
+
+    p = SimParams(n_frames=frames, dt_s=60.0, sigma_loc_nm=20.0, k_off_per_s=1 / 600, **changes)
+    tracks, _ = save_simulation(simulate(n, p, seed=seed, threads=1), tmp_path / "sim")
+    return tracks
+
+
+@pytest.mark.slow
+def test_fit_radius_without_state_cli(tmp_path):
+    """`xai-hsg fit-radius` with no state option runs the marginal model, estimates σ_loc, writes fit.json and the
+    posterior states. Measured (150 traces × 241 one-minute frames, r_c 150 nm, seed 5): r_c 124.9 nm [94.5, 164.9],
+    σ_loc 25.1 nm [0, 36.9] (true 20), ≈ 45 s."""
+    import json
+
+    import pandas as pd
+
+    from xai_hsg.cli import main
+
+    tracks = _sim_file(tmp_path, 150, 241, seed=5, r_c_nm=150.0)
+    out, states = tmp_path / "fit.json", tmp_path / "states.csv"
+    assert main(["fit-radius", str(tracks), "--out", str(out), "--states", str(states)]) == 0
+    res = json.loads(out.read_text())
+    lo, hi = res["r_c_interval_nm"]
+    assert res["state_from"] == "none" and res["identifiability"]["identifiable"]
+    assert lo < 150.0 < hi and hi / lo < 3
+    assert "given" not in res["sigma_loc"] and res["sigma_loc"]["lo_nm"] <= res["sigma_loc_nm"]
+    assert res["heldout"]["test_gain_nats_per_frame"] > 0  # distances help predict held-out MS2
+    assert set(res["parameters"]["parameters"]) >= {"r_c_nm", "k_on_per_s", "k_off_per_s", "sigma_ms2"}
+    table = pd.read_csv(states)
+    assert list(table.columns) == ["trace_id", "t_s", "p_on", "expected_loadings"] and len(table) == 150 * 241
+    assert table.p_on.between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_fit_radius_without_state_refuses_a_radius_the_data_do_not_determine(tmp_path, capsys):
+    "r_c = 5 nm: almost no activation; the command names the reasons, exits 1 and writes no fit.json."
+    from xai_hsg.cli import main
+
+    tracks = _sim_file(tmp_path, 100, 121, seed=2, r_c_nm=5.0, k_on_per_s=0.01)
+    out = tmp_path / "fit.json"
+    assert main(["fit-radius", str(tracks), "--out", str(out), "--sigma-loc", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "not identifiable" in err and "expected OFF→ON switches" in err and not out.exists()

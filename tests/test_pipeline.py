@@ -7,6 +7,7 @@ import logging
 import shutil
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 from conftest import ALPHA_CELLS, ALPHA_PARAMS, REPO, make_notebook, write_profile
@@ -264,23 +265,91 @@ def test_injected_parameters_raise_no_papermill_parse_warnings(mini_repo, caplog
     assert "python3" not in papermill_translators._translators  # papermill's registry is restored
 
 
-def test_interrupted_or_failed_stage_leaves_none_of_its_outputs(mini_repo, monkeypatch):
-    "Ctrl-C (or a failure) inside a stage: the outputs it wrote are cleared and it is not recorded; earlier ones stay."
+def test_interrupted_or_failed_stage_leaves_its_previous_outputs(mini_repo, monkeypatch):
+    "Ctrl-C (or a failure) inside a stage: what it staged is dropped; its previous outputs and key stand, complete."
     stage = pipeline.parse_stage(mini_repo / "nbs" / "03_gamma.ipynb")
     where = core.paths("smoke", mini_repo)
-    core.save_results("01_alpha", {"answer": 1}, profile="smoke", root=mini_repo)
-
-    def interrupted(stage, params, out_nb, root):
-        core.save_results(stage.name, {"half": 1}, profile="smoke", root=root)
-        (where.tables).mkdir(parents=True, exist_ok=True)
-        (where.tables / "tbl-half.md").write_text("half")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "_execute", interrupted)
     prof = core.load_profile("smoke", root=mini_repo)
     plan = pipeline.plan_stages(prof, [stage], mini_repo)[0]
     state = pipeline._State(where.runs / "_state.json")
+    pipeline._run_stage(plan, where, mini_repo, state)  # the previous, complete run
+    before = {
+        p.relative_to(mini_repo): p.read_bytes() for p in mini_repo.rglob("*") if p.is_file() and "runs" not in p.parts
+    }
+    assert (where.results / "03_gamma.json").exists() and state.keys() == {"03_gamma": plan.key}
+
+    def interrupted(stage, params, out_nb, root, shown_nb=None):
+        core.save_results(stage.name, {"half": 1}, profile="smoke", root=root)  # staged, as a notebook's would be
+        core.save_table(pd.DataFrame({"x": [1]}), "tbl-half", "Half.", profile="smoke", root=root)
+        out_nb.write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline._run_stage(plan, where, mini_repo, state)
-    assert not (where.results / "03_gamma.json").exists() and not (where.tables / "tbl-half.md").exists()
-    assert (where.results / "01_alpha.json").exists() and "03_gamma" not in state.keys()
+    after = {
+        p.relative_to(mini_repo): p.read_bytes() for p in mini_repo.rglob("*") if p.is_file() and "runs" not in p.parts
+    }
+    assert after == before and not (where.tables / "tbl-half.md").exists()
+    assert pipeline._State(where.runs / "_state.json").keys() == {"03_gamma": plan.key}
+    assert (where.runs / "03_gamma.failed.ipynb").exists()  # the executed notebook, kept to read
+    assert sorted(p.name for p in where.runs.iterdir()) == ["03_gamma.failed.ipynb", "03_gamma.ipynb", "_state.json"]
+
+
+def test_commit_interrupted_at_any_step_is_finished_by_the_next_run(mini_repo, monkeypatch):
+    "Stopped after the commit point, between any two of its moves: the next run completes the new outputs and key."
+    stage = pipeline.parse_stage(mini_repo / "nbs" / "01_alpha.ipynb")
+    where = core.paths("smoke", mini_repo)
+    real_move, moves = pipeline._move, []
+
+    def execute(stage, params, out_nb, root, shown_nb=None):
+        core.save_results(stage.name, {"answer": params["scale"]}, profile="smoke", root=root)
+        (core.artifact_dir(stage.name, "smoke", root) / "a.txt").write_text(str(params["scale"]))
+        core.save_table(pd.DataFrame({"x": [params["scale"]]}), "tbl-alpha", "A.", profile="smoke", root=root)
+        figures = core.output_folder("figures", None, "smoke", root)
+        figures.mkdir()
+        (figures / "fig-alpha.png").write_text(str(params["scale"]))
+        out_nb.write_text(str(params["scale"]))
+
+    def run(scale, stop_after=None):
+        "Run 01 with `scale`, stopping (as SIGKILL would, without cleanup) after `stop_after` moves; its key."
+        write_profile(mini_repo, alpha={"scale": scale})
+        plan = pipeline.plan_stages(core.load_profile("smoke", root=mini_repo), [stage], mini_repo)[0]
+
+        def move(source, target):
+            if stop_after is not None and len(moves) >= stop_after:
+                raise SystemExit("killed")
+            moves.append(target)
+            real_move(source, target)
+
+        moves.clear()
+        monkeypatch.setattr(pipeline, "_move", move)
+        monkeypatch.setattr(pipeline, "_execute", execute)
+        try:
+            pipeline._run_stage(plan, where, mini_repo, pipeline._State(where.runs / "_state.json"))
+        except SystemExit:
+            pass
+        monkeypatch.setattr(pipeline, "_move", real_move)
+        return plan.key
+
+    def outputs():
+        return {
+            "results": json.loads((where.results / "01_alpha.json").read_text())["answer"],
+            "artifact": float((where.artifacts / "01_alpha" / "a.txt").read_text()),
+            "table": float((where.tables / "tbl-alpha.csv").read_text().split()[-1]),
+            "figure": float((where.figures / "fig-alpha.png").read_text()),
+            "notebook": float((where.runs / "01_alpha.ipynb").read_text()),
+        }
+
+    keys = [run(1.0)]
+    assert outputs() == dict.fromkeys(["results", "artifact", "table", "figure", "notebook"], 1.0)
+    assert len(moves) == 6 and not pipeline.finish_pending_commits("smoke", mini_repo)  # 5 files, the artifact folder
+    for k in range(7):  # before move k of 7: 5 files, the old artifact folder aside, the new one in
+        scale = 2.0 + k
+        keys.append(run(scale, stop_after=k))
+        assert (where.runs / ".01_alpha.commit").is_dir()  # past the commit point
+        assert pipeline.finish_pending_commits("smoke", mini_repo) == ["01_alpha"]
+        assert outputs() == dict.fromkeys(["results", "artifact", "table", "figure", "notebook"], scale), k
+        assert pipeline._State(where.runs / "_state.json").keys() == {"01_alpha": keys[-1]} != {"01_alpha": keys[-2]}
+        assert sorted(p.name for p in where.runs.iterdir()) == ["01_alpha.ipynb", "_state.json"]
+    assert sorted(p.name for p in (where.artifacts / "01_alpha").iterdir()) == ["a.txt"]

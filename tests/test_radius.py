@@ -265,7 +265,20 @@ def test_cli_end_to_end_with_gaps(tmp_path):
     df = df.drop(index=df.sample(frac=0.1, random_state=0).index)  # missing frames -> gaps
     df.to_csv(tmp_path / "gappy.csv", index=False)
     out = tmp_path / "fit.json"
-    rc = main(["fit-radius", str(tmp_path / "gappy.csv"), "--out", str(out), "--sigma-loc", "20", "--n-boot", "20"])
+    rc = main(
+        [
+            "fit-radius",
+            str(tmp_path / "gappy.csv"),
+            "--out",
+            str(out),
+            "--sigma-loc",
+            "20",
+            "--n-boot",
+            "20",
+            "--state-from",
+            "truth",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     lo, hi = res["r_c_interval_nm"]

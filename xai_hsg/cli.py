@@ -3,7 +3,7 @@
 xai-hsg [--debug] reproduce [--profile smoke|paper] [--only 03] [--from 05] [--force] [--no-render]
 xai-hsg [--debug] render [--profile smoke] [--engine auto|quarto|pandoc]
 xai-hsg [--debug] simulate --n N --rc NM --sigma-loc NM --seed S --out DIR [--force]
-xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from truth|ms2] [--force]
+xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from none|truth|ms2] [--states CSV] [--force]
 
 An expected failure (a bad file, a bad value, a missing device, an interruption) is one line on stderr,
 `xai-hsg <command>: error: <message>`, with exit status 2 for usage errors (a bad option or option value),
@@ -165,16 +165,24 @@ def _fmt_nm(value) -> str:
 
 
 def _cmd_fit_radius(args) -> int:
-    from .radius import fit_radius
-
     if not Path(args.tracks).is_file():
         raise FileNotFoundError(2, "no such file", args.tracks)
     check_output_file(args.out, inputs=[args.tracks], force=args.force)
+    if args.states is not None:
+        from .core import check_output_path
+
+        check_output_path(args.states, inputs=[args.tracks, args.out], force=args.force, kind="file")
+    if args.state_from == "none":
+        return _fit_radius_marginal(args)
+    from .radius import fit_radius
+
+    if args.states is not None:
+        raise ValueError("--states needs the marginal model (no --state-from): the state is given here")
     res = fit_radius(
         args.tracks,
         args.out,
-        sigma_loc_nm=args.sigma_loc,
-        state_from=args.state_from,
+        sigma_loc_nm=40.0 if args.sigma_loc is None else args.sigma_loc,
+        state_from="truth" if args.state_from == "column" else args.state_from,
         n_boot=args.n_boot,
         seed=args.seed,
         dt_s=args.dt,
@@ -189,6 +197,40 @@ def _cmd_fit_radius(args) -> int:
         f"r_c = {_fmt_nm(res['r_c_nm'])} nm ({100 * res['ci']:.0f}% interval {_fmt_nm(lo)}-{_fmt_nm(hi)}), "
         f"k_on = {res['k_on_per_s']:.3g}/s, k_off = {res['k_off_per_s']:.3g}/s, {res['n_events']} activations{gain}; "
         f"wrote {args.out}"
+    )
+    return 0
+
+
+def _fit_radius_marginal(args) -> int:
+    "`fit-radius` without a state: `marginal.fit_radius_marginal`."
+    from .marginal import fit_radius_marginal
+
+    res = fit_radius_marginal(
+        args.tracks,
+        args.out,
+        sigma_loc_nm=args.sigma_loc,
+        t_rise_s=args.t_rise_s,
+        t_plateau_s=args.t_plateau_s,
+        emission_order=args.emission_order,
+        seed=args.seed,
+        dt_s=args.dt,
+        sanity=not args.no_sanity,
+        states_out=args.states,
+    )
+    for warning in res.get("warnings") or ():
+        print(f"xai-hsg fit-radius: warning: {warning}", file=sys.stderr)
+    lo, hi = res["r_c_interval_nm"]
+    s = res["sigma_loc"]
+    sigma = f"σ_loc = {res['sigma_loc_nm']:.1f} nm" + (
+        f" (estimated, {_fmt_nm(s.get('lo_nm'))}-{_fmt_nm(s.get('hi_nm'))})" if "given" not in s else " (given)"
+    )
+    h = res["heldout"]
+    gain = f", held-out gain {h['test_gain_nats_per_frame']:.4f} nats/frame over no distance" if h else ""
+    states = f" and {args.states}" if args.states else ""
+    print(
+        f"r_c = {_fmt_nm(res['r_c_nm'])} nm ({100 * res['ci']:.0f}% interval {_fmt_nm(lo)}-{_fmt_nm(hi)}), "
+        f"k_on = {res['k_on_per_s']:.3g}/s, k_off = {res['k_off_per_s']:.3g}/s, {sigma}, "
+        f"{res['expected_activations']:.0f} expected activations{gain}; wrote {args.out}{states}"
     )
     return 0
 
@@ -248,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "fit-radius",
         parents=[common],
-        help="maximum-likelihood contact radius (nm, with interval) from a tracks file with state or MS2",
+        help="maximum-likelihood contact radius (nm, with interval) from distances and MS2 (or a given state)",
     )
     p.add_argument("tracks", help="tracks file (CSV or Parquet, any layout; gaps allowed)")
     p.add_argument(
@@ -257,20 +299,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sigma-loc",
         type=_number(float, 0, unit=" nm"),
-        default=40.0,
-        help="localization error per spot and axis in nm (default: 40)",
+        default=None,
+        help="localization error per spot and axis in nm (default: estimated from the data; 40 with --state-from)",
     )
     p.add_argument(
         "--state-from",
-        default="truth",
-        choices=["truth", "ms2"],
-        help="promoter state from the 'state' column (truth) or inferred from MS2 (crude; default: truth)",
+        default="none",
+        choices=["none", "truth", "column", "ms2"],
+        help="none (default): the promoter state is summed out (marginal model, MS2 and distances only); "
+        "truth/column: the file's 'state' column; ms2: HMM state calls (crude baseline)",
+    )
+    p.add_argument("--states", default=None, help="marginal model: write per-frame P(ON) and expected loadings (CSV)")
+    p.add_argument(
+        "--t-rise-s",
+        type=_number(float, 0, strict=True, unit=" s"),
+        default=120.0,
+        help="MS2 kernel: rise time of the construct's loops in s (default: 120)",
+    )
+    p.add_argument(
+        "--t-plateau-s",
+        type=_number(float, 0, unit=" s"),
+        default=240.0,
+        help="MS2 kernel: plateau (loops to the end of the gene) in s (default: 240)",
+    )
+    p.add_argument(
+        "--emission-order",
+        type=_number(int, 0),
+        default=2,
+        help="marginal model: MS2 frames conditioned on this many previous frames (default: 2)",
     )
     p.add_argument(
         "--n-boot",
         type=_n_boot,
         default=200,
-        help="bootstrap resamples over traces: 0 (no interval) or at least 20 (default: 200)",
+        help="with --state-from: bootstrap resamples over traces, 0 (no interval) or at least 20 (default: 200)",
     )
     p.add_argument(
         "--dt",

@@ -35,13 +35,13 @@ import yaml
 import xai_hsg
 
 # %% auto #0
-__all__ = ['ROOT_ENV', 'PROFILE_ENV', 'DEFAULT_PROFILE', 'OUTPUT_MARKER', 'PACKAGE_MODULE', 'find_root', 'current_profile',
-           'Paths', 'paths', 'Profile', 'load_profile', 'seed_everything', 'get_device', 'default_threads',
-           'OutputError', 'remove_stale_temporaries', 'atomic_write', 'strict_json', 'write_json_atomic',
-           'check_output_path', 'atomic_folder', 'stable_hash', 'imported_modules', 'library_folder', 'library_modules',
-           'module_closure', 'code_version', 'cache_key', 'Artifact', 'save_default', 'load_default', 'ArtifactCache',
-           'save_results', 'load_results', 'artifact_dir', 'stage_file', 'cell_label', 'save_figure', 'format_value',
-           'save_table', 'environment_report']
+__all__ = ['ROOT_ENV', 'PROFILE_ENV', 'DEFAULT_PROFILE', 'STAGING_ENV', 'OUTPUT_KINDS', 'OUTPUT_MARKER', 'PACKAGE_MODULE',
+           'find_root', 'current_profile', 'Paths', 'paths', 'Staging', 'output_folder', 'Profile', 'load_profile',
+           'seed_everything', 'get_device', 'default_threads', 'OutputError', 'remove_stale_temporaries',
+           'atomic_write', 'strict_json', 'write_json_atomic', 'check_output_path', 'atomic_folder', 'stable_hash',
+           'imported_modules', 'library_folder', 'library_modules', 'module_closure', 'code_version', 'cache_key',
+           'Artifact', 'save_default', 'load_default', 'ArtifactCache', 'save_results', 'load_results', 'artifact_dir',
+           'stage_file', 'cell_label', 'save_figure', 'format_value', 'save_table', 'environment_report']
 
 # %% ../nbs/00_core.ipynb #e3c9cc92
 ROOT_ENV = "XAI_HSG_ROOT"  # point the library at a checkout from anywhere
@@ -122,6 +122,59 @@ class Paths:
 def paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
     "Paths of the repository at `root` (default: `find_root()`) for `profile` (default: `current_profile()`)."
     return Paths(Path(root).resolve() if root else find_root(), current_profile(profile))
+
+# %% ../nbs/00_core.ipynb #1aafe33e
+STAGING_ENV = "XAI_HSG_STAGING"  # set by `xai-hsg reproduce` while a stage runs (JSON of a `Staging`)
+OUTPUT_KINDS = ("results", "figures", "tables", "artifacts")
+
+
+@dataclass(frozen=True)
+class Staging:
+    """The stage the pipeline is running (of the repository `root`, profile `profile`) and the folder its outputs wait
+    in until they are committed: `<folder>/results`, `figures`, `tables` and `artifacts` (its `artifact_dir`)."""
+
+    root: Path
+    profile: str
+    stage: str
+    folder: Path
+
+    def to_env(self) -> str:
+        "The value of `$XAI_HSG_STAGING` for this staging."
+        return json.dumps(
+            {"root": str(self.root), "profile": self.profile, "stage": self.stage, "folder": str(self.folder)}
+        )
+
+    @classmethod
+    def current(cls) -> Staging | None:
+        "The staging `$XAI_HSG_STAGING` describes, or None outside the pipeline."
+        value = os.environ.get(STAGING_ENV)
+        if not value:
+            return None
+        d = json.loads(value)
+        return cls(Path(d["root"]), d["profile"], d["stage"], Path(d["folder"]))
+
+
+def output_folder(
+    kind: str, stage: str | None = None, profile: str | None = None, root: str | Path | None = None
+) -> Path:
+    """The folder for outputs of `kind` (`OUTPUT_KINDS`): `paths(profile, root).<kind>` (for artifacts, its `<stage>`
+    subfolder), or the staging folder's `<kind>` while the pipeline runs a stage of that repository and profile
+    (`Staging.current()`): always for figures and tables (they belong to the running notebook), for results and
+    artifacts when `stage` is the running one (another stage's are read where they are)."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"output kind {kind!r}: use one of {OUTPUT_KINDS}")
+    if kind in ("results", "artifacts") and not stage:
+        raise ValueError(f"{kind} belong to a stage: name it")
+    where = paths(profile, root)
+    staging = Staging.current()
+    if (
+        staging is not None
+        and staging.root.resolve() == where.root
+        and staging.profile == where.profile
+        and (kind in ("figures", "tables") or stage == staging.stage)
+    ):
+        return staging.folder / kind
+    return where.artifacts / stage if kind == "artifacts" else getattr(where, kind)
 
 # %% ../nbs/00_core.ipynb #c764e1b7
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -776,7 +829,7 @@ def save_results(
     bad = [k for k in values if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
     if bad:
         raise ValueError(f"result keys must be identifiers (they become Quarto variables): {bad}")
-    path = paths(profile, root).results / f"{stage}.json"
+    path = output_folder("results", stage, profile, root) / f"{stage}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update({k: _jsonable(v, k) for k, v in values.items()})
     write_json_atomic(path, data)
@@ -785,7 +838,7 @@ def save_results(
 # %% ../nbs/00_core.ipynb #a28ffb91
 def load_results(stage: str, profile: str | None = None, root: str | Path | None = None) -> dict:
     "The results a notebook saved; a clear error if it has not run for this profile."
-    path = paths(profile, root).results / f"{stage}.json"
+    path = output_folder("results", stage, profile, root) / f"{stage}.json"
     if not path.exists():
         raise FileNotFoundError(
             f"No results for {stage} in profile {current_profile(profile)!r} ({path}); "
@@ -795,8 +848,8 @@ def load_results(stage: str, profile: str | None = None, root: str | Path | None
 
 # %% ../nbs/00_core.ipynb #8b7d3b0e
 def artifact_dir(stage: str, profile: str | None = None, root: str | Path | None = None) -> Path:
-    "Folder for the large outputs of `stage` that later notebooks read (created if missing)."
-    folder = paths(profile, root).artifacts / stage
+    "Folder for the large outputs of `stage` that later notebooks read (created if missing; `output_folder`)."
+    folder = output_folder("artifacts", stage, profile, root)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -807,7 +860,7 @@ def stage_file(stage: str, filename: str, profile: str | None = None, root: str 
     if not re.fullmatch(r"\d\d_[A-Za-z0-9_-]+", stage):
         raise ValueError(f"stage {stage!r} must be a notebook name such as '01_simulation'")
     where = paths(profile, root)
-    path = where.artifacts / stage / filename
+    path = output_folder("artifacts", stage, profile, root) / filename
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found; run `xai-hsg reproduce --profile {where.profile} --only {stage[:2]}` first"
@@ -847,7 +900,7 @@ def save_figure(
         )
     if not re.fullmatch(r"fig-[A-Za-z0-9_-]+", label):
         raise ValueError(f"figure label {label!r} must look like 'fig-name'")
-    folder = paths(profile, root).figures
+    folder = output_folder("figures", None, profile, root)
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / f"{label}.png"
     fig.savefig(png, dpi=dpi, bbox_inches="tight")
@@ -905,7 +958,7 @@ def save_table(df, label: str, caption: str, profile: str | None = None, root: s
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
     align = ["-" * w + ":" if num else ":" + "-" * w for w, num in zip(width, numeric)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
-    folder = paths(profile, root).tables
+    folder = output_folder("tables", None, profile, root)
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / f"{label}.md"
     atomic_write(md, lambda p: p.write_text("\n".join(lines) + f"\n\n: {caption.strip()} {{#{label}}}\n"))

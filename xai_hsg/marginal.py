@@ -10,16 +10,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from fastcore.basics import patch
 from scipy.integrate import quad
+from scipy.stats import norm
 
+from . import core
+from .identify import Identifiability, estimate_sigma_loc, identifiability
 from .neural_radius import ContactHazardNet, IntervalTerms, interval_terms
-from .radius import RadiusMLE, state_from_ms2_hmm
-from .tracks import TraceArrays
+from .radius import DegenerateFitError, RadiusMLE, state_from_ms2_hmm
+from .tracks import TraceArrays, check_plausible, read_tracks
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -27,7 +31,8 @@ _LOG2PI = math.log(2 * math.pi)
 __all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_weights', 'CompoundStates', 'compound_states', 'MarginalParams',
            'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
            'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'MarginalFit',
-           'MarginalRadius', 'PosteriorStates']
+           'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'marginal_identifiability', 'write_states',
+           'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -527,3 +532,256 @@ def summary(self: MarginalRadius) -> MarginalFit:
         n_evals=self.n_evals_,
         fit_seconds=self.fit_seconds_,
     )
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c02
+@dataclass(frozen=True)
+class MarginalUncertainty:
+    """Sandwich standard errors of the free log parameters (`se_log`, NaN where the Hessian is not negative definite)
+    and the `ci` Wald intervals they give in natural units (`lo`, `hi`), each [P] in `names` order."""
+
+    names: tuple
+    estimate: np.ndarray
+    se_log: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    ci: float
+    method: str = "sandwich (Huber-White, clustered by trace), Wald in log space"
+
+    def interval(self, name: str) -> tuple[float, float]:
+        i = self.names.index(name)
+        return float(self.lo[i]), float(self.hi[i])
+
+    def to_dict(self) -> dict:
+        "JSON-ready: {name: {estimate, lo, hi, se_log}} (NaN → None), the level and the method."
+        f = lambda x: float(x) if math.isfinite(x) else None
+        rows = {
+            n: dict(estimate=f(e), lo=f(a), hi=f(b), se_log=f(s))
+            for n, e, a, b, s in zip(self.names, self.estimate, self.lo, self.hi, self.se_log)
+        }
+        return dict(parameters=rows, ci=self.ci, method=self.method)
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c03
+def _sandwich(data: MarginalData, theta: torch.Tensor, free: torch.Tensor, h: float = 1e-3) -> np.ndarray:
+    "V = H⁻¹ J H⁻¹ of θ[free] (see above); NaN where −H is not positive definite. h: the step in log units (ḡ is float32)."
+    idx = torch.nonzero(free).flatten().tolist()
+    B = data.y.shape[0]
+
+    def grad_at(th):
+        th = th.clone().requires_grad_()
+        (g,) = torch.autograd.grad(marginal_loglik(data, th).sum(), th)
+        return g[free]
+
+    H, S = np.zeros((len(idx), len(idx))), np.zeros((B, len(idx)))
+    for k, i in enumerate(idx):
+        e = torch.zeros_like(theta)
+        e[i] = h
+        H[:, k] = ((grad_at(theta + e) - grad_at(theta - e)) / (2 * h)).numpy()
+        with torch.no_grad():
+            S[:, k] = ((marginal_loglik(data, theta + e) - marginal_loglik(data, theta - e)) / (2 * h)).numpy()
+    H = (H + H.T) / 2
+    eig = np.linalg.eigvalsh(-H) if np.isfinite(H).all() else np.array([-1.0])
+    if eig.min() <= 1e-10 * max(eig.max(), 1e-300):  # not negative definite, or numerically singular
+        return np.full((len(idx), len(idx)), np.nan)
+    Hinv = np.linalg.inv(H)
+    J = S.T @ S * B / max(B - 1, 1)
+    return Hinv @ J @ Hinv
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c04
+@patch
+def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> MarginalUncertainty:
+    "Sandwich intervals of every fitted parameter on the traces it was fitted to (see above)."
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    theta = self._theta()
+    free = torch.ones(len(MarginalParams.LOG_NAMES), dtype=torch.bool)
+    free[-1] = self.fit_nu_off
+    V = _sandwich(self._data(arrays), theta, free)
+    se = np.sqrt(np.clip(np.diag(V), 0, None)) if np.isfinite(V).all() else np.full(int(free.sum()), np.nan)
+    names = tuple(n for n, f in zip(MarginalParams.LOG_NAMES, free.tolist()) if f)
+    log_hat = theta[free].numpy()
+    z = float(norm.ppf(0.5 + ci / 2))
+    return MarginalUncertainty(names, np.exp(log_hat), se, np.exp(log_hat - z * se), np.exp(log_hat + z * se), ci)
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c06
+def marginal_identifiability(
+    est: MarginalRadius,
+    arrays: TraceArrays,
+    unc: MarginalUncertainty,
+    expected_activations: float,
+    max_ratio: float = 10.0,
+    min_activations: float = 5.0,
+) -> Identifiability:
+    "The verdict on r_c of a fitted `MarginalRadius` (see above); `Identifiability.reasons` lists every failed check."
+    data, theta = est._data(arrays), est._theta()
+    r_hat = est.r_c_nm_
+    grid = np.geomspace(r_hat / 30, r_hat * 30, 25)
+    with torch.no_grad():
+        sl = [float(marginal_loglik(data, torch.cat([theta.new_tensor([math.log(r)]), theta[1:]])).sum()) for r in grid]
+    guard = identifiability(grid, np.array(sl), r_hat, ci=unc.ci, max_flat_ratio=10.0)
+    reasons = [x for x in guard.reasons if "search bound" not in x]  # the slice's grid is centred on r̂: not a bound
+    lo, hi = unc.interval("r_c_nm")
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        reasons.append("degenerate fit: the Hessian of the log-likelihood is not negative definite (no interval)")
+    elif hi / lo > max_ratio:
+        reasons.append(f"wide interval: r_c in [{lo:.3g}, {hi:.3g}] nm spans ×{hi / lo:.3g} (> ×{max_ratio:g})")
+    d = arrays.distance_nm[arrays.mask]
+    d_lo, d_hi = np.percentile(d, [0.5, 99.5])
+    if not d_lo <= r_hat <= d_hi:
+        reasons.append(
+            f"r_c = {r_hat:.3g} nm lies outside the observed distances' 0.5–99.5th percentiles "
+            f"[{d_lo:.3g}, {d_hi:.3g}] nm: always or never in contact"
+        )
+    i = unc.names.index("load_amp_per_s")
+    if not math.isfinite(unc.se_log[i]) or math.exp(-3 * unc.se_log[i]) < 0.05:
+        reasons.append("no transcription signal: the loading amplitude ν·A is not distinguishable from zero")
+    if expected_activations < min_activations:
+        reasons.append(f"{expected_activations:.2g} expected OFF→ON switches in all traces (< {min_activations:g})")
+    reasons = list(dict.fromkeys(reasons))
+    return Identifiability(not reasons, reasons, r_hat, lo, hi, unc.ci, guard.cut, guard.flat_ratio, False)
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c08
+def _refit(est: MarginalRadius, arrays: TraceArrays, sigma_loc_nm: float | None = None, max_iter: int = 30, **fixed):
+    "A copy of `est` refitted on `arrays` from its estimates (warm start), optionally at another σ_loc or with fixed log θ."
+    new = MarginalRadius.__new__(MarginalRadius)
+    new.__dict__.update(est.__dict__)
+    new.sigma_loc_nm = est.sigma_loc_nm if sigma_loc_nm is None else sigma_loc_nm
+    new.start, new.max_iter = est.params_, max_iter
+    if not fixed:
+        return new.fit(arrays)
+    data = new._data(arrays)
+    theta0 = est.params_.to_log()
+    free = torch.ones(len(theta0), dtype=torch.bool)
+    free[-1] = est.fit_nu_off
+    for name, value in fixed.items():
+        i = MarginalParams.LOG_NAMES.index(name)
+        theta0[i], free[i] = math.log(value), False
+    theta, _ = _lbfgs(data, theta0, free, max_iter)
+    new.params_ = MarginalParams.from_log(theta)
+    return new
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c09
+def _heldout(est: MarginalRadius, arrays: TraceArrays, test_fraction: float, seed: int) -> dict:
+    "Held-out log L per MS2 frame of the model and of the no-distance null (gate ≡ 1), both refitted on the rest."
+    rng = np.random.default_rng(seed)
+    n_test = int(round(test_fraction * arrays.n_traces))
+    if n_test < 1 or arrays.n_traces - n_test < 2:
+        return {}
+    perm = rng.permutation(arrays.n_traces)
+    test, train = arrays.subset(perm[:n_test]), arrays.subset(perm[n_test:])
+    model = _refit(est, train)
+    far = 1e3 * float(np.nanmax(arrays.distance_nm))  # every distance inside r_c: ḡ ≡ 1, k_on alone
+    null = _refit(est, train, r_c_nm=far)
+    ll, ll0 = model.score(test), null.score(test)
+    return dict(
+        n_test_traces=n_test,
+        test_loglik_per_frame=ll,
+        null_loglik_per_frame=ll0,
+        test_gain_nats_per_frame=ll - ll0,
+        null="no distance: contact gate 1 (activation at k_on everywhere)",
+    )
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c10
+def write_states(est: MarginalRadius, arrays: TraceArrays, out: str | Path) -> Path:
+    "Posterior promoter states per observed frame as CSV: trace_id, t_s, p_on, expected_loadings (atomic write)."
+    import pandas as pd
+
+    post = est.posterior_states(arrays)
+    ids = arrays.trace_id if arrays.trace_id is not None else np.arange(arrays.n_traces)
+    keep = arrays.present
+    frame = pd.DataFrame(
+        dict(
+            trace_id=np.broadcast_to(np.asarray(ids)[:, None], keep.shape)[keep],
+            t_s=arrays.t_s[keep],
+            p_on=post.p_on[keep],
+            expected_loadings=post.expected_loadings[keep],
+        )
+    )
+    return core.atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c11
+def fit_radius_marginal(
+    tracks_path: str | Path,
+    out: str | Path | None = None,
+    sigma_loc_nm: float | None = None,
+    t_rise_s: float = 120.0,
+    t_plateau_s: float = 240.0,
+    emission_order: int = 2,
+    max_switches: int | None = 2,
+    ci: float = 0.9,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    dt_s: float | None = None,
+    sanity: bool = True,
+    states_out: str | Path | None = None,
+    max_iter: int = 100,
+) -> dict:
+    """`fit-radius` without a promoter state (see above). `sigma_loc_nm` None: estimated from the data. Raises
+    `DegenerateFitError` (every reason, naming the file) when the radius is not identifiable. Returns the JSON written
+    to `out` (strict)."""
+    if not 0 <= test_fraction < 1:
+        raise ValueError("test_fraction must be in [0, 1)")
+    arrays = read_tracks(tracks_path, dt_s=dt_s).to_arrays(dt_s)
+    if arrays.n_frames < 2:
+        raise ValueError(f"{tracks_path}: every trace has a single frame: the radius needs traces of >= 2 frames")
+    warnings = check_plausible(arrays, sanity, source=tracks_path)
+    if arrays.ms2 is None:
+        raise ValueError(f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)")
+    sigma = None
+    if sigma_loc_nm is None:
+        try:
+            sigma = estimate_sigma_loc(arrays, max_lag_frames=min(8, arrays.n_frames - 1), seed=seed)
+        except ValueError as e:
+            raise ValueError(f"{tracks_path}: cannot estimate sigma_loc ({e}); pass --sigma-loc") from None
+    s_hat = sigma.sigma_loc_nm if sigma else float(sigma_loc_nm)
+    kw = dict(t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, emission_order=emission_order, max_switches=max_switches)
+    try:
+        est = MarginalRadius(sigma_loc_nm=s_hat, max_iter=max_iter, **kw).fit(arrays)
+    except ValueError as e:
+        raise DegenerateFitError(f"{tracks_path}: {e}") from None
+    unc = est.uncertainty(arrays, ci)
+    post = est.posterior_states(arrays)
+    activations = float(np.nansum(np.clip(np.diff(post.p_on, axis=1), 0, None)))  # expected OFF→ON, a lower bound
+    guard = marginal_identifiability(est, arrays, unc, activations)
+    if not guard.identifiable:
+        raise DegenerateFitError(
+            f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(guard.reasons)
+        )
+    lo, hi = unc.interval("r_c_nm")
+    r_at_sigma = {}
+    if sigma is not None:  # σ_loc's own uncertainty: refit at its interval's ends, keep the union
+        for s in (sigma.lo_nm, sigma.hi_nm):
+            if math.isfinite(s) and s >= 0 and s != s_hat:
+                r = _refit(est, arrays, sigma_loc_nm=s).r_c_nm_
+                r_at_sigma[f"{s:.4g}"] = r
+                z = math.log(hi / est.r_c_nm_)
+                lo, hi = min(lo, r * math.exp(-z)), max(hi, r * math.exp(z))
+    if states_out is not None:
+        write_states(est, arrays, states_out)
+    heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
+    f = lambda x: float(x) if math.isfinite(x) else None
+    res = {
+        "tracks": str(tracks_path),
+        "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
+        "state_from": "none",
+        "n_traces": arrays.n_traces,
+        "n_frames": arrays.n_frames,
+        "dt_s": arrays.dt_s,
+        "r_c_nm": est.r_c_nm_,
+        "r_c_interval_nm": [f(lo), f(hi)],
+        "ci": ci,
+        "interval_method": unc.method + (" ∪ refits at σ_loc's interval ends" if r_at_sigma else ""),
+        "r_c_nm_at_sigma_loc": r_at_sigma,
+        "k_on_per_s": est.k_on_per_s_,
+        "k_off_per_s": est.k_off_per_s_,
+        "sigma_loc_nm": s_hat,
+        "sigma_loc": sigma.to_dict() if sigma else {"given": s_hat},
+        "parameters": unc.to_dict(),
+        "fit": est.summary().to_dict(),
+        "expected_activations": activations,
+        "identifiability": guard.to_dict(),
+        "warnings": warnings,
+        "heldout": heldout,
+    }
+    if out is not None:
+        core.write_json_atomic(out, res)
+    return res

@@ -7,6 +7,14 @@ exports): a docstring edit in the renderer re-runs nothing, an edit of `simulate
 and their downstream. A stage whose key is unchanged since its last successful run is skipped. A stage needs every
 earlier stage unless its `parameters` cell says otherwise with a comment line `# needs: 01_simulation, 02_ep_ms2`
 (or `# needs: none`).
+
+A stage writes its outputs (results, figures, tables, its artifact folder, the executed notebook) into a hidden staging
+folder `runs/<profile>/.NN_name.tmp-…` (`core.Staging`, `core.output_folder`); when it has finished they move into
+place in one commit (`_commit`): the staging folder is renamed to `runs/<profile>/.NN_name.commit` (the commit point),
+holding a manifest of the moves, the stale files to delete and the stage's new `_state.json` entry, which
+`_finish_commit` then carries out. Every step is repeatable, and `reproduce` (also `finish_pending_commits`) first
+finishes a commit that an interruption left pending: a stage's outputs are those of its last complete run or of the
+new one, never a mix, and its key is recorded only with its outputs in place.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -35,6 +44,7 @@ __all__ = [
     "stage_modules",
     "plan_stages",
     "stage_keys",
+    "finish_pending_commits",
     "reproduce",
 ]
 
@@ -257,23 +267,30 @@ class _State:
     def get(self, name: str) -> dict:
         return self.data.get(name, {})
 
-    def record(self, name: str, key: str, seconds: float, tables: Iterable[str] = ()) -> None:
-        "A successful run: its key, duration, and the tables it wrote (cleared before its next run)."
-        self.data[name] = {
+    @staticmethod
+    def entry(key: str, seconds: float, tables: Iterable[str] = (), **extra) -> dict:
+        """A successful run: its key, duration, the tables it wrote and (`extra`) e.g. `outputs`, the files it put
+        in place (its next run deletes those it does not write again)."""
+        return {
             "key": key,
             "seconds": round(seconds, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "tables": sorted(tables),
+            **extra,
         }
+
+    def record(self, name: str, key: str, seconds: float, tables: Iterable[str] = (), **extra) -> None:
+        "Record a successful run of `name` (see `entry`)."
+        self.put(name, self.entry(key, seconds, tables, **extra))
+
+    def put(self, name: str, entry: dict) -> None:
+        "Record `entry` (made by `entry`) for `name`."
+        self.data[name] = dict(entry)
         core.write_json_atomic(self.path, self.data, sort_keys=False)
 
     def keys(self) -> dict[str, str]:
         "Stage name -> key of its last successful run."
         return {name: entry["key"] for name, entry in self.data.items() if entry.get("key")}
-
-    def forget(self, name: str) -> None:
-        if self.data.pop(name, None) is not None:
-            core.write_json_atomic(self.path, self.data, sort_keys=False)
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -338,7 +355,8 @@ def _papermill_parameters(stage: Stage, params: dict):
             registry[KERNEL] = before
 
 
-def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
+def _execute(stage: Stage, params: dict, out_nb: Path, root: Path, shown_nb: Path | None = None) -> None:
+    "Run `stage` with papermill into `out_nb`; a failure names `shown_nb` (default `out_nb`) as the executed notebook."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -358,7 +376,7 @@ def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
                 shutdown_kernel="immediate",  # after the last cell, or on Ctrl-C: no half-interrupted kernel's noise
             )
     except PapermillExecutionError as err:
-        raise PipelineError(_failure_message(stage, err, out_nb)) from None
+        raise PipelineError(_failure_message(stage, err, shown_nb or out_nb)) from None
     finally:
         if env_backup is None:
             os.environ.pop(core.ROOT_ENV, None)
@@ -366,46 +384,145 @@ def _execute(stage: Stage, params: dict, out_nb: Path, root: Path) -> None:
             os.environ[core.ROOT_ENV] = env_backup
 
 
-def _clear_outputs(stage: Stage, where: core.Paths, last: dict) -> None:
-    "Stale outputs must not survive a re-run: this stage's results, figures and tables (named or last written)."
-    (where.results / f"{stage.name}.json").unlink(missing_ok=True)
-    for label in stage.figure_labels:
-        for ext in (".png", ".svg"):
-            (where.figures / f"{label}{ext}").unlink(missing_ok=True)
-    for label in {*stage.table_labels, *last.get("tables", ())}:
-        for ext in (".md", ".csv"):
-            (where.tables / f"{label}{ext}").unlink(missing_ok=True)
+COMMIT_SUFFIX = ".commit"  # runs/<profile>/.NN_name.commit: a stage's committed outputs, being moved into place
+COMMIT_MANIFEST = "_commit.json"
 
 
-def _tables_written_since(where: core.Paths, start_ns: int) -> list[str]:
-    "Labels of the tables written at or after `start_ns` (what the stage that just ran saved)."
-    if not where.tables.is_dir():
+@contextmanager
+def _environment(values: Mapping[str, str]):
+    "Set the environment variables `values` (the kernel inherits them) while the block runs; restore them after."
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _previous_outputs(stage: Stage, where: core.Paths, last: dict) -> set[str]:
+    "Files (relative to the root) that an earlier run of `stage` may have put in place: recorded, or named in its cells."
+    named = [where.results / f"{stage.name}.json", where.runs / f"{stage.name}.failed.ipynb"]
+    named += [where.figures / f"{label}{ext}" for label in stage.figure_labels for ext in (".png", ".svg")]
+    tables = {*stage.table_labels, *last.get("tables", ())}
+    named += [where.tables / f"{label}{ext}" for label in tables for ext in (".md", ".csv")]
+    return {*last.get("outputs", ()), *(str(p.relative_to(where.root)) for p in named)}
+
+
+def _staged_moves(stage: Stage, staging: Path, where: core.Paths) -> list[tuple[str, str]]:
+    "(path in `staging`, path from the root) of every staged file but the artifact folder (which moves as a whole)."
+    moves = []
+    for kind in ("results", "figures", "tables"):
+        folder = staging / kind
+        files = sorted(f for f in folder.iterdir() if not f.name.startswith(".")) if folder.is_dir() else []
+        if odd := [f.name for f in files if f.is_symlink() or not f.is_file()]:
+            raise PipelineError(f"{stage.path.name}: wrote {odd} into {kind}/, which holds files only")
+        target = getattr(where, kind).relative_to(where.root)
+        moves += [(f"{kind}/{f.name}", str(target / f.name)) for f in files]
+    return [*moves, (stage.path.name, str((where.runs / stage.path.name).relative_to(where.root)))]
+
+
+def _commit(stage: Stage, key: str, seconds: float, staging: Path, where: core.Paths, state: _State) -> None:
+    """Put the outputs staged in `staging` in place with the stage's key: write the manifest (moves, stale files to
+    delete, the `_state.json` entry), then rename `staging` to `runs/<profile>/.NN_name.commit`, the commit point
+    (before it the previous outputs stand; after it `_finish_commit`, now or in the next `reproduce`, completes the
+    new ones), then finish."""
+    moves = _staged_moves(stage, staging, where)
+    outputs = sorted(dst for _, dst in moves)
+    tables = sorted({Path(src).stem for src, _ in moves if src.startswith("tables/") and src.endswith(".md")})
+    manifest = {
+        "stage": stage.name,
+        "moves": moves,
+        "delete": sorted(_previous_outputs(stage, where, state.get(stage.name)) - set(outputs)),
+        "artifacts": (staging / "artifacts").is_dir(),
+        "state": _State.entry(key, seconds, tables, outputs=outputs),
+    }
+    core.write_json_atomic(staging / COMMIT_MANIFEST, manifest, sort_keys=False)
+    core._fsync_tree(staging)  # the staged files are on disk before the commit names them
+    commit = where.runs / f".{stage.name}{COMMIT_SUFFIX}"
+    os.rename(staging, commit)  # the commit point
+    _finish_commit(commit, where, state)
+
+
+def _move(source: Path, target: Path) -> None:
+    "Rename `source` to `target` (a file over a file, or a folder to a free name), creating `target`'s folder."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+
+
+def _finish_commit(commit: Path, where: core.Paths, state: _State) -> None:
+    """Carry out the commit in `commit` (see `_commit`); every step can be repeated, so an interrupted finish is
+    completed by running it again: files move in, the artifact folder is swapped, stale files go, the key is recorded,
+    and the commit folder is removed last."""
+    manifest = json.loads((commit / COMMIT_MANIFEST).read_text())
+    name = manifest["stage"]
+    for src, dst in manifest["moves"]:
+        if (commit / src).exists():
+            _move(commit / src, where.root / dst)
+    final, staged, previous = where.artifacts / name, commit / "artifacts", commit / "artifacts.previous"
+    if staged.exists() or not manifest["artifacts"]:  # not swapped yet (or no new folder: the old one goes)
+        if final.exists() or final.is_symlink():
+            _move(final, previous)
+        if manifest["artifacts"]:
+            _move(staged, final)
+    for dst in manifest["delete"]:
+        (where.root / dst).unlink(missing_ok=True)
+    state.put(name, manifest["state"])
+    trash = core._temp_sibling(where.runs / name)  # a temporary's name: removed as stale if this process dies
+    os.rename(commit, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _finish_pending(where: core.Paths) -> list[str]:
+    "Finish the commits an interruption left in `where.runs`, remove stale staging folders; the stages committed."
+    if not where.runs.is_dir():
         return []
-    return sorted({f.stem for f in where.tables.glob("tbl-*.md") if f.stat().st_mtime_ns >= start_ns})
+    done = []
+    for commit in sorted(where.runs.glob(f".*{COMMIT_SUFFIX}")):
+        if (commit / COMMIT_MANIFEST).is_file():
+            _finish_commit(commit, where, _State(where.runs / "_state.json"))
+            done.append(commit.name[1 : -len(COMMIT_SUFFIX)])
+    core.remove_stale_temporaries(where.runs)
+    return done
+
+
+def finish_pending_commits(profile: str = "smoke", root: str | Path | None = None) -> list[str]:
+    """Complete what an interrupted `reproduce` of `profile` was putting in place (it does this itself first): after
+    it, each stage's outputs are those of its last complete run. Returns the stages whose commit it finished."""
+    return _finish_pending(core.paths(profile, Path(root).resolve() if root else core.find_root()))
 
 
 def _run_stage(plan: StagePlan, where: core.Paths, root: Path, state: _State) -> float:
-    """Execute one stage into `runs/<profile>/`, check its figures, record its key; the seconds it took. A stage that
-    fails or is interrupted leaves none of its results, figures or tables (those of its previous run were cleared
-    before it started) and no key, so the next `reproduce` runs it again; its partial notebook stays in `runs/`."""
+    """Execute one stage with its outputs staged (`core.Staging`), check its figures, commit them with its key
+    (`_commit`); the seconds it took. A stage that fails or is interrupted before its commit leaves its previous
+    outputs and key as they were (the next `reproduce` runs it again when its key changed); its executed notebook
+    goes to `runs/<profile>/NN_name.failed.ipynb`."""
     stage = plan.stage
     where.runs.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(stage, where, state.get(stage.name))
-    state.forget(stage.name)
-    start_ns, t0 = time.time_ns(), time.perf_counter()
+    staging = core._temp_sibling(where.runs / stage.name)  # removed as stale if this process dies
+    staging.mkdir()
+    staged_nb, failed_nb = staging / stage.path.name, where.runs / f"{stage.name}.failed.ipynb"
+    t0 = time.perf_counter()
     try:
-        _execute(stage, plan.params, where.runs / stage.path.name, root)
+        with _environment({core.STAGING_ENV: core.Staging(root, where.profile, stage.name, staging).to_env()}):
+            _execute(stage, plan.params, staged_nb, root, shown_nb=failed_nb)
         seconds = time.perf_counter() - t0
-        missing = [label for label in stage.figure_labels if not (where.figures / f"{label}.png").exists()]
+        missing = [label for label in stage.figure_labels if not (staging / "figures" / f"{label}.png").exists()]
         if missing:
             raise PipelineError(
                 f"{stage.path.name}: cells labelled {missing} ran but saved no figure; "
                 f"call core.save_figure(fig) in each labelled figure cell"
             )
-    except BaseException:  # failed or interrupted (Ctrl-C): no half of this stage's outputs stays behind
-        _clear_outputs(stage, where, {"tables": _tables_written_since(where, start_ns)})
+        _commit(stage, plan.key, seconds, staging, where, state)
+    except BaseException:  # failed or interrupted before the commit point: the previous outputs stand
+        if staging.exists():
+            if staged_nb.exists():
+                os.replace(staged_nb, failed_nb)
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    state.record(stage.name, plan.key, seconds, _tables_written_since(where, start_ns))
     return seconds
 
 
@@ -426,6 +543,7 @@ def reproduce(
     console = console or Console(stderr=True, highlight=False)
     root, prof, stages = _load(profile, root)
     where = core.paths(prof.name, root)
+    _finish_pending(where)  # an interrupted run's commit completes before anything reads the state
     selected = select_stages(stages, only, start)
     state = _State(where.runs / "_state.json")
     plans = plan_stages(prof, stages, root, selected, state.keys())  # every key before anything runs
