@@ -24,7 +24,7 @@ SIM_OLD = ["--n", "150", "--frames", "61", "--seed", "1"]
 SIM_NEW = ["--n", "300", "--frames", "61", "--seed", "2", "--force"]
 FIT_DATA = ["--n", "200", "--frames", "241", "--seed", "3"]
 FIT_ARGS = ["--state-from", "truth", "--n-boot", "20", "--sigma-loc", "40"]  # the CLI takes 0 or >= 20
-N_SIM, N_FIT = 12, 10  # trials per command, half SIGINT and half SIGKILL: 22 in all
+N_SIM, N_FIT = 20, 20  # trials per command, half SIGINT and half SIGKILL
 
 
 def _digest(folder: Path) -> dict:
@@ -222,7 +222,7 @@ def test_interrupted_simulate_and_fit_radius_leave_old_or_new_outputs(tmp_path):
     print(f"{outcomes}, simulate {log['sim_s']:.1f} s, fit {log['fit_s']:.1f} s, {time.perf_counter() - started:.0f} s")
 
 
-N_STORE = 10  # store trials, half SIGINT and half SIGKILL
+N_STORE = 20  # store trials, half SIGINT and half SIGKILL
 
 
 def _store_job(model_dir: Path, out: Path) -> int:
