@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from conftest import make_notebook
@@ -290,6 +291,8 @@ def test_row6_ctrl_c_in_reproduce(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("xai-hsg reproduce: error: interrupted"), err
     assert not half.exists() and not (root / "results" / "smoke" / "02_slow.json").exists()
     assert (root / "results" / "smoke" / "01_one.json").exists()
+    kernels = [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(root / "nbs")]
+    assert not kernels, f"the interrupted stage's kernel still runs: {kernels}"
     state = yaml.safe_load((root / "runs" / "smoke" / "_state.json").read_text())
     assert list(state) == ["01_one"]
     rerun = subprocess.run([*cmd, "--only", "01"], cwd=root, env=env, capture_output=True, text=True, timeout=120)

@@ -358,12 +358,12 @@ def _papermill_parameters(stage: Stage, params: dict):
 def _execute(stage: Stage, params: dict, out_nb: Path, root: Path, shown_nb: Path | None = None) -> None:
     "Run `stage` with papermill into `out_nb`; a failure names `shown_nb` (default `out_nb`) as the executed notebook."
     import papermill as pm
+    import psutil
     from papermill.exceptions import PapermillExecutionError
 
-    env_backup = os.environ.get(core.ROOT_ENV)
-    os.environ[core.ROOT_ENV] = str(root)  # the kernel inherits it: notebooks find this repository
-    try:
-        with _papermill_parameters(stage, params):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:  # the kernel inherits XAI_HSG_ROOT: notebooks find this repository
+        with _environment({core.ROOT_ENV: str(root)}), _papermill_parameters(stage, params):
             pm.execute_notebook(
                 str(stage.path),
                 str(out_nb),
@@ -377,11 +377,24 @@ def _execute(stage: Stage, params: dict, out_nb: Path, root: Path, shown_nb: Pat
             )
     except PapermillExecutionError as err:
         raise PipelineError(_failure_message(stage, err, shown_nb or out_nb)) from None
-    finally:
-        if env_backup is None:
-            os.environ.pop(core.ROOT_ENV, None)
-        else:
-            os.environ[core.ROOT_ENV] = env_backup
+    except BaseException:
+        _kill_new_children(before)
+        raise
+
+
+def _kill_new_children(before: set[int]) -> None:
+    """Kill the child processes started since `before` (pids): the kernel runs in its own session, so Ctrl-C does not
+    reach it, and an interrupted papermill does not always shut it down (it would keep computing, and this process
+    would wait for it at exit)."""
+    import psutil
+
+    new = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for proc in new:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(new, timeout=5)
 
 
 COMMIT_SUFFIX = ".commit"  # runs/<profile>/.NN_name.commit: a stage's committed outputs, being moved into place
