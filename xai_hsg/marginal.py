@@ -22,8 +22,8 @@ from scipy.stats import norm
 from . import core
 from .identify import Identifiability, estimate_sigma_loc, identifiability
 from .neural_radius import ContactHazardNet, IntervalTerms, interval_terms
-from .radius import DegenerateFitError, RadiusMLE, state_from_ms2_hmm
-from .tracks import TraceArrays, check_plausible, read_tracks
+from .radius import DegenerateFitError, RadiusMLE, _arrays_for_fit, state_from_ms2_hmm
+from .tracks import TraceArrays
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -681,11 +681,14 @@ def _heldout(est: MarginalRadius, arrays: TraceArrays, test_fraction: float, see
     )
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c10
-def write_states(est: MarginalRadius, arrays: TraceArrays, out: str | Path) -> Path:
-    "Posterior promoter states per observed frame as CSV: trace_id, t_s, p_on, expected_loadings (atomic write)."
+def write_states(
+    est: MarginalRadius, arrays: TraceArrays, out: str | Path, post: PosteriorStates | None = None
+) -> Path:
+    """Posterior promoter states per observed frame as CSV: trace_id, t_s, p_on, expected_loadings (atomic write);
+    `post`: `est.posterior_states(arrays)` when already computed."""
     import pandas as pd
 
-    post = est.posterior_states(arrays)
+    post = est.posterior_states(arrays) if post is None else post
     ids = arrays.trace_id if arrays.trace_id is not None else np.arange(arrays.n_traces)
     keep = arrays.present
     frame = pd.DataFrame(
@@ -720,10 +723,7 @@ def fit_radius_marginal(
     to `out` (strict)."""
     if not 0 <= test_fraction < 1:
         raise ValueError("test_fraction must be in [0, 1)")
-    arrays = read_tracks(tracks_path, dt_s=dt_s).to_arrays(dt_s)
-    if arrays.n_frames < 2:
-        raise ValueError(f"{tracks_path}: every trace has a single frame: the radius needs traces of >= 2 frames")
-    warnings = check_plausible(arrays, sanity, source=tracks_path)
+    arrays, warnings = _arrays_for_fit(tracks_path, dt_s, "none", sanity)  # read, ≥ 2 frames, plausible units
     if arrays.ms2 is None:
         raise ValueError(f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)")
     sigma = None
@@ -756,7 +756,7 @@ def fit_radius_marginal(
                 z = math.log(hi / est.r_c_nm_)
                 lo, hi = min(lo, r * math.exp(-z)), max(hi, r * math.exp(z))
     if states_out is not None:
-        write_states(est, arrays, states_out)
+        write_states(est, arrays, states_out, post)
     heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
     f = lambda x: float(x) if math.isfinite(x) else None
     res = {

@@ -557,7 +557,11 @@ def _arrays_for_fit(tracks_path, dt_s: float | None, state_from: str, sanity: bo
         raise ValueError(f"{tracks_path}: every trace has a single frame: the radius needs traces of >= 2 frames")
     warnings = check_plausible(arrays, sanity, source=tracks_path)
     if state_from == "truth" and arrays.state is None:
-        hint = "; use --state-from ms2" if arrays.ms2 is not None else " and no 'ms2' column to infer it from"
+        hint = (
+            "; leave out --state-from (the state is summed out) or use --state-from ms2"
+            if arrays.ms2 is not None
+            else " and no 'ms2' column to infer it from"
+        )
         raise ValueError(f"{tracks_path}: no 'state' column" + hint)
     if state_from == "ms2":
         if arrays.ms2 is None:
