@@ -617,7 +617,7 @@ def marginal_identifiability(
     grid = np.geomspace(r_hat / 30, r_hat * 30, 25)
     with torch.no_grad():
         sl = [float(marginal_loglik(data, torch.cat([theta.new_tensor([math.log(r)]), theta[1:]])).sum()) for r in grid]
-    guard = identifiability(grid, np.array(sl), r_hat, ci=unc.ci, max_flat_ratio=10.0)
+    guard = identifiability(grid, np.array(sl), r_hat, ci=unc.ci)
     reasons = [x for x in guard.reasons if "search bound" not in x]  # the slice's grid is centred on r̂: not a bound
     lo, hi = unc.interval("r_c_nm")
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
@@ -747,14 +747,14 @@ def fit_radius_marginal(
             f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(guard.reasons)
         )
     lo, hi = unc.interval("r_c_nm")
+    half = math.log(hi / est.r_c_nm_)  # the Wald half-width in log r_c at σ̂
     r_at_sigma = {}
     if sigma is not None:  # σ_loc's own uncertainty: refit at its interval's ends, keep the union
         for s in (sigma.lo_nm, sigma.hi_nm):
             if math.isfinite(s) and s >= 0 and s != s_hat:
                 r = _refit(est, arrays, sigma_loc_nm=s).r_c_nm_
                 r_at_sigma[f"{s:.4g}"] = r
-                z = math.log(hi / est.r_c_nm_)
-                lo, hi = min(lo, r * math.exp(-z)), max(hi, r * math.exp(z))
+                lo, hi = min(lo, r * math.exp(-half)), max(hi, r * math.exp(half))
     if states_out is not None:
         write_states(est, arrays, states_out, post)
     heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
