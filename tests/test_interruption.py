@@ -36,6 +36,9 @@ def _digest(folder: Path) -> dict:
     }
 
 
+CHILD_LIMIT_S = 600  # no trial's child runs this long unless it hangs
+
+
 def _fork_and_signal(job, delay_s: float | None, sig: int, pids: list | None = None) -> tuple[int, float]:
     """Fork, run `job()` in the child (its return value is the exit status; stdout discarded, stderr to
     `$XAI_HSG_TEST_LOG` when set); kill it with `sig` after `delay_s`. Returns (wait status, seconds); the child's pid
@@ -68,8 +71,15 @@ def _fork_and_signal(job, delay_s: float | None, sig: int, pids: list | None = N
                 return status, time.perf_counter() - start
             time.sleep(0.005)
         os.kill(pid, sig)
-    _, status = os.waitpid(pid, 0)
-    return status, time.perf_counter() - start
+    while True:  # a child that never ends (a deadlock) fails the trial instead of hanging the suite
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status, time.perf_counter() - start
+        if time.perf_counter() - start > CHILD_LIMIT_S:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} still running after {CHILD_LIMIT_S} s (signal {sig} at {delay_s} s)")
+        time.sleep(0.01)
 
 
 def _run_child(argv: list[str], delay_s: float | None, sig: int) -> tuple[int, float]:
@@ -256,9 +266,14 @@ def _drive_store(work: Path, seed: int) -> dict:
 
     from xai_hsg import embed
 
-    torch.manual_seed(0)
     model_dir = work / "model"
-    embed.save_genomic_lm(EsmForMaskedLM(embed.nt_config("tiny", max_tokens=256)), embed.NTTokenizer(), model_dir)
+
+    def save_model() -> int:  # in a child: a driver that ran torch would fork children into OpenMP's held locks
+        torch.manual_seed(0)
+        embed.save_genomic_lm(EsmForMaskedLM(embed.nt_config("tiny", max_tokens=256)), embed.NTTokenizer(), model_dir)
+        return 0
+
+    assert _fork_and_signal(save_model, None, 0)[0] == 0
     status, run_s = _run_store_child(model_dir, work / "ref", None, 0)
     assert status == 0
     rng = random.Random(seed)
