@@ -125,3 +125,11 @@ def mini_repo(tmp_path: Path) -> Path:
     (root / "paper" / "index.qmd").write_text(PAPER.lstrip())
     (root / "paper" / "refs.bib").write_text("")
     return root
+
+
+def sigint_default() -> None:
+    """`preexec_fn` of a child that a test interrupts with SIGINT: restore the default disposition, which a test run
+    started as a background job of a non-interactive shell inherits as *ignored* (the child would not see Ctrl-C)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

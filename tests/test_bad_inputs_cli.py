@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import make_notebook
+from conftest import make_notebook, sigint_default
 
 from xai_hsg import cli, radius
 from xai_hsg.simulate import SimParams, write_simulation
@@ -278,7 +278,9 @@ def test_row6_ctrl_c_in_reproduce(tmp_path):
     make_notebook(root / "nbs" / "02_slow.ipynb", [("code", SLOW_CELL)], '# needs: none\nprofile = "smoke"')
     env = {**os.environ, "XAI_HSG_ROOT": str(root)}
     cmd = [sys.executable, "-m", "xai_hsg.cli", "reproduce", "--no-render"]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=sigint_default
+    )
     staged, t0 = root / "runs" / "smoke", time.monotonic()
     while not (halves := list(staged.glob(".02_slow.tmp-*/results/02_slow.json"))):  # the stage writes to staging
         assert proc.poll() is None and time.monotonic() - t0 < 300, proc.stderr.read()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sigint_default
 
 SIM_OLD = ["--n", "150", "--frames", "61", "--seed", "1"]
 SIM_NEW = ["--n", "300", "--frames", "61", "--seed", "2", "--force"]
@@ -180,7 +181,12 @@ def test_interrupted_simulate_and_fit_radius_leave_old_or_new_outputs(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     seed = 12
     proc = subprocess.run(
-        [sys.executable, __file__, str(tmp_path), str(seed)], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, __file__, str(tmp_path), str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        preexec_fn=sigint_default,
     )
     children = tmp_path / "children.log"
     assert proc.returncode == 0, proc.stderr[-2000:] + (children.read_text()[-2000:] if children.exists() else "")
@@ -294,7 +300,12 @@ def test_interrupted_store_is_complete_or_resumes_to_the_same_store(tmp_path):
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run(
-        [sys.executable, __file__, str(tmp_path), "3", "store"], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, __file__, str(tmp_path), "3", "store"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        preexec_fn=sigint_default,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = json.loads(proc.stdout.splitlines()[-1])
@@ -526,6 +537,7 @@ def test_interrupted_reproduce_leaves_each_stage_old_or_new(tmp_path):
         text=True,
         timeout=900,
         env=env,
+        preexec_fn=sigint_default,
     )
     children = tmp_path / "children.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (children.read_text()[-3000:] if children.exists() else "")
