@@ -106,6 +106,27 @@ def test_figure_cell_that_saves_nothing_is_an_error(mini_repo):
         reproduce("smoke", root=mini_repo, only=["04"], render=False)
 
 
+@pytest.mark.slow
+def test_outputs_saved_without_a_profile_go_to_the_running_profile(mini_repo):
+    """A figure or result saved without naming the profile belongs to the profile being reproduced, not the default
+    (a paper run's figures once went to figures/smoke and the stage failed after the whole run)."""
+    import yaml
+
+    (mini_repo / "profiles" / "paper.yml").write_text(
+        yaml.safe_dump({"description": "fixture", "defaults": {"seed": 0}, "notebooks": {"04_fig": {}}})
+    )
+    cells = [
+        ("code", "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nfrom xai_hsg import core"),
+        ("code", "#| label: fig-unnamed-profile\nfig, ax = plt.subplots()\ncore.save_figure(fig)"),
+        ("code", "core.save_results('04_fig', {'done': True})"),
+    ]
+    make_notebook(mini_repo / "nbs" / "04_fig.ipynb", cells, '# needs: none\nprofile = "paper"')
+    reproduce("paper", root=mini_repo, only=["04"], render=False)
+    assert (mini_repo / "figures" / "paper" / "fig-unnamed-profile.png").exists()
+    assert (mini_repo / "results" / "paper" / "04_fig.json").exists()
+    assert not (mini_repo / "figures" / "smoke" / "fig-unnamed-profile.png").exists()
+
+
 def test_stage_key_follows_code_not_prose(mini_repo):
     path = mini_repo / "nbs" / "01_alpha.ipynb"
     before = pipeline.parse_stage(path).source_hash

@@ -520,7 +520,8 @@ def _run_stage(plan: StagePlan, where: core.Paths, root: Path, state: _State) ->
     staged_nb, failed_nb = staging / stage.path.name, where.runs / f"{stage.name}.failed.ipynb"
     t0 = time.perf_counter()
     try:
-        with _environment({core.STAGING_ENV: core.Staging(root, where.profile, stage.name, staging).to_env()}):
+        staged = {core.STAGING_ENV: core.Staging(root, where.profile, stage.name, staging).to_env()}
+        with _environment({**staged, core.PROFILE_ENV: where.profile}):  # a call without a profile: this run's
             _execute(stage, plan.params, staged_nb, root, shown_nb=failed_nb)
         seconds = time.perf_counter() - t0
         missing = [label for label in stage.figure_labels if not (staging / "figures" / f"{label}.png").exists()]
