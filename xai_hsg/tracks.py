@@ -11,6 +11,7 @@ import gzip
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -62,8 +63,9 @@ class PlausibilityError(TracksError):
 # %% auto #0
 __all__ = ['LAYOUT_COLUMNS', 'KEY_COLUMNS', 'SIGNAL_COLUMNS', 'TRUTH_COLUMNS', 'BRUECKNER_COLUMNS', 'BRUECKNER_DT_S',
            'BRUECKNER_EXTRA_COLUMNS', 'MIN_FRAME_STEP_S', 'MAX_FRAME_STEP_S', 'MIN_MEDIAN_DISTANCE_NM',
-           'MAX_MEDIAN_DISTANCE_NM', 'OPTIONAL_ARRAYS', 'TracksError', 'PlausibilityError', 'detect_layout',
-           'validate_tracks', 'Tracks', 'TraceArrays', 'read_tracks', 'check_plausible', 'write_tracks']
+           'MAX_MEDIAN_DISTANCE_NM', 'OPTIONAL_ARRAYS', 'BURSTINFER_DT_S', 'BURSTINFER_META_COLUMNS', 'TracksError',
+           'PlausibilityError', 'detect_layout', 'validate_tracks', 'Tracks', 'TraceArrays', 'read_tracks',
+           'check_plausible', 'write_tracks', 'WideTraces', 'read_burstinfer_wide']
 
 # %% ../nbs/01a_tracks.ipynb #ddc101a0
 def _numeric(df, col, file):
@@ -88,15 +90,17 @@ def _sort_key(ids: pd.Series):
 
 # %% ../nbs/01a_tracks.ipynb #0917b1c0
 def detect_layout(columns) -> str:
-    "'vector', 'loci', 'distance' or 'brueckner' from a table's columns."
+    "'vector', 'loci', 'distance', 'brueckner' or 'ms2' (no coordinate group, an `ms2` column) from a table's columns."
     cols = set(columns)
     if {"cell_id", "time_point"} <= cols:
         return "brueckner"
     found = [name for name, group in LAYOUT_COLUMNS.items() if cols & set(group)]
+    if not found and "ms2" in cols:
+        return "ms2"
     if len(found) != 1:
         raise ValueError(
             f"expected exactly one coordinate group ({'; '.join(', '.join(g) for g in LAYOUT_COLUMNS.values())}), "
-            f"found {found or 'none'}"
+            f"found {found or 'none (and no ms2 column for MS2-only tracks)'}"
         )
     return found[0]
 
@@ -126,10 +130,11 @@ def _layout_and_columns(df: pd.DataFrame, file: str) -> tuple[str, list[str]]:
         layout = detect_layout(df.columns)
     except ValueError as e:
         raise TracksError(file, 0, None, str(e)) from None
-    missing = [c for c in LAYOUT_COLUMNS[layout] if c not in df.columns]
+    group = LAYOUT_COLUMNS.get(layout, [])  # the 'ms2' layout has no coordinate group
+    missing = [c for c in group if c not in df.columns]
     if missing:
         raise TracksError(file, 0, missing[0], f"column missing for the {layout!r} layout")
-    cols = KEY_COLUMNS + LAYOUT_COLUMNS[layout] + [c for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in df.columns]
+    cols = KEY_COLUMNS + group + [c for c in SIGNAL_COLUMNS + TRUTH_COLUMNS if c in df.columns]
     return layout, cols
 
 # %% ../nbs/01a_tracks.ipynb #d246c775
@@ -257,12 +262,15 @@ class Tracks:
             return d[LAYOUT_COLUMNS["vector"]].to_numpy(float)
         if self.layout == "loci":
             return d[["x_e", "y_e", "z_e"]].to_numpy(float) - d[["x_p", "y_p", "z_p"]].to_numpy(float)
-        raise ValueError(f"{self.source}: distance-only tracks have no E–P vector")
+        kind = "MS2-only" if self.layout == "ms2" else "distance-only"
+        raise ValueError(f"{self.source}: {kind} tracks have no E–P vector")
 
     def distance_nm(self) -> np.ndarray:
-        "E–P distance per row (NaN where missing)."
+        "E–P distance per row (NaN where missing; all NaN for MS2-only tracks)."
         if self.layout == "distance":
             return self.data["distance_nm"].to_numpy(float)
+        if self.layout == "ms2":
+            return np.full(len(self.data), np.nan)
         return np.linalg.norm(self.vector_nm(), axis=1)
 
     def to_arrays(self, dt_s: float | None = None) -> TraceArrays:
@@ -344,6 +352,11 @@ class TraceArrays:
         return self.distance_nm.shape[1]
 
     @property
+    def has_distances(self) -> bool:
+        "True when at least one distance is observed (False for MS2-only tracks)."
+        return bool(self.mask.any())
+
+    @property
     def has_vectors(self) -> bool:
         "True when E–P vectors are given and at least one is finite."
         return self.vector_nm is not None and bool(np.isfinite(self.vector_nm).any())
@@ -408,7 +421,7 @@ def from_tracks(cls: TraceArrays, tracks: Tracks, dt_s: float | None = None) -> 
         t_s=starts[:, None] + np.arange(T)[None, :] * dt_s,
         present=grid(np.ones(len(d)), 0.0).astype(bool),
         trace_id=np.array(ids, dtype=object),
-        vector_nm=None if tracks.layout == "distance" else grid(tracks.vector_nm()),
+        vector_nm=None if tracks.layout in ("distance", "ms2") else grid(tracks.vector_nm()),
         **columns,
     )
 
@@ -564,3 +577,62 @@ def write_tracks(
     else:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
     return path
+
+# %% ../nbs/01a_tracks.ipynb #c46ea2d5
+BURSTINFER_DT_S = 20.0  # frame interval of the burstInfer ush example (Hoppe et al. 2020), s
+BURSTINFER_META_COLUMNS = ("cell_id", "cluster", "mean_intensity", "meta_3", "meta_4", "meta_5", "meta_6")
+
+
+class WideTraces(NamedTuple):
+    "MS2-only `Tracks` read from a wide file and the per-cell metadata (`cells`: one row per trace, in file order)."
+
+    tracks: Tracks
+    cells: pd.DataFrame  # trace_id, row (0-based data row of the file), then the metadata columns
+
+
+def read_burstinfer_wide(
+    path: str | Path, dt_s: float = BURSTINFER_DT_S, meta_columns: tuple = BURSTINFER_META_COLUMNS
+) -> WideTraces:
+    """Read burstInfer's wide layout: column 0 a row index, then `meta_columns` (the first is the cell id), then one
+    column per frame `dt_s` seconds apart. Trailing empty frames are dropped; inner empty frames stay as NaN MS2.
+    Errors name the file, row and column (`TracksError`)."""
+    path = Path(path)
+    if not (math.isfinite(dt_s) and dt_s > 0):
+        raise ValueError(f"the frame interval must be a number of seconds > 0, got {dt_s!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (burstInfer wide layout)")
+    try:
+        raw = pd.read_csv(path, header=None, skiprows=1, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise TracksError(path, None, None, "no data rows (the file is empty or has only a header)") from None
+    n_meta = len(meta_columns)
+    if raw.shape[1] < n_meta + 2:
+        raise TracksError(
+            path,
+            1,
+            None,
+            f"{raw.shape[1]} columns; the wide layout needs an index, {n_meta} metadata columns and frames",
+        )
+    values = pd.DataFrame({j: _numeric(raw, j, path) for j in raw.columns[1:]})
+    frames = values.iloc[:, n_meta:].to_numpy(float)
+    if np.isinf(frames).any():
+        i, j = np.argwhere(np.isinf(frames))[0]
+        raise TracksError(path, int(i) + 1, int(j) + n_meta + 1, "infinite fluorescence")
+    meta = values.iloc[:, :n_meta].set_axis(list(meta_columns), axis=1)
+    ids = raw.iloc[:, 1].str.strip()
+    if ids.isna().any() or (ids == "").any():
+        raise TracksError(path, int(np.flatnonzero((ids.isna() | (ids == "")).to_numpy())[0]) + 1, 1, "empty cell id")
+    ids = ids.map(lambda v: str(int(float(v))) if float(v).is_integer() else v)
+    dup = ids.duplicated()
+    if dup.any():
+        raise TracksError(path, int(np.flatnonzero(dup.to_numpy())[0]) + 1, 1, f"cell id {ids[dup].iloc[0]!r} repeated")
+    seen = np.isfinite(frames)
+    n_frames = np.where(seen.any(1), frames.shape[1] - np.argmax(seen[:, ::-1], 1), 0)  # last observed frame + 1
+    if (n_frames == 0).any():
+        raise TracksError(path, int(np.flatnonzero(n_frames == 0)[0]) + 1, None, "a trace without any fluorescence")
+    rows = np.repeat(np.arange(len(ids)), n_frames)
+    k = np.concatenate([np.arange(n) for n in n_frames])
+    long = pd.DataFrame({"trace_id": ids.to_numpy()[rows], "t_s": k * float(dt_s), "ms2": frames[rows, k]})
+    tracks = Tracks(data=validate_tracks(long, path), layout="ms2", source=str(path), dt_s=float(dt_s))
+    cells = pd.concat([pd.DataFrame({"trace_id": ids.to_numpy(), "row": np.arange(len(ids))}), meta], axis=1)
+    return WideTraces(tracks, cells)
