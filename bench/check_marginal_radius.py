@@ -6,7 +6,12 @@ Each cell: simulate `--n` traces x `--frames` frames, write the tracks file, run
 as the upper bound. One line of JSON per cell (printed as it finishes) and, with `--out`, all rows as a JSON list.
 Not identifiable verdicts are rows too. About 1-6 min per cell on 2 CPU cores at the defaults.
 
+`--cells grid` is the acceptance grid of the marginal model: r_c ∈ {60, 100, 150, 250} nm × σ_loc ∈ {0, 20, 40} nm ×
+3 seeds × two regimes (fast switching, ON periods of 5 min; the simulator's default, ON periods of 1 h), 30-s frames.
+Rows are appended to `--jsonl` as each cell finishes, and cells already there are skipped: an interrupted run resumes.
+
     python bench/check_marginal_radius.py --cells own misspecified --out rows.json
+    python bench/check_marginal_radius.py --cells grid --jsonl grid.jsonl
 """
 
 from __future__ import annotations
@@ -43,6 +48,24 @@ MISSPECIFIED = {
 
 SEEDS = {"own": 31, "misspecified": 41}  # simulation seed of each group (--seed overrides)
 
+GRID_R_C_NM = (60.0, 100.0, 150.0, 250.0)
+GRID_SIGMA_LOC_NM = (0.0, 20.0, 40.0)
+GRID_SEEDS = (101, 102, 103)
+GRID_REGIMES = {"fast": 1 / 300, "default": 1 / 3600}  # k_off, 1/s
+
+
+def grid_cells() -> list[tuple[str, dict, int]]:
+    "(name, SimParams changes, seed) of the acceptance grid, seed-major so that a partial run covers every cell once."
+    cells = []
+    for seed in GRID_SEEDS:
+        for regime, k_off in GRID_REGIMES.items():
+            for sigma in GRID_SIGMA_LOC_NM:
+                for r_c in GRID_R_C_NM:
+                    name = f"{regime}, r_c {r_c:g}, sigma_loc {sigma:g}"
+                    changes = dict(dt_s=30.0, r_c_nm=r_c, sigma_loc_nm=sigma, k_off_per_s=k_off)
+                    cells.append((name, changes, seed))
+    return cells
+
 
 def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
     "One simulated condition: the marginal fit (σ_loc estimated) and the truth-state MLE on the same traces."
@@ -50,7 +73,12 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
     params = SimParams(**{**base, **changes})
     sim = simulate(n, params, seed=seed)
     row = dict(cell=name, r_c_true=params.r_c_nm, dt_s=params.dt_s, n_traces=n, seed=seed, k_on_true=params.k_on)
-    row["truth_state_mle"] = RadiusMLE(sigma_loc_nm=SIGMA_LOC_NM, n_boot=0).fit(sim.to_arrays()).r_c_nm_
+    row.update(sigma_loc_true=params.sigma_loc_nm, k_off_true=params.k_off_per_s)
+    try:
+        row["truth_state_mle"] = RadiusMLE(sigma_loc_nm=params.sigma_loc_nm, n_boot=0).fit(sim.to_arrays()).r_c_nm_
+    except DegenerateFitError as err:
+        row["truth_state_mle"] = None
+        row["truth_state_verdict"] = str(err)
     with tempfile.TemporaryDirectory() as tmp:
         tracks, _ = save_simulation(sim, tmp)
         t0 = time.perf_counter()
@@ -65,32 +93,70 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
     return row
 
 
+def summarise(rows: list[dict], label: str) -> dict:
+    "Median |relative error| and interval coverage of the fitted rows (cells with r_c ≥ 2σ_loc), truth-state MLE beside."
+    keep = [r for r in rows if r["r_c_true"] >= 2 * r.get("sigma_loc_true", 0.0)]
+    fitted = [r for r in keep if "r_c" in r]
+    truth = [r for r in keep if r.get("truth_state_mle")]
+    out = dict(label=label, n_cells=len(keep), n_fitted=len(fitted), n_not_identifiable=len(keep) - len(fitted))
+    if fitted:
+        out["median_abs_rel_error"] = float(np.median([abs(r["r_c"] / r["r_c_true"] - 1) for r in fitted]))
+        out["median_rel_error"] = float(np.median([r["r_c"] / r["r_c_true"] - 1 for r in fitted]))
+        out["coverage"] = float(np.mean([r["covered"] for r in fitted]))
+    if truth:
+        out["truth_state_median_abs_rel_error"] = float(
+            np.median([abs(r["truth_state_mle"] / r["r_c_true"] - 1) for r in truth])
+        )
+    return out
+
+
+def _done(path: str | None) -> list[dict]:
+    if not path:
+        return []
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cells", nargs="+", choices=["own", "misspecified"], default=["own", "misspecified"])
+    ap.add_argument("--cells", nargs="+", choices=["own", "misspecified", "grid"], default=["own", "misspecified"])
     ap.add_argument("--n", type=int, default=300, help="traces per cell")
     ap.add_argument("--frames", type=int, default=241)
     ap.add_argument("--seed", type=int, default=None, help=f"simulation seed (default: {SEEDS})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write all rows as JSON here")
+    ap.add_argument(
+        "--jsonl", default=None, help="append each row here as it finishes; cells already there are skipped"
+    )
+    ap.add_argument(
+        "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = []
+    rows = _done(args.jsonl)
+    seen = {(r["group"], r["cell"], r["seed"]) for r in rows}
+    todo = []
     for group, cells in (("own", OWN), ("misspecified", MISSPECIFIED)):
-        if group not in args.cells:
-            continue
-        for name, changes in cells.items():
+        if group in args.cells:
             seed = SEEDS[group] if args.seed is None else args.seed
-            rows.append({"group": group, **run_cell(name, changes, args.n, args.frames, seed)})
-            print(json.dumps(rows[-1]), flush=True)
+            todo += [(group, name, changes, seed) for name, changes in cells.items()]
+    if "grid" in args.cells:
+        todo += [("grid", name, changes, seed) for name, changes, seed in grid_cells()]
+    for group, name, changes, seed in reversed(todo) if args.reverse else todo:
+        seen |= {(r["group"], r["cell"], r["seed"]) for r in _done(args.jsonl)}  # another process may share the file
+        if (group, name, seed) in seen:
+            continue
+        rows.append({"group": group, **run_cell(name, changes, args.n, args.frames, seed)})
+        print(json.dumps(rows[-1]), flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+    rows = _done(args.jsonl) or rows
     for group in args.cells:
-        fitted = [r for r in rows if r["group"] == group and "r_c" in r]
-        if fitted:
-            median = float(np.median([abs(r["r_c"] / r["r_c_true"] - 1) for r in fitted]))
-            covered = sum(r["covered"] for r in fitted)
-            print(
-                f"{group}: median |relative error| {median:.1%}; 90% intervals covering the truth {covered}/{len(fitted)}"
-            )
+        print(json.dumps(summarise([r for r in rows if r["group"] == group], group)))
     if args.out:
         write_json_atomic(args.out, rows)
     return rows

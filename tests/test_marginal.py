@@ -293,3 +293,34 @@ def test_fit_radius_without_state_refuses_a_radius_the_data_do_not_determine(tmp
     assert main(["fit-radius", str(tracks), "--out", str(out), "--sigma-loc", "20"]) == 1
     err = capsys.readouterr().err
     assert "not identifiable" in err and "expected OFF→ON switches" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_fit_radius_without_state_refuses_an_always_in_contact_radius(tmp_path, capsys):
+    "r_c = 3,000 nm: every distance is inside the radius, activation does not depend on distance; not identifiable."
+    from xai_hsg.cli import main
+
+    tracks = _sim_file(tmp_path, 100, 121, seed=3, r_c_nm=3000.0, k_on_per_s=1 / 1200)
+    out = tmp_path / "fit.json"
+    assert main(["fit-radius", str(tracks), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "not identifiable" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
+    """`fit_marginal` on arrays: a shuffled `state` column changes nothing but the reported F1 of the posterior's ON
+    frames against it (the state is read only to score the posterior, on simulations)."""
+    from xai_hsg.marginal import fit_marginal
+
+    arrays = sim60(100, seed=4)
+    kw = dict(sigma_loc_nm=20.0, test_fraction=0.0, max_iter=15)
+    res = fit_marginal(arrays, **kw)
+    shuffled = arrays.replace(
+        state=np.random.default_rng(0).permutation(arrays.state.ravel()).reshape(arrays.state.shape)
+    )
+    res_shuffled = fit_marginal(shuffled, **kw)
+    assert res["r_c_nm"] == res_shuffled["r_c_nm"] and res["r_c_interval_nm"] == res_shuffled["r_c_interval_nm"]
+    f1, f1_shuffled = res["posterior_state_f1"], res_shuffled["posterior_state_f1"]
+    assert 0.5 < f1 <= 1 and f1 > f1_shuffled + 0.2, (f1, f1_shuffled)  # measured F1 0.67
+    assert "posterior_state_f1" not in fit_marginal(arrays.replace(state=None), **kw)

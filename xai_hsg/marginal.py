@@ -32,7 +32,7 @@ __all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_weights', 'CompoundState
            'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
            'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'MarginalFit',
            'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'marginal_identifiability', 'write_states',
-           'fit_radius_marginal']
+           'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -702,9 +702,8 @@ def write_states(
     return core.atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c11
-def fit_radius_marginal(
-    tracks_path: str | Path,
-    out: str | Path | None = None,
+def fit_marginal(
+    arrays: TraceArrays,
     sigma_loc_nm: float | None = None,
     t_rise_s: float = 120.0,
     t_plateau_s: float = 240.0,
@@ -713,17 +712,20 @@ def fit_radius_marginal(
     ci: float = 0.9,
     test_fraction: float = 0.2,
     seed: int = 0,
-    dt_s: float | None = None,
-    sanity: bool = True,
     states_out: str | Path | None = None,
     max_iter: int = 100,
+    source: str | Path = "<arrays>",
+    warnings: list[str] | None = None,
 ) -> dict:
-    """`fit-radius` without a promoter state (see above). `sigma_loc_nm` None: estimated from the data. Raises
-    `DegenerateFitError` (every reason, naming the file) when the radius is not identifiable. Returns the JSON written
-    to `out` (strict)."""
+    """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
+    σ_loc estimated when `sigma_loc_nm` is None, the fit, its sandwich intervals widened by σ_loc's interval, the
+    identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
+    radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
+    `states_out`)."""
+    tracks_path = source
+    warnings = list(warnings or [])
     if not 0 <= test_fraction < 1:
         raise ValueError("test_fraction must be in [0, 1)")
-    arrays, warnings = _arrays_for_fit(tracks_path, dt_s, "none", sanity)  # read, ≥ 2 frames, plausible units
     if arrays.ms2 is None:
         raise ValueError(f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)")
     sigma = None
@@ -757,10 +759,11 @@ def fit_radius_marginal(
                 lo, hi = min(lo, r * math.exp(-half)), max(hi, r * math.exp(half))
     if states_out is not None:
         write_states(est, arrays, states_out, post)
+    state = getattr(arrays, "state", None)
     heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
     f = lambda x: float(x) if math.isfinite(x) else None
     res = {
-        "tracks": str(tracks_path),
+        "tracks": str(source),
         "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
         "state_from": "none",
         "n_traces": arrays.n_traces,
@@ -782,6 +785,30 @@ def fit_radius_marginal(
         "warnings": warnings,
         "heldout": heldout,
     }
+    if state is not None:  # a simulation: how well the posterior recovers the promoter state it summed out
+        res["posterior_state_f1"] = _state_f1(post.p_on, state)
+    return res
+
+
+def _state_f1(p_on: np.ndarray, state: np.ndarray) -> float:
+    "F1 of the ON frames, the posterior P(ON) > 0.5 against the true state, over the frames where both are known."
+    from sklearn.metrics import f1_score
+
+    m = np.isfinite(p_on) & np.isfinite(state)
+    return float(f1_score(state[m] == 1, p_on[m] > 0.5, zero_division=0.0))
+
+
+def fit_radius_marginal(
+    tracks_path: str | Path,
+    out: str | Path | None = None,
+    dt_s: float | None = None,
+    sanity: bool = True,
+    **kw,
+) -> dict:
+    """`fit-radius` without a promoter state: read `tracks_path` (any `state` column is ignored), `fit_marginal` (its
+    keyword arguments in `kw`), and write the result to `out` (strict JSON, atomic)."""
+    arrays, warnings = _arrays_for_fit(tracks_path, dt_s, "none", sanity)  # read, ≥ 2 frames, plausible units
+    res = fit_marginal(arrays.replace(state=None), source=tracks_path, warnings=warnings, **kw)
     if out is not None:
         core.write_json_atomic(out, res)
     return res
