@@ -4,6 +4,7 @@ xai-hsg [--debug] reproduce [--profile smoke|paper] [--only 03] [--from 05] [--f
 xai-hsg [--debug] render [--profile smoke] [--engine auto|quarto|pandoc]
 xai-hsg [--debug] simulate --n N --rc NM --sigma-loc NM --seed S --out DIR [--force]
 xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from none|truth|ms2] [--states CSV] [--force]
+xai-hsg [--debug] events MS2_FILE --out events.csv [--t-rise-s S] [--t-plateau-s S] [--dt S] [--wide] [--force]
 
 An expected failure (a bad file, a bad value, a missing device, an interruption) is one line on stderr,
 `xai-hsg <command>: error: <message>`, with exit status 2 for usage errors (a bad option or option value),
@@ -235,6 +236,45 @@ def _fit_radius_marginal(args) -> int:
     return 0
 
 
+def _cmd_events(args) -> int:
+    "`events`: the binary-latent VAE of MS2 (`vae.events_table`), one row per frame."
+    from .core import atomic_write, check_output_path
+
+    if not Path(args.ms2_file).is_file():
+        raise FileNotFoundError(2, "no such file", args.ms2_file)
+    _check_device(args.device)
+    out = check_output_path(args.out, inputs=[args.ms2_file], force=args.force, kind="file")
+    if out.exists() and not args.force:
+        raise ValueError(f"{out}: exists; choose another --out, or use --force to replace it")
+    _probe_writable(_nearest_existing(out.absolute().parent))
+    import torch
+
+    from .vae import events_table
+
+    torch.set_num_threads(args.threads)
+    table, model = events_table(
+        args.ms2_file,
+        dt_s=args.dt,
+        wide=args.wide,
+        t_rise_s=args.t_rise_s,
+        t_plateau_s=args.t_plateau_s,
+        upsample=args.upsample,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        causal=args.causal,
+        progress=True,
+    )
+    atomic_write(out, lambda p: table.to_csv(p, index=False))
+    fit = model.learned()
+    print(
+        f"{table.trace_id.nunique()} traces, {len(table)} frames: {table.expected_loadings.sum():.0f} expected loadings, "
+        f"P(ON) > 0.5 in {100 * (table.p_on > 0.5).mean():.0f}% of frames; one Pol II = {fit['amplitude']:.3g} MS2 "
+        f"units, k_on = {fit['k_on_per_s']:.3g}/s, k_off = {fit['k_off_per_s']:.3g}/s; wrote {out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -348,6 +388,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file that is not an earlier fit")
     p.set_defaults(func=_cmd_fit_radius)
+
+    p = sub.add_parser(
+        "events",
+        parents=[common],
+        help="Pol II loading events and promoter state from MS2 alone (binary-latent VAE), one row per frame",
+    )
+    p.add_argument("ms2_file", help="tracks file with an ms2 column (CSV or Parquet, any layout), or --wide")
+    p.add_argument("--out", required=True, help="output CSV: trace_id, t_s, expected_loadings, p_on")
+    p.add_argument(
+        "--t-rise-s",
+        type=_number(float, 0, strict=True, unit=" s"),
+        default=120.0,
+        help="MS2 kernel: rise time of the construct's loops in s (default: 120)",
+    )
+    p.add_argument(
+        "--t-plateau-s",
+        type=_number(float, 0, unit=" s"),
+        default=240.0,
+        help="MS2 kernel: plateau (loops to the end of the gene) in s (default: 240)",
+    )
+    p.add_argument(
+        "--dt",
+        type=_number(float, 0, strict=True, unit=" s"),
+        default=None,
+        help="frame interval in s (default: from the file; 20 with --wide)",
+    )
+    p.add_argument("--wide", action="store_true", help="the file is in burstInfer's wide layout (one row per cell)")
+    p.add_argument("--upsample", type=int, choices=[1, 2, 4, 8], default=2, help="latent bins per frame (default: 2)")
+    p.add_argument("--epochs", type=_number(int, 1), default=60, help="training epochs (default: 60)")
+    p.add_argument("--causal", action="store_true", help="online variant: P(ON) and loadings from frames <= t only")
+    p.add_argument("--threads", type=_number(int, 1), default=1, help="CPU threads for training (default: 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_events)
     return parser
 
 
