@@ -604,7 +604,9 @@ def best_layers(table: pd.DataFrame, source: str = "trained") -> pd.DataFrame:
     best = best.rename(columns={"auroc": source}).set_index("concept")
     for ctrl in sorted(set(table["source"]) - {source}):
         best[ctrl] = table[table["source"] == ctrl].groupby("concept")["auroc"].max()
-    best["margin"] = best[source] - best[[c for c in best.columns if c not in (source, "layer", "n_test_pos")]].max(1)
+    best["margin"] = best[source] - best[[c for c in best.columns if c not in (source, "layer", "n_test_pos")]].max(
+        axis=1
+    )
     return best
 
 # %% ../nbs/05b_probe.ipynb #nb05b-038
