@@ -207,3 +207,20 @@ def test_random_weight_model_is_the_same_architecture():
     assert r.config.to_dict() == m.config.to_dict() and not r.training
     assert embed.model_fingerprint(r) != embed.model_fingerprint(m)
     assert embed.model_fingerprint(probe.random_weight_model(m, seed=3)) == embed.model_fingerprint(r)
+
+
+def test_per_token_losses_add_up_to_the_reported_loss():
+    "evaluate_mlm / kmer_frequency_baseline per-token losses: one per masked token, their mean is the loss."
+    from transformers import EsmForMaskedLM
+
+    tok = embed.NTTokenizer()
+    seqs = genome.MarkovBackground.human_like().sample(6, 300, np.random.default_rng(0))
+    es = embed.make_eval_set(tok, seqs, max_tokens=33, seed=0)
+    torch.manual_seed(0)
+    m = EsmForMaskedLM(embed.nt_config("tiny", max_tokens=32)).eval()
+    ev = embed.evaluate_mlm(m, tok, es, return_predictions=True)
+    assert len(ev["losses"]) == es.n_masked == len(es.masked_seq)
+    assert np.isclose(ev["losses"].mean(), ev["loss"], rtol=1e-5)
+    b = embed.kmer_frequency_baseline(tok, seqs[:3], es, return_losses=True)
+    assert len(b["losses"]) == es.n_masked and np.isclose(b["losses"].mean(), b["loss"])
+    assert "losses" not in embed.kmer_frequency_baseline(tok, seqs[:3], es)

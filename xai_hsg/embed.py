@@ -365,7 +365,8 @@ def make_eval_set(
 # %% ../nbs/05a_embed.ipynb #nb05-031e
 def evaluate_mlm(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet, return_predictions: bool = False) -> dict:
     """Masked-token accuracy (argmax over the whole vocabulary), on all masked tokens and on masked 6-mers,
-    and the mean cross-entropy (nats) on masked tokens (+ `predictions`, `targets` arrays if asked)."""
+    and the mean cross-entropy (nats) on masked tokens (+ `predictions`, `targets` and per-token `losses` (nats)
+    arrays, in the order of `eval_set.masked_seq`, if asked)."""
     import torch
 
     dev = next(model.parameters()).device
@@ -374,7 +375,7 @@ def evaluate_mlm(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet, return_pre
     kmer = torch.as_tensor(tokenizer.kmer_ids, device=dev)
     correct = correct_k = 0
     loss = 0.0
-    preds, targets = [], []
+    preds, targets, losses = [], [], []
     with torch.inference_mode():
         for inputs, att, labels in eval_set.batches:
             inputs, att, labels = inputs.to(dev), att.to(dev), labels.to(dev)
@@ -385,10 +386,12 @@ def evaluate_mlm(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet, return_pre
             hit = pred == y
             correct += int(hit.sum())
             correct_k += int(hit[torch.isin(y, kmer)].sum())
-            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            per_token = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+            loss += float(per_token.sum())
             if return_predictions:
                 preds.append(pred.cpu().numpy())
                 targets.append(y.cpu().numpy())
+                losses.append(per_token.cpu().numpy())
     model.train(was_training)
     out = {
         "accuracy": correct / max(eval_set.n_masked, 1),
@@ -398,13 +401,16 @@ def evaluate_mlm(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet, return_pre
         "n_masked_kmer": eval_set.n_masked_kmer,
     }
     if return_predictions:
-        out.update(predictions=np.concatenate(preds), targets=np.concatenate(targets))
+        out.update(predictions=np.concatenate(preds), targets=np.concatenate(targets), losses=np.concatenate(losses))
     return out
 
 
-def kmer_frequency_baseline(tokenizer: NTTokenizer, train_seqs: Sequence[str], eval_set: MLMEvalSet) -> dict:
+def kmer_frequency_baseline(
+    tokenizer: NTTokenizer, train_seqs: Sequence[str], eval_set: MLMEvalSet, return_losses: bool = False
+) -> dict:
     """The context-free baseline: token frequencies of the training corpus. Accuracy = always predicting the most
-    frequent token (the most frequent 6-mer for `kmer_accuracy`); loss = cross-entropy of the frequencies (+1)."""
+    frequent token (the most frequent 6-mer for `kmer_accuracy`); loss = cross-entropy of the frequencies (+1)
+    (+ per-token `losses` in the order of `eval_set.masked_seq` if asked)."""
     import torch
 
     counts = np.ones(len(tokenizer))
@@ -415,19 +421,24 @@ def kmer_frequency_baseline(tokenizer: NTTokenizer, train_seqs: Sequence[str], e
     top, top_kmer = int(p.argmax()), int(tokenizer.kmer_ids[p[tokenizer.kmer_ids].argmax()])
     kmer = torch.as_tensor(tokenizer.kmer_ids)
     hit = hit_k = 0
-    loss = 0.0
+    losses = []
     for _, _, labels in eval_set.batches:
         y = labels[labels != -100]
         hit += int((y == top).sum())
         hit_k += int((y[torch.isin(y, kmer)] == top_kmer).sum())
-        loss += float(-np.log(p[y.numpy()]).sum())
-    return {
+        losses.append(-np.log(p[y.numpy()]))
+    losses = np.concatenate(losses) if losses else np.zeros(0)
+    loss = float(losses.sum())
+    out = {
         "accuracy": hit / max(eval_set.n_masked, 1),
         "kmer_accuracy": hit_k / max(eval_set.n_masked_kmer, 1),
         "loss": loss / max(eval_set.n_masked, 1),
         "most_frequent_token": tokenizer.vocab[top],
         "most_frequent_kmer": tokenizer.vocab[top_kmer],
     }
+    if return_losses:
+        out["losses"] = losses
+    return out
 
 # %% ../nbs/05a_embed.ipynb #nb05-032
 @dataclass

@@ -358,12 +358,14 @@ def bayes_token_losses(
     eval_set: MLMEvalSet,
     tokenizer: NTTokenizer,
     max_tokens: int,
+    sequences: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The best possible prediction of every masked token of `eval_set` (built from `seqset`'s sequences, in order,
     with windows of `max_tokens`): per masked token, `bayes_loss` = -log P(true token | the unmasked bases of its
     window, the planted layout) in nats, `bayes_entropy` (the entropy of that predictive distribution: on tokens the
     generator drew, its mean equals the mean loss when the predictor is exact) and `bayes_hit` (the most probable
-    token is the true one); NaN for tokens that are not all ACGT or whose layout the oracle does not fit."""
+    token is the true one); NaN for tokens that are not all ACGT, whose layout the oracle does not fit, or (when
+    `sequences` names the indices of `seqset` to score, a sample to save time) of sequences not named."""
     ctx = max_tokens - 1
     ms, mt = np.asarray(eval_set.masked_seq), np.asarray(eval_set.masked_token)
     if len(ms) != eval_set.n_masked:
@@ -373,7 +375,8 @@ def bayes_token_losses(
     loss, ent, hit = np.full(len(ms), np.nan), np.full(len(ms), np.nan), np.zeros(len(ms), bool)
     powers: dict = {}
     order = np.lexsort((mt, ms))
-    for s in np.unique(ms):
+    todo = np.unique(ms) if sequences is None else np.intersect1d(np.unique(ms), np.asarray(sequences, int))
+    for s in todo:
         sid = seqset.ids[s]
         seq = seqset.sequence(sid)
         codes = genome._CODE[np.frombuffer(seq.encode(), np.uint8)].astype(np.int64)
