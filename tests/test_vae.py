@@ -273,3 +273,27 @@ def test_wide_reader_bad_input(tmp_path):
         read_burstinfer_wide(f)
     with pytest.raises(FileNotFoundError):
         read_burstinfer_wide(tmp_path / "missing.csv")
+
+
+def test_events_command(tmp_path, capsys):
+    from xai_hsg.cli import main
+
+    s = simulate(8, ms2_sim_params("high_snr", n_frames=40), seed=2)
+    df = s.to_frame(truth=False)[["trace_id", "t_s", "ms2"]]
+    df = df.drop(index=[3, 4])  # two missing frames
+    f = tmp_path / "ms2.csv"
+    df.to_csv(f, index=False)
+    out = tmp_path / "events.csv"
+    assert main(["events", str(f), "--out", str(out), "--epochs", "2", "--upsample", "1"]) == 0
+    table = pd.read_csv(out, dtype={"trace_id": str})
+    assert table.columns.tolist() == ["trace_id", "t_s", "expected_loadings", "p_on"] and len(table) == len(df)
+    assert table.p_on.between(0, 1).all() and (table.expected_loadings >= 0).all()
+    assert "wrote" in capsys.readouterr().out
+    # an existing output needs --force; a missing input, a bad option value: one-line errors
+    assert main(["events", str(f), "--out", str(out), "--epochs", "1"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["events", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.csv")]) == 1
+    assert main(["events", str(f), "--out", str(tmp_path / "x.csv"), "--dt", "-3"]) == 2
+    (tmp_path / "d.csv").write_text("trace_id,t_s,distance_nm\na,0,100\na,30,120\n")
+    assert main(["events", str(tmp_path / "d.csv"), "--out", str(tmp_path / "y.csv")]) == 1
+    assert "no ms2" in capsys.readouterr().err
