@@ -5,6 +5,7 @@ xai-hsg [--debug] render [--profile smoke] [--engine auto|quarto|pandoc]
 xai-hsg [--debug] simulate --n N --rc NM --sigma-loc NM --seed S --out DIR [--force]
 xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from none|truth|ms2] [--states CSV] [--force]
 xai-hsg [--debug] events MS2_FILE --out events.csv [--t-rise-s S] [--t-plateau-s S] [--dt S] [--wide] [--force]
+xai-hsg [--debug] train-sae ACTIVATIONS --out DIR [--kind batchtopk|topk|l1] [--latents N] [--k K] [--l1 C] [--epochs E] [--layer L] [--seed S]
 
 An expected failure (a bad file, a bad value, a missing device, an interruption) is one line on stderr,
 `xai-hsg <command>: error: <message>`, with exit status 2 for usage errors (a bad option or option value),
@@ -275,6 +276,34 @@ def _cmd_events(args) -> int:
     return 0
 
 
+def _cmd_train_sae(args) -> int:
+    "`train-sae`: a sparse autoencoder on a .npy array or a hidden-state store layer (`sae.train_sae`)."
+    _check_device(args.device)
+    import torch
+
+    from .sae import train_sae
+
+    torch.set_num_threads(args.threads)
+    m = train_sae(
+        args.activations,
+        args.out,
+        kind=args.kind,
+        latents=args.latents,
+        k=args.k,
+        l1=args.l1,
+        epochs=args.epochs,
+        layer=args.layer,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(
+        f"{m['split']} tokens: {m['n_tokens']:,}; FVU {m['fvu']:.4f}, L0 {m['l0']:.2f}, dead {m['dead_fraction']:.1%}, "
+        f"dense {m['dense_fraction']:.1%} ({m['steps']} steps in {m['seconds']:.0f} s); wrote {args.out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -423,6 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_events)
+
+    p = sub.add_parser(
+        "train-sae", parents=[common], help="train a sparse autoencoder on LM activations (SAELens layout)"
+    )
+    p.add_argument("activations", help=".npy array [tokens, d_in], or a hidden-state store folder (with --layer)")
+    p.add_argument("--out", required=True, help="output folder: cfg.json, sae_weights.safetensors, metrics.json")
+    p.add_argument("--kind", choices=["batchtopk", "topk", "l1"], default="batchtopk")
+    p.add_argument("--latents", type=_number(int, 1), default=None, help="latents (default: 8 x d_in)")
+    p.add_argument("--k", type=_number(int, 1), default=32, help="active latents per token (default: 32)")
+    p.add_argument("--l1", type=_number(float, 0), default=1.0, help="L1 coefficient for --kind l1 (default: 1)")
+    p.add_argument("--epochs", type=_number(int, 1), default=10)
+    p.add_argument("--layer", type=_number(int, 0), default=None, help="hidden_states index of a store")
+    p.add_argument("--batch-size", type=_number(int, 1), default=4096, help="tokens per batch (default: 4096)")
+    p.add_argument("--threads", type=_number(int, 1), default=1, help="CPU threads (default: 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.set_defaults(func=_cmd_train_sae)
     return parser
 
 

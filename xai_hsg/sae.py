@@ -481,10 +481,10 @@ def _train_step(trainer: SAETrainer, x: torch.Tensor, total: int, loop) -> dict:
     return {
         "step": trainer.step,
         "loss": float(loss.detach()),
-        "mse": float(mse),
-        "fvu": float(mse / var.clamp_min(1e-12)),
+        "mse": float(mse.detach()),
+        "fvu": float(mse.detach() / var.clamp_min(1e-12)),
         "l0": float((z > 0).sum(-1).float().mean()),
-        "aux_loss": float(aux),
+        "aux_loss": float(aux.detach()),
         "dead_fraction": float(dead.float().mean()),
         "lr": trainer.opt.param_groups[0]["lr"],
     }
@@ -847,7 +847,7 @@ def _read_activations(activations: str | Path, layer: int | None, heldout: float
     if layer is not None:
         raise ValueError(f"{p}: --layer applies to a hidden-state store, not to an array")
     x = np.load(p, mmap_mode="r")
-    x = _check_activations(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), None, str(p))
+    x = _check_activations(torch.from_numpy(np.array(x, dtype=np.float32)), None, str(p))
     n_eval = int(round(heldout * len(x)))
     if len(x) - n_eval < 2:
         raise ValueError(f"{p}: {len(x)} rows leave too few for training")
