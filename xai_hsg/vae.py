@@ -206,6 +206,7 @@ class VAEConfig:
     # the prior's rates are single numbers that Adam moves by ~lr per step: they get this multiple of `lr` to reach
     # their optimum within training (noise, background and amplitude keep `lr`: a fast noise explains the signal away)
     lr_prior: float = 10.0
+    lr_amplitude: float = 1.0  # the amplitude's learning rate relative to `lr`
     val_fraction: float = 0.15  # traces held out of training for the validation ELBO (early stopping)
     patience: int | None = 15
     refine_steps: int = 0  # semi-amortised inference: Adam steps on each trace's logits at transform (0: none)
@@ -489,10 +490,11 @@ def _train_vae(cfg: VAEConfig, dt_s: float, amp0: float, train_b: MS2Batch, val_
         progress=cfg.progress,
         desc=f"event VAE (A0 {amp0:.3g})",
     )
-    fast = [p for n, p in model.named_parameters() if n in FAST_PARAMETERS]
+    named = dict(model.named_parameters())
     groups = [
-        {"params": [p for n, p in model.named_parameters() if n not in FAST_PARAMETERS]},
-        {"params": fast, "lr": cfg.lr * cfg.lr_prior},
+        {"params": [p for n, p in named.items() if n not in FAST_PARAMETERS and n != "log_amp"]},
+        {"params": [named[n] for n in FAST_PARAMETERS], "lr": cfg.lr * cfg.lr_prior},
+        {"params": [named["log_amp"]], "lr": cfg.lr * cfg.lr_amplitude},
     ]
     history = train_loop(
         model, loss_fn, batches, loop, param_groups=groups, evaluate=evaluate if val_b is not None else None
