@@ -297,3 +297,13 @@ def test_events_command(tmp_path, capsys):
     (tmp_path / "d.csv").write_text("trace_id,t_s,distance_nm\na,0,100\na,30,120\n")
     assert main(["events", str(tmp_path / "d.csv"), "--out", str(tmp_path / "y.csv")]) == 1
     assert "no ms2" in capsys.readouterr().err
+
+
+def test_compound_hmm_reuses_the_marginal_model(sim):
+    from xai_hsg.vae import compound_hmm
+
+    arr = sim.to_arrays()
+    fit = compound_hmm(arr.subset(np.arange(8)), arr.subset(np.arange(8, 12)), 120.0, 240.0, max_iter=30)
+    assert fit.p_on.shape == (4, 90) and np.isfinite(fit.p_on).all()
+    assert fit.params["sigma_ms2"] == pytest.approx(sim.params.sigma_ms2, rel=0.3)
+    assert score_events(fit.expected_loadings, fit.p_on, arr.subset(np.arange(8, 12)))["state_f1"] > 0.6

@@ -22,7 +22,7 @@ from fastcore.basics import patch
 from scipy.optimize import nnls
 
 from . import core
-from .marginal import trapezoid_kernel
+from .marginal import MarginalParams, MarginalRadius, initial_params, trapezoid_kernel
 from .models import CausalConv1d, UNet1d
 from .simulate import SimParams, SimResult
 from .tracks import BURSTINFER_DT_S, TraceArrays, WideTraces, read_burstinfer_wide, read_tracks
@@ -33,8 +33,8 @@ __all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'FAST_PARAMETERS', 'USH_ENV', 'USH_TRAC
            'USH_T_PLATEAU_S', 'ms2_sim_params', 'fine_loading_counts', 'FineKernel', 'kernel_on_grid', 'convolve_fine',
            'CausalBlock', 'CausalUNet1d', 'binary_concrete', 'bernoulli_entropy', 'chain_log_partition',
            'chain_marginals', 'VAEConfig', 'MS2Batch', 'EventVAE', 'ELBOTerms', 'EventPosterior', 'MS2EventModel',
-           'nnls_deconvolve', 'match_events', 'score_events', 'find_ush_data', 'UshData', 'load_ush', 'compare_states',
-           'events_table']
+           'nnls_deconvolve', 'CompoundFit', 'compound_hmm', 'match_events', 'score_events', 'find_ush_data', 'UshData',
+           'load_ush', 'compare_states', 'events_table']
 
 # %% ../nbs/04_vae.ipynb #4bfb9c77
 MS2_REGIMES = {
@@ -616,7 +616,30 @@ def nnls_deconvolve(
         out[b] = x[L:]
     return out
 
-# %% ../nbs/04_vae.ipynb #d93de7a3
+# %% ../nbs/04_vae.ipynb #e92692f8
+class CompoundFit(NamedTuple):
+    "The compound-state HMM's per-frame posterior on the traces it was asked about, and its fitted parameters."
+
+    expected_loadings: np.ndarray
+    p_on: np.ndarray
+    params: dict
+
+
+def compound_hmm(
+    train: TraceArrays, test: TraceArrays, t_rise_s: float, t_plateau_s: float, max_iter: int = 60
+) -> CompoundFit:
+    """Fit `marginal.MarginalRadius` to the MS2 of `train` with contact always made (distance 0 nm, r_c from 10⁵ nm:
+    the gate is 1) and return P(ON) and expected loadings per frame of `test`."""
+    always = lambda a: a.replace(distance_nm=np.zeros_like(a.distance_nm), vector_nm=None, mask=None)
+    train, test = always(train), always(test)
+    est = MarginalRadius(sigma_loc_nm=1.0, t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, max_iter=max_iter)
+    start = initial_params(train, 1.0, est._data(train).kernel)
+    est.start = MarginalParams(**{**start.to_dict(), "r_c_nm": 1e5})
+    est.fit(train)
+    p_on, loads = est.posterior_states(test)
+    return CompoundFit(np.asarray(loads, float), np.asarray(p_on, float), est.params_.to_dict())
+
+# %% ../nbs/04_vae.ipynb #d57109c3
 def _binned(x: np.ndarray, width: int) -> np.ndarray:
     B, T = x.shape
     n = T // width
@@ -648,7 +671,7 @@ def match_events(pred: np.ndarray, true: np.ndarray, tol: int = 1) -> tuple[int,
 def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
-# %% ../nbs/04_vae.ipynb #d57109c3
+# %% ../nbs/04_vae.ipynb #9f6673ec
 def score_events(
     loadings: np.ndarray | None,
     p_on: np.ndarray | None,
@@ -691,7 +714,7 @@ def score_events(
         out["state_f1"] = math.nan
     return out
 
-# %% ../nbs/04_vae.ipynb #9f6673ec
+# %% ../nbs/04_vae.ipynb #b8c671a6
 USH_ENV = "XAI_HSG_USH_DATA"
 USH_TRACES = "uwt_e1_no_bd.csv"
 USH_POSTERIOR_OFFSET = 4  # burstInfer's posterior column j is frame j + 4 of the trace
@@ -758,7 +781,7 @@ def load_ush(folder: str | Path) -> UshData:
         posterior = pd.concat(long, ignore_index=True).dropna() if long else None
     return UshData(traces, posterior, mle)
 
-# %% ../nbs/04_vae.ipynb #42480971
+# %% ../nbs/04_vae.ipynb #7b7acfaf
 def compare_states(p_on: np.ndarray, trace_id: np.ndarray, reference: pd.DataFrame, threshold: float = 0.5) -> dict:
     """Agreement of P(ON) [B, T] (traces `trace_id`) with a reference posterior (long: trace_id, frame, p_on) on
     the frames both have: frame agreement of the calls (P > `threshold`), correlation of the probabilities, per-cell
@@ -785,7 +808,7 @@ def compare_states(p_on: np.ndarray, trace_id: np.ndarray, reference: pd.DataFra
         "ref_on_fraction": float((frame.ref > threshold).mean()),
     }
 
-# %% ../nbs/04_vae.ipynb #b8c671a6
+# %% ../nbs/04_vae.ipynb #d5b3a255
 def events_table(
     tracks_path: str | Path,
     dt_s: float | None = None,
