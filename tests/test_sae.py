@@ -289,3 +289,34 @@ def test_train_sae_function_and_cli(toy, tmp_path, capsys):
     assert json.loads((tmp_path / "cli" / "cfg.json").read_text())["architecture"] == "topk"
     assert main(["train-sae", str(tmp_path / "x.npy"), "--out", str(tmp_path / "cli2"), "--layer", "3"]) == 1
     assert "layer" in capsys.readouterr().err
+
+
+def test_training_streams_from_a_hidden_state_store(tmp_path):
+    from transformers import EsmForMaskedLM
+
+    from xai_hsg import embed
+    from xai_hsg.genome import MarkovBackground, SequenceSet
+
+    torch.manual_seed(0)
+    model = EsmForMaskedLM(embed.nt_config("tiny", max_tokens=64)).eval()
+    seqs = MarkovBackground.human_like().sample(30, 240, np.random.default_rng(1))
+    store = embed.extract_hidden_states(
+        model,
+        embed.NTTokenizer(),
+        SequenceSet.from_sequences({f"s{i}": q for i, q in enumerate(seqs)}),
+        tmp_path / "store",
+        layers=[1],
+        shard_tokens=300,
+        progress=False,
+    )
+    assert len(store.manifest["shards"]) >= 3
+    src = ActivationSource.from_store(store, 1)
+    assert src.n_tokens == store.n_tokens and torch.equal(torch.cat(list(src.batches(7))), store.load_layer(1).float())
+    with pytest.raises(KeyError, match="layer 0"):
+        ActivationSource.from_store(store, 0)
+    m = train_sae(
+        tmp_path / "store", tmp_path / "sae", layer=1, latents=128, k=4, epochs=3, batch_size=64, progress=False
+    )
+    assert m["split"] == "held-out" and m["train_tokens"] + m["n_tokens"] == store.n_tokens and m["l0"] > 0
+    with pytest.raises(ValueError, match="--layer"):
+        train_sae(tmp_path / "store", tmp_path / "sae2")
