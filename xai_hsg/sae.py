@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from . import core
 
 # %% auto #0
-__all__ = ['SAE_KINDS', 'SAE_WEIGHTS', 'SAE_CFG', 'CHECKPOINT_STATE', 'INTERPLM_THRESHOLDS', 'SAEConfig', 'SAE',
-           'geometric_median', 'init_from_data', 'save_sae', 'load_sae', 'ActivationSource', 'epoch_plan',
+__all__ = ['SAE_KINDS', 'SAE_WEIGHTS', 'SAE_CFG', 'CHECKPOINT_STATE', 'INTERPLM_THRESHOLDS', 'SAEConfig', 'batch_topk_indices',
+           'SAE', 'geometric_median', 'init_from_data', 'save_sae', 'load_sae', 'ActivationSource', 'epoch_plan',
            'epoch_batches', 'TrainerConfig', 'default_lr', 'aux_k_loss', 'SAETrainer', 'calibrate_threshold',
            'synthetic_activations', 'mean_max_cosine', 'evaluate_sae', 'concept_instances', 'ConceptScores',
            'concept_scores', 'best_features', 'sae_feature_chunks', 'neuron_chunks', 'token_chunks', 'chunks_max',
@@ -67,6 +67,21 @@ class SAEConfig:
         return min(self.aux_k or max(1, self.d_in // 2), self.d_sae)
 
 # %% ../nbs/06_sae.ipynb #nb06-010
+def batch_topk_indices(flat: torch.Tensor, n: int) -> torch.Tensor:
+    "Indices of the `n` largest entries of the 1-D non-negative `flat` (as `flat.topk(n).indices`, as a set)."
+    N = flat.numel()
+    if n >= N:
+        return torch.arange(N, device=flat.device)
+    s = flat[:: max(1, N // 65536)]
+    j = min(len(s), int(len(s) * n / N * 1.25) + 8)
+    lo = s.topk(j, sorted=False).values.min()  # below the n-th largest unless the sample is unlucky: checked next
+    if lo > 0:
+        cand = (flat >= lo).nonzero().squeeze(1)
+        if len(cand) >= n:
+            return cand[flat[cand].topk(n, sorted=False).indices]
+    return flat.topk(n, sorted=False).indices
+
+# %% ../nbs/06_sae.ipynb #nb06-013
 class SAE(nn.Module):
     "A sparse autoencoder (BatchTopK, TopK or L1-ReLU) with unit-norm decoder rows and its input normalisation."
 
@@ -104,8 +119,8 @@ class SAE(nn.Module):
             return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
         if self.training:
             flat = torch.relu(pre).flatten()
-            vals, idx = flat.topk(min(k * pre[..., 0].numel(), flat.numel()))
-            return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+            idx = batch_topk_indices(flat.detach(), min(k * pre[..., 0].numel(), flat.numel()))
+            return torch.zeros_like(flat).scatter(0, idx, flat[idx]).view_as(pre)
         if not torch.isfinite(self.threshold):
             raise ValueError("BatchTopK SAE in eval mode has no threshold yet: train it (or calibrate_threshold) first")
         return pre * (pre > self.threshold)
@@ -137,7 +152,7 @@ class SAE(nn.Module):
         c = self.cfg
         return f"kind={c.kind}, d_in={c.d_in}, d_sae={c.d_sae}" + (f", k={c.k}" if c.kind != "l1" else "")
 
-# %% ../nbs/06_sae.ipynb #nb06-013
+# %% ../nbs/06_sae.ipynb #nb06-016
 def geometric_median(x: torch.Tensor, iters: int = 30, eps: float = 1e-8) -> torch.Tensor:
     "The point minimising the summed Euclidean distance to the rows of `x` (Weiszfeld's algorithm)."
     if x.ndim != 2 or len(x) == 0:
@@ -183,7 +198,7 @@ def _check_activations(x, d_in: int | None, what: str) -> torch.Tensor:
         raise ValueError(f"{what}: non-finite values (first in row {bad})")
     return x
 
-# %% ../nbs/06_sae.ipynb #nb06-016
+# %% ../nbs/06_sae.ipynb #nb06-019
 SAE_WEIGHTS, SAE_CFG = "sae_weights.safetensors", "cfg.json"
 
 
@@ -243,7 +258,7 @@ def load_sae(folder: str | Path) -> SAE:
             t.copy_(tensors[n])
     return sae
 
-# %% ../nbs/06_sae.ipynb #nb06-019
+# %% ../nbs/06_sae.ipynb #nb06-022
 @dataclass
 class ActivationSource:
     "Token activations [n, d_in] in shards, loaded one at a time (`load_shard(i)` -> float tensor [shard_sizes[i], d_in])."
@@ -313,7 +328,7 @@ class ActivationSource:
             for a in range(0, len(x), batch_size):
                 yield x[a : a + batch_size]
 
-# %% ../nbs/06_sae.ipynb #nb06-020
+# %% ../nbs/06_sae.ipynb #nb06-023
 def epoch_plan(source: ActivationSource, epoch: int, seed: int, batch_size: int, shards_in_memory: int) -> list:
     "[(shard indices of a group, batches in it)] for one epoch, from `(seed, epoch)` and the shard sizes alone."
     rng = np.random.default_rng([seed, epoch])
@@ -336,7 +351,7 @@ def epoch_batches(
             yield x[perm[b * batch_size : (b + 1) * batch_size]]
         skip = 0
 
-# %% ../nbs/06_sae.ipynb #nb06-023
+# %% ../nbs/06_sae.ipynb #nb06-026
 @dataclass
 class TrainerConfig:
     "A training run of an SAE: batches, length, optimiser, dead-latent window, checkpoints."
@@ -379,7 +394,7 @@ def default_lr(d_sae: int) -> float:
     "dictionary_learning's rule: 2e-4 / sqrt(d_sae / 2^14)."
     return 2e-4 / math.sqrt(d_sae / 2**14)
 
-# %% ../nbs/06_sae.ipynb #nb06-025
+# %% ../nbs/06_sae.ipynb #nb06-028
 def aux_k_loss(sae: SAE, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     "Normalised MSE of the residual reconstructed by the top `aux_k` dead latents (0 when none is dead)."
     n_dead = int(dead.sum())
@@ -394,7 +409,7 @@ def aux_k_loss(sae: SAE, pre: torch.Tensor, residual: torch.Tensor, dead: torch.
     var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return err / var
 
-# %% ../nbs/06_sae.ipynb #nb06-027
+# %% ../nbs/06_sae.ipynb #nb06-030
 CHECKPOINT_STATE = "trainer_state.pt"
 
 
@@ -431,7 +446,7 @@ class SAETrainer:
             }
         )
 
-# %% ../nbs/06_sae.ipynb #nb06-028
+# %% ../nbs/06_sae.ipynb #nb06-031
 def _batches_from(trainer: SAETrainer, source: ActivationSource, start: int) -> Iterator[torch.Tensor]:
     "Batches from global step `start` on, epoch after epoch (as many epochs as needed)."
     c, epoch, skip = trainer.cfg, 0, start
@@ -489,7 +504,7 @@ def _train_step(trainer: SAETrainer, x: torch.Tensor, total: int, loop) -> dict:
         "lr": trainer.opt.param_groups[0]["lr"],
     }
 
-# %% ../nbs/06_sae.ipynb #nb06-029
+# %% ../nbs/06_sae.ipynb #nb06-032
 @torch.no_grad()
 def calibrate_threshold(sae: SAE, batches: Iterable[torch.Tensor]) -> float:
     "BatchTopK inference threshold: the mean over `batches` of the smallest activation BatchTopK keeps (Bussmann et al.)."
@@ -508,7 +523,7 @@ def calibrate_threshold(sae: SAE, batches: Iterable[torch.Tensor]) -> float:
     sae.threshold.fill_(float(np.mean(mins)))
     return float(sae.threshold)
 
-# %% ../nbs/06_sae.ipynb #nb06-030
+# %% ../nbs/06_sae.ipynb #nb06-033
 def _save_checkpoint(trainer: SAETrainer, folder: Path, fingerprint: str) -> None:
     "The SAE (SAELens layout) and the trainer's state, written as one folder atomically."
     with core.atomic_folder(folder, marker="sae-checkpoint", force=True) as tmp:
@@ -542,7 +557,7 @@ def _load_checkpoint(trainer: SAETrainer, folder: Path, fingerprint: str) -> boo
     trainer.tokens_since_fired = state["tokens_since_fired"].clone()
     return True
 
-# %% ../nbs/06_sae.ipynb #nb06-031
+# %% ../nbs/06_sae.ipynb #nb06-034
 @patch
 def fit(
     self: SAETrainer,
@@ -585,7 +600,7 @@ def fit(
         _save_checkpoint(trainer, folder, fp)
     return pd.DataFrame(trainer.history)
 
-# %% ../nbs/06_sae.ipynb #nb06-033
+# %% ../nbs/06_sae.ipynb #nb06-036
 def synthetic_activations(
     n: int, d_in: int, n_features: int, k: float, seed: int = 0, noise: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -607,7 +622,7 @@ def mean_max_cosine(W_dec: torch.Tensor, true_dict: torch.Tensor) -> float:
     b = true_dict / true_dict.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return float((b @ a.T).max(dim=1).values.mean())
 
-# %% ../nbs/06_sae.ipynb #nb06-037
+# %% ../nbs/06_sae.ipynb #nb06-040
 @torch.no_grad()
 def evaluate_sae(sae: SAE, x, batch_size: int = 8192, dense_above: float = 0.1) -> dict:
     "FVU, L0, dead and dense latent fractions of `sae` on activations `x` ([n, d_in] array or `ActivationSource`)."
@@ -640,7 +655,7 @@ def evaluate_sae(sae: SAE, x, batch_size: int = 8192, dense_above: float = 0.1) 
         "n_tokens": n,
     }
 
-# %% ../nbs/06_sae.ipynb #nb06-040
+# %% ../nbs/06_sae.ipynb #nb06-043
 INTERPLM_THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)
 
 
@@ -659,7 +674,7 @@ def concept_instances(labels: np.ndarray, seq_ids: np.ndarray) -> np.ndarray:
     inst = np.cumsum(start, axis=0) - 1
     return np.where(labels, inst, -1)
 
-# %% ../nbs/06_sae.ipynb #nb06-042
+# %% ../nbs/06_sae.ipynb #nb06-045
 @dataclass
 class ConceptScores:
     "Precision and recall [thresholds, features, concepts] of one feature family on one split."
@@ -725,7 +740,7 @@ def concept_scores(
                 rec[ti, :, c] = (inst_max[c] > t).double().mean(0).numpy()
     return ConceptScores(prec, rec, tuple(thresholds), list(concepts), labels.sum(0), n_inst)
 
-# %% ../nbs/06_sae.ipynb #nb06-043
+# %% ../nbs/06_sae.ipynb #nb06-046
 def best_features(val: ConceptScores, test: ConceptScores, names: Sequence[str] | None = None) -> pd.DataFrame:
     "Per concept: the (feature, threshold) with the best validation F1, and its validation and test F1 / P / R."
     if val.f1.shape != test.f1.shape or val.concepts != test.concepts:
@@ -749,7 +764,7 @@ def best_features(val: ConceptScores, test: ConceptScores, names: Sequence[str] 
         )
     return pd.DataFrame(rows)
 
-# %% ../nbs/06_sae.ipynb #nb06-047
+# %% ../nbs/06_sae.ipynb #nb06-050
 @torch.no_grad()
 def sae_feature_chunks(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> Iterator[torch.Tensor]:
     was = sae.training
@@ -781,7 +796,7 @@ def chunks_max(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
         out = m if out is None else torch.maximum(out, m)
     return out
 
-# %% ../nbs/06_sae.ipynb #nb06-049
+# %% ../nbs/06_sae.ipynb #nb06-052
 @torch.no_grad()
 def spliced_mlm_loss(model, tokenizer, eval_set, layer: int, sae: SAE) -> dict:
     "Masked-token cross-entropy clean / SAE-spliced / zero-ablated at hidden-state index `layer`, and loss recovered."
@@ -823,7 +838,7 @@ def spliced_mlm_loss(model, tokenizer, eval_set, layer: int, sae: SAE) -> dict:
     out["recovered"] = (out["zero"] - out["sae"]) / (out["zero"] - out["clean"])
     return out
 
-# %% ../nbs/06_sae.ipynb #nb06-051
+# %% ../nbs/06_sae.ipynb #nb06-054
 def _read_activations(activations: str | Path, layer: int | None, heldout: float) -> tuple:
     "(training source, held-out source, description) from a .npy file or a hidden-state store folder."
     p = Path(activations)
