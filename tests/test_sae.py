@@ -17,8 +17,10 @@ from xai_hsg.sae import (
     concept_instances,
     concept_scores,
     evaluate_sae,
+    export_saelens,
     load_sae,
     mean_max_cosine,
+    saelens_forward,
     save_sae,
     synthetic_activations,
     train_sae,
@@ -127,6 +129,20 @@ def test_save_load_round_trip_is_exact_in_saelens_layout(toy, tmp_path):
         load_sae(tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["batchtopk", "topk", "l1"])
+def test_saelens_export_folds_the_normalisation(toy, tmp_path, kind):
+    x, _ = toy
+    sae, _ = _fit(x[:3000], kind=kind, epochs=2)
+    export_saelens(sae, tmp_path / kind)
+    cfg = json.loads((tmp_path / kind / "cfg.json").read_text())
+    assert cfg["architecture"] == {"batchtopk": "jumprelu", "topk": "topk", "l1": "standard"}[kind]
+    assert cfg["normalize_activations"] == "none"
+    ref = sae(x[3000:4000]).detach()
+    assert torch.allclose(saelens_forward(tmp_path / kind, x[3000:4000]), ref, atol=1e-4 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="threshold"):
+        export_saelens(SAE(SAEConfig(4, 8, k=2)), tmp_path / "untrained")
 
 
 def test_interrupted_training_resumes_to_identical_weights(toy, tmp_path):

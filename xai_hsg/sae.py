@@ -25,11 +25,11 @@ from . import core
 
 # %% auto #0
 __all__ = ['SAE_KINDS', 'SAE_WEIGHTS', 'SAE_CFG', 'CHECKPOINT_STATE', 'INTERPLM_THRESHOLDS', 'SAEConfig', 'batch_topk_indices',
-           'SAE', 'geometric_median', 'init_from_data', 'save_sae', 'load_sae', 'ActivationSource', 'epoch_plan',
-           'epoch_batches', 'TrainerConfig', 'default_lr', 'aux_k_loss', 'SAETrainer', 'calibrate_threshold',
-           'synthetic_activations', 'mean_max_cosine', 'evaluate_sae', 'concept_instances', 'ConceptScores',
-           'concept_scores', 'best_features', 'sae_feature_chunks', 'neuron_chunks', 'token_chunks', 'chunks_max',
-           'spliced_mlm_loss', 'train_sae']
+           'SAE', 'geometric_median', 'init_from_data', 'save_sae', 'load_sae', 'export_saelens', 'saelens_forward',
+           'ActivationSource', 'epoch_plan', 'epoch_batches', 'TrainerConfig', 'default_lr', 'aux_k_loss', 'SAETrainer',
+           'calibrate_threshold', 'synthetic_activations', 'mean_max_cosine', 'evaluate_sae', 'concept_instances',
+           'ConceptScores', 'concept_scores', 'best_features', 'sae_feature_chunks', 'neuron_chunks', 'token_chunks',
+           'chunks_max', 'spliced_mlm_loss', 'train_sae']
 
 # %% ../nbs/06_sae.ipynb #nb06-007
 SAE_KINDS = ("batchtopk", "topk", "l1")
@@ -259,6 +259,60 @@ def load_sae(folder: str | Path) -> SAE:
     return sae
 
 # %% ../nbs/06_sae.ipynb #nb06-022
+def export_saelens(sae: SAE, folder: str | Path, extra: dict | None = None) -> Path:
+    "Write `sae` for SAELens-style loaders: normalisation folded into the weights, activations on raw inputs."
+    from safetensors.torch import save_file
+
+    kind = sae.cfg.kind
+    if kind == "batchtopk" and not torch.isfinite(sae.threshold):
+        raise ValueError("export_saelens: the BatchTopK SAE has no inference threshold yet (train it first)")
+    s, mu = sae.norm_scale.detach().double(), sae.norm_mean.detach().double()
+    t = {
+        "W_enc": sae.W_enc.detach().double() / s,
+        "W_dec": sae.W_dec.detach().double() * s,
+        "b_enc": sae.b_enc.detach().double(),
+        "b_dec": sae.b_dec.detach().double() * s + mu,
+    }
+    arch = {"batchtopk": "jumprelu", "topk": "topk", "l1": "standard"}[kind]
+    if arch == "jumprelu":
+        t["threshold"] = sae.threshold.detach().double().expand(sae.cfg.d_sae)
+    tensors = {n: v.float().contiguous().clone() for n, v in t.items()}
+    cfg = {
+        "architecture": arch,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "trained_as": kind,
+        **({"k": sae.cfg.k} if arch == "topk" else {}),
+        **(extra or {}),
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    core.atomic_write(folder / SAE_WEIGHTS, lambda p: save_file(tensors, str(p)))
+    core.write_json_atomic(folder / SAE_CFG, cfg, indent=1)
+    return folder
+
+
+def saelens_forward(folder: str | Path, x: torch.Tensor) -> torch.Tensor:
+    "Reconstruction of raw activations `x` by an exported SAE, with SAELens' formulas for its architecture."
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(folder) / SAE_CFG).read_text())
+    w = load_file(str(Path(folder) / SAE_WEIGHTS))
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if cfg["architecture"] == "jumprelu":
+        z = torch.relu(pre) * (pre > w["threshold"])
+    elif cfg["architecture"] == "topk":
+        vals, idx = pre.topk(cfg["k"], dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    else:
+        z = torch.relu(pre)
+    return z @ w["W_dec"] + w["b_dec"]
+
+# %% ../nbs/06_sae.ipynb #nb06-025
 @dataclass
 class ActivationSource:
     "Token activations [n, d_in] in shards, loaded one at a time (`load_shard(i)` -> float tensor [shard_sizes[i], d_in])."
@@ -328,7 +382,7 @@ class ActivationSource:
             for a in range(0, len(x), batch_size):
                 yield x[a : a + batch_size]
 
-# %% ../nbs/06_sae.ipynb #nb06-023
+# %% ../nbs/06_sae.ipynb #nb06-026
 def epoch_plan(source: ActivationSource, epoch: int, seed: int, batch_size: int, shards_in_memory: int) -> list:
     "[(shard indices of a group, batches in it)] for one epoch, from `(seed, epoch)` and the shard sizes alone."
     rng = np.random.default_rng([seed, epoch])
@@ -351,7 +405,7 @@ def epoch_batches(
             yield x[perm[b * batch_size : (b + 1) * batch_size]]
         skip = 0
 
-# %% ../nbs/06_sae.ipynb #nb06-026
+# %% ../nbs/06_sae.ipynb #nb06-029
 @dataclass
 class TrainerConfig:
     "A training run of an SAE: batches, length, optimiser, dead-latent window, checkpoints."
@@ -394,7 +448,7 @@ def default_lr(d_sae: int) -> float:
     "dictionary_learning's rule: 2e-4 / sqrt(d_sae / 2^14)."
     return 2e-4 / math.sqrt(d_sae / 2**14)
 
-# %% ../nbs/06_sae.ipynb #nb06-028
+# %% ../nbs/06_sae.ipynb #nb06-031
 def aux_k_loss(sae: SAE, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     "Normalised MSE of the residual reconstructed by the top `aux_k` dead latents (0 when none is dead)."
     n_dead = int(dead.sum())
@@ -409,7 +463,7 @@ def aux_k_loss(sae: SAE, pre: torch.Tensor, residual: torch.Tensor, dead: torch.
     var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return err / var
 
-# %% ../nbs/06_sae.ipynb #nb06-030
+# %% ../nbs/06_sae.ipynb #nb06-033
 CHECKPOINT_STATE = "trainer_state.pt"
 
 
@@ -446,7 +500,7 @@ class SAETrainer:
             }
         )
 
-# %% ../nbs/06_sae.ipynb #nb06-031
+# %% ../nbs/06_sae.ipynb #nb06-034
 def _batches_from(trainer: SAETrainer, source: ActivationSource, start: int) -> Iterator[torch.Tensor]:
     "Batches from global step `start` on, epoch after epoch (as many epochs as needed)."
     c, epoch, skip = trainer.cfg, 0, start
@@ -504,7 +558,7 @@ def _train_step(trainer: SAETrainer, x: torch.Tensor, total: int, loop) -> dict:
         "lr": trainer.opt.param_groups[0]["lr"],
     }
 
-# %% ../nbs/06_sae.ipynb #nb06-032
+# %% ../nbs/06_sae.ipynb #nb06-035
 @torch.no_grad()
 def calibrate_threshold(sae: SAE, batches: Iterable[torch.Tensor]) -> float:
     "BatchTopK inference threshold: the mean over `batches` of the smallest activation BatchTopK keeps (Bussmann et al.)."
@@ -523,7 +577,7 @@ def calibrate_threshold(sae: SAE, batches: Iterable[torch.Tensor]) -> float:
     sae.threshold.fill_(float(np.mean(mins)))
     return float(sae.threshold)
 
-# %% ../nbs/06_sae.ipynb #nb06-033
+# %% ../nbs/06_sae.ipynb #nb06-036
 def _save_checkpoint(trainer: SAETrainer, folder: Path, fingerprint: str) -> None:
     "The SAE (SAELens layout) and the trainer's state, written as one folder atomically."
     with core.atomic_folder(folder, marker="sae-checkpoint", force=True) as tmp:
@@ -557,7 +611,7 @@ def _load_checkpoint(trainer: SAETrainer, folder: Path, fingerprint: str) -> boo
     trainer.tokens_since_fired = state["tokens_since_fired"].clone()
     return True
 
-# %% ../nbs/06_sae.ipynb #nb06-034
+# %% ../nbs/06_sae.ipynb #nb06-037
 @patch
 def fit(
     self: SAETrainer,
@@ -600,7 +654,7 @@ def fit(
         _save_checkpoint(trainer, folder, fp)
     return pd.DataFrame(trainer.history)
 
-# %% ../nbs/06_sae.ipynb #nb06-036
+# %% ../nbs/06_sae.ipynb #nb06-039
 def synthetic_activations(
     n: int, d_in: int, n_features: int, k: float, seed: int = 0, noise: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -622,7 +676,7 @@ def mean_max_cosine(W_dec: torch.Tensor, true_dict: torch.Tensor) -> float:
     b = true_dict / true_dict.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return float((b @ a.T).max(dim=1).values.mean())
 
-# %% ../nbs/06_sae.ipynb #nb06-040
+# %% ../nbs/06_sae.ipynb #nb06-043
 @torch.no_grad()
 def evaluate_sae(sae: SAE, x, batch_size: int = 8192, dense_above: float = 0.1) -> dict:
     "FVU, L0, dead and dense latent fractions of `sae` on activations `x` ([n, d_in] array or `ActivationSource`)."
@@ -655,7 +709,7 @@ def evaluate_sae(sae: SAE, x, batch_size: int = 8192, dense_above: float = 0.1) 
         "n_tokens": n,
     }
 
-# %% ../nbs/06_sae.ipynb #nb06-043
+# %% ../nbs/06_sae.ipynb #nb06-046
 INTERPLM_THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)
 
 
@@ -674,7 +728,7 @@ def concept_instances(labels: np.ndarray, seq_ids: np.ndarray) -> np.ndarray:
     inst = np.cumsum(start, axis=0) - 1
     return np.where(labels, inst, -1)
 
-# %% ../nbs/06_sae.ipynb #nb06-045
+# %% ../nbs/06_sae.ipynb #nb06-048
 @dataclass
 class ConceptScores:
     "Precision and recall [thresholds, features, concepts] of one feature family on one split."
@@ -740,7 +794,7 @@ def concept_scores(
                 rec[ti, :, c] = (inst_max[c] > t).double().mean(0).numpy()
     return ConceptScores(prec, rec, tuple(thresholds), list(concepts), labels.sum(0), n_inst)
 
-# %% ../nbs/06_sae.ipynb #nb06-046
+# %% ../nbs/06_sae.ipynb #nb06-049
 def best_features(val: ConceptScores, test: ConceptScores, names: Sequence[str] | None = None) -> pd.DataFrame:
     "Per concept: the (feature, threshold) with the best validation F1, and its validation and test F1 / P / R."
     if val.f1.shape != test.f1.shape or val.concepts != test.concepts:
@@ -764,7 +818,7 @@ def best_features(val: ConceptScores, test: ConceptScores, names: Sequence[str] 
         )
     return pd.DataFrame(rows)
 
-# %% ../nbs/06_sae.ipynb #nb06-050
+# %% ../nbs/06_sae.ipynb #nb06-053
 @torch.no_grad()
 def sae_feature_chunks(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> Iterator[torch.Tensor]:
     was = sae.training
@@ -796,7 +850,7 @@ def chunks_max(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
         out = m if out is None else torch.maximum(out, m)
     return out
 
-# %% ../nbs/06_sae.ipynb #nb06-052
+# %% ../nbs/06_sae.ipynb #nb06-055
 @torch.no_grad()
 def spliced_mlm_loss(model, tokenizer, eval_set, layer: int, sae: SAE) -> dict:
     "Masked-token cross-entropy clean / SAE-spliced / zero-ablated at hidden-state index `layer`, and loss recovered."
@@ -838,7 +892,7 @@ def spliced_mlm_loss(model, tokenizer, eval_set, layer: int, sae: SAE) -> dict:
     out["recovered"] = (out["zero"] - out["sae"]) / (out["zero"] - out["clean"])
     return out
 
-# %% ../nbs/06_sae.ipynb #nb06-054
+# %% ../nbs/06_sae.ipynb #nb06-057
 def _read_activations(activations: str | Path, layer: int | None, heldout: float) -> tuple:
     "(training source, held-out source, description) from a .npy file or a hidden-state store folder."
     p = Path(activations)
