@@ -73,7 +73,7 @@ def brute_force(data: MarginalData, p: MarginalParams, ms2: np.ndarray) -> np.nd
         total = 0.0
         for path in itertools.product([0, 1], repeat=W - 1 + T):
             s = dict(zip(range(-W + 1, T), path))
-            pi_on = p01 / (p01 + p10)
+            pi_on = p01 / (p01 + p10) if data.tied_initial else p.init_on_odds / (1 + p.init_on_odds)
             lp = math.log(pi_on if s[-W + 1] else 1 - pi_on)
             for u in range(-W + 2, T):
                 q01 = p01 if u <= 0 else 1 - math.exp(-p.k_on_per_s * dt * g[b, u - 1])
@@ -126,12 +126,15 @@ def test_kernel_moments_match_monte_carlo():
     assert np.isclose(np.cov(y.T)[0, 1], A * nu * A * dt * kw.rho @ lags(8), rtol=0.05)
 
 
-@pytest.mark.parametrize("order", [0, 1, 2])
-def test_forward_equals_brute_force(order):
+@pytest.mark.parametrize("order,tied", [(0, True), (1, True), (2, True), (2, False)])
+def test_forward_equals_brute_force(order, tied):
+    "Tied: the initial state from the contact chain's stationary law; free: P(ON) from `init_on_odds` (here 0.3)."
     arrays = tiny_arrays()
-    data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig(50.0, 80.0, emission_order=order, max_switches=None))
-    ll = marginal_loglik(data, PARAMS.to_log()).numpy()
-    np.testing.assert_allclose(ll, brute_force(data, PARAMS, arrays.ms2), rtol=0, atol=1e-10)
+    cfg = MarginalConfig(50.0, 80.0, emission_order=order, max_switches=None, tied_initial=tied)
+    data = MarginalData.from_arrays(arrays, 20.0, cfg)
+    params = MarginalParams(**{**PARAMS.to_dict(), "init_on_odds": 0.3 / 0.7})
+    ll = marginal_loglik(data, params.to_log()).numpy()
+    np.testing.assert_allclose(ll, brute_force(data, params, arrays.ms2), rtol=0, atol=1e-10)
 
 
 def test_compound_states_counts_and_predecessors():
@@ -168,7 +171,7 @@ def test_gradient_matches_finite_differences():
     marginal_loglik(data, theta).sum().backward()
     h = 1e-3  # ḡ is float32 (the bridge table): a smaller step measures its rounding
     f = lambda th: float(marginal_loglik(data, th).sum())
-    fd = [(f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h) for e in torch.eye(7, dtype=torch.float64)]
+    fd = [(f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h) for e in torch.eye(8, dtype=torch.float64)]
     np.testing.assert_allclose(theta.grad.numpy(), fd, rtol=1e-4, atol=1e-6)
 
 

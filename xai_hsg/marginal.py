@@ -128,8 +128,18 @@ class MarginalParams:
     amplitude: float  # A: sets the Poisson variance at a given mean
     sigma_ms2: float  # Gaussian measurement noise of MS2
     nu_off_fraction: float = 1e-9  # ν_off/ν: loading while OFF relative to ON
+    init_on_odds: float = 1.0  # P(ON)/P(OFF) of the first window's oldest interval (unless tied to contact)
 
-    LOG_NAMES = ("r_c_nm", "k_on_per_s", "k_off_per_s", "load_amp_per_s", "amplitude", "sigma_ms2", "nu_off_fraction")
+    LOG_NAMES = (
+        "r_c_nm",
+        "k_on_per_s",
+        "k_off_per_s",
+        "load_amp_per_s",
+        "amplitude",
+        "sigma_ms2",
+        "nu_off_fraction",
+        "init_on_odds",
+    )
 
     def __post_init__(self):
         bad = [f.name for f in fields(self) if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) > 0)]
@@ -137,7 +147,7 @@ class MarginalParams:
             raise ValueError(f"MarginalParams: {bad} must be finite and > 0")
 
     def to_log(self) -> torch.Tensor:
-        "log of every parameter, float64 [7], in `LOG_NAMES` order."
+        "log of every parameter, float64 [8], in `LOG_NAMES` order."
         return torch.tensor([math.log(getattr(self, n)) for n in self.LOG_NAMES], dtype=torch.float64)
 
     @classmethod
@@ -159,6 +169,7 @@ class MarginalConfig:
     window: int | None = None  # W; None: L + p − 1 (the smallest that holds the p + 1 frames' kernels)
     max_switches: int | None = 2  # truncation (None: all 2^W states)
     max_states: int = 4096
+    tied_initial: bool = False  # True: the initial state from the contact chain's stationary law (r_c, k_on, k_off)
 
     def __post_init__(self):
         if not (self.t_rise_s > 0 and self.t_plateau_s >= 0):
@@ -196,6 +207,7 @@ class MarginalData(NamedTuple):
     kernel: KernelWeights
     states: CompoundStates
     emission_order: int
+    tied_initial: bool
 
     @classmethod
     def from_arrays(cls, arrays: TraceArrays, sigma_loc_nm: float, cfg: MarginalConfig, **terms_kw) -> MarginalData:
@@ -207,7 +219,7 @@ class MarginalData(NamedTuple):
         terms = interval_terms(arrays, sigma_loc_nm, **terms_kw)
         y, y_obs = torch.as_tensor(np.where(ok, ms2, 0.0), dtype=torch.float64), torch.as_tensor(ok)
         feats = emission_features(y, y_obs, cfg.emission_order)
-        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, cfg.emission_order)
+        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, cfg.emission_order, cfg.tied_initial)
 
     def subset(self, idx) -> MarginalData:
         "The traces `idx` (a 1-D index tensor or array)."
@@ -261,7 +273,7 @@ def _normal_logpdf(y, mean, var):
 def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean [N, 2, p + 1] and covariance [N, 2, p + 1, p + 1] of the frames (y_t, y_{t−1}, …, y_{t−p}) on each kept
     transition c = pred[c′, j] → c′ (the W bits of c′, then the oldest bit of c: j)."""
-    _, _, _, a, A, sigma, f = theta.exp()
+    a, A, sigma, f = theta[3:7].exp()
     bits = torch.as_tensor(data.states.bits)
     N, W = bits.shape
     oldest = torch.tensor([0.0, 1.0], dtype=bits.dtype)
@@ -322,11 +334,15 @@ def _transition_logw(data: MarginalData, theta: torch.Tensor, g: torch.Tensor) -
 
 def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
     """log p(MS2 | distances, θ) per trace [B], summed over the kept promoter paths by the forward algorithm.
-    `theta`: float64 [7] log parameters (`MarginalParams.LOG_NAMES`). `potentials` [B, T, N] (zeros) are added to α_t:
+    `theta`: float64 [8] log parameters (`MarginalParams.LOG_NAMES`). `potentials` [B, T, N] (zeros) are added to α_t:
     their gradient is the posterior of the compound states (`posterior_compound`)."""
     cs = data.states
     g = interval_gate(data, theta[0])
     _, init, log_pi = _step_logp(theta, g, data.dt_s)
+    if not data.tied_initial:  # a free initial law: starting ON carries no weight on r_c
+        log_pi = torch.stack(
+            [torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])]
+        ).expand(len(g), 2)
     mean, S = emission_moments(data, theta)
     m0, v0 = mean[:, 0, 0], S[:, 0, 0, 0]  # frame 0 of each state (its own bits)
     bits = torch.as_tensor(cs.bits)
@@ -372,7 +388,10 @@ def initial_params(
     a = max(mean_on, 0.1 * sigma) / (dt * kernel.kappa.sum())
     var_on = float(np.var(on)) if len(on) > 10 else 2 * sigma**2
     A = max(var_on - sigma**2, 0.1 * sigma**2) / (a * dt * kernel.kappa2.sum())
-    return MarginalParams(float(r_c), float(k_on), float(k_off), float(a), float(A), max(sigma, 1e-3))
+    on0 = float(np.clip(np.nanmean(state[:, 0]), 0.02, 0.98)) if np.isfinite(state[:, 0]).any() else 0.5
+    return MarginalParams(
+        float(r_c), float(k_on), float(k_off), float(a), float(A), max(sigma, 1e-3), init_on_odds=on0 / (1 - on0)
+    )
 
 # %% ../nbs/03b_marginal.ipynb #8a561f7e
 @dataclass(frozen=True)
@@ -419,17 +438,28 @@ class MarginalRadius:
         max_iter: int = 100,
         start: MarginalParams | None = None,
         use_vectors: bool = True,
+        tied_initial: bool = False,
     ):
         if sigma_loc_nm < 0:
             raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.config = MarginalConfig(t_rise_s, t_plateau_s, emission_order, window, max_switches)
+        self.config = MarginalConfig(
+            t_rise_s, t_plateau_s, emission_order, window, max_switches, tied_initial=tied_initial
+        )
         self.sigma_loc_nm, self.fit_nu_off, self.max_iter = sigma_loc_nm, fit_nu_off, max_iter
         self.start, self.use_vectors = start, use_vectors
 
     def _data(self, arrays: TraceArrays) -> MarginalData:
         return MarginalData.from_arrays(arrays, self.sigma_loc_nm, self.config, use_vectors=self.use_vectors)
+
+    def _free(self) -> torch.Tensor:
+        "Which of θ (`MarginalParams.LOG_NAMES`) the fit moves: all but ν_off/ν (unless `fit_nu_off`) and a tied initial law."
+        names = MarginalParams.LOG_NAMES
+        free = torch.ones(len(names), dtype=torch.bool)
+        free[names.index("nu_off_fraction")] = self.fit_nu_off
+        free[names.index("init_on_odds")] = not self.config.tied_initial
+        return free
 
     def _theta(self) -> torch.Tensor:
         if not hasattr(self, "params_"):
@@ -471,8 +501,7 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
     t0 = time.perf_counter()
     data = self._data(arrays)
     self.start_ = self.start or initial_params(arrays, self.sigma_loc_nm, data.kernel)
-    free = torch.ones(len(MarginalParams.LOG_NAMES), dtype=torch.bool)
-    free[-1] = self.fit_nu_off
+    free = self._free()
     theta, self.n_evals_ = _lbfgs(data, self.start_.to_log(), free, self.max_iter)
     self.params_ = MarginalParams.from_log(theta)
     for name, value in self.params_.to_dict().items():
@@ -593,8 +622,7 @@ def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> M
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     theta = self._theta()
-    free = torch.ones(len(MarginalParams.LOG_NAMES), dtype=torch.bool)
-    free[-1] = self.fit_nu_off
+    free = self._free()
     V = _sandwich(self._data(arrays), theta, free)
     se = np.sqrt(np.clip(np.diag(V), 0, None)) if np.isfinite(V).all() else np.full(int(free.sum()), np.nan)
     names = tuple(n for n, f in zip(MarginalParams.LOG_NAMES, free.tolist()) if f)
@@ -650,8 +678,7 @@ def _refit(est: MarginalRadius, arrays: TraceArrays, sigma_loc_nm: float | None 
         return new.fit(arrays)
     data = new._data(arrays)
     theta0 = est.params_.to_log()
-    free = torch.ones(len(theta0), dtype=torch.bool)
-    free[-1] = est.fit_nu_off
+    free = est._free()
     for name, value in fixed.items():
         i = MarginalParams.LOG_NAMES.index(name)
         theta0[i], free[i] = math.log(value), False
