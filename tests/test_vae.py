@@ -175,9 +175,18 @@ def test_trained_vae_beats_trivial_baseline():
     arr = s.to_arrays()
     train, test = arr.subset(np.arange(36)), arr.subset(np.arange(36, 48))
     model = MS2EventModel(
-        upsample=2, epochs=30, width=8, depth=2, batch_size=8, amp_init_density=(0.25, 0.1), seed=0
+        upsample=2,
+        epochs=30,
+        width=8,
+        depth=2,
+        batch_size=8,
+        amp_init_density=(0.25, 0.1),
+        polish_rounds=1,
+        refine_steps=20,
+        seed=0,
     ).fit(train)
     assert len(model.selection_) == 2 and model.history_.best_value is not None
+    assert len(model.polish_) == 1 and np.isfinite(model.polish_[0])
     post = model.transform(test)
     assert post.expected_loadings.shape == (12, 80) and np.isfinite(post.p_on).all()
     ours = score_events(post.expected_loadings, post.p_on, test)

@@ -210,6 +210,7 @@ class VAEConfig:
     val_fraction: float = 0.15  # traces held out of training for the validation ELBO (early stopping)
     patience: int | None = 15
     refine_steps: int = 0  # semi-amortised inference: Adam steps on each trace's logits at transform (0: none)
+    polish_rounds: int = 0  # after training: rounds of refined posteriors + amplitude/background/noise updates
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -386,7 +387,32 @@ def refine(self: EventVAE, b: MS2Batch, logits: torch.Tensor, steps: int, lr: fl
         opt.step()
     return (LOGIT_BOUND * torch.tanh(a / LOGIT_BOUND)).detach()
 
-# %% ../nbs/04_vae.ipynb #a71e14b7
+# %% ../nbs/04_vae.ipynb #ac5bdd78
+@patch
+def polish(self: EventVAE, b: MS2Batch, rounds: int, refine_steps: int = 50, steps: int = 50) -> list:
+    """Semi-amortised EM on the decoder's scale after training: each round refines the posterior of every trace of `b`
+    (`refine`, from the encoder's logits) and then fits amplitude, background and noise to those posteriors (Adam,
+    `steps` steps, on the analytic negative ELBO). The amortised encoder fits loosely, and a loose fit inflates the
+    noise and hides the granularity of single Pol II that fixes the amplitude. Returns the negative ELBO per frame
+    after each round."""
+    scalars = [self.log_amp, self.background, self.log_sigma]
+    with torch.no_grad():
+        a = self.encode(b)
+    out = []
+    for _ in range(rounds):
+        a = self.refine(b, a, refine_steps)
+        q = torch.sigmoid(a)
+        opt = torch.optim.Adam(scalars, lr=0.02)
+        for _ in range(steps):
+            loss = self.neg_elbo_of(b, q).sum() / b.obs.sum().clamp_min(1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out.append(float(loss.detach()))
+    self.zero_grad(set_to_none=True)
+    return out
+
+# %% ../nbs/04_vae.ipynb #ecb5fd62
 class EventPosterior(NamedTuple):
     "Per-frame posterior of `MS2EventModel.transform`, [B, T] unless said: expected loadings, P(ON), fine q [B, T·U]."
 
@@ -414,7 +440,7 @@ class EventPosterior(NamedTuple):
             }
         )
 
-# %% ../nbs/04_vae.ipynb #ecb5fd62
+# %% ../nbs/04_vae.ipynb #e70db1f4
 class MS2EventModel:
     """Binary-latent VAE of MS2 (`EventVAE`) with a scikit-learn-like interface. Fitted attributes end in `_`:
     `model_`, `history_`, `offset_`, `scale_` (MS2 scaling), `dt_s_`, `pre_frames_`."""
@@ -432,7 +458,7 @@ class MS2EventModel:
         if abs(arrays.dt_s - self.dt_s_) > 1e-6 * self.dt_s_:
             raise ValueError(f"frames are {arrays.dt_s:g} s apart; the model was fitted at {self.dt_s_:g} s")
 
-# %% ../nbs/04_vae.ipynb #e70db1f4
+# %% ../nbs/04_vae.ipynb #378b36ef
 def _scaling(ms2: np.ndarray) -> tuple[float, float]:
     "offset (5th percentile) and scale (spread between the 5th and 99th percentiles) of the finite MS2 values."
     v = ms2[np.isfinite(ms2)]
@@ -532,9 +558,10 @@ def fit(self: MS2EventModel, arrays: TraceArrays, val: TraceArrays | None = None
         if best is None or elbo > best[0]:
             best = (elbo, model, history)
     _, self.model_, self.history_ = best
+    self.polish_ = self.model_.polish(train_b.to(cfg.device), cfg.polish_rounds) if cfg.polish_rounds else []
     return self
 
-# %% ../nbs/04_vae.ipynb #378b36ef
+# %% ../nbs/04_vae.ipynb #f4cddbaf
 @patch
 def transform(self: MS2EventModel, arrays: TraceArrays, batch_size: int = 64) -> EventPosterior:
     "Posterior expected loadings and P(ON) per frame of `arrays` (the real frames; the padding dropped)."
@@ -591,7 +618,7 @@ def learned(self: MS2EventModel) -> dict:
         "k_off_per_s": -math.log1p(-p10) / dt,
     }
 
-# %% ../nbs/04_vae.ipynb #ea655c6d
+# %% ../nbs/04_vae.ipynb #ccd8f932
 def nnls_deconvolve(
     ms2: np.ndarray, dt_s: float, t_rise_s: float, t_plateau_s: float, amplitude: float = 1.0, background: float = 0.0
 ) -> np.ndarray:
@@ -616,7 +643,7 @@ def nnls_deconvolve(
         out[b] = x[L:]
     return out
 
-# %% ../nbs/04_vae.ipynb #e92692f8
+# %% ../nbs/04_vae.ipynb #d93de7a3
 class CompoundFit(NamedTuple):
     "The compound-state HMM's per-frame posterior on the traces it was asked about, and its fitted parameters."
 
@@ -639,7 +666,7 @@ def compound_hmm(
     p_on, loads = est.posterior_states(test)
     return CompoundFit(np.asarray(loads, float), np.asarray(p_on, float), est.params_.to_dict())
 
-# %% ../nbs/04_vae.ipynb #d57109c3
+# %% ../nbs/04_vae.ipynb #8bd985a8
 def _binned(x: np.ndarray, width: int) -> np.ndarray:
     B, T = x.shape
     n = T // width
@@ -671,7 +698,7 @@ def match_events(pred: np.ndarray, true: np.ndarray, tol: int = 1) -> tuple[int,
 def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
-# %% ../nbs/04_vae.ipynb #9f6673ec
+# %% ../nbs/04_vae.ipynb #42480971
 def score_events(
     loadings: np.ndarray | None,
     p_on: np.ndarray | None,
@@ -714,7 +741,7 @@ def score_events(
         out["state_f1"] = math.nan
     return out
 
-# %% ../nbs/04_vae.ipynb #b8c671a6
+# %% ../nbs/04_vae.ipynb #7b7acfaf
 USH_ENV = "XAI_HSG_USH_DATA"
 USH_TRACES = "uwt_e1_no_bd.csv"
 USH_POSTERIOR_OFFSET = 4  # burstInfer's posterior column j is frame j + 4 of the trace
@@ -781,7 +808,7 @@ def load_ush(folder: str | Path) -> UshData:
         posterior = pd.concat(long, ignore_index=True).dropna() if long else None
     return UshData(traces, posterior, mle)
 
-# %% ../nbs/04_vae.ipynb #7b7acfaf
+# %% ../nbs/04_vae.ipynb #d5b3a255
 def compare_states(p_on: np.ndarray, trace_id: np.ndarray, reference: pd.DataFrame, threshold: float = 0.5) -> dict:
     """Agreement of P(ON) [B, T] (traces `trace_id`) with a reference posterior (long: trace_id, frame, p_on) on
     the frames both have: frame agreement of the calls (P > `threshold`), correlation of the probabilities, per-cell
@@ -808,7 +835,7 @@ def compare_states(p_on: np.ndarray, trace_id: np.ndarray, reference: pd.DataFra
         "ref_on_fraction": float((frame.ref > threshold).mean()),
     }
 
-# %% ../nbs/04_vae.ipynb #d5b3a255
+# %% ../nbs/04_vae.ipynb #ce5800f8
 def events_table(
     tracks_path: str | Path,
     dt_s: float | None = None,
