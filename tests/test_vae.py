@@ -169,6 +169,7 @@ def test_nnls_recovers_noiseless_loadings(sim):
         nnls_deconvolve(sim.ms2, 30.0, 120.0, 240.0, amplitude=0)
 
 
+@pytest.mark.slow  # 20-40 s on a busy 2-core machine
 def test_trained_vae_beats_trivial_baseline():
     p = ms2_sim_params("high_snr", n_frames=80)
     s = simulate(48, p, seed=11)
