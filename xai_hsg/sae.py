@@ -455,10 +455,10 @@ def aux_k_loss(sae: SAE, pre: torch.Tensor, residual: torch.Tensor, dead: torch.
     if n_dead == 0:
         return pre.new_zeros(())
     k = min(sae.cfg.n_aux, n_dead)
-    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
-    vals, idx = masked.topk(k, dim=-1)
-    z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-    recon = z @ sae.W_dec
+    cols = dead.nonzero().squeeze(1)  # only the dead latents' columns: the cost scales with how many are dead
+    vals, idx = pre[:, cols].topk(k, dim=-1, sorted=False)
+    z = torch.zeros(len(pre), n_dead, dtype=pre.dtype, device=pre.device).scatter(-1, idx, torch.relu(vals))
+    recon = z @ sae.W_dec[cols]
     err = (residual - recon).pow(2).sum(-1).mean()
     var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return err / var
