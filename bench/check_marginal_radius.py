@@ -144,7 +144,11 @@ def main(argv=None) -> list[dict]:
             seed = SEEDS[group] if args.seed is None else args.seed
             todo += [(group, name, changes, seed) for name, changes in cells.items()]
     if "grid" in args.cells:
-        todo += [("grid", name, changes, seed) for name, changes, seed in grid_cells()]
+        todo += [
+            ("grid", name, changes, seed)
+            for name, changes, seed in grid_cells()
+            if seed in args.seeds and name.split(",")[0] in args.regimes
+        ]
     for group, name, changes, seed in reversed(todo) if args.reverse else todo:
         seen |= {(r["group"], r["cell"], r["seed"]) for r in _done(args.jsonl)}  # another process may share the file
         if (group, name, seed) in seen:

@@ -623,6 +623,9 @@ def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> M
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     theta = self._theta()
     free = self._free()
+    # the initial law is a nuisance that can sit at a boundary (no trace starts ON: odds → 0), where the Hessian is
+    # singular; it is held at its estimate here
+    free[MarginalParams.LOG_NAMES.index("init_on_odds")] = False
     V = _sandwich(self._data(arrays), theta, free)
     se = np.sqrt(np.clip(np.diag(V), 0, None)) if np.isfinite(V).all() else np.full(int(free.sum()), np.nan)
     names = tuple(n for n, f in zip(MarginalParams.LOG_NAMES, free.tolist()) if f)
