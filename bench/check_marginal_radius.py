@@ -131,6 +131,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument(
         "--jsonl", default=None, help="append each row here as it finishes; cells already there are skipped"
     )
+    ap.add_argument("--regimes", nargs="+", choices=list(GRID_REGIMES), default=list(GRID_REGIMES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(GRID_SEEDS), help="grid seeds to run")
     ap.add_argument(
         "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
     )
