@@ -1,0 +1,41 @@
+"""The benchmark and check scripts under bench/ parse their options and pick the cells they say (no fits run here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from conftest import REPO
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
+    "72 grid cells; --regimes / --seeds pick a subset; cells already in --jsonl are skipped; rows are appended."
+    check = _load("check_marginal_radius")
+    cells = check.grid_cells()
+    assert len(cells) == 4 * 3 * 3 * 2 and len({(name, seed) for name, _, seed in cells}) == len(cells)
+    ran = []
+
+    def fake_cell(name, changes, n, frames, seed):
+        ran.append((name, seed))
+        r_c, sigma = changes.get("r_c_nm", 150.0), changes.get("sigma_loc_nm", 20.0)
+        return dict(
+            cell=name, seed=seed, r_c_true=r_c, sigma_loc_true=sigma, truth_state_mle=r_c, r_c=r_c, covered=True
+        )
+
+    monkeypatch.setattr(check, "run_cell", fake_cell)
+    jsonl = tmp_path / "grid.jsonl"
+    done = dict(group="grid", cell="fast, r_c 60, sigma_loc 0", seed=102, r_c_true=60.0, sigma_loc_true=0.0)
+    jsonl.write_text(json.dumps(done) + "\n")
+    check.main(["--cells", "grid", "--regimes", "fast", "--seeds", "102", "--jsonl", str(jsonl), "--threads", "1"])
+    assert len(ran) == 11 and all(name.startswith("fast") and seed == 102 for name, seed in ran)
+    assert ("fast, r_c 60, sigma_loc 0", 102) not in ran
+    assert len(jsonl.read_text().splitlines()) == 12
+    summary = check.summarise([json.loads(line) for line in jsonl.read_text().splitlines()[1:]], "grid")
+    assert summary["median_abs_rel_error"] == 0.0 and summary["coverage"] == 1.0
