@@ -56,6 +56,22 @@ def _number(kind: type, minimum: float | None = None, strict: bool = False, unit
     return parse
 
 
+def _add_kernel_args(p: argparse.ArgumentParser) -> None:
+    "The MS2 kernel of the construct, shared by `fit-radius` and `events`: --t-rise-s, --t-plateau-s."
+    p.add_argument(
+        "--t-rise-s",
+        type=_number(float, 0, strict=True, unit=" s"),
+        default=120.0,
+        help="MS2 kernel: rise time of the construct's loops in s (default: 120)",
+    )
+    p.add_argument(
+        "--t-plateau-s",
+        type=_number(float, 0, unit=" s"),
+        default=240.0,
+        help="MS2 kernel: plateau (loops to the end of the gene) in s (default: 240)",
+    )
+
+
 def _n_boot(text: str) -> int:
     "`--n-boot`: 0 (no interval) or at least `radius.MIN_BOOT` resamples."
     from .radius import MIN_BOOT
@@ -379,18 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "truth/column: the file's 'state' column; ms2: HMM state calls (crude baseline)",
     )
     p.add_argument("--states", default=None, help="marginal model: write per-frame P(ON) and expected loadings (CSV)")
-    p.add_argument(
-        "--t-rise-s",
-        type=_number(float, 0, strict=True, unit=" s"),
-        default=120.0,
-        help="MS2 kernel: rise time of the construct's loops in s (default: 120)",
-    )
-    p.add_argument(
-        "--t-plateau-s",
-        type=_number(float, 0, unit=" s"),
-        default=240.0,
-        help="MS2 kernel: plateau (loops to the end of the gene) in s (default: 240)",
-    )
+    _add_kernel_args(p)
     p.add_argument(
         "--emission-order",
         type=_number(int, 0),
@@ -425,18 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ms2_file", help="tracks file with an ms2 column (CSV or Parquet, any layout), or --wide")
     p.add_argument("--out", required=True, help="output CSV: trace_id, t_s, expected_loadings, p_on")
-    p.add_argument(
-        "--t-rise-s",
-        type=_number(float, 0, strict=True, unit=" s"),
-        default=120.0,
-        help="MS2 kernel: rise time of the construct's loops in s (default: 120)",
-    )
-    p.add_argument(
-        "--t-plateau-s",
-        type=_number(float, 0, unit=" s"),
-        default=240.0,
-        help="MS2 kernel: plateau (loops to the end of the gene) in s (default: 240)",
-    )
+    _add_kernel_args(p)
     p.add_argument(
         "--dt",
         type=_number(float, 0, strict=True, unit=" s"),
