@@ -1,5 +1,6 @@
 """The binary-latent VAE of MS2 (`xai_hsg.vae`), its baselines, scores and readers; the MS2-only tracks path."""
 
+import json
 import math
 
 import numpy as np
@@ -299,6 +300,21 @@ def test_events_command(tmp_path, capsys):
     assert table.columns.tolist() == ["trace_id", "t_s", "expected_loadings", "p_on"] and len(table) == len(df)
     assert table.p_on.between(0, 1).all() and (table.expected_loadings >= 0).all()
     assert "wrote" in capsys.readouterr().out
+    # --save-model, then --model: the saved model applied without training gives the same table
+    again, saved = tmp_path / "again.csv", tmp_path / "model"
+    args = ["--epochs", "2", "--upsample", "1", "--t-rise-s", "90"]
+    assert main(["events", str(f), "--out", str(again), *args, "--save-model", str(saved)]) == 0
+    first = pd.read_csv(again, dtype={"trace_id": str})
+    assert (saved / "model.safetensors").is_file() and json.loads((saved / "model.json").read_text())["config"][
+        "t_rise_s"
+    ] == 90.0
+    assert main(["events", str(f), "--out", str(again), "--force", "--model", str(saved)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(again, dtype={"trace_id": str}), first)
+    capsys.readouterr()
+    assert main(["events", str(f), "--out", str(again), "--force", "--model", str(saved), "--t-rise-s", "120"]) == 2
+    assert "differ from the kernel" in capsys.readouterr().err
+    assert main(["events", str(f), "--out", str(again), "--force", "--model", str(tmp_path)]) == 1
+    assert "model.json missing" in capsys.readouterr().err
     # an existing output needs --force; a missing input, a bad option value: one-line errors
     assert main(["events", str(f), "--out", str(out), "--epochs", "1"]) == 1
     assert "--force" in capsys.readouterr().err

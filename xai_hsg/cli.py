@@ -4,7 +4,8 @@ xai-hsg [--debug] reproduce [--profile smoke|paper] [--only 03] [--from 05] [--f
 xai-hsg [--debug] render [--profile smoke] [--engine auto|quarto|pandoc]
 xai-hsg [--debug] simulate --n N --rc NM --sigma-loc NM --seed S --out DIR [--force]
 xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from none|truth|ms2] [--states CSV] [--force]
-xai-hsg [--debug] events MS2_FILE --out events.csv [--t-rise-s S] [--t-plateau-s S] [--dt S] [--wide] [--force]
+xai-hsg [--debug] events MS2_FILE --out events.csv [--t-rise-s S] [--t-plateau-s S] [--dt S] [--wide] [--model DIR]
+    [--save-model DIR] [--force]
 xai-hsg [--debug] train-sae ACTIVATIONS --out DIR [--kind batchtopk|topk|l1] [--latents N] [--k K] [--l1 C] [--epochs E] [--layer L] [--seed S]
 
 An expected failure (a bad file, a bad value, a missing device, an interruption) is one line on stderr,
@@ -56,20 +57,30 @@ def _number(kind: type, minimum: float | None = None, strict: bool = False, unit
     return parse
 
 
+KERNEL_DEFAULTS_S = {"t_rise_s": 120.0, "t_plateau_s": 240.0}
+
+
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
-    "The MS2 kernel of the construct, shared by `fit-radius` and `events`: --t-rise-s, --t-plateau-s."
+    """The MS2 kernel of the construct, shared by `fit-radius` and `events`: --t-rise-s, --t-plateau-s (None when not
+    given: `_kernel_args` fills in `KERNEL_DEFAULTS_S`, or a loaded model's own kernel)."""
     p.add_argument(
         "--t-rise-s",
         type=_number(float, 0, strict=True, unit=" s"),
-        default=120.0,
+        default=None,
         help="MS2 kernel: rise time of the construct's loops in s (default: 120)",
     )
     p.add_argument(
         "--t-plateau-s",
         type=_number(float, 0, unit=" s"),
-        default=240.0,
+        default=None,
         help="MS2 kernel: plateau (loops to the end of the gene) in s (default: 240)",
     )
+
+
+def _kernel_args(args, given: dict | None = None) -> dict:
+    "{t_rise_s, t_plateau_s} from the options, else from `given` (a loaded model's kernel), else `KERNEL_DEFAULTS_S`."
+    base = given or KERNEL_DEFAULTS_S
+    return {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in KERNEL_DEFAULTS_S}
 
 
 def _n_boot(text: str) -> int:
@@ -227,8 +238,7 @@ def _fit_radius_marginal(args) -> int:
         args.tracks,
         args.out,
         sigma_loc_nm=args.sigma_loc,
-        t_rise_s=args.t_rise_s,
-        t_plateau_s=args.t_plateau_s,
+        **_kernel_args(args),
         emission_order=args.emission_order,
         seed=args.seed,
         dt_s=args.dt,
@@ -254,7 +264,7 @@ def _fit_radius_marginal(args) -> int:
 
 
 def _cmd_events(args) -> int:
-    "`events`: the binary-latent VAE of MS2 (`vae.events_table`), one row per frame."
+    "`events`: the binary-latent VAE of MS2 (`vae.events_table`), one row per frame; trained here or `--model`."
     from .core import atomic_write, check_output_path
 
     if not Path(args.ms2_file).is_file():
@@ -266,28 +276,37 @@ def _cmd_events(args) -> int:
     _probe_writable(_nearest_existing(out.absolute().parent))
     import torch
 
-    from .vae import events_table
+    from .vae import MS2EventModel, events_table
 
+    model = None
+    if args.model is not None:
+        model = MS2EventModel.load(args.model, device=args.device)
+        own = {k: getattr(model.cfg, k) for k in ("t_rise_s", "t_plateau_s")}
+        if _kernel_args(args, own) != own:
+            raise UsageError(f"--t-rise-s/--t-plateau-s differ from the kernel of --model {args.model}: {own}")
     torch.set_num_threads(args.threads)
     table, model = events_table(
         args.ms2_file,
         dt_s=args.dt,
         wide=args.wide,
-        t_rise_s=args.t_rise_s,
-        t_plateau_s=args.t_plateau_s,
+        model=model,
         upsample=args.upsample,
         epochs=args.epochs,
         seed=args.seed,
         device=args.device,
         causal=args.causal,
         progress=True,
+        **_kernel_args(args),
     )
     atomic_write(out, lambda p: table.to_csv(p, index=False))
+    if args.save_model is not None:
+        model.save(args.save_model)
     fit = model.learned()
+    saved = f" and the model to {args.save_model}" if args.save_model is not None else ""
     print(
         f"{table.trace_id.nunique()} traces, {len(table)} frames: {table.expected_loadings.sum():.0f} expected loadings, "
         f"P(ON) > 0.5 in {100 * (table.p_on > 0.5).mean():.0f}% of frames; one Pol II = {fit['amplitude']:.3g} MS2 "
-        f"units, k_on = {fit['k_on_per_s']:.3g}/s, k_off = {fit['k_off_per_s']:.3g}/s; wrote {out}"
+        f"units, k_on = {fit['k_on_per_s']:.3g}/s, k_off = {fit['k_off_per_s']:.3g}/s; wrote {out}{saved}"
     )
     return 0
 
@@ -441,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsample", type=int, choices=[1, 2, 4, 8], default=2, help="latent bins per frame (default: 2)")
     p.add_argument("--epochs", type=_number(int, 1), default=60, help="training epochs (default: 60)")
     p.add_argument("--causal", action="store_true", help="online variant: P(ON) and loadings from frames <= t only")
+    p.add_argument(
+        "--model", default=None, metavar="DIR", help="apply a model saved by --save-model instead of training one"
+    )
+    p.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to this folder")
     p.add_argument("--threads", type=_number(int, 1), default=1, help="CPU threads for training (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--seed", type=_number(int, 0), default=0)

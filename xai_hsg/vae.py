@@ -7,6 +7,7 @@ and the real *ush* traces against burstInfer."""
 # %% ../nbs/04_vae.ipynb #d64a153c
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -29,12 +30,12 @@ from .tracks import BURSTINFER_DT_S, TraceArrays, WideTraces, read_burstinfer_wi
 from .training import LoopConfig, train_loop
 
 # %% auto #0
-__all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'FAST_PARAMETERS', 'USH_ENV', 'USH_TRACES', 'USH_POSTERIOR_OFFSET', 'USH_T_RISE_S',
-           'USH_T_PLATEAU_S', 'ms2_sim_params', 'fine_loading_counts', 'FineKernel', 'kernel_on_grid', 'convolve_fine',
-           'CausalBlock', 'CausalUNet1d', 'binary_concrete', 'bernoulli_entropy', 'chain_log_partition',
-           'chain_marginals', 'VAEConfig', 'MS2Batch', 'EventVAE', 'ELBOTerms', 'EventPosterior', 'MS2EventModel',
-           'nnls_deconvolve', 'CompoundFit', 'compound_hmm', 'match_events', 'score_events', 'find_ush_data', 'UshData',
-           'load_ush', 'compare_states', 'events_table']
+__all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'FAST_PARAMETERS', 'EVENT_MODEL_WEIGHTS', 'EVENT_MODEL_CONFIG', 'USH_ENV', 'USH_TRACES',
+           'USH_POSTERIOR_OFFSET', 'USH_T_RISE_S', 'USH_T_PLATEAU_S', 'ms2_sim_params', 'fine_loading_counts',
+           'FineKernel', 'kernel_on_grid', 'convolve_fine', 'CausalBlock', 'CausalUNet1d', 'binary_concrete',
+           'bernoulli_entropy', 'chain_log_partition', 'chain_marginals', 'VAEConfig', 'MS2Batch', 'EventVAE',
+           'ELBOTerms', 'EventPosterior', 'MS2EventModel', 'nnls_deconvolve', 'CompoundFit', 'compound_hmm',
+           'match_events', 'score_events', 'find_ush_data', 'UshData', 'load_ush', 'compare_states', 'events_table']
 
 # %% ../nbs/04_vae.ipynb #4bfb9c77
 MS2_REGIMES = {
@@ -618,6 +619,54 @@ def learned(self: MS2EventModel) -> dict:
         "k_off_per_s": -math.log1p(-p10) / dt,
     }
 
+# %% ../nbs/04_vae.ipynb #cc2f57be
+EVENT_MODEL_WEIGHTS, EVENT_MODEL_CONFIG = "model.safetensors", "model.json"
+
+
+@patch
+def save(self: MS2EventModel, folder: str | Path) -> Path:
+    "Write the fitted model to `folder` (model.json + model.safetensors); `MS2EventModel.load` reads it back."
+    from safetensors.torch import save_file
+
+    if not hasattr(self, "model_"):
+        raise RuntimeError("MS2EventModel: nothing to save; call fit(arrays) first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model_.state_dict().items()}
+    fitted = {"dt_s": self.dt_s_, "offset": self.offset_, "scale": self.scale_, "pre_frames": self.pre_frames_}
+    meta = {"config": asdict(self.cfg), "fitted": fitted, "selection": self.selection_, "learned": self.learned()}
+    core.atomic_write(folder / EVENT_MODEL_WEIGHTS, lambda f: save_file(state, str(f)))
+    core.write_json_atomic(folder / EVENT_MODEL_CONFIG, meta)
+    return folder
+
+
+@patch(cls_method=True)
+def load(cls: MS2EventModel, folder: str | Path, device: str = "cpu") -> MS2EventModel:
+    "The model saved in `folder` by `MS2EventModel.save`, on `device`, ready for `transform` / `score`."
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (EVENT_MODEL_CONFIG, EVENT_MODEL_WEIGHTS):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} missing: not a folder written by MS2EventModel.save")
+    meta = json.loads((folder / EVENT_MODEL_CONFIG).read_text())
+    fields = VAEConfig.__dataclass_fields__
+    self = cls(**{**{k: v for k, v in meta["config"].items() if k in fields}, "device": device})
+    fitted = meta["fitted"]
+    self.dt_s_, self.offset_, self.scale_ = float(fitted["dt_s"]), float(fitted["offset"]), float(fitted["scale"])
+    self.pre_frames_, self.selection_, self.polish_ = int(fitted["pre_frames"]), meta.get("selection", []), []
+    model = EventVAE(self.cfg, self.dt_s_)
+    try:
+        state = load_file(str(folder / EVENT_MODEL_WEIGHTS))
+    except Exception as e:  # safetensors' own errors name no file
+        raise ValueError(f"{folder / EVENT_MODEL_WEIGHTS}: cannot read ({type(e).__name__}: {e})") from e
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{folder / EVENT_MODEL_WEIGHTS}: does not match model.json's configuration ({e})") from e
+    self.model_ = model.to(device).eval()
+    return self
+
 # %% ../nbs/04_vae.ipynb #ccd8f932
 def nnls_deconvolve(
     ms2: np.ndarray, dt_s: float, t_rise_s: float, t_plateau_s: float, amplitude: float = 1.0, background: float = 0.0
@@ -841,11 +890,13 @@ def events_table(
     dt_s: float | None = None,
     wide: bool = False,
     cfg: VAEConfig | None = None,
+    model: MS2EventModel | None = None,
     **changes,
 ) -> tuple[pd.DataFrame, MS2EventModel]:
     """`xai-hsg events`: fit the event model on the MS2 of a tracks file (any layout with an `ms2` column, or the
     burstInfer wide layout with `wide`) and return one row per frame (trace_id, t_s, expected_loadings, p_on) and the
-    fitted model. Frames missing from the file are left out of the table."""
+    fitted model; with `model` (fitted, e.g. `MS2EventModel.load`), apply it instead of training. Frames missing from
+    the file are left out of the table."""
     if wide:
         arrays = read_burstinfer_wide(tracks_path, dt_s=dt_s or BURSTINFER_DT_S).tracks.to_arrays()
     else:
@@ -853,6 +904,7 @@ def events_table(
     arrays.require("ms2", hint=f"{tracks_path} has no ms2 column")
     if arrays.n_frames < 4:
         raise ValueError(f"{tracks_path}: traces of {arrays.n_frames} frame(s); the event model needs at least 4")
-    model = MS2EventModel(cfg, **changes).fit(arrays)
+    if model is None:
+        model = MS2EventModel(cfg, **changes).fit(arrays)
     table = model.transform(arrays).to_frame()
     return table[arrays.present.ravel()].reset_index(drop=True), model
