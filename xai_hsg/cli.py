@@ -281,7 +281,7 @@ def _cmd_events(args) -> int:
     model = None
     if args.model is not None:
         model = MS2EventModel.load(args.model, device=args.device)
-        own = {k: getattr(model.cfg, k) for k in ("t_rise_s", "t_plateau_s")}
+        own = {k: getattr(model.cfg, k) for k in KERNEL_DEFAULTS_S}
         if _kernel_args(args, own) != own:
             raise UsageError(f"--t-rise-s/--t-plateau-s differ from the kernel of --model {args.model}: {own}")
     torch.set_num_threads(args.threads)
