@@ -299,3 +299,24 @@ def test_row6_ctrl_c_in_reproduce(tmp_path):
     assert list(state) == ["01_one"]
     rerun = subprocess.run([*cmd, "--only", "01"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0 and "cached" in rerun.stderr, rerun.stderr
+
+
+def test_ctrl_c_while_torch_is_imported_is_held_until_the_import_ends(monkeypatch):
+    """Ctrl-C inside torch's C++ initialisation aborted the process (SIGABRT, "terminate called after throwing ...
+    pybind11::error_already_set"; 3 of 150 interrupted `simulate` runs): the CLI holds SIGINT over that import and
+    delivers it after, as a KeyboardInterrupt (exit 130), and keeps an ignored SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test run inherits it ignored
+    try:
+        steps = []
+        with pytest.raises(KeyboardInterrupt):
+            with cli._interrupts_held():
+                signal.raise_signal(signal.SIGINT)
+                steps.append("after the signal")  # held: the block runs to its end
+        assert steps == ["after the signal"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with cli._interrupts_held():
+            signal.raise_signal(signal.SIGINT)  # ignored before, ignored during and after
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -204,7 +204,9 @@ def test_interrupted_simulate_and_fit_radius_leave_old_or_new_outputs(tmp_path):
         n_traces = (sim.tracks.n_traces, sim.truth["n_traces"])
         assert n_traces == ((150, 150) if got == old else (300, 300)), f"{what}: (tracks, truth) traces {n_traces}"
         if trial["signal"] == signal.SIGINT:
-            assert os.WIFEXITED(trial["status"]) and os.WEXITSTATUS(trial["status"]) in SIGINT_STATUSES, what
+            assert os.WIFEXITED(trial["status"]) and os.WEXITSTATUS(trial["status"]) in SIGINT_STATUSES, (
+                f"{what}; the children's stderr ends: {children.read_text()[-1500:]}"
+            )
     fit_old, fit_new = (tmp_path / "fit_old.json").read_bytes(), (tmp_path / "fit_ref.json").read_bytes()
     assert fit_old != fit_new
     for trial in log["fit"]:
@@ -213,7 +215,9 @@ def test_interrupted_simulate_and_fit_radius_leave_old_or_new_outputs(tmp_path):
         outcomes["old" if got == fit_old else "new"] += 1
         assert json.loads(got)["r_c_nm"] is not None, what
         if trial["signal"] == signal.SIGINT:
-            assert os.WIFEXITED(trial["status"]) and os.WEXITSTATUS(trial["status"]) in SIGINT_STATUSES, what
+            assert os.WIFEXITED(trial["status"]) and os.WEXITSTATUS(trial["status"]) in SIGINT_STATUSES, (
+                f"{what}; the children's stderr ends: {children.read_text()[-1500:]}"
+            )
     # SIGINT leaves no temporary; SIGKILL may, and the next writer of that name removes it (its process is gone)
     sigint = {t["folder"] for t in log["simulate"] + log["fit"] if t["signal"] == signal.SIGINT}
     (tmp_path / "children.log").unlink()

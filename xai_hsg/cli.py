@@ -16,10 +16,13 @@ An expected failure (a bad file, a bad value, a missing device, an interruption)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "UsageError", "check_output_file", "check_output_folder"]
@@ -389,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="csv", choices=["csv", "parquet"], help="tracks file format (default: csv)")
     p.add_argument("--out", required=True, help="output folder (new or empty): writes tracks.csv and truth.json")
     p.add_argument("--force", action="store_true", help="replace a folder that holds another run, as a whole")
-    p.set_defaults(func=_cmd_simulate)
+    p.set_defaults(func=_cmd_simulate, uses_torch=True)
 
     p = sub.add_parser(
         "fit-radius",
@@ -440,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a file whose units look implausible (frame step, distances, MS2) and list the problems",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file that is not an earlier fit")
-    p.set_defaults(func=_cmd_fit_radius)
+    p.set_defaults(func=_cmd_fit_radius, uses_torch=True)
 
     p = sub.add_parser(
         "events",
@@ -468,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.set_defaults(func=_cmd_events)
+    p.set_defaults(func=_cmd_events, uses_torch=True)
 
     p = sub.add_parser(
         "train-sae", parents=[common], help="train a sparse autoencoder on LM activations (SAELens layout)"
@@ -485,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_number(int, 1), default=1, help="CPU threads (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--seed", type=_number(int, 0), default=0)
-    p.set_defaults(func=_cmd_train_sae)
+    p.set_defaults(func=_cmd_train_sae, uses_torch=True)
     return parser
 
 
@@ -505,6 +508,26 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was in place.
+
+    For importing torch: a KeyboardInterrupt raised inside its C++ initialisation escapes as a C++ exception and
+    aborts the process (`terminate called after throwing ... pybind11::error_already_set`, SIGABRT) instead of
+    ending it with status 130. Only the main thread may set handlers; an ignored SIGINT stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
+
 _INTERRUPTED = {
     "reproduce": "interrupted; finished notebooks stay cached, the interrupted one's results, figures and tables "
     "were cleared (run the same command again to finish)",
@@ -521,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     command = f"xai-hsg {args.command}"
     try:
+        if getattr(args, "uses_torch", False):
+            with _interrupts_held():
+                import torch  # noqa: F401  (imported here, where Ctrl-C is held, not in the middle of the command)
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
