@@ -188,7 +188,10 @@ def test_trained_vae_beats_trivial_baseline():
         seed=0,
     ).fit(train)
     assert len(model.selection_) == 2 and model.history_.best_value is not None
-    assert len(model.polish_) == 1 and np.isfinite(model.polish_[0])
+    profile = model.polish_  # one point per amplitude multiple, then the final fit of amplitude, background, noise
+    assert len(profile) == len(model.cfg.polish_amp_factors) + 1 and [p.final for p in profile] == [False] * 5 + [True]
+    assert all(np.isfinite(p.neg_elbo) and p.amplitude > 0 for p in profile)
+    print("amplitude profile", [(round(p.amplitude * model.scale_, 3), round(p.neg_elbo, 3)) for p in profile])
     post = model.transform(test)
     assert post.expected_loadings.shape == (12, 80) and np.isfinite(post.p_on).all()
     ours = score_events(post.expected_loadings, post.p_on, test)

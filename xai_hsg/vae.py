@@ -7,6 +7,7 @@ and the real *ush* traces against burstInfer."""
 # %% ../nbs/04_vae.ipynb #d64a153c
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -30,12 +31,13 @@ from .tracks import BURSTINFER_DT_S, TraceArrays, WideTraces, read_burstinfer_wi
 from .training import LoopConfig, train_loop
 
 # %% auto #0
-__all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'FAST_PARAMETERS', 'EVENT_MODEL_WEIGHTS', 'EVENT_MODEL_CONFIG', 'USH_ENV', 'USH_TRACES',
-           'USH_POSTERIOR_OFFSET', 'USH_T_RISE_S', 'USH_T_PLATEAU_S', 'ms2_sim_params', 'fine_loading_counts',
-           'FineKernel', 'kernel_on_grid', 'convolve_fine', 'CausalBlock', 'CausalUNet1d', 'binary_concrete',
-           'bernoulli_entropy', 'chain_log_partition', 'chain_marginals', 'VAEConfig', 'MS2Batch', 'EventVAE',
-           'ELBOTerms', 'EventPosterior', 'MS2EventModel', 'nnls_deconvolve', 'CompoundFit', 'compound_hmm',
-           'match_events', 'score_events', 'find_ush_data', 'UshData', 'load_ush', 'compare_states', 'events_table']
+__all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'ANNEAL_FRACTION', 'FAST_PARAMETERS', 'EVENT_MODEL_WEIGHTS', 'EVENT_MODEL_CONFIG',
+           'USH_ENV', 'USH_TRACES', 'USH_POSTERIOR_OFFSET', 'USH_T_RISE_S', 'USH_T_PLATEAU_S', 'ms2_sim_params',
+           'fine_loading_counts', 'FineKernel', 'kernel_on_grid', 'convolve_fine', 'CausalBlock', 'CausalUNet1d',
+           'binary_concrete', 'bernoulli_entropy', 'chain_log_partition', 'chain_marginals', 'VAEConfig', 'MS2Batch',
+           'EventVAE', 'ELBOTerms', 'PolishStep', 'EventPosterior', 'MS2EventModel', 'nnls_deconvolve', 'CompoundFit',
+           'compound_hmm', 'match_events', 'score_events', 'find_ush_data', 'UshData', 'load_ush', 'compare_states',
+           'events_table', 'neg_elbo_with_decoder']
 
 # %% ../nbs/04_vae.ipynb #4bfb9c77
 MS2_REGIMES = {
@@ -212,6 +214,11 @@ class VAEConfig:
     patience: int | None = 15
     refine_steps: int = 0  # semi-amortised inference: Adam steps on each trace's logits at transform (0: none)
     polish_rounds: int = 0  # after training: rounds of refined posteriors + amplitude/background/noise updates
+    # refinement and polish anneal the objective's noise from this value (scaled MS2: the 5–99% spread is 1) down to the
+    # model's: at a small noise a loose start is stuck between loading placements (0: no annealing)
+    refine_sigma_start: float = 1.0
+    # polish: the amplitude is profiled over these multiples of the trained one, the best negative ELBO kept
+    polish_amp_factors: tuple = (0.75, 1.0, 1.5, 2.0, 3.0)
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -233,6 +240,11 @@ class VAEConfig:
             raise ValueError("kl_warmup must be in [0, 1]")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
+        if not self.refine_sigma_start >= 0:
+            raise ValueError(f"refine_sigma_start must be >= 0, got {self.refine_sigma_start!r}")
+        self.polish_amp_factors = tuple(float(f) for f in np.atleast_1d(self.polish_amp_factors))
+        if not self.polish_amp_factors or not all(f > 0 for f in self.polish_amp_factors):
+            raise ValueError(f"polish_amp_factors: positive multiples, got {self.polish_amp_factors!r}")
 
 # %% ../nbs/04_vae.ipynb #af865a02
 class MS2Batch(NamedTuple):
@@ -363,55 +375,109 @@ def elbo_terms(self: EventVAE, b: MS2Batch, sample: bool = True, generator=None)
 
 
 @patch
-def neg_elbo_of(self: EventVAE, b: MS2Batch, q: torch.Tensor) -> torch.Tensor:
-    "The analytic negative ELBO [B] of loading probabilities q [B, T'·U] (the decoder and prior as they are)."
+def neg_elbo_of(self: EventVAE, b: MS2Batch, q: torch.Tensor, log_sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """The analytic negative ELBO [B] of loading probabilities q [B, T'·U] (the decoder and prior as they are; the
+    noise's log `log_sigma` instead of the model's when given)."""
+    log_sigma = self.log_sigma if log_sigma is None else log_sigma
     var = convolve_fine(q * (1 - q), self.kernel() ** 2, self.lag_min, self.cfg.upsample)
     sq = (b.y - self.decode(q)) ** 2 + self.log_amp.exp() ** 2 * var
-    nll = ((0.5 * sq / self.log_sigma.exp() ** 2 + self.log_sigma + 0.5 * math.log(2 * math.pi)) * b.obs).sum(1)
+    nll = ((0.5 * sq / log_sigma.exp() ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)) * b.obs).sum(1)
     log_trans, log_init = self.chain()
     log_z, _ = chain_log_partition(self.state_potentials(q), log_trans, log_init)
     return nll - log_z - bernoulli_entropy(q).sum(1)
 
 # %% ../nbs/04_vae.ipynb #cdb18a7b
+ANNEAL_FRACTION = 0.7  # refinement: the noise reaches the model's after this fraction of the steps
+
+
 @patch
-def refine(self: EventVAE, b: MS2Batch, logits: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
+def refine(
+    self: EventVAE, b: MS2Batch, logits: torch.Tensor, steps: int, lr: float = 0.05, sigma_start: float | None = None
+) -> torch.Tensor:
     """Semi-amortised inference (Kim et al. 2018): `steps` Adam steps on the loading logits of `b`, from the encoder's,
-    on the mean-field negative ELBO with the decoder and the prior fixed. Returns the refined logits."""
+    on the mean-field negative ELBO with the decoder and the prior fixed. With `sigma_start` (scaled units) above the
+    model's noise, the objective's noise falls geometrically from it to the model's over the first `ANNEAL_FRACTION`
+    of the steps (deterministic annealing): at the model's small noise the objective is rugged in the placement of each
+    loading, and gradient steps from the encoder's loose start stop between placements. Returns the refined logits."""
     a = logits.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([a], lr=lr)
-    for _ in range(steps):
+    end = float(self.log_sigma.detach())
+    start = max(math.log(sigma_start), end) if sigma_start else end
+    for i in range(steps):
+        frac = min(i / max(ANNEAL_FRACTION * steps, 1.0), 1.0)
+        log_sigma = torch.tensor(start + (end - start) * frac, dtype=b.y.dtype, device=b.y.device)
         with torch.enable_grad():
             q = torch.sigmoid(LOGIT_BOUND * torch.tanh(a / LOGIT_BOUND))
-            loss = self.neg_elbo_of(b, q).sum()
+            loss = self.neg_elbo_of(b, q, log_sigma).sum()
             opt.zero_grad()
             loss.backward()
         opt.step()
+    self.zero_grad(set_to_none=True)
     return (LOGIT_BOUND * torch.tanh(a / LOGIT_BOUND)).detach()
 
 # %% ../nbs/04_vae.ipynb #ac5bdd78
+class PolishStep(NamedTuple):
+    "One point of `EventVAE.polish`'s amplitude profile: amplitude (scaled units), negative ELBO per frame, kept."
+
+    amplitude: float
+    neg_elbo: float
+    final: bool
+
+
 @patch
-def polish(self: EventVAE, b: MS2Batch, rounds: int, refine_steps: int = 50, steps: int = 50) -> list:
-    """Semi-amortised EM on the decoder's scale after training: each round refines the posterior of every trace of `b`
-    (`refine`, from the encoder's logits) and then fits amplitude, background and noise to those posteriors (Adam,
-    `steps` steps, on the analytic negative ELBO). The amortised encoder fits loosely, and a loose fit inflates the
-    noise and hides the granularity of single Pol II that fixes the amplitude. Returns the negative ELBO per frame
-    after each round."""
-    scalars = [self.log_amp, self.background, self.log_sigma]
-    with torch.no_grad():
-        a = self.encode(b)
-    out = []
-    for _ in range(rounds):
-        a = self.refine(b, a, refine_steps)
-        q = torch.sigmoid(a)
-        opt = torch.optim.Adam(scalars, lr=0.02)
-        for _ in range(steps):
-            loss = self.neg_elbo_of(b, q).sum() / b.obs.sum().clamp_min(1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        out.append(float(loss.detach()))
+def _em_round(self: EventVAE, b: MS2Batch, a: torch.Tensor, scalars: list, refine_steps: int, steps: int, sigma_start):
+    "Refine the posterior of `b` from logits `a`, then fit `scalars` to it: (logits, negative ELBO per frame after)."
+    a = self.refine(b, a, refine_steps, sigma_start=sigma_start)
+    q, n = torch.sigmoid(a), b.obs.sum().clamp_min(1)
+    opt = torch.optim.Adam(scalars, lr=0.02)
+    for _ in range(steps):
+        loss = self.neg_elbo_of(b, q).sum() / n
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     self.zero_grad(set_to_none=True)
-    return out
+    with torch.no_grad():
+        return a, float(self.neg_elbo_of(b, q).sum() / n)
+
+
+@patch
+def polish(
+    self: EventVAE,
+    b: MS2Batch,
+    rounds: int,
+    refine_steps: int = 50,
+    steps: int = 50,
+    amp_factors: tuple = (1.0,),
+    sigma_start: float | None = None,
+) -> list:
+    """Semi-amortised EM on the decoder's scale after training, with the amplitude profiled. For each multiple in
+    `amp_factors` of the trained amplitude: `rounds` rounds of (refine every trace's posterior from the encoder's
+    logits, annealed from `sigma_start`; fit background and noise to it, Adam, `steps` steps) at that amplitude. The
+    amplitude with the lowest negative ELBO is kept with its background and noise, and one more round fits all three.
+    Gradient steps alone do not move the amplitude far: its optimum lies across placements of the loadings that the
+    posterior reaches only once the scale is near. Returns the profile, a `PolishStep` per point, the final fit last."""
+    with torch.no_grad():
+        a0 = self.encode(b)
+    trained = {name: p.detach().clone() for name, p in self.named_parameters() if name in ("background", "log_sigma")}
+    amp0, profile, best = float(self.log_amp.detach().exp()), [], None
+    for factor in amp_factors:
+        with torch.no_grad():
+            self.log_amp.fill_(math.log(amp0 * factor))
+            self.background.copy_(trained["background"])
+            self.log_sigma.copy_(trained["log_sigma"])
+        a = a0
+        for _ in range(rounds):
+            a, value = self._em_round(b, a, [self.background, self.log_sigma], refine_steps, steps, sigma_start)
+        profile.append(PolishStep(amp0 * factor, value, False))
+        if best is None or value < best[0]:
+            best = (value, a, [p.detach().clone() for p in (self.log_amp, self.background, self.log_sigma)])
+    with torch.no_grad():
+        for p, v in zip((self.log_amp, self.background, self.log_sigma), best[2]):
+            p.copy_(v)
+    scalars = [self.log_amp, self.background, self.log_sigma]
+    _, value = self._em_round(b, best[1], scalars, refine_steps, steps, sigma_start)
+    profile.append(PolishStep(float(self.log_amp.detach().exp()), value, True))
+    return profile
 
 # %% ../nbs/04_vae.ipynb #ecb5fd62
 class EventPosterior(NamedTuple):
@@ -559,7 +625,15 @@ def fit(self: MS2EventModel, arrays: TraceArrays, val: TraceArrays | None = None
         if best is None or elbo > best[0]:
             best = (elbo, model, history)
     _, self.model_, self.history_ = best
-    self.polish_ = self.model_.polish(train_b.to(cfg.device), cfg.polish_rounds) if cfg.polish_rounds else []
+    self.polish_ = []
+    if cfg.polish_rounds:
+        self.polish_ = self.model_.polish(
+            train_b.to(cfg.device),
+            cfg.polish_rounds,
+            refine_steps=max(cfg.refine_steps, 50),
+            amp_factors=cfg.polish_amp_factors,
+            sigma_start=cfg.refine_sigma_start,
+        )
     return self
 
 # %% ../nbs/04_vae.ipynb #f4cddbaf
@@ -574,7 +648,7 @@ def transform(self: MS2EventModel, arrays: TraceArrays, batch_size: int = 64) ->
         with torch.no_grad():
             a = self.model_.encode(part)
         if self.cfg.refine_steps:
-            a = self.model_.refine(part, a, self.cfg.refine_steps)
+            a = self.model_.refine(part, a, self.cfg.refine_steps, sigma_start=self.cfg.refine_sigma_start)
         with torch.no_grad():
             q = torch.sigmoid(a)
             qs.append(q[:, pre * U :].cpu().numpy())
@@ -908,3 +982,48 @@ def events_table(
         model = MS2EventModel(cfg, **changes).fit(arrays)
     table = model.transform(arrays).to_frame()
     return table[arrays.present.ravel()].reset_index(drop=True), model
+
+# %% ../nbs/04_vae.ipynb #a3e5c0d1
+def neg_elbo_with_decoder(
+    model: MS2EventModel,
+    arrays: TraceArrays,
+    amplitude: float | None = None,
+    background: float | None = None,
+    sigma_ms2: float | None = None,
+    start_loadings: np.ndarray | None = None,
+    steps: int = 300,
+) -> tuple[float, np.ndarray]:
+    """Mean-field negative ELBO per observed frame (nats, data units) of `arrays` under the fitted `model` with its
+    decoder's amplitude, background and noise replaced by the values given (data units; None keeps the fitted one), the
+    posterior refined for `steps` from the encoder's logits (annealed) or from `start_loadings` (counts per fine bin
+    [B, T·U], e.g. the simulator's true loadings; not annealed). Returns (negative ELBO per frame, expected loadings [B, T]): to tell
+    an optimum of the ELBO from a failure to reach it. The model itself is not changed."""
+    model._check_fitted(arrays)
+    vae, scale, U, pre = copy.deepcopy(model.model_), model.scale_, model.cfg.upsample, model.pre_frames_
+    with torch.no_grad():
+        if amplitude is not None:
+            vae.log_amp.fill_(math.log(amplitude / scale))
+        if background is not None:
+            vae.background.fill_((background - model.offset_) / scale)
+        if sigma_ms2 is not None:
+            vae.log_sigma.fill_(math.log(sigma_ms2 / scale))
+    b = model._batch(arrays).to(model.cfg.device)
+    if start_loadings is None:
+        with torch.no_grad():
+            a = vae.encode(b)
+    else:
+        q0 = np.clip(np.asarray(start_loadings, float), 0.02, 0.98)
+        if q0.shape != (arrays.n_traces, arrays.n_frames * U):
+            raise ValueError(
+                f"start_loadings must be [B, T·U] = {(arrays.n_traces, arrays.n_frames * U)}, got {q0.shape}"
+            )
+        q0 = np.pad(q0, ((0, 0), (pre * U, 0)), constant_values=0.02)
+        a = torch.tensor(np.log(q0 / (1 - q0)), dtype=b.y.dtype, device=b.y.device)
+    # from the encoder's loose start the refinement anneals the noise; from a given start it stays local (annealing
+    # would first blur a start that is already sharp)
+    a = vae.refine(b, a, steps, sigma_start=model.cfg.refine_sigma_start if start_loadings is None else None)
+    with torch.no_grad():
+        q = torch.sigmoid(a)
+        value = float(vae.neg_elbo_of(b, q).sum() / b.obs.sum().clamp_min(1)) + math.log(scale)
+    loads = q[:, pre * U :].reshape(q.shape[0], -1, U).sum(-1).cpu().numpy().astype(float)
+    return value, loads
