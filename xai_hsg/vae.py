@@ -217,6 +217,9 @@ class VAEConfig:
     # refinement and polish anneal the objective's noise from this value (scaled MS2: the 5–99% spread is 1) down to the
     # model's: at a small noise a loose start is stuck between loading placements (0: no annealing)
     refine_sigma_start: float = 1.0
+    # where refinement starts at transform: 'encoder' (its logits, annealed) or 'best' (that and the deconvolution
+    # start, `EventVAE.deconvolution_logits`, refined locally; per trace the lower negative ELBO kept)
+    refine_start: str = "best"
     # polish: the amplitude is profiled over these multiples of the trained one, the best negative ELBO kept
     polish_amp_factors: tuple = (0.75, 1.0, 1.5, 2.0, 3.0)
     seed: int = 0
@@ -240,6 +243,8 @@ class VAEConfig:
             raise ValueError("kl_warmup must be in [0, 1]")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
+        if self.refine_start not in ("encoder", "best"):
+            raise ValueError(f"refine_start must be 'encoder' or 'best', got {self.refine_start!r}")
         if not self.refine_sigma_start >= 0:
             raise ValueError(f"refine_sigma_start must be >= 0, got {self.refine_sigma_start!r}")
         self.polish_amp_factors = tuple(float(f) for f in np.atleast_1d(self.polish_amp_factors))
@@ -416,6 +421,24 @@ def refine(
     return (LOGIT_BOUND * torch.tanh(a / LOGIT_BOUND)).detach()
 
 # %% ../nbs/04_vae.ipynb #ac5bdd78
+@patch
+def deconvolution_logits(self: EventVAE, b: MS2Batch) -> torch.Tensor:
+    """Logits [B, T'·U] of a posterior start that does not depend on the encoder: per trace, non-negative least squares
+    of (y − background)/A on the decoder's own fine-grid kernel (scipy), clipped to [0.02, 0.98] as loading
+    probabilities. Near the optimum when the amplitude is right, whatever the encoder learned."""
+    n_fine = b.y.shape[1] * self.cfg.upsample
+    with torch.no_grad():
+        eye = torch.eye(n_fine, dtype=b.y.dtype, device=b.y.device)
+        design = convolve_fine(eye, self.kernel(), self.lag_min, self.cfg.upsample).T.cpu().double().numpy()  # [T', N]
+        target = ((b.y - self.background) / self.log_amp.exp()).cpu().double().numpy()
+    obs = b.obs.cpu().numpy()
+    x = np.zeros((b.y.shape[0], n_fine))
+    for i in np.flatnonzero(obs.any(1)):
+        x[i] = nnls(design[obs[i]], target[i, obs[i]], maxiter=20 * n_fine)[0]
+    q = np.clip(x, 0.02, 0.98)
+    return torch.tensor(np.log(q / (1 - q)), dtype=b.y.dtype, device=b.y.device)
+
+
 class PolishStep(NamedTuple):
     "One point of `EventVAE.polish`'s amplitude profile: amplitude (scaled units), negative ELBO per frame, kept."
 
@@ -451,26 +474,36 @@ def polish(
     sigma_start: float | None = None,
 ) -> list:
     """Semi-amortised EM on the decoder's scale after training, with the amplitude profiled. For each multiple in
-    `amp_factors` of the trained amplitude: `rounds` rounds of (refine every trace's posterior from the encoder's
-    logits, annealed from `sigma_start`; fit background and noise to it, Adam, `steps` steps) at that amplitude. The
-    amplitude with the lowest negative ELBO is kept with its background and noise, and one more round fits all three.
-    Gradient steps alone do not move the amplitude far: its optimum lies across placements of the loadings that the
-    posterior reaches only once the scale is near. Returns the profile, a `PolishStep` per point, the final fit last."""
-    with torch.no_grad():
-        a0 = self.encode(b)
+    `amp_factors` of the trained amplitude: `rounds` rounds of (refine every trace's posterior, the first time from the
+    deconvolution start at that amplitude, `deconvolution_logits`; fit background and noise to it, Adam, `steps`
+    steps). The grid is then refined once (the geometric midpoints between the best multiple and its neighbours); the
+    amplitude with the lowest negative ELBO is kept with its background and noise, and one more round fits all three. Gradient steps alone do not move the amplitude far: its optimum lies across placements of the loadings
+    that the posterior reaches only from a start near them, which neither the encoder's logits nor annealing gave
+    (notebook 04's check). `sigma_start` anneals the refinement (None: local). Returns the profile, a `PolishStep` per
+    point, the final fit last."""
     trained = {name: p.detach().clone() for name, p in self.named_parameters() if name in ("background", "log_sigma")}
     amp0, profile, best = float(self.log_amp.detach().exp()), [], None
-    for factor in amp_factors:
+
+    def at(factor):  # the profile's point at amp0 · factor
+        nonlocal best
         with torch.no_grad():
             self.log_amp.fill_(math.log(amp0 * factor))
             self.background.copy_(trained["background"])
             self.log_sigma.copy_(trained["log_sigma"])
-        a = a0
+        a = self.deconvolution_logits(b)
         for _ in range(rounds):
             a, value = self._em_round(b, a, [self.background, self.log_sigma], refine_steps, steps, sigma_start)
         profile.append(PolishStep(amp0 * factor, value, False))
         if best is None or value < best[0]:
-            best = (value, a, [p.detach().clone() for p in (self.log_amp, self.background, self.log_sigma)])
+            best = (value, a, [p.detach().clone() for p in (self.log_amp, self.background, self.log_sigma)], factor)
+
+    grid = sorted(amp_factors)
+    for factor in grid:
+        at(factor)
+    i = grid.index(best[3])  # then the geometric midpoints to the best point's neighbours
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(grid):
+            at(math.sqrt(grid[i] * grid[j]))
     with torch.no_grad():
         for p, v in zip((self.log_amp, self.background, self.log_sigma), best[2]):
             p.copy_(v)
@@ -632,7 +665,6 @@ def fit(self: MS2EventModel, arrays: TraceArrays, val: TraceArrays | None = None
             cfg.polish_rounds,
             refine_steps=max(cfg.refine_steps, 50),
             amp_factors=cfg.polish_amp_factors,
-            sigma_start=cfg.refine_sigma_start,
         )
     return self
 
@@ -649,6 +681,13 @@ def transform(self: MS2EventModel, arrays: TraceArrays, batch_size: int = 64) ->
             a = self.model_.encode(part)
         if self.cfg.refine_steps:
             a = self.model_.refine(part, a, self.cfg.refine_steps, sigma_start=self.cfg.refine_sigma_start)
+            if self.cfg.refine_start == "best":  # per trace, the start whose refinement reaches the lower -ELBO
+                d = self.model_.refine(part, self.model_.deconvolution_logits(part), self.cfg.refine_steps)
+                with torch.no_grad():
+                    better = self.model_.neg_elbo_of(part, torch.sigmoid(d)) < self.model_.neg_elbo_of(
+                        part, torch.sigmoid(a)
+                    )
+                a = torch.where(better[:, None], d, a)
         with torch.no_grad():
             q = torch.sigmoid(a)
             qs.append(q[:, pre * U :].cpu().numpy())
