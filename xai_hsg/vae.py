@@ -449,10 +449,12 @@ class PolishStep(NamedTuple):
 
 @patch
 def _em_round(self: EventVAE, b: MS2Batch, a: torch.Tensor, scalars: list, refine_steps: int, steps: int, sigma_start):
-    "Refine the posterior of `b` from logits `a`, then fit `scalars` to it: (logits, negative ELBO per frame after)."
+    """Refine the posterior of `b` from logits `a`, then fit `scalars` and the prior's rates to it (the rates learned
+    with another amplitude would misread the state): (logits, negative ELBO per frame after)."""
     a = self.refine(b, a, refine_steps, sigma_start=sigma_start)
     q, n = torch.sigmoid(a), b.obs.sum().clamp_min(1)
-    opt = torch.optim.Adam(scalars, lr=0.02)
+    prior = [getattr(self, name) for name in FAST_PARAMETERS]
+    opt = torch.optim.Adam([{"params": scalars}, {"params": prior, "lr": 0.05}], lr=0.02)
     for _ in range(steps):
         loss = self.neg_elbo_of(b, q).sum() / n
         opt.zero_grad()
@@ -481,21 +483,22 @@ def polish(
     that the posterior reaches only from a start near them, which neither the encoder's logits nor annealing gave
     (notebook 04's check). `sigma_start` anneals the refinement (None: local). Returns the profile, a `PolishStep` per
     point, the final fit last."""
-    trained = {name: p.detach().clone() for name, p in self.named_parameters() if name in ("background", "log_sigma")}
+    kept = ("background", "log_sigma", *FAST_PARAMETERS)  # reset to the trained values at each point of the profile
+    trained = {name: p.detach().clone() for name, p in self.named_parameters() if name in kept}
     amp0, profile, best = float(self.log_amp.detach().exp()), [], None
 
     def at(factor):  # the profile's point at amp0 · factor
         nonlocal best
         with torch.no_grad():
             self.log_amp.fill_(math.log(amp0 * factor))
-            self.background.copy_(trained["background"])
-            self.log_sigma.copy_(trained["log_sigma"])
+            for name, value in trained.items():
+                getattr(self, name).copy_(value)
         a = self.deconvolution_logits(b)
         for _ in range(rounds):
             a, value = self._em_round(b, a, [self.background, self.log_sigma], refine_steps, steps, sigma_start)
         profile.append(PolishStep(amp0 * factor, value, False))
         if best is None or value < best[0]:
-            best = (value, a, [p.detach().clone() for p in (self.log_amp, self.background, self.log_sigma)], factor)
+            best = (value, a, {name: getattr(self, name).detach().clone() for name in ("log_amp", *kept)}, factor)
 
     grid = sorted(amp_factors)
     for factor in grid:
@@ -505,8 +508,8 @@ def polish(
         if 0 <= j < len(grid):
             at(math.sqrt(grid[i] * grid[j]))
     with torch.no_grad():
-        for p, v in zip((self.log_amp, self.background, self.log_sigma), best[2]):
-            p.copy_(v)
+        for name, value in best[2].items():
+            getattr(self, name).copy_(value)
     scalars = [self.log_amp, self.background, self.log_sigma]
     _, value = self._em_round(b, best[1], scalars, refine_steps, steps, sigma_start)
     profile.append(PolishStep(float(self.log_amp.detach().exp()), value, True))
