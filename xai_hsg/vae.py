@@ -31,13 +31,13 @@ from .tracks import BURSTINFER_DT_S, TraceArrays, WideTraces, read_burstinfer_wi
 from .training import LoopConfig, train_loop
 
 # %% auto #0
-__all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'ANNEAL_FRACTION', 'FAST_PARAMETERS', 'EVENT_MODEL_WEIGHTS', 'EVENT_MODEL_CONFIG',
+__all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'FAST_PARAMETERS', 'ANNEAL_FRACTION', 'EVENT_MODEL_WEIGHTS', 'EVENT_MODEL_CONFIG',
            'USH_ENV', 'USH_TRACES', 'USH_POSTERIOR_OFFSET', 'USH_T_RISE_S', 'USH_T_PLATEAU_S', 'ms2_sim_params',
-           'fine_loading_counts', 'FineKernel', 'kernel_on_grid', 'convolve_fine', 'CausalBlock', 'CausalUNet1d',
-           'binary_concrete', 'bernoulli_entropy', 'chain_log_partition', 'chain_marginals', 'VAEConfig', 'MS2Batch',
-           'EventVAE', 'ELBOTerms', 'PolishStep', 'EventPosterior', 'MS2EventModel', 'nnls_deconvolve', 'CompoundFit',
-           'compound_hmm', 'match_events', 'score_events', 'find_ush_data', 'UshData', 'load_ush', 'compare_states',
-           'events_table', 'neg_elbo_with_decoder']
+           'fine_loading_counts', 'frame_sums', 'FineKernel', 'kernel_on_grid', 'convolve_fine', 'CausalBlock',
+           'CausalUNet1d', 'binary_concrete', 'bernoulli_entropy', 'chain_log_partition', 'chain_marginals',
+           'VAEConfig', 'MS2Batch', 'start_logits', 'EventVAE', 'ELBOTerms', 'PolishStep', 'EventPosterior',
+           'MS2EventModel', 'nnls_deconvolve', 'CompoundFit', 'compound_hmm', 'match_events', 'score_events',
+           'find_ush_data', 'UshData', 'load_ush', 'compare_states', 'events_table', 'neg_elbo_with_decoder']
 
 # %% ../nbs/04_vae.ipynb #4bfb9c77
 MS2_REGIMES = {
@@ -61,6 +61,11 @@ def fine_loading_counts(sim: SimResult, upsample: int = 1) -> np.ndarray:
     dt, t0, F_ = float(sim.params.dt_s), float(sim.t_s[0]), sim.n_frames
     edges = t0 - dt / 2 + np.arange(F_ * upsample + 1) * dt / upsample
     return np.stack([np.histogram(t, edges)[0] for t in sim.loading_times_s]).astype(float)
+
+
+def frame_sums(fine: np.ndarray, upsample: int) -> np.ndarray:
+    "Per-frame totals [B, T] of a fine-grid array [B, T·U] (U = `upsample` bins per frame)."
+    return fine.reshape(fine.shape[0], -1, upsample).sum(-1)
 
 
 def _check_upsample(upsample: int) -> None:
@@ -279,8 +284,18 @@ class MS2Batch(NamedTuple):
 LOGIT_BOUND = 8.0  # |logit| of the posterior probabilities stays below this (q in [3e-4, 1 − 3e-4])
 
 
+FAST_PARAMETERS = ("logit_rho", "logit_switch", "logit_pi0")  # the prior's rates: a higher learning rate, refitted
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
+
+
+def start_logits(p: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Logits of loading probabilities `p` clipped to [0.02, 0.98] (dtype and device of `like`): a posterior start the
+    refinement can still move off (a probability of 0 or 1 would sit at the saturated ±LOGIT_BOUND)."""
+    q = np.clip(np.asarray(p, float), 0.02, 0.98)
+    return torch.tensor(np.log(q / (1 - q)), dtype=like.dtype, device=like.device)
 
 
 class EventVAE(nn.Module):
@@ -422,21 +437,30 @@ def refine(
 
 # %% ../nbs/04_vae.ipynb #ac5bdd78
 @patch
-def deconvolution_logits(self: EventVAE, b: MS2Batch) -> torch.Tensor:
-    """Logits [B, T'·U] of a posterior start that does not depend on the encoder: per trace, non-negative least squares
-    of (y − background)/A on the decoder's own fine-grid kernel (scipy), clipped to [0.02, 0.98] as loading
-    probabilities. Near the optimum when the amplitude is right, whatever the encoder learned."""
-    n_fine = b.y.shape[1] * self.cfg.upsample
+def decoder_design(self: EventVAE, n_frames: int) -> np.ndarray:
+    "The decoder's unit-amplitude response as a matrix [T', T'·U]: frame signal = design @ fine loadings."
+    n_fine = n_frames * self.cfg.upsample
     with torch.no_grad():
-        eye = torch.eye(n_fine, dtype=b.y.dtype, device=b.y.device)
-        design = convolve_fine(eye, self.kernel(), self.lag_min, self.cfg.upsample).T.cpu().double().numpy()  # [T', N]
+        eye = torch.eye(n_fine, dtype=self.log_amp.dtype, device=self.log_amp.device)
+        return convolve_fine(eye, self.kernel(), self.lag_min, self.cfg.upsample).T.cpu().double().numpy()
+
+
+@patch
+def deconvolution_logits(self: EventVAE, b: MS2Batch, design: np.ndarray | None = None) -> torch.Tensor:
+    """Logits [B, T'·U] of a posterior start that does not depend on the encoder: per trace, non-negative least squares
+    of (y − background)/A on the decoder's own fine-grid kernel (scipy; `design` from `decoder_design`, built here if
+    None), as loading probabilities (`start_logits`). Near the optimum when the amplitude is right, whatever the
+    encoder learned."""
+    design = self.decoder_design(b.y.shape[1]) if design is None else design
+    if design.shape[0] != b.y.shape[1]:
+        raise ValueError(f"design has {design.shape[0]} frames, the batch {b.y.shape[1]}")
+    with torch.no_grad():
         target = ((b.y - self.background) / self.log_amp.exp()).cpu().double().numpy()
     obs = b.obs.cpu().numpy()
-    x = np.zeros((b.y.shape[0], n_fine))
+    x = np.zeros((b.y.shape[0], design.shape[1]))
     for i in np.flatnonzero(obs.any(1)):
-        x[i] = nnls(design[obs[i]], target[i, obs[i]], maxiter=20 * n_fine)[0]
-    q = np.clip(x, 0.02, 0.98)
-    return torch.tensor(np.log(q / (1 - q)), dtype=b.y.dtype, device=b.y.device)
+        x[i] = nnls(design[obs[i]], target[i, obs[i]], maxiter=20 * design.shape[1])[0]
+    return start_logits(x, b.y)
 
 
 class PolishStep(NamedTuple):
@@ -486,6 +510,7 @@ def polish(
     kept = ("background", "log_sigma", *FAST_PARAMETERS)  # reset to the trained values at each point of the profile
     trained = {name: p.detach().clone() for name, p in self.named_parameters() if name in kept}
     amp0, profile, best = float(self.log_amp.detach().exp()), [], None
+    design = self.decoder_design(b.y.shape[1])  # the kernel's shape is not refitted here: one design for all points
 
     def at(factor):  # the profile's point at amp0 · factor
         nonlocal best
@@ -493,7 +518,7 @@ def polish(
             self.log_amp.fill_(math.log(amp0 * factor))
             for name, value in trained.items():
                 getattr(self, name).copy_(value)
-        a = self.deconvolution_logits(b)
+        a = self.deconvolution_logits(b, design)
         for _ in range(rounds):
             a, value = self._em_round(b, a, [self.background, self.log_sigma], refine_steps, steps, sigma_start)
         profile.append(PolishStep(amp0 * factor, value, False))
@@ -528,8 +553,7 @@ class EventPosterior(NamedTuple):
 
     def map_counts(self) -> np.ndarray:
         "Most probable loadings per frame [B, T]: fine bins with q > ½, summed over each frame."
-        B, T = self.p_on.shape
-        return (self.p_load_fine > 0.5).reshape(B, T, self.upsample).sum(-1).astype(float)
+        return frame_sums(self.p_load_fine > 0.5, self.upsample).astype(float)
 
     def to_frame(self) -> pd.DataFrame:
         "One row per frame: trace_id, t_s, expected_loadings, p_on."
@@ -571,9 +595,6 @@ def _scaling(ms2: np.ndarray) -> tuple[float, float]:
     if not hi > lo:
         raise ValueError("MS2 is constant (no transcription signal to explain)")
     return float(lo), float(hi - lo)
-
-
-FAST_PARAMETERS = ("logit_rho", "logit_switch", "logit_pi0")
 
 
 def _train_vae(cfg: VAEConfig, dt_s: float, amp0: float, train_b: MS2Batch, val_b: MS2Batch | None):
@@ -677,6 +698,7 @@ def transform(self: MS2EventModel, arrays: TraceArrays, batch_size: int = 64) ->
     "Posterior expected loadings and P(ON) per frame of `arrays` (the real frames; the padding dropped)."
     self._check_fitted(arrays)
     b, U, pre = self._batch(arrays), self.cfg.upsample, self.pre_frames_
+    design = self.model_.decoder_design(b.y.shape[1]) if self.cfg.refine_start == "best" else None
     qs, rs = [], []
     for i in range(0, b.y.shape[0], batch_size):
         part = b.subset(slice(i, i + batch_size)).to(self.cfg.device)
@@ -685,7 +707,7 @@ def transform(self: MS2EventModel, arrays: TraceArrays, batch_size: int = 64) ->
         if self.cfg.refine_steps:
             a = self.model_.refine(part, a, self.cfg.refine_steps, sigma_start=self.cfg.refine_sigma_start)
             if self.cfg.refine_start == "best":  # per trace, the start whose refinement reaches the lower -ELBO
-                d = self.model_.refine(part, self.model_.deconvolution_logits(part), self.cfg.refine_steps)
+                d = self.model_.refine(part, self.model_.deconvolution_logits(part, design), self.cfg.refine_steps)
                 with torch.no_grad():
                     better = self.model_.neg_elbo_of(part, torch.sigmoid(d)) < self.model_.neg_elbo_of(
                         part, torch.sigmoid(a)
@@ -696,9 +718,8 @@ def transform(self: MS2EventModel, arrays: TraceArrays, batch_size: int = 64) ->
             qs.append(q[:, pre * U :].cpu().numpy())
             rs.append(self.model_.p_on(q)[:, pre:].cpu().numpy())
     q = np.concatenate(qs).astype(float)
-    B, T = arrays.n_traces, arrays.n_frames
     return EventPosterior(
-        expected_loadings=q.reshape(B, T, U).sum(-1),
+        expected_loadings=frame_sums(q, U),
         p_on=np.concatenate(rs).astype(float),
         p_load_fine=q,
         trace_id=np.asarray(arrays.trace_id, dtype=object),
@@ -1054,18 +1075,17 @@ def neg_elbo_with_decoder(
         with torch.no_grad():
             a = vae.encode(b)
     else:
-        q0 = np.clip(np.asarray(start_loadings, float), 0.02, 0.98)
+        q0 = np.asarray(start_loadings, float)
         if q0.shape != (arrays.n_traces, arrays.n_frames * U):
             raise ValueError(
                 f"start_loadings must be [B, T·U] = {(arrays.n_traces, arrays.n_frames * U)}, got {q0.shape}"
             )
-        q0 = np.pad(q0, ((0, 0), (pre * U, 0)), constant_values=0.02)
-        a = torch.tensor(np.log(q0 / (1 - q0)), dtype=b.y.dtype, device=b.y.device)
+        a = start_logits(np.pad(q0, ((0, 0), (pre * U, 0))), b.y)
     # from the encoder's loose start the refinement anneals the noise; from a given start it stays local (annealing
     # would first blur a start that is already sharp)
     a = vae.refine(b, a, steps, sigma_start=model.cfg.refine_sigma_start if start_loadings is None else None)
     with torch.no_grad():
         q = torch.sigmoid(a)
         value = float(vae.neg_elbo_of(b, q).sum() / b.obs.sum().clamp_min(1)) + math.log(scale)
-    loads = q[:, pre * U :].reshape(q.shape[0], -1, U).sum(-1).cpu().numpy().astype(float)
+    loads = frame_sums(q[:, pre * U :].cpu().numpy().astype(float), U)
     return value, loads
