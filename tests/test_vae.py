@@ -29,6 +29,7 @@ from xai_hsg.vae import (
     ms2_sim_params,
     nnls_deconvolve,
     score_events,
+    state_posterior_from_loadings,
 )
 
 torch.set_num_threads(1)
@@ -341,3 +342,24 @@ def test_compound_hmm_reuses_the_marginal_model(sim):
     assert fit.p_on.shape == (4, 90) and np.isfinite(fit.p_on).all()
     assert fit.params["sigma_ms2"] == pytest.approx(sim.params.sigma_ms2, rel=0.3)
     assert score_events(fit.expected_loadings, fit.p_on, arr.subset(np.arange(8, 12)))["state_f1"] > 0.6
+
+
+def test_state_posterior_from_loadings_matches_enumeration_of_every_promoter_path():
+    import itertools
+
+    counts = np.array([[0.0, 2.0, 0.0, 1.0, 0.0]])
+    dt, k_on, k_off, nu_on, nu_off = 30.0, 1 / 300, 1 / 120, 1 / 60, 1 / 600
+    p01, p10 = 1 - math.exp(-k_on * dt), 1 - math.exp(-k_off * dt)
+    trans = np.array([[1 - p01, p01], [p10, 1 - p10]])
+    start = np.array([k_off, k_on]) / (k_on + k_off)
+    lam = np.array([nu_off, nu_on]) * dt
+    weight, on = 0.0, np.zeros(5)
+    for path in itertools.product((0, 1), repeat=5):
+        w = start[path[0]] * np.prod([trans[a, b] for a, b in zip(path, path[1:])])
+        w *= np.prod([lam[s] ** n * math.exp(-lam[s]) / math.factorial(int(n)) for s, n in zip(path, counts[0])])
+        weight += w
+        on += w * np.array(path)
+    post = state_posterior_from_loadings(counts, dt, k_on, k_off, nu_on, nu_off)
+    np.testing.assert_allclose(post[0], on / weight, rtol=1e-9)
+    with pytest.raises(ValueError, match="nu_on_per_s > nu_off_per_s"):
+        state_posterior_from_loadings(counts, dt, k_on, k_off, nu_on_per_s=0.0)

@@ -845,4 +845,5 @@ d = { 'settings': { 'branch': 'main',
                              'xai_hsg.vae.neg_elbo_with_decoder': ('vae.html#neg_elbo_with_decoder', 'xai_hsg/vae.py'),
                              'xai_hsg.vae.nnls_deconvolve': ('vae.html#nnls_deconvolve', 'xai_hsg/vae.py'),
                              'xai_hsg.vae.score_events': ('vae.html#score_events', 'xai_hsg/vae.py'),
-                             'xai_hsg.vae.start_logits': ('vae.html#start_logits', 'xai_hsg/vae.py')}}}
+                             'xai_hsg.vae.start_logits': ('vae.html#start_logits', 'xai_hsg/vae.py'),
+                             'xai_hsg.vae.state_posterior_from_loadings': ('vae.html#state_posterior_from_loadings', 'xai_hsg/vae.py')}}}

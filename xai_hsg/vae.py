@@ -37,7 +37,8 @@ __all__ = ['MS2_REGIMES', 'LOGIT_BOUND', 'FAST_PARAMETERS', 'ANNEAL_FRACTION', '
            'CausalUNet1d', 'binary_concrete', 'bernoulli_entropy', 'chain_log_partition', 'chain_marginals',
            'VAEConfig', 'MS2Batch', 'start_logits', 'EventVAE', 'ELBOTerms', 'PolishStep', 'EventPosterior',
            'MS2EventModel', 'nnls_deconvolve', 'CompoundFit', 'compound_hmm', 'match_events', 'score_events',
-           'find_ush_data', 'UshData', 'load_ush', 'compare_states', 'events_table', 'neg_elbo_with_decoder']
+           'state_posterior_from_loadings', 'find_ush_data', 'UshData', 'load_ush', 'compare_states', 'events_table',
+           'neg_elbo_with_decoder']
 
 # %% ../nbs/04_vae.ipynb #4bfb9c77
 MS2_REGIMES = {
@@ -926,6 +927,34 @@ def score_events(
     else:
         out["state_f1"] = math.nan
     return out
+
+# %% ../nbs/04_vae.ipynb #d895fce8
+def state_posterior_from_loadings(
+    loadings: np.ndarray,
+    dt_s: float,
+    k_on_per_s: float,
+    k_off_per_s: float,
+    nu_on_per_s: float,
+    nu_off_per_s: float = 0.0,
+) -> np.ndarray:
+    """P(ON) per frame [B, T] given the loading counts per frame `loadings` [B, T] (Poisson, rate ν_on or ν_off per
+    second) and the two-state chain's switching rates: exact forward–backward at the frame level, stationary start.
+    With the simulator's counts and rates this is the state-F1 ceiling of any method that reads the state through the
+    loadings, as the VAE does (its loadings are inferred, not known)."""
+    n = np.asarray(loadings, float)
+    if n.ndim != 2 or not np.all(np.isfinite(n) & (n >= 0)):
+        raise ValueError("loadings must be [B, T] finite counts >= 0")
+    rates = np.array([nu_off_per_s, nu_on_per_s], float)
+    if not (dt_s > 0 and k_on_per_s > 0 and k_off_per_s > 0 and nu_on_per_s > nu_off_per_s >= 0):
+        raise ValueError("need dt_s, k_on_per_s, k_off_per_s > 0 and nu_on_per_s > nu_off_per_s >= 0")
+    lam = torch.tensor(np.maximum(rates * dt_s, 1e-12), dtype=torch.float64)
+    counts = torch.tensor(n, dtype=torch.float64)[..., None]
+    phi = counts * lam.log() - lam - torch.lgamma(counts + 1)  # log Poisson(n_t | state) [B, T, 2]
+    p01, p10 = -math.expm1(-k_on_per_s * dt_s), -math.expm1(-k_off_per_s * dt_s)
+    log_trans = torch.tensor([[1 - p01, p01], [p10, 1 - p10]], dtype=torch.float64).log()
+    on = k_on_per_s / (k_on_per_s + k_off_per_s)
+    log_init = torch.tensor([1 - on, on], dtype=torch.float64).log()
+    return chain_marginals(phi, log_trans, log_init).numpy()
 
 # %% ../nbs/04_vae.ipynb #7b7acfaf
 USH_ENV = "XAI_HSG_USH_DATA"
