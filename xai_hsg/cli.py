@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -392,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="csv", choices=["csv", "parquet"], help="tracks file format (default: csv)")
     p.add_argument("--out", required=True, help="output folder (new or empty): writes tracks.csv and truth.json")
     p.add_argument("--force", action="store_true", help="replace a folder that holds another run, as a whole")
-    p.set_defaults(func=_cmd_simulate, uses_torch=True)
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser(
         "fit-radius",
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a file whose units look implausible (frame step, distances, MS2) and list the problems",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file that is not an earlier fit")
-    p.set_defaults(func=_cmd_fit_radius, uses_torch=True)
+    p.set_defaults(func=_cmd_fit_radius)
 
     p = sub.add_parser(
         "events",
@@ -471,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.set_defaults(func=_cmd_events, uses_torch=True)
+    p.set_defaults(func=_cmd_events)
 
     p = sub.add_parser(
         "train-sae", parents=[common], help="train a sparse autoencoder on LM activations (SAELens layout)"
@@ -488,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_number(int, 1), default=1, help="CPU threads (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--seed", type=_number(int, 0), default=0)
-    p.set_defaults(func=_cmd_train_sae, uses_torch=True)
+    p.set_defaults(func=_cmd_train_sae)
     return parser
 
 
@@ -508,24 +510,50 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-@contextlib.contextmanager
-def _interrupts_held():
-    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was in place.
+def _torch_folder() -> str | None:
+    "The folder of the installed torch package (with a trailing separator), found without importing it."
+    spec = importlib.util.find_spec("torch")
+    return os.path.dirname(spec.origin) + os.sep if spec is not None and spec.origin else None
 
-    For importing torch: a KeyboardInterrupt raised inside its C++ initialisation escapes as a C++ exception and
-    aborts the process (`terminate called after throwing ... pybind11::error_already_set`, SIGABRT) instead of
-    ending it with status 130. Only the main thread may set handlers; an ignored SIGINT stays ignored."""
+
+@contextlib.contextmanager
+def _interrupts_outside_torch(retry_s: float = 0.02):
+    """Deliver Ctrl-C (SIGINT) as a KeyboardInterrupt only where no frame of torch is on the interrupted stack.
+
+    A KeyboardInterrupt raised in Python code that torch's C++ called (the import of torch, its lazy imports, autograd
+    callbacks) escapes as a C++ exception and aborts the process (`terminate called after throwing ...
+    pybind11::error_already_set`, SIGABRT) instead of ending it with status 130; inside an import of an extension
+    module (scipy's HiGHS) it becomes an ImportError. So while torch or an import is on the stack the
+    interrupt waits and is tried again `retry_s` later; it is raised in our own code, at the latest when the block ends.
+    Only the main thread may set handlers; an ignored SIGINT stays ignored."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield
         return
-    held = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    torch_folder, pending, active = _torch_folder(), threading.Event(), threading.Event()
+
+    def retry():
+        if active.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def handler(signum, frame):
+        while torch_folder and frame is not None:
+            if frame.f_code.co_filename.startswith((torch_folder, "<frozen importlib")):
+                pending.set()
+                threading.Timer(retry_s, retry).start()
+                return
+            frame = frame.f_back
+        pending.clear()
+        raise KeyboardInterrupt
+
+    active.set()
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
+        active.clear()
         signal.signal(signal.SIGINT, previous)
-        if held:
-            signal.raise_signal(signal.SIGINT)
+    if pending.is_set():
+        raise KeyboardInterrupt
 
 
 _INTERRUPTED = {
@@ -538,30 +566,32 @@ def main(argv: list[str] | None = None) -> int:
     "Run `xai-hsg`; returns the exit status (0 ok, 1 data or runtime error, 2 usage error, 130 interrupted)."
     import yaml
 
+    args = None
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as stop:  # argparse: --help (0) or a usage error (2), already printed as one line
-        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
-    command = f"xai-hsg {args.command}"
-    try:
-        if getattr(args, "uses_torch", False):
-            with _interrupts_held():
-                import torch  # noqa: F401  (imported here, where Ctrl-C is held, not in the middle of the command)
-        return args.func(args)
+        # the whole run, parsing included: some arguments' checks import torch (see `_interrupts_outside_torch`)
+        with _interrupts_outside_torch():
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as stop:  # argparse: --help (0) or a usage error (2), already printed as one line
+                return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+            return args.func(args)
     except KeyboardInterrupt:
-        if args.debug:
+        if args is not None and args.debug:
             raise
-        print(f"{command}: error: {_INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+        command = "xai-hsg" if args is None else f"xai-hsg {args.command}"
+        what = "interrupted" if args is None else _INTERRUPTED.get(args.command, "interrupted")
+        print(f"{command}: error: {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as err:
         if args.debug:
             raise
+        command = f"xai-hsg {args.command}"
         print(f"{command}: error: {_one_line(err)} (see {command} --help)", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, ValueError, RuntimeError, yaml.YAMLError) as err:
-        if args.debug:
+        if args is None or args.debug:
             raise
-        print(f"{command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"xai-hsg {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_DATA
 
 
