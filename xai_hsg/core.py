@@ -546,8 +546,8 @@ def atomic_folder(
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
     tmp = _temp_sibling(path)
-    tmp.mkdir()  # mode from the umask, as any folder
-    try:
+    try:  # the folder is made inside: an interrupt right after mkdir still removes it
+        tmp.mkdir()  # mode from the umask, as any folder
         yield tmp
         write_json_atomic(tmp / OUTPUT_MARKER, {"kind": marker, "xai_hsg_version": xai_hsg.__version__})
         if fsync:
