@@ -518,7 +518,7 @@ def _torch_folder() -> str | None:
 
 @contextlib.contextmanager
 def _interrupts_outside_torch(retry_s: float = 0.02):
-    """Deliver Ctrl-C (SIGINT) as a KeyboardInterrupt only where no frame of torch is on the interrupted stack.
+    """Deliver Ctrl-C (SIGINT) as a KeyboardInterrupt only where no frame of torch or of an import is on the stack.
 
     A KeyboardInterrupt raised in Python code that torch's C++ called (the import of torch, its lazy imports, autograd
     callbacks) escapes as a C++ exception and aborts the process (`terminate called after throwing ...
