@@ -423,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--emission-order",
         type=_number(int, 0),
-        default=2,
-        help="marginal model: MS2 frames conditioned on this many previous frames (default: 2)",
+        default=None,
+        help="marginal model: MS2 frames conditioned on this many previous frames "
+        "(default: max(2, kernel length in frames / 3), 4 at 30-s frames)",
     )
     p.add_argument(
         "--n-boot",

@@ -30,9 +30,9 @@ _LOG2PI = math.log(2 * math.pi)
 # %% auto #0
 __all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_weights', 'CompoundStates', 'compound_states', 'MarginalParams',
            'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
-           'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'MarginalFit',
-           'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'marginal_identifiability', 'write_states',
-           'fit_marginal', 'fit_radius_marginal']
+           'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start',
+           'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'marginal_identifiability',
+           'write_states', 'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -161,11 +161,12 @@ class MarginalParams:
 @dataclass(frozen=True)
 class MarginalConfig:
     """What the likelihood does not fit: the MS2 kernel (s), the emission's order p (0: independent frames; p ≥ 1: each
-    frame conditioned on the p frames before it), the compound window W and its truncation."""
+    frame conditioned on the p frames before it; None: from the kernel, `order_for`), the compound window W and its
+    truncation."""
 
     t_rise_s: float = 120.0
     t_plateau_s: float = 240.0
-    emission_order: int = 2  # p
+    emission_order: int | None = None  # p; None: max(2, ⌈L/3⌉), L the kernel's length in frames
     window: int | None = None  # W; None: L + p − 1 (the smallest that holds the p + 1 frames' kernels)
     max_switches: int | None = 2  # truncation (None: all 2^W states)
     max_states: int = 4096
@@ -174,14 +175,22 @@ class MarginalConfig:
     def __post_init__(self):
         if not (self.t_rise_s > 0 and self.t_plateau_s >= 0):
             raise ValueError("need t_rise_s > 0 and t_plateau_s >= 0")
-        if not (isinstance(self.emission_order, int) and 0 <= self.emission_order <= 8):
-            raise ValueError(f"emission_order must be an integer in [0, 8], got {self.emission_order!r}")
+        p = self.emission_order
+        if p is not None and not (isinstance(p, int) and 0 <= p <= 8):
+            raise ValueError(f"emission_order must be an integer in [0, 8] or None, got {p!r}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 or None, got {self.window}")
 
+    def order_for(self, dt_s: float) -> int:
+        "The emission order p at frame interval `dt_s`: `emission_order`, or max(2, ⌈L/3⌉) (≤ 8) when it is None."
+        if self.emission_order is not None:
+            return self.emission_order
+        n_lags = math.ceil((self.t_rise_s + self.t_plateau_s) / dt_s - 1e-9)
+        return min(max(2, math.ceil(n_lags / 3)), 8)
+
     def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates]:
         "The kernel tables at `dt_s` and the compound states (W ≥ L + p − 1: a transition's W + 1 bits hold p + 1 frames)."
-        p = self.emission_order
+        p = self.order_for(dt_s)
         kw = kernel_weights(dt_s, self.t_rise_s, self.t_plateau_s, max_lag=max(p, 1))
         need = max(kw.n_lags + p - 1, kw.n_lags, 1)
         W = self.window or need
@@ -218,8 +227,9 @@ class MarginalData(NamedTuple):
         ok = np.isfinite(ms2) & arrays.present
         terms = interval_terms(arrays, sigma_loc_nm, **terms_kw)
         y, y_obs = torch.as_tensor(np.where(ok, ms2, 0.0), dtype=torch.float64), torch.as_tensor(ok)
-        feats = emission_features(y, y_obs, cfg.emission_order)
-        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, cfg.emission_order, cfg.tied_initial)
+        p = cfg.order_for(arrays.dt_s)
+        feats = emission_features(y, y_obs, p)
+        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, p, cfg.tied_initial)
 
     def subset(self, idx) -> MarginalData:
         "The traces `idx` (a 1-D index tensor or array)."
@@ -393,6 +403,27 @@ def initial_params(
         float(r_c), float(k_on), float(k_off), float(a), float(A), max(sigma, 1e-3), init_on_odds=on0 / (1 - on0)
     )
 
+# %% ../nbs/03b_marginal.ipynb #5ca77a01
+def scan_radius_start(
+    data: MarginalData, arrays: TraceArrays, start: MarginalParams, n_grid: int = 9
+) -> MarginalParams:
+    """`start` with r_c moved to the best of `n_grid` radii spread over the observed distances (2nd–98th percentiles) and
+    `start`'s own (clipped to them), k_on rescaled at each so that the mean activation rate k_on·ḡ stays put."""
+    d = arrays.distance_nm[arrays.mask]
+    lo, hi = np.percentile(d, [2, 98])
+    radii = np.unique(np.r_[np.geomspace(lo, hi, n_grid), np.clip(start.r_c_nm, lo, hi)])
+    theta0 = start.to_log()
+    with torch.no_grad():
+        g0 = float(interval_gate(data, theta0[0]).mean())
+        best, best_ll = start, -math.inf
+        for r in radii:
+            ratio = min(g0 / max(float(interval_gate(data, theta0.new_tensor(math.log(r))).mean()), 1e-12), 1e4)
+            cand = MarginalParams(**{**start.to_dict(), "r_c_nm": float(r), "k_on_per_s": start.k_on_per_s * ratio})
+            ll = float(marginal_loglik(data, cand.to_log()).sum())
+            if ll > best_ll:
+                best, best_ll = cand, ll
+    return best
+
 # %% ../nbs/03b_marginal.ipynb #8a561f7e
 @dataclass(frozen=True)
 class MarginalFit:
@@ -431,7 +462,7 @@ class MarginalRadius:
         sigma_loc_nm: float,
         t_rise_s: float = 120.0,
         t_plateau_s: float = 240.0,
-        emission_order: int = 2,
+        emission_order: int | None = None,
         window: int | None = None,
         max_switches: int | None = 2,
         fit_nu_off: bool = False,
@@ -500,7 +531,7 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
     "Fit all free parameters to `arrays` (see the class docstring)."
     t0 = time.perf_counter()
     data = self._data(arrays)
-    self.start_ = self.start or initial_params(arrays, self.sigma_loc_nm, data.kernel)
+    self.start_ = self.start or scan_radius_start(data, arrays, initial_params(arrays, self.sigma_loc_nm, data.kernel))
     free = self._free()
     theta, self.n_evals_ = _lbfgs(data, self.start_.to_log(), free, self.max_iter)
     self.params_ = MarginalParams.from_log(theta)
@@ -510,6 +541,7 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
         ll = marginal_loglik(data, theta).sum()
     self.loglik_per_frame_ = float(ll) / max(int(data.y_obs.sum()), 1)
     self.n_states_, self.window_, self.dt_s_ = data.states.n_states, data.states.window, data.dt_s
+    self.emission_order_ = data.emission_order
     self.n_traces_, self.n_frames_ = arrays.n_traces, arrays.n_frames
     self.fit_seconds_ = time.perf_counter() - t0
     return self
@@ -555,7 +587,7 @@ def summary(self: MarginalRadius) -> MarginalFit:
         window=self.window_,
         max_switches=self.config.max_switches,
         n_states=self.n_states_,
-        emission_order=self.config.emission_order,
+        emission_order=self.emission_order_,
         n_traces=self.n_traces_,
         n_frames=self.n_frames_,
         n_evals=self.n_evals_,
@@ -737,7 +769,7 @@ def fit_marginal(
     sigma_loc_nm: float | None = None,
     t_rise_s: float = 120.0,
     t_plateau_s: float = 240.0,
-    emission_order: int = 2,
+    emission_order: int | None = None,
     max_switches: int | None = 2,
     ci: float = 0.9,
     test_fraction: float = 0.2,
