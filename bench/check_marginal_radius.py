@@ -4,7 +4,8 @@ on simulations whose polymer or contact the model does not assume.
 Each cell: simulate `--n` traces x `--frames` frames, write the tracks file, run `marginal.fit_radius_marginal` with
 σ_loc estimated (as the command does by default), and the truth-state MLE (`RadiusMLE`, σ_loc given) on the same data
 as the upper bound. One line of JSON per cell (printed as it finishes) and, with `--out`, all rows as a JSON list.
-Not identifiable verdicts are rows too. About 1-6 min per cell on 2 CPU cores at the defaults.
+Not identifiable verdicts are rows too. About 1-6 min per cell on 2 CPU cores at the defaults. `--cells limits`: r_c 5 nm
+and 3,000 nm (always in contact), which must come out not identifiable.
 
 `--cells grid` is the acceptance grid of the marginal model: r_c ∈ {60, 100, 150, 250} nm × σ_loc ∈ {0, 20, 40} nm ×
 3 seeds × two regimes (fast switching, ON periods of 5 min; the simulator's default, ON periods of 1 h), 30-s frames.
@@ -45,8 +46,13 @@ MISSPECIFIED = {
     "slower diffusion (D / 4)": dict(diffusion_nm2_per_s=2810.0 / 4),
 }
 
+# radii the data cannot determine (fast switching, 30-s frames, σ_loc 20 nm): the verdict must be "not identifiable"
+LIMITS = {
+    "r_c 5 nm (almost never in contact)": dict(dt_s=30.0, r_c_nm=5.0, k_off_per_s=1 / 300),
+    "r_c 3,000 nm (always in contact)": dict(dt_s=30.0, r_c_nm=3000.0, k_off_per_s=1 / 300),
+}
 
-SEEDS = {"own": 31, "misspecified": 41}  # simulation seed of each group (--seed overrides)
+SEEDS = {"own": 31, "misspecified": 41, "limits": 51}  # simulation seed of each group (--seed overrides)
 
 GRID_R_C_NM = (60.0, 100.0, 150.0, 250.0)
 GRID_SIGMA_LOC_NM = (0.0, 20.0, 40.0)
@@ -122,7 +128,9 @@ def _done(path: str | None) -> list[dict]:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cells", nargs="+", choices=["own", "misspecified", "grid"], default=["own", "misspecified"])
+    ap.add_argument(
+        "--cells", nargs="+", choices=["own", "misspecified", "limits", "grid"], default=["own", "misspecified"]
+    )
     ap.add_argument("--n", type=int, default=300, help="traces per cell")
     ap.add_argument("--frames", type=int, default=241)
     ap.add_argument("--seed", type=int, default=None, help=f"simulation seed (default: {SEEDS})")
@@ -141,7 +149,7 @@ def main(argv=None) -> list[dict]:
     rows = _done(args.jsonl)
     seen = {(r["group"], r["cell"], r["seed"]) for r in rows}
     todo = []
-    for group, cells in (("own", OWN), ("misspecified", MISSPECIFIED)):
+    for group, cells in (("own", OWN), ("misspecified", MISSPECIFIED), ("limits", LIMITS)):
         if group in args.cells:
             seed = SEEDS[group] if args.seed is None else args.seed
             todo += [(group, name, changes, seed) for name, changes in cells.items()]

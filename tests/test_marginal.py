@@ -22,6 +22,7 @@ from xai_hsg.marginal import (
     interval_gate,
     kernel_weights,
     marginal_loglik,
+    scan_radius_start,
     trapezoid_kernel,
 )
 from xai_hsg.radius import RadiusMLE
@@ -327,3 +328,30 @@ def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
     f1, f1_shuffled = res["posterior_state_f1"], res_shuffled["posterior_state_f1"]
     assert 0.5 < f1 <= 1 and f1 > f1_shuffled + 0.2, (f1, f1_shuffled)  # measured F1 0.67
     assert "posterior_state_f1" not in fit_marginal(arrays.replace(state=None), **kw)
+
+
+def test_emission_order_from_the_kernel_and_states_built_without_all_codes():
+    "Default order max(2, ⌈L/3⌉): 2 at 60-s, 4 at 30-s, 6 at 20-s frames (6-min kernel); a given order wins."
+    cfg = MarginalConfig()
+    assert [cfg.order_for(dt) for dt in (60.0, 30.0, 20.0)] == [2, 4, 6]
+    assert MarginalConfig(emission_order=1).order_for(30.0) == 1
+    assert MarginalData.from_arrays(tiny_arrays(dt=30.0), 20.0, cfg).emission_order == 4
+    for window, m in [(5, 0), (9, 2), (12, 3), (7, None)]:  # the truncated codes, built from switch positions
+        codes = np.arange(2**window)
+        bits = (codes[:, None] >> np.arange(window)) & 1
+        n_switch = (bits[:, 1:] != bits[:, :-1]).sum(1)
+        want = codes if m is None else codes[n_switch <= m]
+        np.testing.assert_array_equal(compound_states(window, m).codes, want)
+    assert compound_states(23, 2).n_states == 2 * (1 + 22 + 231)
+
+
+def test_start_far_above_every_distance_is_scanned_back():
+    "A start where the gate is 1 everywhere (no gradient in r_c) moves into the distances and raises the likelihood."
+    arrays = sim60(40, seed=5)
+    data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig())
+    far = MarginalParams(5000.0, 1e-3, 1 / 600, 0.005, 0.5, 1.0)
+    moved = scan_radius_start(data, arrays, far)
+    d = arrays.distance_nm[arrays.mask]
+    assert np.percentile(d, 2) - 1e-9 <= moved.r_c_nm <= np.percentile(d, 98) + 1e-9
+    with torch.no_grad():
+        assert marginal_loglik(data, moved.to_log()).sum() > marginal_loglik(data, far.to_log()).sum()

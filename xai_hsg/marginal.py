@@ -7,7 +7,10 @@ forward algorithm in torch, and `MarginalRadius`, which fits r_c, the switching 
 # %% ../nbs/03b_marginal.ipynb #1cb020b9
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import operator
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -103,13 +106,18 @@ def compound_states(window: int, max_switches: int | None = None) -> CompoundSta
         raise ValueError(f"window must be in [1, 24], got {window}")
     if max_switches is not None and max_switches < 0:
         raise ValueError(f"max_switches must be >= 0 or None, got {max_switches}")
-    codes = np.arange(2**window, dtype=np.int64)
+    if max_switches is None or max_switches >= window - 1:
+        codes = np.arange(2**window, dtype=np.int64)
+    else:  # from the switch positions (bit i differs from bit i − 1), never all 2^W codes (W = 23: 8M rows)
+        full = 2**window - 1
+        masks = [
+            functools.reduce(operator.xor, (full - (2**pos - 1) for pos in at), 0)
+            for k in range(max_switches + 1)
+            for at in itertools.combinations(range(1, window), k)
+        ]
+        codes = np.unique(np.array([m ^ b for m in masks for b in (0, full)], dtype=np.int64))
     bits = (codes[:, None] >> np.arange(window)) & 1
     older, newer = bits[:, 1:], bits[:, :-1]
-    n_switch = (older != newer).sum(1)
-    if max_switches is not None:
-        keep = n_switch <= max_switches
-        codes, bits, older, newer = codes[keep], bits[keep], older[keep], newer[keep]
     index = np.full(2**window, len(codes), np.int64)
     index[codes] = np.arange(len(codes))
     pred = np.stack([index[(codes >> 1) | (b << (window - 1))] for b in (0, 1)], 1)
@@ -199,10 +207,11 @@ class MarginalConfig:
                 f"window {W} is too short for the kernel ({kw.n_lags} frames of {dt_s} s) and emission order {p}: "
                 f"need W >= {need}"
             )
-        cs = compound_states(W, self.max_switches)
-        if cs.n_states > self.max_states:
-            raise ValueError(f"{cs.n_states} compound states > max_states={self.max_states}: set max_switches")
-        return kw, cs
+        m = W - 1 if self.max_switches is None else min(self.max_switches, W - 1)
+        n_states = 2 * sum(math.comb(W - 1, k) for k in range(m + 1))  # checked before any is built
+        if n_states > self.max_states:
+            raise ValueError(f"{n_states} compound states > max_states={self.max_states}: set max_switches")
+        return kw, compound_states(W, self.max_switches)
 
 # %% ../nbs/03b_marginal.ipynb #e265d914
 class MarginalData(NamedTuple):
@@ -329,17 +338,23 @@ def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch
     return logp, init, torch.stack([torch.log1p(-pi_on), torch.log(pi_on)], -1)
 
 # %% ../nbs/03b_marginal.ipynb #6736342f
-def _transition_logw(data: MarginalData, theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """log[P(s_t | s_{t−1})·p(y_t | y_{t−1..t−q}, c, c′)] of every kept transition c = pred[c′, j] → c′ at every frame
-    t ≥ 1: [B, T−1, N, 2]; the emission is one matrix product (`emission_features` × `emission_coefficients`)."""
+def _transition_tables(data: MarginalData, theta: torch.Tensor, logp: torch.Tensor):
+    """What one forward step needs, per kept transition c = pred[c′, j] → c′ in column 2c′ + j: the coefficients of the
+    data features and of the four step log-probabilities [F + 4, 2N] (so that features·coefficients is log[P(s_t |
+    s_{t−1})·p(y_t | y_{t−1..t−q}, c, c′)]), the features with the step log-probabilities appended [B, T−1, F + 4],
+    the predecessor of each column [2N] and a bias [2N] (0, or −inf where the predecessor was not kept)."""
     cs = data.states
     N = cs.n_states
-    logp, _, _ = _step_logp(theta, g, data.dt_s)
+    pred = torch.as_tensor(cs.pred)
     bits = torch.as_tensor(cs.bits)
-    s_prev = torch.cat([bits[:, 0], bits.new_zeros(1)]).long()[torch.as_tensor(cs.pred)]  # newest bit of c
-    step = logp[..., (2 * s_prev + bits[:, :1].long()).reshape(-1)]  # [B, T−1, 2N]: (s_{t−1}, s_t)
-    coef = emission_coefficients(data, theta)
-    return (step + data.features @ coef.reshape(len(coef), 2 * N)).reshape(*data.features.shape[:2], N, 2)
+    s_prev = torch.cat([bits[:, 0], bits.new_zeros(1)]).long()[pred]  # newest bit of c
+    step = (2 * s_prev + bits[:, :1].long()).reshape(-1)  # [2N] index 2·s_{t−1} + s_t
+    one_hot = torch.nn.functional.one_hot(step, 4).T.to(theta.dtype)  # [4, 2N]
+    coef = torch.cat([emission_coefficients(data, theta).reshape(-1, 2 * N), one_hot])
+    feats = torch.cat([data.features, logp], -1)
+    kept = pred.reshape(-1) < N
+    bias = torch.where(kept, 0.0, -math.inf).to(theta.dtype)
+    return coef, feats, torch.where(kept, pred.reshape(-1), 0), bias
 
 
 def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
@@ -348,7 +363,7 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
     their gradient is the posterior of the compound states (`posterior_compound`)."""
     cs = data.states
     g = interval_gate(data, theta[0])
-    _, init, log_pi = _step_logp(theta, g, data.dt_s)
+    logp, init, log_pi = _step_logp(theta, g, data.dt_s)
     if not data.tied_initial:  # a free initial law: starting ON carries no weight on r_c
         log_pi = torch.stack(
             [torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])]
@@ -358,13 +373,16 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
     bits = torch.as_tensor(cs.bits)
     alpha = log_pi[:, bits[:, -1].long()] + init @ torch.as_tensor(cs.step_counts).T  # [B, N]: the W bits before t = 1
     alpha = alpha + torch.where(data.y_obs[:, :1], _normal_logpdf(data.y[:, :1], m0, v0), 0.0)
-    phi = [0.0] * data.y.shape[1] if potentials is None else potentials.unbind(1)
-    alpha = alpha + phi[0]
-    pred0, pred1 = (torch.as_tensor(cs.pred[:, j]) for j in (0, 1))
-    pad = alpha.new_full((len(alpha), 1), -math.inf)  # index N: a dropped predecessor
-    for t, w in enumerate(_transition_logw(data, theta, g).unbind(1), 1):  # unbind: one gradient buffer, not T
-        a = torch.cat([alpha, pad], 1)
-        alpha = torch.logaddexp(a.index_select(1, pred0) + w[..., 0], a.index_select(1, pred1) + w[..., 1]) + phi[t]
+    phi = None if potentials is None else potentials.unbind(1)
+    if phi is not None:
+        alpha = alpha + phi[0]
+    coef, feats, pred, bias = _transition_tables(data, theta, logp)
+    B, N = alpha.shape
+    for t, x in enumerate(feats.unbind(1), 1):  # one step's transitions at a time: no [B, T, 2N] tensor
+        a = (alpha.index_select(1, pred) + torch.addmm(bias, x, coef)).view(B, N, 2)
+        alpha = torch.logaddexp(a[..., 0], a[..., 1])
+        if phi is not None:
+            alpha = alpha + phi[t]
     return torch.logsumexp(alpha, -1)
 
 # %% ../nbs/03b_marginal.ipynb #9e1d3818
