@@ -162,6 +162,10 @@ def test_pretrain_mlm_runs_and_reports(tok):
     "A corpus of three repeated 24-bp units: few distinct 6-mers, so the masked-token loss must fall fast."
     units = ["".join(np.random.default_rng(100 + k).choice(list("ACGT"), 24)) for k in range(3)]
     seqs = [units[i % 3] * 12 for i in range(12)]
+    es = embed.make_eval_set(tok, seqs[10:], max_tokens=33, seed=1)  # the held-out masks pretrain_mlm draws
+    groups = np.where(es.masked_seq == 0, "first", "second")
+    with pytest.raises(ValueError, match="eval_groups has 1 labels"):
+        embed.pretrain_mlm(seqs[:10], seqs[10:], config="tiny", steps=1, max_tokens=33, eval_groups=["x"])
     res = embed.pretrain_mlm(
         seqs[:10],
         seqs[10:],
@@ -174,6 +178,7 @@ def test_pretrain_mlm_runs_and_reports(tok):
         device="cpu",
         progress=False,
         seed=0,
+        eval_groups=groups,
     )
     h = res.history
     assert set(h["split"]) == {"train", "heldout"} and h["step"].max() == 20
@@ -184,6 +189,11 @@ def test_pretrain_mlm_runs_and_reports(tok):
     held = h[h["split"] == "heldout"]["loss"].to_numpy()
     assert held[-1] < held[0] - 1.0, held
     assert (np.diff(h["tokens_seen"].to_numpy()) >= 0).all() and res.metrics["tokens_seen"] == h["tokens_seen"].max()
+    # per-group curves: each group's loss is the mean over its own masked tokens, and they recombine to the total
+    last = h[h["split"] == "heldout"].iloc[-1]
+    n = {g: int((groups == g).sum()) for g in ("first", "second")}
+    total = (last["loss:first"] * n["first"] + last["loss:second"] * n["second"]) / sum(n.values())
+    assert np.isclose(total, last["loss"], rtol=1e-5) and 0 <= last["accuracy:first"] <= 1
 
 
 # -- hidden-state store -------------------------------------------------------------------------------------

@@ -169,10 +169,38 @@ def test_prokaryote_annotation_is_consistent():
     assert not (t["intergenic"] & t["cds"]).any() and (t["intergenic"] | t["cds"]).all()
     assert t["codon_pos_1"][f[(f.concept == "start_codon") & (f.strand == "+")].start.to_numpy()].all()
     assert (f[f.concept == "rbs"].shape[0]) > 0.5 * len(cds)
-    with pytest.raises(ValueError, match="outside the genome"):
+    with pytest.raises(ValueError, match="is outside"):
         genome.prokaryote("NCTC11397_100kb", region=(0, 10**7))
     with pytest.raises(ValueError, match="unknown genome"):
         genome.prokaryote("E_coli")
+
+
+def test_token_codon_frame_reads_the_gene_strand():
+    "Frame k = codon position of the token's 5' base on the gene's strand; 0 outside or across a CDS end."
+    ss = genome.prokaryote("NCTC11397_100kb")
+    sid = ss.ids[0]
+    seq = ss.sequence(sid)
+    cds = ss.features[ss.features.concept == "cds"]
+    plus, minus = cds[cds.strand == "+"].iloc[2], cds[cds.strand == "-"].iloc[2]
+    a, b = int(plus.start), int(minus.end)
+    got = genome.token_codon_frame(
+        ss,
+        sid,
+        [a + 3 * j + r for j in (0, 5) for r in (0, 1, 2)],
+        [a + 3 * j + r + 6 for j in (0, 5) for r in (0, 1, 2)],
+    )
+    assert got.tolist() == [1, 2, 3] * 2
+    # a minus-strand gene is read from its end: the token [e - 6, e) starts (5') at e - 1
+    got = genome.token_codon_frame(ss, sid, [b - 6 - r for r in (0, 1, 2)], [b - r for r in (0, 1, 2)])
+    assert got.tolist() == [1, 2, 3] and reverse_complement(seq[b - 3 : b]) in {"ATG", "GTG", "TTG"}
+    coding = ss.tracks(sid, ["cds"])["cds"]
+    lone = next(int(r.start) for r in cds[cds.strand == "+"].itertuples() if not coding[int(r.start) - 3])
+    assert genome.token_codon_frame(ss, sid, [lone - 3], [lone + 3]).tolist() == [0]  # across the gene's start
+    region = ss.region(a, a + 600, sid)
+    assert region.sequence(region.ids[0]) == seq[a : a + 600]
+    assert genome.token_codon_frame(region, region.ids[0], [0, 1], [6, 7]).tolist() == [1, 2]  # frames survive the cut
+    with pytest.raises(ValueError, match="is outside"):
+        ss.region(5, 5, sid)
 
 
 def test_read_fasta_errors(tmp_path):

@@ -224,3 +224,25 @@ def test_per_token_losses_add_up_to_the_reported_loss():
     b = embed.kmer_frequency_baseline(tok, seqs[:3], es, return_losses=True)
     assert len(b["losses"]) == es.n_masked and np.isclose(b["losses"].mean(), b["loss"])
     assert "losses" not in embed.kmer_frequency_baseline(tok, seqs[:3], es)
+
+
+def test_probe_data_labels_and_controls_line_up():
+    "One row per token, the same order for every model; TF motifs merged; CDS tokens labelled by reading frame."
+    from transformers import EsmForMaskedLM
+
+    tok = embed.NTTokenizer()
+    m = EsmForMaskedLM(embed.nt_config("tiny", max_tokens=128)).eval()
+    models = {"trained": m, "random": probe.random_weight_model(m, seed=1)}
+    ps = genome.planted(n_sequences=6, length_bp=300, seed=2)
+    d = probe.probe_data(models, tok, ps, layers=[0, 2])
+    n = sum(len(tok.tokenize_with_spans(q)[0]) for q in ps.sequences["sequence"])
+    assert len(d.labels) == n and d.features["random"][2].shape == (n, 64) and "tf_motif" in d.labels
+    assert not any(c.startswith("tf_") and c != "tf_motif" for c in d.labels)
+    assert probe.probe_data(models, tok, ps, layers=[0], each_tf=True).labels.columns.str.startswith("tf_").sum() > 1
+    pro = genome.prokaryote("NCTC11397_100kb").chunk(600)
+    g = probe.probe_data({"trained": m}, tok, pro.subset(pro.ids[:4]), layers=[1])
+    frames = g.labels[["cds_frame_1", "cds_frame_2", "cds_frame_3"]]
+    assert not any(c.startswith("codon_pos") for c in g.labels) and frames.any(axis=None)
+    assert (frames.sum(axis=1) <= 1).all() and (g.labels["cds"] | ~frames.any(axis=1)).all()
+    with pytest.raises(ValueError, match="no models"):
+        probe.probe_data({}, tok, ps)

@@ -518,9 +518,17 @@ def _mlm_loop_config(
     )
 
 
-def _heldout_metrics(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet) -> dict:
-    r = evaluate_mlm(model, tokenizer, eval_set)
-    return {f"heldout_{k}": r[k] for k in ("loss", "accuracy", "kmer_accuracy")}
+def _heldout_metrics(model, tokenizer: NTTokenizer, eval_set: MLMEvalSet, groups: np.ndarray | None = None) -> dict:
+    "Held-out loss and accuracy, also per group of masked tokens (`heldout_loss:<group>`) when `groups` is given."
+    r = evaluate_mlm(model, tokenizer, eval_set, return_predictions=groups is not None)
+    out = {f"heldout_{k}": r[k] for k in ("loss", "accuracy", "kmer_accuracy")}
+    if groups is not None:
+        hit = r["predictions"] == r["targets"]
+        for g in np.unique(groups):
+            m = groups == g
+            out[f"heldout_loss:{g}"] = float(r["losses"][m].mean())
+            out[f"heldout_accuracy:{g}"] = float(hit[m].mean())
+    return out
 
 # %% ../nbs/05a_embed.ipynb #nb05-032f
 def _mlm_history(hist: History, loop: LoopConfig) -> pd.DataFrame:
@@ -544,6 +552,7 @@ def _mlm_history(hist: History, loop: LoopConfig) -> pd.DataFrame:
             )
         if "heldout_loss" in r:
             held = {k: r[f"heldout_{k}"] for k in ("loss", "accuracy", "kmer_accuracy")}
+            held.update({k[8:]: v for k, v in r.items() if k.startswith(("heldout_loss:", "heldout_accuracy:"))})
             rows.append(
                 {
                     "step": step,
@@ -574,12 +583,16 @@ def pretrain_mlm(
     device: str | None = "auto",
     num_threads: int | None = None,
     progress: bool = True,
+    eval_groups: Sequence[str] | None = None,
 ) -> PretrainResult:
     """Pretrain an NT-architecture `EsmForMaskedLM` with NT's masked-token objective on `train_seqs`.
 
     Each step draws `batch_size` random windows of `max_tokens - 1` tokens (+ `<cls>`) from the training
     sequences (weighted by length). Held-out masked-token accuracy/loss on `eval_seqs` is logged every
     `eval_every` steps (fixed masks, `eval_mode` masking), with a 6-mer frequency baseline in `metrics`.
+    `eval_groups`: one label per masked held-out token (in the order of `make_eval_set(tokenizer, eval_seqs,
+    max_tokens=max_tokens, seed=seed + 1)`, e.g. the concept it overlaps) adds per-label `loss:<label>` and
+    `accuracy:<label>` columns to the held-out rows of the history: the per-concept learning curves.
     `num_threads`: torch CPU threads during training (None: `core.default_threads()`, chosen by load)."""
     import torch
     from transformers import EsmForMaskedLM
@@ -603,6 +616,12 @@ def pretrain_mlm(
         model = EsmForMaskedLM(cfg).to(dev)
         toks = [tokenizer.tokenize_with_spans(q)[0] for q in train_seqs]
         eval_set = make_eval_set(tokenizer, eval_seqs, max_tokens=max_tokens, seed=seed + 1) if eval_seqs else None
+        groups = None
+        if eval_groups is not None:
+            groups = np.asarray(eval_groups, dtype=str)
+            if eval_set is None or len(groups) != eval_set.n_masked:
+                n = eval_set.n_masked if eval_set else 0
+                raise ValueError(f"eval_groups has {len(groups)} labels; the held-out set has {n} masked tokens")
         loop = _mlm_loop_config(steps, lr, warmup_fraction, eval_every, dev, progress)
         t0 = time.time()
         hist = train_loop(
@@ -611,7 +630,9 @@ def pretrain_mlm(
             lambda: _mlm_batches(toks, rng, tokenizer, g, batch_size, max_tokens - 1, mask_prob),
             loop,
             param_groups=_mlm_param_groups(model, weight_decay),
-            evaluate=functools.partial(_heldout_metrics, tokenizer=tokenizer, eval_set=eval_set) if eval_set else None,
+            evaluate=functools.partial(_heldout_metrics, tokenizer=tokenizer, eval_set=eval_set, groups=groups)
+            if eval_set
+            else None,
         )
         model.eval()
         history = _mlm_history(hist, loop)
@@ -647,7 +668,10 @@ def pretrained_default(
     params = {
         "train": train.fingerprint(),
         "heldout": heldout.fingerprint() if heldout is not None else None,
-        **{k: v for k, v in kwargs.items() if k not in ("progress", "device", "num_threads", "config")},
+        **{k: v for k, v in kwargs.items() if k not in ("progress", "device", "num_threads", "config", "eval_groups")},
+        "eval_groups": core.stable_hash(list(map(str, kwargs["eval_groups"])))
+        if kwargs.get("eval_groups") is not None
+        else None,
         "config": config if isinstance(config, str) else config.to_dict(),
     }
 

@@ -28,7 +28,8 @@ from . import core
 __all__ = ['DNA_ALPHABET', 'SEQ_COLUMNS', 'FEATURE_COLUMNS', 'CODON_TRACKS', 'DEFAULT_JASPAR_MOTIFS', 'G4_PATTERN',
            'G4_PATTERN_MINUS', 'PYRODIGAL_GENOMES', 'validate_sequence', 'reverse_complement', 'gc_fraction',
            'SequenceSet', 'MarkovBackground', 'jaspar_motifs', 'find_g4', 'PlantedConfig', 'planted', 'read_fasta',
-           'pyrodigal_genome_path', 'annotate_prodigal', 'prokaryote', 'read_bed', 'read_gtf_features', 'bed_fasta']
+           'pyrodigal_genome_path', 'annotate_prodigal', 'prokaryote', 'token_codon_frame', 'read_bed',
+           'read_gtf_features', 'bed_fasta']
 
 # %% ../nbs/05_embedding.ipynb #nb05-005
 DNA_ALPHABET = "ACGTN"
@@ -1003,6 +1004,19 @@ def annotate_prodigal(seq: str, genes, seq_id: str) -> pd.DataFrame:
         rows.append((seq_id, int(a), int(b), "intergenic", ".", "", None))
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
 
+# %% ../nbs/05_embedding.ipynb #nb05-017e2
+@patch
+def region(self: SequenceSet, start: int, end: int, seq_id: str | None = None) -> SequenceSet:
+    "The part `[start, end)` of one sequence (default: the first), its annotations clipped to it."
+    seq_id = self.ids[0] if seq_id is None else seq_id
+    row = self._index().get(seq_id)
+    if row is None:
+        raise KeyError(f"no sequence {seq_id!r}")
+    L = len(self.sequences["sequence"].iat[row])
+    if not 0 <= start < end <= L:
+        raise ValueError(f"region ({start}, {end}) is outside {seq_id!r} (length {L})")
+    return self._windows([(row, start, end, start, end)])
+
 # %% ../nbs/05_embedding.ipynb #nb05-017f
 def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = None) -> SequenceSet:
     """A genome from the pyrodigal wheel (one sequence per contig), annotated by Prodigal trained on it
@@ -1024,13 +1038,25 @@ def prokaryote(genome: str = "NCTC11397", *, region: tuple[int, int] | None = No
         pd.concat(feats, ignore_index=True),
         {"source": "prokaryote", "genome": genome, "file": path.name, "pyrodigal_version": pyrodigal.__version__},
     )
-    if region is not None:
-        a, b = region
-        L = len(ss.sequences["sequence"].iat[0])
-        if not 0 <= a < b <= L:
-            raise ValueError(f"region {region} is outside the genome (length {L})")
-        ss = ss._windows([(0, a, b, a, b)])
-    return ss
+    return ss if region is None else ss.region(*region)
+
+# %% ../nbs/05_embedding.ipynb #nb05-018b
+def token_codon_frame(seqset: SequenceSet, seq_id: str, starts, ends) -> np.ndarray:
+    """int8[tokens]: codon position (1-3) of the 5' base (on the gene's strand) of each token `[starts[i], ends[i])`
+    that lies wholly inside one CDS of `seq_id`; 0 for tokens outside or across a CDS boundary."""
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    out = np.zeros(len(starts), np.int8)
+    f = seqset.features_of(seq_id)
+    for a, b, strand, origin in f.loc[f["concept"] == "cds", ["start", "end", "strand", "frame_origin"]].itertuples(
+        index=False
+    ):
+        if pd.isna(origin):
+            continue
+        inside = (starts >= a) & (ends <= b)
+        five = np.where(strand == "-", ends - 1, starts)
+        phase = (five - int(origin)) % 3 if strand != "-" else (int(origin) - five) % 3
+        out[inside] = phase[inside] + 1
+    return out
 
 # %% ../nbs/05_embedding.ipynb #nb05-020
 _BED_COLS = ["chrom", "start", "end", "name", "score", "strand"]

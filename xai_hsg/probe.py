@@ -23,7 +23,7 @@ from .genome import MarkovBackground, SequenceSet
 # %% auto #0
 __all__ = ['Element', 'independent', 'gene_elements', 'g4_element', 'PlantedOracle', 'token_log_probs', 'bayes_token_losses',
            'ce_by_label', 'split_by_sequence', 'token_identity_features', 'LinearProbe', 'ProbeData', 'probe_table',
-           'best_layers', 'random_weight_model']
+           'best_layers', 'random_weight_model', 'probe_data']
 
 # %% ../nbs/05b_probe.ipynb #nb05b-005
 _BASES = "ACGT"
@@ -640,3 +640,71 @@ def random_weight_model(model, seed: int = 0):
         torch.manual_seed(seed)
         fresh = type(model)(model.config)
     return fresh.to(next(model.parameters()).device).eval()
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039a
+def probe_data(
+    models: dict,
+    tokenizer: NTTokenizer,
+    seqset: SequenceSet,
+    *,
+    layers: Sequence[int] | None = None,
+    each_tf: bool = False,
+    max_batch_tokens: int = 16384,
+    num_threads: int | None = None,
+) -> ProbeData:
+    """Hidden states of every token of `seqset` under each of `models` ({source name: model}, e.g. "trained" and
+    `random_weight_model(...)`), at `layers` (None: all), with the token's annotations as bool labels (one column per
+    concept of `seqset`). A `tf_motif` column marks tokens on any TF motif; `each_tf` keeps the per-motif columns beside it.
+    Where `seqset` has CDSs, the per-base codon-position tracks (which every token inside a gene overlaps) are
+    replaced by `cds_frame_1..3`: the token's 5' base is at that codon position (`genome.token_codon_frame`).
+    Rows are tokens in (sequence, position) order, the same for every model."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from xai_hsg import embed
+
+    if not models:
+        raise ValueError("probe_data: no models")
+    features, tokens = {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for source, model in models.items():
+            store = embed.extract_hidden_states(
+                model,
+                tokenizer,
+                seqset,
+                Path(tmp) / source,
+                layers=layers,
+                max_batch_tokens=max_batch_tokens,
+                store_dtype="float32",
+                progress=False,
+                num_threads=num_threads,
+            )
+            t = store.tokens()
+            order = np.lexsort((t["token_index"].to_numpy(), t["seq_id"].to_numpy().astype(str)))
+            t = t.iloc[order].reset_index(drop=True)
+            if tokens is None:
+                tokens = t
+            elif not (t["seq_id"].to_numpy() == tokens["seq_id"].to_numpy()).all():
+                raise ValueError(f"probe_data: model {source!r} tokenised the sequences differently")
+            features[source] = {l: store.load_layer(l, dtype=torch.float32).numpy()[order] for l in store.layers}
+    ann = [c for c in tokens.columns if c.startswith("ann_")]
+    labels = pd.DataFrame({c[4:]: tokens[c].to_numpy(bool) for c in ann})
+    tf_cols = [c for c in labels.columns if c.startswith("tf_")]
+    if tf_cols:
+        labels.insert(0, "tf_motif", labels[tf_cols].any(axis=1))
+        if not each_tf:
+            labels = labels.drop(columns=tf_cols)
+    codon = [c for c in labels.columns if c in genome.CODON_TRACKS]
+    if codon:
+        labels = labels.drop(columns=codon)
+        frame = np.concatenate(
+            [
+                genome.token_codon_frame(seqset, sid, t["start"].to_numpy(), t["end"].to_numpy())
+                for sid, t in tokens.groupby("seq_id", sort=False)
+            ]
+        )
+        for k in (1, 2, 3):
+            labels[f"cds_frame_{k}"] = frame == k
+    return ProbeData(features, labels, tokens["seq_id"].to_numpy(), tokens["token_id"].to_numpy(), len(tokenizer))
