@@ -55,9 +55,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jsonl", default="lm_recipe.jsonl")
+    ap.add_argument(
+        "--planted", nargs="*", default=[], metavar="KEY=VALUE", help="PlantedConfig overrides, e.g. motifs_per_seq=8"
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    corpus = genome.planted(n_sequences=a.n_sequences, length_bp=600, seed=a.seed)
+    overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in a.planted)}
+    corpus = genome.planted(n_sequences=a.n_sequences, length_bp=600, seed=a.seed, **overrides)
     train, held = corpus.split(0.2, seed=a.seed)
     held = held.subset(list(np.random.default_rng(a.seed).choice(held.ids, min(a.n_heldout, len(held)), replace=False)))
     t0 = time.time()
