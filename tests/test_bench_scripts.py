@@ -1,10 +1,12 @@
-"""The benchmark and check scripts under bench/ parse their options and pick the cells they say (no fits run here)."""
+"""The benchmark and check scripts under bench/ parse their options, pick the cells they say and build their inputs (no fits)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
+import numpy as np
 from conftest import REPO
 
 
@@ -39,3 +41,17 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     assert len(jsonl.read_text().splitlines()) == 12
     summary = check.summarise([json.loads(line) for line in jsonl.read_text().splitlines()[1:]], "grid")
     assert summary["median_abs_rel_error"] == 0.0 and summary["coverage"] == 1.0
+
+
+def test_marginal_bias_diagnosis_model_consistent_ms2():
+    "The regenerated MS2 is 0 while OFF and, while ON, averages loading rate x amplitude x the kernel's area."
+    diag = _load("marginal_bias_diagnosis")
+    p = dataclasses.replace(diag.cell_params("small-loadings", 150.0), sigma_ms2=0.0)
+    assert p.nu_on_per_s * p.amplitude == diag.cell_params("simulator", 150.0).nu_on_per_s * 0.5  # same mean signal
+    state = np.zeros((400, 60), dtype=float)
+    state[200:, 1:] = 1.0
+    y = diag.model_consistent_ms2(state, p, seed=0)
+    assert np.all(y[:200] == 0.0)
+    steady = p.nu_on_per_s * p.amplitude * (p.t_rise_s / 2 + p.t_plateau_s)  # every interval ON for a kernel's span
+    assert abs(y[200:, 20:].mean() / steady - 1) < 0.02
+    assert np.all(y[200:, 0] == 0.0)  # frame 0's interval lies before the trace
