@@ -31,8 +31,8 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_weights', 'CompoundStates', 'compound_states', 'MarginalParams',
-           'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
+__all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights', 'CompoundStates', 'compound_states',
+           'MarginalParams', 'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
            'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start',
            'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'marginal_identifiability',
            'write_states', 'fit_marginal', 'fit_radius_marginal']
@@ -63,13 +63,18 @@ def trapezoid_kernel(tau_s, t_rise_s: float, t_plateau_s: float):
     )
 
 # %% ../nbs/03b_marginal.ipynb #3cebf1b7
+def kernel_frames(dt_s: float, t_rise_s: float, t_plateau_s: float) -> int:
+    "L: the frame intervals the MS2 kernel spans, ⌈(T_rise + T_plateau)/Δt⌉ (a hair of rounding forgiven)."
+    return int(math.ceil((t_rise_s + t_plateau_s) / dt_s - 1e-9))
+
+
 def kernel_weights(dt_s: float, t_rise_s: float, t_plateau_s: float, max_lag: int = 1) -> KernelWeights:
     "κ, κ⁽²⁾ and ρ⁽¹⁾..ρ⁽ᴰ⁾ (D = `max_lag`) of the trapezoid kernel, by adaptive quadrature with the kinks as breakpoints."
     if not (dt_s > 0 and t_rise_s > 0 and t_plateau_s >= 0):
         raise ValueError("need dt_s > 0, t_rise_s > 0, t_plateau_s >= 0")
     if max_lag < 1:
         raise ValueError(f"max_lag must be >= 1, got {max_lag}")
-    L = int(math.ceil((t_rise_s + t_plateau_s) / dt_s - 1e-9))
+    L = kernel_frames(dt_s, t_rise_s, t_plateau_s)
     K = lambda x: float(trapezoid_kernel(x, t_rise_s, t_plateau_s))
     ends = (0.0, t_rise_s, t_rise_s + t_plateau_s)
     products = [(K, ends), (lambda x: K(x) ** 2, ends)] + [
@@ -193,7 +198,7 @@ class MarginalConfig:
         "The emission order p at frame interval `dt_s`: `emission_order`, or max(2, ⌈L/3⌉) (≤ 8) when it is None."
         if self.emission_order is not None:
             return self.emission_order
-        n_lags = math.ceil((self.t_rise_s + self.t_plateau_s) / dt_s - 1e-9)
+        n_lags = kernel_frames(dt_s, self.t_rise_s, self.t_plateau_s)
         return min(max(2, math.ceil(n_lags / 3)), 8)
 
     def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates]:
