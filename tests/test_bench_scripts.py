@@ -55,3 +55,13 @@ def test_marginal_bias_diagnosis_model_consistent_ms2():
     steady = p.nu_on_per_s * p.amplitude * (p.t_rise_s / 2 + p.t_plateau_s)  # every interval ON for a kernel's span
     assert abs(y[200:, 20:].mean() / steady - 1) < 0.02
     assert np.all(y[200:, 0] == 0.0)  # frame 0's interval lies before the trace
+
+
+def test_bench_sae_runs_both_sides_on_a_tiny_shape():
+    bench_sae = _load("bench_sae")
+    out = bench_sae.main(
+        ["--d-in", "16", "--latents", "64", "--k", "4", "--batch", "256", "--steps", "3", "--repeats", "1"]
+    )
+    assert out["ours_tokens_per_s"] > 0 and out["baseline_l1_tokens_per_s"] > 0
+    assert out["ratio_ours_over_baseline"] == out["ours_tokens_per_s"] / out["baseline_l1_tokens_per_s"]
+    assert "vs_sae_lens" not in out  # only with --saelens

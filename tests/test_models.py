@@ -248,6 +248,19 @@ def test_tiny_training_run_reduces_loss():
     assert set(metrics) == {"state_f1", "state_accuracy", "state_bce"} and metrics["state_f1"] > 0.8
 
 
+def test_patience_keeps_the_best_validation_epoch():
+    "A fit that gets worse late (here: a learning rate far too high) is returned at its best validation epoch."
+    data = to_tensors(_toy_state_data())
+    model = EPModel("state", width=8, depth=2, filter_length=16, r_c_nm=100.0, sigma_loc_nm=10.0, sigma_r_nm=250.0)
+    cfg = TrainConfig(epochs=12, lr=0.3, batch_size=8, crop=None, grad_clip=None, patience=3, verbose=False)
+    hist = train(model, data, cfg, data)
+    val = hist["val_loss"]
+    assert hist.best_row == int(np.argmin(val)) and hist.best_row < len(val) - 1  # it did get worse after the best
+    with torch.no_grad():
+        assert math.isclose(eval_loss(model, data), min(val), rel_tol=1e-5)  # the best epoch's weights came back
+    assert TrainConfig().patience is None  # off unless asked for
+
+
 def test_transformer_rejects_bad_head_dimension_and_backbone_name():
     with pytest.raises(ValueError):
         TransformerEncoder1d(3, width=12, n_heads=4)  # head dimension 3: rotary needs it even

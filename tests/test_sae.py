@@ -185,6 +185,47 @@ def test_synthetic_dictionary_recovered_and_l1_worse_at_equal_l0(toy):
     assert mmcs_l1 < mmcs_btk and m_l1["fvu"] > 2 * m_btk["fvu"], (mmcs_btk, mmcs_l1, m_btk, m_l1)
 
 
+def _prefix_fvu(sae, x, n):
+    "FVU of `sae` on `x` when only its first `n` latents may fire."
+    sae.eval()
+    with torch.no_grad():
+        z = sae.encode(x)
+        z[:, n:] = 0
+        return float((x - sae.decode(z)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def test_matryoshka_nested_dictionaries_reconstruct_alone(toy):
+    x, _ = toy
+    cfg = SAEConfig(32, 128, kind="matryoshka", k=3)
+    assert cfg.nested_sizes == (8, 16, 32, 64, 128)
+    mat, _ = _fit(x[:16_000], kind="matryoshka")
+    plain, _ = _fit(x[:16_000], kind="batchtopk")
+    assert torch.isfinite(mat.threshold)  # BatchTopK in training, a threshold at inference, like batchtopk
+    for n in (8, 16, 32):  # its first latents carry the most: better than as many latents of a plain BatchTopK SAE
+        assert _prefix_fvu(mat, x[16_000:], n) < _prefix_fvu(plain, x[16_000:], n) - 0.03
+    assert evaluate_sae(mat, x[16_000:])["fvu"] < 0.2  # and the whole dictionary still reconstructs
+
+
+def test_matryoshka_loss_is_the_mean_over_nested_reconstructions():
+    from xai_hsg.sae import _train_step
+    from xai_hsg.training import LoopConfig
+
+    x = torch.randn(64, 6) + 1.0
+    sae = SAE(SAEConfig(6, 12, kind="matryoshka", k=4, prefixes=(3, 6, 12), aux_coeff=0.0), seed=0)
+    trainer = SAETrainer(sae, TrainerConfig(batch_size=64, steps=1, lr=1e-3))
+    trainer.opt = torch.optim.Adam(sae.parameters(), lr=1e-3)  # the loss is computed before the step
+    with torch.no_grad():
+        xn = sae.normalise(x)
+        z = sae.activate(sae.pre_activations(xn))
+        errs = [(xn - z[:, :n] @ sae.W_dec[:n] - sae.b_dec).pow(2).sum(-1).mean() for n in (3, 6, 12)]
+    row = _train_step(trainer, x, 1, LoopConfig(steps=1, lr=1e-3))
+    assert torch.isclose(row["loss"], torch.stack(errs).mean(), rtol=1e-5)
+    assert torch.isclose(row["mse"], errs[-1], rtol=1e-5)
+    for bad in [dict(prefixes=(3, 6)), dict(prefixes=(6, 3, 12)), dict(kind="batchtopk", prefixes=(3, 12))]:
+        with pytest.raises(ValueError, match="prefixes"):
+            SAEConfig(6, 12, **{"kind": "matryoshka", "k": 4, **bad})
+
+
 def test_evaluate_sae_matches_direct_computation(toy):
     x, _ = toy
     sae, _ = _fit(x[:4000], kind="topk", k=3, epochs=2)

@@ -6,7 +6,7 @@ xai-hsg [--debug] simulate --n N --rc NM --sigma-loc NM --seed S --out DIR [--fo
 xai-hsg [--debug] fit-radius TRACKS --out fit.json [--sigma-loc NM] [--state-from none|truth|ms2] [--states CSV] [--force]
 xai-hsg [--debug] events MS2_FILE --out events.csv [--t-rise-s S] [--t-plateau-s S] [--dt S] [--wide] [--model DIR]
     [--save-model DIR] [--force]
-xai-hsg [--debug] train-sae ACTIVATIONS --out DIR [--kind batchtopk|topk|l1] [--latents N] [--k K] [--l1 C] [--epochs E] [--layer L] [--seed S]
+xai-hsg [--debug] train-sae ACTIVATIONS --out DIR [--kind batchtopk|topk|l1|matryoshka] [--latents N] [--k K] [--l1 C] [--epochs E] [--layer L] [--seed S]
 
 An expected failure (a bad file, a bad value, a missing device, an interruption) is one line on stderr,
 `xai-hsg <command>: error: <message>`, with exit status 2 for usage errors (a bad option or option value),
@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("activations", help=".npy array [tokens, d_in], or a hidden-state store folder (with --layer)")
     p.add_argument("--out", required=True, help="output folder: cfg.json, sae_weights.safetensors, metrics.json")
-    p.add_argument("--kind", choices=["batchtopk", "topk", "l1"], default="batchtopk")
+    p.add_argument("--kind", choices=["batchtopk", "topk", "l1", "matryoshka"], default="batchtopk")
     p.add_argument("--latents", type=_number(int, 1), default=None, help="latents (default: 8 x d_in)")
     p.add_argument("--k", type=_number(int, 1), default=32, help="active latents per token (default: 32)")
     p.add_argument("--l1", type=_number(float, 0), default=1.0, help="L1 coefficient for --kind l1 (default: 1)")

@@ -458,6 +458,9 @@ class TrainConfig:
     weight_decay: float = 1e-4  # weights only, never the radius
     crop: int | None = 256  # train on random windows of this many frames (None: whole traces)
     grad_clip: float | None = 1.0  # clip the gradient norm (None: off)
+    # with validation data: stop after this many epochs without a lower validation loss and keep the best epoch's
+    # weights (a fit that diverges late is not reported in its diverged state); None: every epoch, the last weights
+    patience: int | None = None
     seed: int = 0
     device: str = "cpu"
     verbose: bool = True  # a progress bar with the latest losses and radius
@@ -470,6 +473,7 @@ class TrainConfig:
             weight_decay=self.weight_decay,
             optimizer="adamw",
             grad_clip=self.grad_clip,
+            patience=self.patience,
             device=self.device,
             seed=self.seed,
             progress=self.verbose,

@@ -24,15 +24,16 @@ from tqdm.auto import tqdm
 from . import core
 
 # %% auto #0
-__all__ = ['SAE_KINDS', 'SAE_WEIGHTS', 'SAE_CFG', 'CHECKPOINT_STATE', 'INTERPLM_THRESHOLDS', 'SAEConfig', 'batch_topk_indices',
-           'SAE', 'geometric_median', 'init_from_data', 'save_sae', 'load_sae', 'export_saelens', 'saelens_forward',
-           'ActivationSource', 'epoch_plan', 'epoch_batches', 'TrainerConfig', 'default_lr', 'aux_k_loss', 'SAETrainer',
-           'calibrate_threshold', 'synthetic_activations', 'mean_max_cosine', 'evaluate_sae', 'concept_instances',
-           'ConceptScores', 'concept_scores', 'best_features', 'sae_feature_chunks', 'neuron_chunks', 'token_chunks',
-           'chunks_max', 'spliced_mlm_loss', 'train_sae']
+__all__ = ['SAE_KINDS', 'THRESHOLD_KINDS', 'SAE_WEIGHTS', 'SAE_CFG', 'CHECKPOINT_STATE', 'INTERPLM_THRESHOLDS', 'SAEConfig',
+           'batch_topk_indices', 'SAE', 'geometric_median', 'init_from_data', 'save_sae', 'load_sae', 'export_saelens',
+           'saelens_forward', 'ActivationSource', 'epoch_plan', 'epoch_batches', 'TrainerConfig', 'default_lr',
+           'aux_k_loss', 'SAETrainer', 'calibrate_threshold', 'synthetic_activations', 'mean_max_cosine',
+           'evaluate_sae', 'concept_instances', 'ConceptScores', 'concept_scores', 'best_features',
+           'sae_feature_chunks', 'neuron_chunks', 'token_chunks', 'chunks_max', 'spliced_mlm_loss', 'train_sae']
 
 # %% ../nbs/06_sae.ipynb #nb06-007
-SAE_KINDS = ("batchtopk", "topk", "l1")
+SAE_KINDS = ("batchtopk", "topk", "l1", "matryoshka")
+THRESHOLD_KINDS = ("batchtopk", "matryoshka")  # BatchTopK in training, a global threshold at inference
 
 
 @dataclass
@@ -41,11 +42,13 @@ class SAEConfig:
 
     d_in: int  # width of the activations
     d_sae: int  # number of latents
-    kind: str = "batchtopk"  # batchtopk | topk | l1
+    kind: str = "batchtopk"  # batchtopk | topk | l1 | matryoshka (BatchTopK with nested dictionaries)
     k: int = 32  # active latents per token: exactly (topk) or on average over a batch (batchtopk); unused by l1
     l1_coeff: float = 1.0  # l1 only: weight of the summed latent activations (decoder rows have unit norm)
     aux_k: int | None = None  # AuxK: how many dead latents reconstruct the residual (None: d_in // 2)
     aux_coeff: float = 1 / 32  # AuxK loss weight (topk / batchtopk; 0 switches it off)
+    # matryoshka only: sizes of the nested dictionaries (the last is d_sae); None: d_sae / 16, / 8, / 4, / 2, d_sae
+    prefixes: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in SAE_KINDS:
@@ -61,6 +64,21 @@ class SAEConfig:
         if self.aux_coeff < 0 or (self.aux_k is not None and self.aux_k < 1):
             raise ValueError(f"SAEConfig: aux_coeff >= 0 and aux_k >= 1 (got {self.aux_coeff}, {self.aux_k})")
         self.d_in, self.d_sae, self.k = int(self.d_in), int(self.d_sae), int(self.k)
+        if self.prefixes is not None:
+            p = tuple(int(v) for v in self.prefixes)
+            if self.kind != "matryoshka" or not p or p[0] < 1 or p[-1] != self.d_sae or list(p) != sorted(set(p)):
+                raise ValueError(
+                    f"SAEConfig.prefixes (matryoshka only) must increase strictly from >= 1 to d_sae = {self.d_sae}, "
+                    f"got {self.prefixes!r} for kind {self.kind!r}"
+                )
+            self.prefixes = p
+
+    @property
+    def nested_sizes(self) -> tuple[int, ...]:
+        "The dictionary sizes whose reconstructions are trained: (d_sae,) except for matryoshka."
+        if self.kind != "matryoshka":
+            return (self.d_sae,)
+        return self.prefixes or tuple(sorted({max(1, self.d_sae // f) for f in (16, 8, 4, 2)} | {self.d_sae}))
 
     @property
     def n_aux(self) -> int:
@@ -222,6 +240,7 @@ def save_sae(sae: SAE, folder: str | Path, extra: dict | None = None) -> Path:
             "batchtopk": "pre * (pre > threshold) at inference; top k*batch over the batch in training",
             "topk": "top k per token, then ReLU",
             "l1": "ReLU",
+            "matryoshka": "as batchtopk; trained so that every prefix of the latents (prefixes) reconstructs alone",
         }[sae.cfg.kind],
         **(extra or {}),
     }
@@ -264,7 +283,7 @@ def export_saelens(sae: SAE, folder: str | Path, extra: dict | None = None) -> P
     from safetensors.torch import save_file
 
     kind = sae.cfg.kind
-    if kind == "batchtopk" and not torch.isfinite(sae.threshold):
+    if kind in THRESHOLD_KINDS and not torch.isfinite(sae.threshold):
         raise ValueError("export_saelens: the BatchTopK SAE has no inference threshold yet (train it first)")
     s, mu = sae.norm_scale.detach().double(), sae.norm_mean.detach().double()
     t = {
@@ -273,7 +292,7 @@ def export_saelens(sae: SAE, folder: str | Path, extra: dict | None = None) -> P
         "b_enc": sae.b_enc.detach().double(),
         "b_dec": sae.b_dec.detach().double() * s + mu,
     }
-    arch = {"batchtopk": "jumprelu", "topk": "topk", "l1": "standard"}[kind]
+    arch = {"batchtopk": "jumprelu", "matryoshka": "jumprelu", "topk": "topk", "l1": "standard"}[kind]
     if arch == "jumprelu":
         t["threshold"] = sae.threshold.detach().double().expand(sae.cfg.d_sae)
     tensors = {n: v.float().contiguous().clone() for n, v in t.items()}
@@ -392,15 +411,33 @@ def epoch_plan(source: ActivationSource, epoch: int, seed: int, batch_size: int,
 
 
 def epoch_batches(
-    source: ActivationSource, epoch: int, seed: int, batch_size: int, shards_in_memory: int, skip: int = 0
+    source: ActivationSource,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    shards_in_memory: int,
+    skip: int = 0,
+    device: torch.device | str | None = None,
+    cache: dict | None = None,
 ) -> Iterator[torch.Tensor]:
-    "The batches of one epoch (shuffled within groups of shards), after skipping the first `skip`."
+    """The batches of one epoch (shuffled within groups of shards), after skipping the first `skip`. With `device`,
+    each group moves there once and its batches are gathered there (on a GPU, gathering rows on the host and copying
+    every batch costs more than the training step); `cache` (a dict) keeps the shards there between epochs."""
+
+    def load(i: int) -> torch.Tensor:
+        x = cache.get(i) if cache is not None else None
+        if x is None:
+            x = source.shard(i) if device is None else source.shard(i).to(device)
+            if cache is not None:
+                cache[i] = x
+        return x
+
     for gi, (group, n_batches) in enumerate(epoch_plan(source, epoch, seed, batch_size, shards_in_memory)):
         if skip >= n_batches:
             skip -= n_batches
             continue
-        x = torch.cat([source.shard(i) for i in group])
-        perm = torch.from_numpy(np.random.default_rng([seed, epoch, gi + 1]).permutation(len(x)))
+        x = torch.cat([load(i) for i in group]) if len(group) > 1 else load(group[0])
+        perm = torch.from_numpy(np.random.default_rng([seed, epoch, gi + 1]).permutation(len(x))).to(x.device)
         for b in range(skip, n_batches):
             yield x[perm[b * batch_size : (b + 1) * batch_size]]
         skip = 0
@@ -504,17 +541,19 @@ class SAETrainer:
 def _batches_from(trainer: SAETrainer, source: ActivationSource, start: int) -> Iterator[torch.Tensor]:
     "Batches from global step `start` on, epoch after epoch (as many epochs as needed)."
     c, epoch, skip = trainer.cfg, 0, start
+    # a source that fits the shards-in-memory budget stays on the device between epochs
+    cache = {} if len(source.shard_sizes) <= c.shards_in_memory else None
     while True:
         n = sum(b for _, b in epoch_plan(source, epoch, c.seed, c.batch_size, c.shards_in_memory))
         if skip >= n:
             skip, epoch = skip - n, epoch + 1
             continue
-        yield from epoch_batches(source, epoch, c.seed, c.batch_size, c.shards_in_memory, skip)
+        yield from epoch_batches(source, epoch, c.seed, c.batch_size, c.shards_in_memory, skip, trainer.device, cache)
         skip, epoch = 0, epoch + 1
 
 
 def _train_step(trainer: SAETrainer, x: torch.Tensor, total: int, loop) -> dict:
-    "One optimiser step on batch `x`; the batch's metrics."
+    "One optimiser step on batch `x`; the batch's metrics as 0-d tensors (read only when logged: no GPU sync per step)."
     from xai_hsg.training import lr_factor
 
     sae, c, step = trainer.sae, trainer.sae.cfg, trainer.step
@@ -528,8 +567,15 @@ def _train_step(trainer: SAETrainer, x: torch.Tensor, total: int, loop) -> dict:
         xhat = z @ sae.W_dec + sae.b_dec
     xn, pre, z, xhat = xn.float(), pre.float(), z.float(), xhat.float()
     mse = (xn - xhat).pow(2).sum(-1).mean()
-    loss, aux = mse, torch.zeros(())
-    dead = trainer.tokens_since_fired.to(x.device) >= trainer.cfg.dead_tokens
+    loss, aux = mse, mse.new_zeros(())
+    sizes = c.nested_sizes
+    if len(sizes) > 1:  # matryoshka: each nested dictionary reconstructs alone; the mean over them (the full one last)
+        partial, errs = sae.b_dec, []
+        for a, b in zip((0,) + sizes[:-2], sizes[:-1]):
+            partial = partial + z[:, a:b] @ sae.W_dec[a:b]
+            errs.append((xn - partial).pow(2).sum(-1).mean())
+        loss = (torch.stack(errs).sum() + mse) / len(sizes)
+    dead = trainer.tokens_since_fired >= trainer.cfg.dead_tokens
     if c.kind == "l1":
         ramp = min(1.0, (step + 1) / max(1.0, trainer.cfg.l1_warmup_fraction * total))
         loss = loss + c.l1_coeff * ramp * z.sum(-1).mean()
@@ -542,28 +588,29 @@ def _train_step(trainer: SAETrainer, x: torch.Tensor, total: int, loop) -> dict:
     trainer.opt.step()
     sae.normalise_decoder()
     with torch.no_grad():
-        fired = (z > 0).any(0).cpu()
+        fired = (z > 0).any(0)
         trainer.tokens_since_fired += len(x)
         trainer.tokens_since_fired[fired] = 0
         var = (xn - xn.mean(0)).pow(2).sum(-1).mean()
+        row = {
+            "loss": loss.detach(),
+            "mse": mse.detach(),
+            "fvu": mse.detach() / var.clamp_min(1e-12),
+            "l0": (z > 0).sum(-1).float().mean(),
+            "aux_loss": aux.detach(),
+            "dead_fraction": dead.float().mean(),
+        }
     trainer.step += 1
-    return {
-        "step": trainer.step,
-        "loss": float(loss.detach()),
-        "mse": float(mse.detach()),
-        "fvu": float(mse.detach() / var.clamp_min(1e-12)),
-        "l0": float((z > 0).sum(-1).float().mean()),
-        "aux_loss": float(aux.detach()),
-        "dead_fraction": float(dead.float().mean()),
-        "lr": trainer.opt.param_groups[0]["lr"],
-    }
+    return {"step": trainer.step, **row, "lr": trainer.opt.param_groups[0]["lr"]}
 
 # %% ../nbs/06_sae.ipynb #nb06-035
 @torch.no_grad()
 def calibrate_threshold(sae: SAE, batches: Iterable[torch.Tensor]) -> float:
     "BatchTopK inference threshold: the mean over `batches` of the smallest activation BatchTopK keeps (Bussmann et al.)."
-    if sae.cfg.kind != "batchtopk":
-        raise ValueError(f"only a BatchTopK SAE has an inference threshold (this one is {sae.cfg.kind})")
+    if sae.cfg.kind not in THRESHOLD_KINDS:
+        raise ValueError(
+            f"only a BatchTopK (or Matryoshka) SAE has an inference threshold (this one is {sae.cfg.kind})"
+        )
     was, mins = sae.training, []
     sae.train()
     dev = sae.W_dec.device
@@ -586,7 +633,7 @@ def _save_checkpoint(trainer: SAETrainer, folder: Path, fingerprint: str) -> Non
             "fingerprint": fingerprint,
             "step": trainer.step,
             "optimizer": trainer.opt.state_dict(),
-            "tokens_since_fired": trainer.tokens_since_fired.clone(),
+            "tokens_since_fired": trainer.tokens_since_fired.cpu().clone(),
             "history": trainer.history,
         }
         torch.save(state, tmp / CHECKPOINT_STATE)
@@ -633,12 +680,14 @@ def fit(
     if folder is None or not _load_checkpoint(trainer, folder, fp):
         torch.manual_seed(c.seed)
         init_from_data(sae, source.sample(c.init_tokens, c.seed).to(trainer.device))
+    trainer.tokens_since_fired = trainer.tokens_since_fired.to(trainer.device)
     bar = tqdm(total=total, initial=trainer.step, desc=f"SAE {sae.cfg.kind}", unit="step", disable=not c.progress)
     batches = _batches_from(trainer, source, trainer.step)
     while trainer.step < total:
         row = _train_step(trainer, next(batches).to(trainer.device), total, loop)
         bar.update()
         if trainer.step % c.log_every == 0 or trainer.step == total:
+            row = {k: v if isinstance(v, (int, float)) else float(v) for k, v in row.items()}
             trainer.history.append(row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("fvu", "l0", "dead_fraction")}, refresh=False)
         if folder is not None and c.checkpoint_every and trainer.step % c.checkpoint_every == 0:
@@ -646,8 +695,8 @@ def fit(
         if callback is not None:
             callback(trainer.step, trainer)
     bar.close()
-    if sae.cfg.kind == "batchtopk":
-        cal = epoch_batches(source, 0, c.seed + 1, c.batch_size, c.shards_in_memory)
+    if sae.cfg.kind in THRESHOLD_KINDS:
+        cal = epoch_batches(source, 0, c.seed + 1, c.batch_size, c.shards_in_memory, device=trainer.device)
         calibrate_threshold(sae, (b for _, b in zip(range(c.threshold_batches), cal)))
     sae.eval()
     if folder is not None:
