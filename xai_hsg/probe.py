@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +22,8 @@ from .genome import MarkovBackground, SequenceSet
 
 # %% auto #0
 __all__ = ['Element', 'independent', 'gene_elements', 'g4_element', 'PlantedOracle', 'token_log_probs', 'bayes_token_losses',
-           'ce_by_label', 'split_by_sequence', 'token_identity_features', 'LinearProbe', 'ProbeData', 'probe_table',
-           'best_layers', 'random_weight_model', 'probe_data']
+           'ce_by_label', 'split_by_sequence', 'token_identity_features', 'LinearProbe', 'CategoricalProbe',
+           'ProbeData', 'probe_table', 'best_layers', 'random_weight_model', 'probe_data']
 
 # %% ../nbs/05b_probe.ipynb #nb05b-005
 _BASES = "ACGT"
@@ -558,6 +558,58 @@ class LinearProbe:
             raise ValueError("LinearProbe.score: y needs both classes")
         return float(roc_auc_score(y, self.decision_function(X)))
 
+# %% ../nbs/05b_probe.ipynb #nb05b-034c
+class CategoricalProbe:
+    """Multinomial logistic-regression probe of one categorical variable (scikit-learn style): `fit(X, levels)` with
+    integer levels 0..K (0 the reference level, e.g. "none of them"), standardised dense features (sparse ones as they
+    are), class-balanced weights; `score(X, levels)` is the AUROC of each level 1..K [K], from its predicted probability.
+    `n_threads` caps the BLAS threads of the fit, as in `LinearProbe`."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 300, n_threads: int | None = 1):
+        self.C, self.max_iter, self.n_threads = C, max_iter, n_threads
+
+    def fit(self, X, levels) -> CategoricalProbe:
+        from scipy import sparse
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from threadpoolctl import threadpool_limits
+
+        levels = np.asarray(levels)
+        if X.shape[0] != len(levels):
+            raise ValueError(f"X has {X.shape[0]} rows but levels {len(levels)}")
+        if not np.issubdtype(levels.dtype, np.integer) or levels.min(initial=0) < 0 or len(np.unique(levels)) < 2:
+            raise ValueError("CategoricalProbe.fit: levels must be integers >= 0 with at least two distinct values")
+        self.n_levels_ = int(levels.max())
+        lr = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced", solver="lbfgs")
+        self.model_ = lr if sparse.issparse(X) else make_pipeline(StandardScaler(), lr)
+        with threadpool_limits(self.n_threads):
+            self.model_.fit(X, levels)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        "P(level k | x) [n, K + 1], columns in level order 0..K (a level absent from training gets 0)."
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(self.n_threads):
+            p = self.model_.predict_proba(X)
+        out = np.zeros((X.shape[0], self.n_levels_ + 1))
+        out[:, self.model_.classes_] = p
+        return out
+
+    def score(self, X, levels) -> np.ndarray:
+        "AUROC of each level 1..K against all other tokens [K] (NaN for a level absent from `levels`)."
+        from sklearn.metrics import roc_auc_score
+
+        levels = np.asarray(levels)
+        p = self.predict_proba(X)
+        out = np.full(self.n_levels_, np.nan)
+        for k in range(1, self.n_levels_ + 1):
+            y = levels == k
+            if y.any() and not y.all():
+                out[k - 1] = roc_auc_score(y, p[:, k])
+        return out
+
 # %% ../nbs/05b_probe.ipynb #nb05b-035
 @dataclass
 class ProbeData:
@@ -592,16 +644,47 @@ def probe_table(
     min_positives: int = 20,
     window: int = 1,
     seed: int = 0,
+    categorical: Mapping[str, Sequence[str]] | None = None,
     **probe_kw,
 ) -> pd.DataFrame:
     """AUROC of a `LinearProbe` per concept x source x layer on held-out **sequences** (`split_by_sequence`), and of
     the token-identity control (one-hot of the token and its `window` neighbours; source "token identity", layer
-    NaN). Concepts with fewer than `min_positives` positive tokens on either side are skipped. Long format:
-    concept, source, layer, auroc, n_train, n_test, n_test_pos."""
+    NaN). Concepts with fewer than `min_positives` positive tokens on either side are skipped. `categorical`:
+    {variable: its level columns}, columns that exclude each other, probed together by one `CategoricalProbe` per
+    source and layer (tokens on none of them are the reference level); each level keeps its own row. Long format:
+    concept, source, layer, auroc, n_train, n_test, n_test_pos, probe ("binary" or "multinomial")."""
     tr, te = split_by_sequence(data.groups, test_fraction, seed)
     ident = token_identity_features(data.token_ids, data.groups, data.vocab_size, window)
     rows = []
+    grouped = {c for cols in (categorical or {}).values() for c in cols}
+    for name, cols in (categorical or {}).items():
+        missing = [c for c in cols if c not in data.labels.columns]
+        if missing:
+            raise ValueError(f"probe_table: categorical {name!r} names unknown label columns {missing}")
+        onehot = data.labels[list(cols)].to_numpy()
+        if (onehot.sum(1) > 1).any():
+            raise ValueError(f"probe_table: the levels of {name!r} overlap on {(onehot.sum(1) > 1).sum()} tokens")
+        levels = onehot.argmax(1) + onehot.any(1)  # 0 = none of them, k = the k-th column
+        kept = [
+            k for k, c in enumerate(cols, 1) if min((levels[tr] == k).sum(), (levels[te] == k).sum()) >= min_positives
+        ]
+        if not kept:
+            continue
+        lev = np.where(np.isin(levels, kept), levels, 0)
+        kw = {k: v for k, v in probe_kw.items() if k in ("C", "max_iter", "n_threads")}
+        for src, layer, X in [("token identity", np.nan, ident)] + [
+            (s, l, X) for s, layers in data.features.items() for l, X in layers.items()
+        ]:
+            auc = CategoricalProbe(**kw).fit(X[tr], lev[tr]).score(X[te], lev[te])
+            for k in kept:
+                common = {"concept": cols[k - 1], "n_train": len(tr), "n_test": len(te)}
+                rows.append(
+                    {**common, "n_test_pos": int((lev[te] == k).sum()), "source": src, "layer": layer}
+                    | {"auroc": float(auc[k - 1]), "probe": "multinomial"}
+                )
     for c in data.labels.columns:
+        if c in grouped:
+            continue
         y = data.labels[c].to_numpy()
         if min(y[tr].sum(), y[te].sum()) < min_positives or (~y[tr]).sum() < 1 or (~y[te]).sum() < 1:
             continue
@@ -612,7 +695,8 @@ def probe_table(
             for layer, X in layers.items():
                 p = LinearProbe(seed=seed, **probe_kw).fit(X[tr], y[tr])
                 rows.append({**common, "source": src, "layer": layer, "auroc": p.score(X[te], y[te])})
-    cols = ["concept", "source", "layer", "auroc", "n_train", "n_test", "n_test_pos"]
+    rows = [r if "probe" in r else r | {"probe": "binary"} for r in rows]
+    cols = ["concept", "source", "layer", "auroc", "n_train", "n_test", "n_test_pos", "probe"]
     return pd.DataFrame(rows, columns=cols)
 
 
