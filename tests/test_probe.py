@@ -168,6 +168,32 @@ def test_token_identity_probe_matches_a_token_identity_concept():
     assert best.loc["token_set", "margin"] < -0.3
 
 
+def test_categorical_probe_reads_a_level_between_two_others():
+    """Three exclusive levels (and a reference level) along one feature: one binary probe cannot cut a middle level
+    from both sides, the multinomial probe can; `probe_table(categorical=...)` gives every level its own row and the
+    token-identity control the same probe; overlapping levels are refused."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    level = np.digitize(rng.uniform(0, 4, n), [1.0, 2.0, 3.0])  # 0 = none, 1..3
+    X = (level + 0.2 * rng.normal(size=n))[:, None]
+    middle = level == 2
+    assert probe.LinearProbe().fit(X[:3000], middle[:3000]).score(X[3000:], middle[3000:]) < 0.75
+    auc = probe.CategoricalProbe().fit(X[:3000], level[:3000]).score(X[3000:], level[3000:])
+    assert auc.shape == (3,) and (auc > 0.95).all()
+    labels = pd.DataFrame({f"pos_{k}": level == k for k in (1, 2, 3)})
+    data = probe.ProbeData({"m": {0: X}}, labels, np.repeat(np.arange(100), 40), rng.integers(6, 50, n), 64)
+    t = probe.probe_table(data, min_positives=10, categorical={"position": list(labels)})
+    assert set(t["concept"]) == set(labels) and (t["probe"] == "multinomial").all()
+    assert (t[t["source"] == "m"]["auroc"] > 0.95).all() and (t[t["source"] == "token identity"]["auroc"] < 0.65).all()
+    with pytest.raises(ValueError, match="overlap"):
+        probe.probe_table(
+            data.__class__({"m": {0: X}}, labels.assign(pos_1=True), data.groups, data.token_ids, 64),
+            categorical={"position": list(labels)},
+        )
+    with pytest.raises(ValueError, match="unknown label columns"):
+        probe.probe_table(data, categorical={"position": ["pos_9"]})
+
+
 def test_probe_split_is_by_sequence():
     """Features that identify the sequence and a label constant within each sequence: a token-level split would
     leak (AUROC ~1); the sequence split makes the probe guess (AUROC ~0.5)."""
