@@ -22,8 +22,8 @@ from .genome import MarkovBackground, SequenceSet
 
 # %% auto #0
 __all__ = ['Element', 'independent', 'gene_elements', 'g4_element', 'PlantedOracle', 'token_log_probs', 'bayes_token_losses',
-           'ce_by_label', 'split_by_sequence', 'token_identity_features', 'LinearProbe', 'CategoricalProbe',
-           'ProbeData', 'probe_table', 'best_layers', 'random_weight_model', 'probe_data']
+           'ce_by_label', 'split_by_sequence', 'token_identity_features', 'fit_logistic', 'LinearProbe',
+           'CategoricalProbe', 'ProbeData', 'probe_table', 'best_layers', 'random_weight_model', 'probe_data']
 
 # %% ../nbs/05b_probe.ipynb #nb05b-005
 _BASES = "ACGT"
@@ -494,12 +494,31 @@ def token_identity_features(token_ids: Sequence[int], groups: Sequence, vocab_si
     r, c = np.concatenate(rows), np.concatenate(cols)
     return sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(ids), (2 * window + 1) * vocab_size))
 
+# %% ../nbs/05b_probe.ipynb #nb05b-032i
+def fit_logistic(X, y, C: float = 1.0, max_iter: int = 300, n_threads: int | None = 1, sparse_solver: str = "lbfgs"):
+    """A class-balanced scikit-learn `LogisticRegression` fitted on (X, y), the probes' one recipe: dense features are
+    standardised first (a pipeline), sparse ones are used as they are (with `sparse_solver`); `n_threads` caps the BLAS
+    threads (`threadpoolctl`): on a busy machine two BLAS threads made it five times slower than one."""
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    is_sparse = sparse.issparse(X)
+    lr = LogisticRegression(
+        C=C, max_iter=max_iter, class_weight="balanced", solver=sparse_solver if is_sparse else "lbfgs"
+    )
+    model = lr if is_sparse else make_pipeline(StandardScaler(), lr)
+    with threadpool_limits(n_threads):
+        return model.fit(X, y)
+
 # %% ../nbs/05b_probe.ipynb #nb05b-033
 class LinearProbe:
     """Logistic-regression probe of one binary concept (scikit-learn style): standardised dense features (sparse
     ones as they are), class-balanced weights; `score` is the AUROC. `max_negatives` subsamples the negative
     training tokens (all positives kept; AUROC does not depend on the class ratio). `n_threads` caps the BLAS
-    threads of the fit (`threadpoolctl`): on a busy machine two BLAS threads made it five times slower than one."""
+    threads (`fit_logistic`)."""
 
     def __init__(
         self,
@@ -518,12 +537,6 @@ class LinearProbe:
         )
 
     def fit(self, X, y) -> LinearProbe:
-        from scipy import sparse
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-        from threadpoolctl import threadpool_limits
-
         y = np.asarray(y, bool)
         if X.shape[0] != len(y):
             raise ValueError(f"X has {X.shape[0]} rows but y {len(y)}")
@@ -534,13 +547,7 @@ class LinearProbe:
         if self.max_negatives is not None and len(neg) > self.max_negatives:
             neg = np.random.default_rng(self.seed).choice(neg, self.max_negatives, replace=False)
             keep = np.sort(np.r_[np.flatnonzero(y), neg])
-        is_sparse = sparse.issparse(X)
-        lr = LogisticRegression(
-            C=self.C, max_iter=self.max_iter, class_weight="balanced", solver="liblinear" if is_sparse else "lbfgs"
-        )
-        self.model_ = lr if is_sparse else make_pipeline(StandardScaler(), lr)
-        with threadpool_limits(self.n_threads):
-            self.model_.fit(X[keep], y[keep])
+        self.model_ = fit_logistic(X[keep], y[keep], self.C, self.max_iter, self.n_threads, sparse_solver="liblinear")
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -569,22 +576,13 @@ class CategoricalProbe:
         self.C, self.max_iter, self.n_threads = C, max_iter, n_threads
 
     def fit(self, X, levels) -> CategoricalProbe:
-        from scipy import sparse
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-        from threadpoolctl import threadpool_limits
-
         levels = np.asarray(levels)
         if X.shape[0] != len(levels):
             raise ValueError(f"X has {X.shape[0]} rows but levels {len(levels)}")
         if not np.issubdtype(levels.dtype, np.integer) or levels.min(initial=0) < 0 or len(np.unique(levels)) < 2:
             raise ValueError("CategoricalProbe.fit: levels must be integers >= 0 with at least two distinct values")
         self.n_levels_ = int(levels.max())
-        lr = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced", solver="lbfgs")
-        self.model_ = lr if sparse.issparse(X) else make_pipeline(StandardScaler(), lr)
-        with threadpool_limits(self.n_threads):
-            self.model_.fit(X, levels)
+        self.model_ = fit_logistic(X, levels, self.C, self.max_iter, self.n_threads)  # lbfgs: one multinomial model
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -688,14 +686,19 @@ def probe_table(
         y = data.labels[c].to_numpy()
         if min(y[tr].sum(), y[te].sum()) < min_positives or (~y[tr]).sum() < 1 or (~y[te]).sum() < 1:
             continue
-        common = {"concept": c, "n_train": len(tr), "n_test": len(te), "n_test_pos": int(y[te].sum())}
+        common = {
+            "concept": c,
+            "n_train": len(tr),
+            "n_test": len(te),
+            "n_test_pos": int(y[te].sum()),
+            "probe": "binary",
+        }
         p = LinearProbe(seed=seed, **probe_kw).fit(ident[tr], y[tr])
         rows.append({**common, "source": "token identity", "layer": np.nan, "auroc": p.score(ident[te], y[te])})
         for src, layers in data.features.items():
             for layer, X in layers.items():
                 p = LinearProbe(seed=seed, **probe_kw).fit(X[tr], y[tr])
                 rows.append({**common, "source": src, "layer": layer, "auroc": p.score(X[te], y[te])})
-    rows = [r if "probe" in r else r | {"probe": "binary"} for r in rows]
     cols = ["concept", "source", "layer", "auroc", "n_train", "n_test", "n_test_pos", "probe"]
     return pd.DataFrame(rows, columns=cols)
 

@@ -284,7 +284,7 @@ def export_saelens(sae: SAE, folder: str | Path, extra: dict | None = None) -> P
 
     kind = sae.cfg.kind
     if kind in THRESHOLD_KINDS and not torch.isfinite(sae.threshold):
-        raise ValueError("export_saelens: the BatchTopK SAE has no inference threshold yet (train it first)")
+        raise ValueError(f"export_saelens: the {kind} SAE has no inference threshold yet (train it first)")
     s, mu = sae.norm_scale.detach().double(), sae.norm_mean.detach().double()
     t = {
         "W_enc": sae.W_enc.detach().double() / s,
