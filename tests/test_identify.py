@@ -220,3 +220,15 @@ def test_guard_on_radius_mle(n, kw, identifiable, tmp_path):
         == 1
     )
     assert not (tmp_path / "fit.json").exists()
+
+
+@pytest.mark.slow
+def test_noise_hidden_by_fast_motion_keeps_an_honest_interval():
+    """A 4x stiffer chain at 60-s frames: the E–P vector decorrelates within about a frame, the saturating law sees no
+    noise (σ_loc 0 for a truth of 20 nm) and its bootstrap stays at 0; the interval must not be [0, 0] but reach the
+    model-free bound √(MSD(1)/4), which covers the truth."""
+    p = SimParams(n_frames=241, dt_s=60.0, sigma_loc_nm=20.0, spring_rate_per_s=4 / 0.177)
+    e = estimate_sigma_loc(simulate(300, p, seed=41).to_arrays(), n_boot=30)
+    assert e.sigma_loc_nm == 0.0 and e.method.endswith("+lag1-bound"), e
+    assert e.lo_nm == 0.0 and e.hi_nm == pytest.approx(math.sqrt(e.msd_nm2[0] / 4)), e
+    assert e.lo_nm <= 20.0 <= e.hi_nm, e

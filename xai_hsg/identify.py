@@ -110,7 +110,7 @@ class SigmaLocEstimate:
     sigma_loc_nm: float
     lo_nm: float
     hi_nm: float
-    method: str  # 'msd-saturating/vector' or 'msd-saturating/distance' (weaker: fourth moments, Gaussian assumption)
+    method: str  # 'msd-saturating/vector' or '/distance' (weaker: fourth moments); '+lag1-bound': see below
     ci: float
     sigma_saturating_nm: float
     sigma_power_nm: float
@@ -141,7 +141,9 @@ def estimate_sigma_loc(
     ties its short-time exponent to the saturation's curvature and on Rouse motion at 30–60 s frames returns σ_loc
     up to ~20 nm too high). The point estimate is the saturating law's; the interval is the envelope of both
     families' `ci` percentile bootstraps over traces (sampling and motion-shape uncertainty). Motion that decorrelates
-    within one frame is indistinguishable from noise: no estimator from the vectors alone separates them. Gaps (NaN,
+    within one frame is indistinguishable from noise: no estimator from the vectors alone separates them, so when
+    the saturating law sees no noise at all (σ_loc at its floor, 0) the interval's upper end becomes the model-free bound
+    √(MSD(1)/4) (all of the lag-1 step could be noise; `method` gains "+lag1-bound") instead of a zero-width [0, 0]. Gaps (NaN,
     masked frames) are skipped; `use_vectors=False` (or no vectors) uses the distances, weaker (fourth moments)."""
     if max_lag_frames < 4:
         raise ValueError("max_lag_frames must be >= 4 (the saturating family has 4 parameters)")
@@ -173,11 +175,14 @@ def estimate_sigma_loc(
         lo, hi = np.quantile(b, [a, 1 - a]) if len(b) >= 10 else (est[name], est[name])
         los.append(min(lo, est[name]))
         his.append(max(hi, est[name]))
+    hi_nm, method = float(max(his)), f"msd-saturating/{kind}"
+    if est["saturating"] == 0.0:  # no noise seen beside the motion: it may hide in motion faster than a frame
+        hi_nm, method = max(hi_nm, math.sqrt(msd[0] / 4)), method + "+lag1-bound"
     return SigmaLocEstimate(
         sigma_loc_nm=est["saturating"],
         lo_nm=float(min(los)),
-        hi_nm=float(max(his)),
-        method=f"msd-saturating/{kind}",
+        hi_nm=hi_nm,
+        method=method,
         ci=ci,
         sigma_saturating_nm=est["saturating"],
         sigma_power_nm=est["power"],
