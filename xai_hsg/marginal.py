@@ -91,13 +91,14 @@ def kernel_weights(dt_s: float, t_rise_s: float, t_plateau_s: float, max_lag: in
 # %% ../nbs/03b_marginal.ipynb #e37113cd
 @dataclass(frozen=True)
 class CompoundStates:
-    "The kept compound states (`compound_states`): codes, bits and the predecessor table of the forward algorithm."
+    "The kept compound states (`compound_states`): codes, bits and the successor table of the forward algorithm."
 
     window: int  # W
     max_switches: int | None  # m (None: all 2^W states)
     codes: np.ndarray  # [N] int64
     bits: np.ndarray  # [N, W] float64, bits[:, i] = s_{t−i}
-    pred: np.ndarray  # [N, 2] index of the predecessor with oldest bit 0 / 1; N where it was not kept
+    succ: np.ndarray  # [N, 2] index of the state reached by appending bit 0 / 1 (merged when not kept)
+    merged: np.ndarray  # [N, 2] bool: that successor had m + 1 switches and was merged (oldest switch dropped)
     step_counts: np.ndarray  # [N, 4] counts of (older, newer) = 00, 01, 10, 11 bit pairs within the window
 
     @property
@@ -106,7 +107,8 @@ class CompoundStates:
 
 
 def compound_states(window: int, max_switches: int | None = None) -> CompoundStates:
-    "All codes 0..2^W − 1 with at most `max_switches` bit changes (None: all), and their predecessors."
+    """All codes 0..2^W − 1 with at most `max_switches` bit changes (None: all), and their successors: c ≪ 1 | s
+    (W bits), or, when that has one switch too many, the same with its oldest run set to the run after it."""
     if not 1 <= window <= 24:
         raise ValueError(f"window must be in [1, 24], got {window}")
     if max_switches is not None and max_switches < 0:
@@ -125,9 +127,18 @@ def compound_states(window: int, max_switches: int | None = None) -> CompoundSta
     older, newer = bits[:, 1:], bits[:, :-1]
     index = np.full(2**window, len(codes), np.int64)
     index[codes] = np.arange(len(codes))
-    pred = np.stack([index[(codes >> 1) | (b << (window - 1))] for b in (0, 1)], 1)
+    nxt = np.stack([((codes << 1) | s) & (2**window - 1) for s in (0, 1)], 1)  # [N, 2] true successors
+    succ = index[nxt]
+    merged = succ == len(codes)
+    if merged.any():  # one switch too many: drop the oldest (bits from it to the window's end copy the bit before it)
+        b = (nxt[merged][:, None] >> np.arange(window)) & 1
+        oldest = window - 1 - np.argmax((b[:, 1:] != b[:, :-1])[:, ::-1], 1)  # position of the oldest switch
+        keep_low = (1 << oldest) - 1
+        fill = np.where(b[np.arange(len(b)), oldest - 1] == 1, (2**window - 1) & ~keep_low, 0)
+        succ[merged] = index[(nxt[merged] & keep_low) | fill]
+        assert (succ < len(codes)).all(), "a merged successor is not a kept state"
     counts = np.stack([((older == x) & (newer == y)).sum(1) for x in (0, 1) for y in (0, 1)], 1)
-    return CompoundStates(window, max_switches, codes, bits.astype(float), pred, counts.astype(float))
+    return CompoundStates(window, max_switches, codes, bits.astype(float), succ, merged, counts.astype(float))
 
 # %% ../nbs/03b_marginal.ipynb #7adff8f1
 @dataclass(frozen=True)
@@ -295,13 +306,13 @@ def _normal_logpdf(y, mean, var):
 
 # %% ../nbs/03b_marginal.ipynb #7c3d9e41
 def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean [N, 2, p + 1] and covariance [N, 2, p + 1, p + 1] of the frames (y_t, y_{t−1}, …, y_{t−p}) on each kept
-    transition c = pred[c′, j] → c′ (the W bits of c′, then the oldest bit of c: j)."""
+    """Mean [N, 2, p + 1] and covariance [N, 2, p + 1, p + 1] of the frames (y_t, y_{t−1}, …, y_{t−p}) on each step
+    from kept state c (at t − 1) with new bit s_t: the path s_t, then the W bits of c (s_{t−1} .. s_{t−W})."""
     a, A, sigma, f = theta[3:7].exp()
     bits = torch.as_tensor(data.states.bits)
     N, W = bits.shape
-    oldest = torch.tensor([0.0, 1.0], dtype=bits.dtype)
-    path = torch.cat([bits[:, None].expand(N, 2, W), oldest[None, :, None].expand(N, 2, 1)], -1)  # s_t .. s_{t−W}
+    new = torch.tensor([0.0, 1.0], dtype=bits.dtype)
+    path = torch.cat([new[None, :, None].expand(N, 2, 1), bits[:, None].expand(N, 2, W)], -1)  # s_t .. s_{t−W}
     w = f + (1 - f) * path
     kw, p, L = data.kernel, data.emission_order, data.kernel.n_lags
     level = lambda x, j: w[..., j : j + L] @ torch.as_tensor(x)  # Σ_l x_l·w_{t−j−l}
@@ -316,7 +327,7 @@ def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Ten
 
 
 def emission_coefficients(data: MarginalData, theta: torch.Tensor) -> torch.Tensor:
-    "Per transition, the coefficients of `emission_features` in log p(y_t | y_{t−1..t−q}, c, c′): [F, N, 2]."
+    "Per step (c, s_t), the coefficients of `emission_features` in log p(y_t | y_{t−1..t−q}, c, s_t): [F, N, 2]."
     mean, S = emission_moments(data, theta)
     out = []
     for q in range(data.emission_order + 1):
@@ -344,26 +355,34 @@ def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch
 
 # %% ../nbs/03b_marginal.ipynb #6736342f
 def _transition_tables(data: MarginalData, theta: torch.Tensor, logp: torch.Tensor):
-    """What one forward step needs, per kept transition c = pred[c′, j] → c′ in column 2c′ + j: the coefficients of the
-    data features and of the four step log-probabilities [F + 4, 2N] (so that features·coefficients is log[P(s_t |
-    s_{t−1})·p(y_t | y_{t−1..t−q}, c, c′)]), the features with the step log-probabilities appended [B, T−1, F + 4],
-    the predecessor of each column [2N] and a bias [2N] (0, or −inf where the predecessor was not kept)."""
+    """What one forward step needs, per step e = 2c + s from kept state c with new bit s (2N of them): the coefficients
+    of the data features and of the four step log-probabilities [F + 4, 2N] (so that features·coefficients is
+    log[P(s_t | s_{t−1})·p(y_t | y_{t−1..t−q}, c, s_t)]), the features with the step log-probabilities appended
+    [B, T−1, F + 4], and the state each step lands on [2N]."""
     cs = data.states
     N = cs.n_states
-    pred = torch.as_tensor(cs.pred)
     bits = torch.as_tensor(cs.bits)
-    s_prev = torch.cat([bits[:, 0], bits.new_zeros(1)]).long()[pred]  # newest bit of c
-    step = (2 * s_prev + bits[:, :1].long()).reshape(-1)  # [2N] index 2·s_{t−1} + s_t
+    step = (2 * bits[:, :1].long() + torch.arange(2)).reshape(-1)  # [2N] index 2·s_{t−1} + s_t
     one_hot = torch.nn.functional.one_hot(step, 4).T.to(theta.dtype)  # [4, 2N]
     coef = torch.cat([emission_coefficients(data, theta).reshape(-1, 2 * N), one_hot])
     feats = torch.cat([data.features, logp], -1)
-    kept = pred.reshape(-1) < N
-    bias = torch.where(kept, 0.0, -math.inf).to(theta.dtype)
-    return coef, feats, torch.where(kept, pred.reshape(-1), 0), bias
+    return coef, feats, torch.as_tensor(cs.succ).reshape(-1)
+
+
+def _state_frame_logpdf(data: MarginalData, theta: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    "log p(y_0 | c) [B, N]: frame 0 given each kept state's own bits (its newest L intervals)."
+    a, A, sigma, f = theta[3:7].exp()
+    kw = data.kernel
+    w = f + (1 - f) * torch.as_tensor(data.states.bits)[:, : kw.n_lags]
+    scale = a * data.dt_s
+    mean = scale * (w @ torch.as_tensor(kw.kappa))
+    var = sigma**2 + A * scale * (w @ torch.as_tensor(kw.kappa2))
+    return _normal_logpdf(y0, mean, var)
 
 
 def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
-    """log p(MS2 | distances, θ) per trace [B], summed over the kept promoter paths by the forward algorithm.
+    """log p(MS2 | distances, θ) per trace [B], summed over the promoter paths by the forward algorithm (all of them,
+    or with `max_switches` the kept compound states and merged steps: see "Truncation").
     `theta`: float64 [8] log parameters (`MarginalParams.LOG_NAMES`). `potentials` [B, T, N] (zeros) are added to α_t:
     their gradient is the posterior of the compound states (`posterior_compound`)."""
     cs = data.states
@@ -373,19 +392,21 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
         log_pi = torch.stack(
             [torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])]
         ).expand(len(g), 2)
-    mean, S = emission_moments(data, theta)
-    m0, v0 = mean[:, 0, 0], S[:, 0, 0, 0]  # frame 0 of each state (its own bits)
     bits = torch.as_tensor(cs.bits)
     alpha = log_pi[:, bits[:, -1].long()] + init @ torch.as_tensor(cs.step_counts).T  # [B, N]: the W bits before t = 1
-    alpha = alpha + torch.where(data.y_obs[:, :1], _normal_logpdf(data.y[:, :1], m0, v0), 0.0)
+    alpha = alpha + torch.where(data.y_obs[:, :1], _state_frame_logpdf(data, theta, data.y[:, :1]), 0.0)
     phi = None if potentials is None else potentials.unbind(1)
     if phi is not None:
         alpha = alpha + phi[0]
-    coef, feats, pred, bias = _transition_tables(data, theta, logp)
+    coef, feats, target = _transition_tables(data, theta, logp)
     B, N = alpha.shape
+    source = torch.arange(N).repeat_interleave(2)  # step e = 2c + s leaves state c
     for t, x in enumerate(feats.unbind(1), 1):  # one step's transitions at a time: no [B, T, 2N] tensor
-        a = (alpha.index_select(1, pred) + torch.addmm(bias, x, coef)).view(B, N, 2)
-        alpha = torch.logaddexp(a[..., 0], a[..., 1])
+        a = alpha.index_select(1, source) + x @ coef  # [B, 2N]
+        # log Σ over the steps landing on each state; the max (a constant for the gradient) keeps exp in range
+        top = alpha.new_full((B, N), -math.inf).scatter_reduce(1, target.expand(B, -1), a, "amax").detach()
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        alpha = top + torch.log(alpha.new_zeros(B, N).index_add(1, target, torch.exp(a - top[:, target])))
         if phi is not None:
             alpha = alpha + phi[t]
     return torch.logsumexp(alpha, -1)
