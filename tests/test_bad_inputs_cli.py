@@ -301,13 +301,13 @@ def test_row6_ctrl_c_in_reproduce(tmp_path):
     assert rerun.returncode == 0 and "cached" in rerun.stderr, rerun.stderr
 
 
-def test_ctrl_c_is_held_while_torch_is_on_the_stack_and_raised_in_our_code():
+def test_ctrl_c_is_held_while_torch_or_compiled_code_is_on_the_stack_and_raised_in_our_code():
     """Ctrl-C landing in Python code that torch's C++ called (its import: 3 of 150 interrupted `simulate` runs; a lazy
     import inside `fit-radius`: 1 of 10) aborted the process (SIGABRT, "terminate called after throwing ...
     pybind11::error_already_set"): the CLI's guard holds SIGINT while a frame of torch is on the stack, raises it as a
     KeyboardInterrupt (exit 130) once Python is back in our code or at the end of the block, and keeps an ignored SIGINT
     ignored."""
-    folder = cli._torch_folder()
+    folder = cli._package_folder("torch")
     assert folder and os.path.isfile(os.path.join(folder, "__init__.py"))
     steps, space = [], {"signal": signal}
     exec(compile("def in_torch(steps):\n    signal.raise_signal(signal.SIGINT)\n    steps.append('in torch')\n",
@@ -315,7 +315,7 @@ def test_ctrl_c_is_held_while_torch_is_on_the_stack_and_raised_in_our_code():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test run inherits it ignored
     try:
         with pytest.raises(KeyboardInterrupt):
-            with cli._interrupts_outside_torch(retry_s=0.01):
+            with cli._interrupts_outside_native_code(retry_s=0.01):
                 space["in_torch"](steps)  # held inside "torch", retried...
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:  # ... and raised here, in our code
@@ -323,17 +323,24 @@ def test_ctrl_c_is_held_while_torch_is_on_the_stack_and_raised_in_our_code():
                 steps.append("not interrupted")
         assert steps == ["in torch"]
         with pytest.raises(KeyboardInterrupt):
-            with cli._interrupts_outside_torch(retry_s=60):
+            with cli._interrupts_outside_native_code(retry_s=60):
                 space["in_torch"](steps)
                 steps.append("block ends")  # no retry before the end: raised as the block ends
         assert steps == ["in torch", "in torch", "block ends"]
+        exec(compile("def in_cython(steps):\n    signal.raise_signal(signal.SIGINT)\n    steps.append('in cython')\n",
+                     "pyarrow/pandas-shim.pxi", "exec"), space)  # fmt: skip
         with pytest.raises(KeyboardInterrupt):
-            with cli._interrupts_outside_torch():
+            with cli._interrupts_outside_native_code(retry_s=60):
+                space["in_cython"](steps)  # Python called by compiled code (pyarrow's, the SIGSEGV in CI): held too
+                steps.append("block ends")
+        assert steps[-2:] == ["in cython", "block ends"]
+        with pytest.raises(KeyboardInterrupt):
+            with cli._interrupts_outside_native_code():
                 signal.raise_signal(signal.SIGINT)  # our own code: at once
                 steps.append("not interrupted")
         assert "not interrupted" not in steps and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with cli._interrupts_outside_torch():
+        with cli._interrupts_outside_native_code():
             signal.raise_signal(signal.SIGINT)  # ignored before, ignored during and after
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:

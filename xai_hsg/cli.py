@@ -511,34 +511,47 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-def _torch_folder() -> str | None:
-    "The folder of the installed torch package (with a trailing separator), found without importing it."
-    spec = importlib.util.find_spec("torch")
+def _package_folder(name: str) -> str | None:
+    "The folder of an installed package (with a trailing separator), found without importing it; None if absent."
+    spec = importlib.util.find_spec(name)
     return os.path.dirname(spec.origin) + os.sep if spec is not None and spec.origin else None
 
 
-@contextlib.contextmanager
-def _interrupts_outside_torch(retry_s: float = 0.02):
-    """Deliver Ctrl-C (SIGINT) as a KeyboardInterrupt only where no frame of torch or of an import is on the stack.
+# packages whose Python code native code calls back, where a KeyboardInterrupt is unsafe (see below)
+_NATIVE_PACKAGES = ("torch", "pandas", "pyarrow")
 
-    A KeyboardInterrupt raised in Python code that torch's C++ called (the import of torch, its lazy imports, autograd
-    callbacks) escapes as a C++ exception and aborts the process (`terminate called after throwing ...
-    pybind11::error_already_set`, SIGABRT) instead of ending it with status 130; inside an import of an extension
-    module (scipy's HiGHS) it becomes an ImportError. So while torch or an import is on the stack the
-    interrupt waits and is tried again `retry_s` later; it is raised in our own code, at the latest when the block ends.
-    Only the main thread may set handlers; an ignored SIGINT stays ignored."""
+
+_COMPILED_SUFFIXES = (".pyx", ".pxi", ".pxd")  # the file names of Cython frames (pandas, pyarrow, scipy, sklearn)
+
+
+@contextlib.contextmanager
+def _interrupts_outside_native_code(retry_s: float = 0.02):
+    """Deliver Ctrl-C (SIGINT) as a KeyboardInterrupt only where no frame of native-backed libraries or of an import is
+    on the stack.
+
+    A KeyboardInterrupt raised in Python code that native code called, or that shares memory with it, can kill the
+    process instead of ending it with status 130: under torch's C++ (its import, its lazy imports, autograd callbacks) it
+    escapes as a C++ exception and aborts (`terminate called after throwing ... pybind11::error_already_set`, SIGABRT);
+    inside pandas' `read_csv` (3.1 parses a file in threads over a memory map; its columns go through pyarrow's Cython)
+    it ended `fit-radius` with SIGSEGV (1 of 10 interrupted runs in CI); inside an import of an extension module
+    (scipy's HiGHS) it becomes an ImportError. So while a frame of torch, pandas, pyarrow, compiled (Cython) code or an
+    import is on the stack the interrupt waits and is tried again `retry_s` later; it is raised in our own code, at the
+    latest when the block ends. Only the main thread may set handlers; an ignored SIGINT stays ignored."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield
         return
-    torch_folder, pending, active = _torch_folder(), threading.Event(), threading.Event()
+    pending, active = threading.Event(), threading.Event()
+    folders = [_package_folder(name) for name in _NATIVE_PACKAGES]
+    unsafe_prefixes = ("<frozen importlib", *(folder for folder in folders if folder))
 
     def retry():
         if active.is_set():
             os.kill(os.getpid(), signal.SIGINT)
 
     def handler(signum, frame):
-        while torch_folder and frame is not None:
-            if frame.f_code.co_filename.startswith((torch_folder, "<frozen importlib")):
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(unsafe_prefixes) or name.endswith(_COMPILED_SUFFIXES):
                 pending.set()
                 threading.Timer(retry_s, retry).start()
                 return
@@ -569,8 +582,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = None
     try:
-        # the whole run, parsing included: some arguments' checks import torch (see `_interrupts_outside_torch`)
-        with _interrupts_outside_torch():
+        # the whole run, parsing included: some arguments' checks import torch (see `_interrupts_outside_native_code`)
+        with _interrupts_outside_native_code():
             try:
                 args = build_parser().parse_args(argv)
             except SystemExit as stop:  # argparse: --help (0) or a usage error (2), already printed as one line
