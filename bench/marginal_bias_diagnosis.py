@@ -8,12 +8,18 @@ Variants of the MS2 the fit reads (distances and the promoter path are the simul
 - `small-loadings`: 20× the loadings at 1/20 the amplitude (the same mean signal; Poisson noise negligible);
 - `noiseless`: small loadings and σ = 0.1 (switch times well located by MS2);
 - `model-consistent`: MS2 regenerated from the frame states exactly as the model assumes (the state of frame t holds
-  over the interval (t − 1, t], loadings Poisson within it at uniform times), small loadings, σ = 1.
+  over the interval (t − 1, t], loadings Poisson within it at uniform times), small loadings, σ = 1;
+- `model-drawn`: the promoter path *and* the MS2 drawn from the model itself: the chain of `marginal_loglik` on the
+  simulated distances (OFF→ON with probability 1 − exp(−k_on·Δt·ḡ) from the model's own gate ḡ, ON→OFF with
+  exp(−k_off·Δt) kept), the emission's mean a·Δt·Σ_l κ_l·s_{t−l} plus Gaussian noise σ = 1 (the small-loading limit).
+  The only approximation left between data and fit is the truncation, so a fit that misses here misses by the
+  information in the data (or a fault of the fit), not by a difference between simulator and model.
 
 `--profile` adds the profile log-likelihood at a few radii (k_on and the rest refitted at each). One JSON line per fit.
 
     python bench/marginal_bias_diagnosis.py --variants simulator small-loadings --n 300 --seed 101
     python bench/marginal_bias_diagnosis.py --variants model-consistent --n 1200 --seed 101
+    python bench/marginal_bias_diagnosis.py --variants model-drawn --n 1000 --seed 7 --profile 120 150
 """
 
 from __future__ import annotations
@@ -21,16 +27,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 
 import numpy as np
 import torch
 
-from xai_hsg.marginal import MarginalRadius, _refit, marginal_loglik, trapezoid_kernel
+from xai_hsg.marginal import (
+    MarginalConfig,
+    MarginalData,
+    MarginalRadius,
+    _refit,
+    interval_gate,
+    kernel_weights,
+    marginal_loglik,
+    trapezoid_kernel,
+)
 from xai_hsg.radius import RadiusMLE
 from xai_hsg.simulate import SimParams, simulate
+from xai_hsg.tracks import TraceArrays
 
-VARIANTS = ("simulator", "small-loadings", "noiseless", "model-consistent")
+VARIANTS = ("simulator", "small-loadings", "noiseless", "model-consistent", "model-drawn")
 
 
 def cell_params(variant: str, r_c_nm: float) -> SimParams:
@@ -56,11 +73,32 @@ def model_consistent_ms2(state: np.ndarray, p: SimParams, seed: int) -> np.ndarr
     return y + rng.normal(0.0, p.sigma_ms2, y.shape)
 
 
+def model_drawn(arrays: TraceArrays, p: SimParams, seed: int) -> TraceArrays:
+    "`arrays` with the promoter path and the MS2 drawn from the marginal model itself (the `model-drawn` variant)."
+    data = MarginalData.from_arrays(arrays, p.sigma_loc_nm, MarginalConfig(p.t_rise_s, p.t_plateau_s))
+    with torch.no_grad():
+        gate = interval_gate(data, torch.tensor(math.log(p.r_c_nm), dtype=torch.float64)).numpy()
+    rng = np.random.default_rng(seed + 1000)
+    B, T = arrays.distance_nm.shape
+    state = np.zeros((B, T))
+    for t in range(1, T):
+        p_on = np.where(
+            state[:, t - 1] == 0, -np.expm1(-p.k_on * p.dt_s * gate[:, t - 1]), np.exp(-p.k_off_per_s * p.dt_s)
+        )
+        state[:, t] = rng.random(B) < p_on
+    kappa = kernel_weights(p.dt_s, p.t_rise_s, p.t_plateau_s).kappa
+    mean = sum(kappa[lag] * np.pad(state, ((0, 0), (lag, 0)))[:, :T] for lag in range(len(kappa)))
+    ms2 = p.nu_on_per_s * p.amplitude * p.dt_s * mean + rng.normal(0.0, p.sigma_ms2, (B, T))
+    return dataclasses.replace(arrays, state=state.astype(arrays.state.dtype), ms2=ms2)
+
+
 def run(variant: str, n: int, seed: int, max_switches: int, r_c_nm: float, profile: list[float]) -> dict:
     p = cell_params(variant, r_c_nm)
     arrays = simulate(n, p, seed=seed).to_arrays()
     if variant == "model-consistent":
         arrays = dataclasses.replace(arrays, ms2=model_consistent_ms2(arrays.state.astype(float), p, seed))
+    elif variant == "model-drawn":
+        arrays = model_drawn(arrays, p, seed)
     truth = RadiusMLE(sigma_loc_nm=p.sigma_loc_nm, n_boot=0).fit(arrays).r_c_nm_
     t0 = time.perf_counter()
     est = MarginalRadius(sigma_loc_nm=p.sigma_loc_nm, max_switches=max_switches).fit(arrays)
