@@ -374,3 +374,13 @@ def test_commit_interrupted_at_any_step_is_finished_by_the_next_run(mini_repo, m
         assert pipeline._State(where.runs / "_state.json").keys() == {"01_alpha": keys[-1]} != {"01_alpha": keys[-2]}
         assert sorted(p.name for p in where.runs.iterdir()) == ["01_alpha.ipynb", "_state.json"]
     assert sorted(p.name for p in (where.artifacts / "01_alpha").iterdir()) == ["a.txt"]
+
+
+def test_state_records_of_two_runs_at_once_both_survive(tmp_path):
+    "Two `reproduce --only` runs of one profile hold the state file at once: each records its stage, neither erases the other's."
+    path = tmp_path / "runs" / "paper" / "_state.json"
+    first, second = pipeline._State(path), pipeline._State(path)  # both read the (absent) file before either writes
+    first.record("03_radius", "k3", 1.0)
+    second.record("05_embedding", "k5", 2.0)
+    first.record("04_vae", "k4", 3.0)
+    assert pipeline._State(path).keys() == {"03_radius": "k3", "05_embedding": "k5", "04_vae": "k4"}

@@ -284,9 +284,19 @@ class _State:
         self.put(name, self.entry(key, seconds, tables, **extra))
 
     def put(self, name: str, entry: dict) -> None:
-        "Record `entry` (made by `entry`) for `name`."
-        self.data[name] = dict(entry)
-        core.write_json_atomic(self.path, self.data, sort_keys=False)
+        """Record `entry` (made by `entry`) for `name`. Under a lock, the file is read again and only this entry
+        changes: two runs of one profile at once (`--only 03` beside `--only 05`) keep each other's records."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.path.parent, os.O_RDONLY)  # the lock is on the folder: no lock file left beside the state
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            self.data[name] = dict(entry)
+            core.write_json_atomic(self.path, self.data, sort_keys=False)
+        finally:
+            os.close(folder)  # closing the last descriptor releases the lock
 
     def keys(self) -> dict[str, str]:
         "Stage name -> key of its last successful run."
