@@ -517,11 +517,10 @@ def _package_folder(name: str) -> str | None:
     return os.path.dirname(spec.origin) + os.sep if spec is not None and spec.origin else None
 
 
-# packages whose Python code native code calls back, where a KeyboardInterrupt is unsafe (see below)
+# where a KeyboardInterrupt is unsafe (see `_interrupts_outside_native_code`): packages whose Python code native code
+# calls or shares memory with, and the file names of Cython frames (pandas, pyarrow, scipy, sklearn)
 _NATIVE_PACKAGES = ("torch", "pandas", "pyarrow")
-
-
-_COMPILED_SUFFIXES = (".pyx", ".pxi", ".pxd")  # the file names of Cython frames (pandas, pyarrow, scipy, sklearn)
+_COMPILED_SUFFIXES = (".pyx", ".pxi", ".pxd")
 
 
 @contextlib.contextmanager
