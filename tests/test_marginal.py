@@ -5,6 +5,7 @@ MS2 alone, and a radius that does not move when the Poisson loading noise is mad
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -327,7 +328,9 @@ def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
     frames against it (the state is read only to score the posterior, on simulations)."""
     from xai_hsg.marginal import fit_marginal
 
-    arrays = sim60(100, seed=4)
+    # at σ_ms2 = 1, 100 traces × 121 frames do not bound r_c from below (the profile stays within the cut down to point
+    # contact): less MS2 noise locates the switches
+    arrays = sim60(100, seed=4, sigma_ms2=0.3)
     kw = dict(sigma_loc_nm=20.0, test_fraction=0.0, max_iter=15)
     res = fit_marginal(arrays, **kw)
     shuffled = arrays.replace(
@@ -336,7 +339,7 @@ def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
     res_shuffled = fit_marginal(shuffled, **kw)
     assert res["r_c_nm"] == res_shuffled["r_c_nm"] and res["r_c_interval_nm"] == res_shuffled["r_c_interval_nm"]
     f1, f1_shuffled = res["posterior_state_f1"], res_shuffled["posterior_state_f1"]
-    assert 0.5 < f1 <= 1 and f1 > f1_shuffled + 0.2, (f1, f1_shuffled)  # measured F1 0.67
+    assert 0.5 < f1 <= 1 and f1 > f1_shuffled + 0.2, (f1, f1_shuffled)
     assert "posterior_state_f1" not in fit_marginal(arrays.replace(state=None), **kw)
 
 
@@ -365,3 +368,43 @@ def test_start_far_above_every_distance_is_scanned_back():
     assert np.percentile(d, 2) - 1e-9 <= moved.r_c_nm <= np.percentile(d, 98) + 1e-9
     with torch.no_grad():
         assert marginal_loglik(data, moved.to_log()).sum() > marginal_loglik(data, far.to_log()).sum()
+
+
+def test_profile_search_lands_on_the_crossing_of_a_quadratic_profile():
+    """√drop is linear in log r_c for a quadratic profile: the next point, extrapolated from one inside the cut or
+    interpolated in a bracket, is the crossing itself, on either side and for unequal curvatures."""
+    from xai_hsg.marginal import _next_log_r
+
+    x_hat, target = math.log(120.0), 1.35
+    for curvature, sign in ((3.0, -1), (11.0, 1)):
+        drop = lambda x, c=curvature: c * (x - x_hat) ** 2
+        crossing = x_hat + sign * math.sqrt(target / curvature)
+        inside = x_hat + sign * 0.6 * math.sqrt(target / curvature)
+        assert _next_log_r(x_hat, [(inside, drop(inside))], target, 4.0) == pytest.approx(crossing)
+        outside = x_hat + sign * 2.0
+        tried = [(inside, drop(inside)), (outside, drop(outside))]
+        assert _next_log_r(x_hat, tried, target, 4.0) == pytest.approx(crossing)
+    # flat so far: at most step_cap times farther out
+    assert _next_log_r(x_hat, [(x_hat + 0.2, 1e-6)], target, 4.0) == pytest.approx(x_hat + 0.8)
+
+
+@pytest.mark.slow
+def test_profile_interval_ends_sit_at_the_cut_and_the_adjustment_widens_it():
+    """The profile interval's ends: r_c held there, the other parameters refitted longer, the log-likelihood lies the
+    cut below the maximum (within the search's tolerance); a smaller adjustment c (a sandwich wider than the model's
+    own variance) only widens the interval."""
+    from xai_hsg.marginal import _refit
+
+    arrays = sim60(100, seed=5)
+    est = MarginalRadius(sigma_loc_nm=20.0, max_switches=None, max_iter=40).fit(arrays)
+    unc = est.uncertainty(arrays)
+    prof = est.profile(arrays, unc)
+    assert prof.lo_nm < est.r_c_nm_ < prof.hi_nm and not prof.open_sides, prof
+    assert 0 < prof.adjustment <= 1 and prof.max_exceeded_nats < 1e-3
+    data = est._data(arrays)
+    loglik = lambda e: float(marginal_loglik(data, e._theta().detach()).sum())
+    for end in (prof.lo_nm, prof.hi_nm):
+        drop = loglik(est) - loglik(_refit(est, arrays, max_iter=60, r_c_nm=end))
+        assert abs(drop * prof.adjustment / prof.cut - 1) < 0.25, (end, drop, prof)
+    wider = est.profile(arrays, dataclasses.replace(unc, adjustment=prof.adjustment / 2))
+    assert wider.lo_nm < prof.lo_nm and wider.hi_nm > prof.hi_nm

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from scipy.integrate import quad
-from scipy.stats import norm
+from scipy.stats import chi2, norm
 
 from . import core
 from .identify import Identifiability, estimate_sigma_loc, identifiability
@@ -34,8 +34,8 @@ _LOG2PI = math.log(2 * math.pi)
 __all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights', 'CompoundStates', 'compound_states',
            'MarginalParams', 'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
            'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start',
-           'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'marginal_identifiability',
-           'write_states', 'fit_marginal', 'fit_radius_marginal']
+           'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'ProfileInterval',
+           'marginal_identifiability', 'write_states', 'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -571,6 +571,14 @@ def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_ite
 
 # %% ../nbs/03b_marginal.ipynb #6b297f92
 @patch
+def _set_params(self: MarginalRadius, params: MarginalParams) -> None:
+    "`params_` and one fitted attribute per parameter (r_c_nm_, k_on_per_s_, ...)."
+    self.params_ = params
+    for name, value in params.to_dict().items():
+        setattr(self, name + "_", value)
+
+
+@patch
 def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
     "Fit all free parameters to `arrays` (see the class docstring)."
     t0 = time.perf_counter()
@@ -578,9 +586,7 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
     self.start_ = self.start or scan_radius_start(data, arrays, initial_params(arrays, self.sigma_loc_nm, data.kernel))
     free = self._free()
     theta, self.n_evals_ = _lbfgs(data, self.start_.to_log(), free, self.max_iter)
-    self.params_ = MarginalParams.from_log(theta)
-    for name, value in self.params_.to_dict().items():
-        setattr(self, name + "_", value)  # r_c_nm_, k_on_per_s_, ...
+    self._set_params(MarginalParams.from_log(theta))
     with torch.no_grad():
         ll = marginal_loglik(data, theta).sum()
     self.loglik_per_frame_ = float(ll) / max(int(data.y_obs.sum()), 1)
@@ -651,6 +657,8 @@ class MarginalUncertainty:
     hi: np.ndarray
     ci: float
     method: str = "sandwich (Huber-White, clustered by trace), Wald in log space"
+    adjustment: float = 1.0  # c = min(1, [(−H)⁻¹]_rr / V_rr) of log r_c: scales the profile's drops (see "profile")
+    profile_path: np.ndarray | None = None  # dθ/d log r_c of the other `names` along the profile, −H_nn⁻¹·H_nr
 
     def interval(self, name: str) -> tuple[float, float]:
         i = self.names.index(name)
@@ -666,8 +674,11 @@ class MarginalUncertainty:
         return dict(parameters=rows, ci=self.ci, method=self.method)
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c03
-def _sandwich(data: MarginalData, theta: torch.Tensor, free: torch.Tensor, h: float = 1e-3) -> np.ndarray:
-    "V = H⁻¹ J H⁻¹ of θ[free] (see above); NaN where −H is not positive definite. h: the step in log units (ḡ is float32)."
+def _sandwich(
+    data: MarginalData, theta: torch.Tensor, free: torch.Tensor, h: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """V = H⁻¹ J H⁻¹ of θ[free] (see above), NaN where −H is not positive definite, and H. h: the step in log units
+    (ḡ is float32)."""
     idx = torch.nonzero(free).flatten().tolist()
     B = data.y.shape[0]
 
@@ -686,10 +697,10 @@ def _sandwich(data: MarginalData, theta: torch.Tensor, free: torch.Tensor, h: fl
     H = (H + H.T) / 2
     eig = np.linalg.eigvalsh(-H) if np.isfinite(H).all() else np.array([-1.0])
     if eig.min() <= 1e-10 * max(eig.max(), 1e-300):  # not negative definite, or numerically singular
-        return np.full((len(idx), len(idx)), np.nan)
+        return np.full((len(idx), len(idx)), np.nan), H
     Hinv = np.linalg.inv(H)
     J = S.T @ S * B / max(B - 1, 1)
-    return Hinv @ J @ Hinv
+    return Hinv @ J @ Hinv, H
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c04
 @patch
@@ -702,12 +713,130 @@ def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> M
     # the initial law is a nuisance that can sit at a boundary (no trace starts ON: odds → 0), where the Hessian is
     # singular; it is held at its estimate here
     free[MarginalParams.LOG_NAMES.index("init_on_odds")] = False
-    V = _sandwich(self._data(arrays), theta, free)
-    se = np.sqrt(np.clip(np.diag(V), 0, None)) if np.isfinite(V).all() else np.full(int(free.sum()), np.nan)
+    V, H = _sandwich(self._data(arrays), theta, free)
+    ok = np.isfinite(V).all()
+    se = np.sqrt(np.clip(np.diag(V), 0, None)) if ok else np.full(int(free.sum()), np.nan)
     names = tuple(n for n, f in zip(MarginalParams.LOG_NAMES, free.tolist()) if f)
     log_hat = theta[free].numpy()
     z = float(norm.ppf(0.5 + ci / 2))
-    return MarginalUncertainty(names, np.exp(log_hat), se, np.exp(log_hat - z * se), np.exp(log_hat + z * se), ci)
+    adjustment, path = 1.0, None
+    if ok:  # r_c is θ[0], always free: the model-based variance of log r_c against the sandwich's
+        adjustment = float(min(1.0, -np.linalg.inv(H)[0, 0] / V[0, 0])) if V[0, 0] > 0 else 1.0
+        path = -np.linalg.solve(H[1:, 1:], H[1:, 0])
+    lo, hi = np.exp(log_hat - z * se), np.exp(log_hat + z * se)
+    return MarginalUncertainty(names, np.exp(log_hat), se, lo, hi, ci, adjustment=adjustment, profile_path=path)
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c31
+@dataclass(frozen=True)
+class ProfileInterval:
+    """The `ci` profile-likelihood interval of r_c (curvature-adjusted, see above): [`lo_nm`, `hi_nm`], 0 or ∞ on an open
+    side; `points`: the (r_c nm, drop in nats below the maximum, unadjusted) evaluated; `adjustment`: the factor c on the
+    drops; `max_exceeded_nats`: how far a refit rose above the fit's maximum (0 when the maximum held)."""
+
+    r_c_nm: float
+    lo_nm: float
+    hi_nm: float
+    ci: float
+    cut: float  # χ²₁(ci)/2
+    adjustment: float
+    points: tuple
+    max_exceeded_nats: float = 0.0
+    method: str = "profile likelihood of r_c (other parameters refitted), curvature-adjusted by the sandwich"
+
+    @property
+    def open_sides(self) -> list[str]:
+        "The sides on which the profile never reached the cut: 'low', 'high'."
+        return [side for side, x in (("low", self.lo_nm), ("high", self.hi_nm)) if x <= 0 or math.isinf(x)]
+
+    def to_dict(self) -> dict:
+        "JSON-ready (∞ → None)."
+        f = lambda x: float(x) if math.isfinite(x) else None
+        return dict(
+            r_c_nm=self.r_c_nm,
+            lo_nm=f(self.lo_nm),
+            hi_nm=f(self.hi_nm),
+            ci=self.ci,
+            cut=self.cut,
+            adjustment=self.adjustment,
+            points=[[float(r), float(d)] for r, d in self.points],
+            max_exceeded_nats=self.max_exceeded_nats,
+            method=self.method,
+        )
+
+# %% ../nbs/03b_marginal.ipynb #b71a0c32
+def _next_log_r(x_hat: float, tried: list, target: float, step_cap: float) -> float:
+    """The next log r_c on one side: the crossing of √drop = √target, interpolated between the nearest points inside and
+    outside the cut, or extrapolated through the two farthest points inside (x̂ counts as one, at drop 0), at most
+    `step_cap`× the farthest one's distance from x̂."""
+    z = lambda d: math.sqrt(max(d, 0.0))
+    tried = sorted(tried, key=lambda p: abs(p[0] - x_hat))
+    inside = [(x_hat, 0.0)] + [p for p in tried if p[1] < target]
+    outside = [p for p in tried if p[1] >= target]
+    (xa, da), (x0, d0) = inside[-2:] if len(inside) > 1 else (inside[0], inside[0])
+    zt = math.sqrt(target)
+    if outside:
+        x1, d1 = outside[0]
+        return x0 + (x1 - x0) * (zt - z(d0)) / max(z(d1) - z(d0), 1e-12)
+    slope = (z(d0) - z(da)) / (x0 - xa) if x0 != xa else 0.0
+    reach = abs((zt - z(d0)) / slope) if slope * (x0 - x_hat) > 0 else math.inf  # how much farther the cut lies
+    return x0 + math.copysign(min(reach, (step_cap - 1) * abs(x0 - x_hat)), x0 - x_hat)
+
+
+@patch
+def profile(
+    self: MarginalRadius,
+    arrays: TraceArrays,
+    unc: MarginalUncertainty,
+    max_ratio: float = 30.0,
+    rtol: float = 0.15,
+    max_points: int = 5,
+    max_iter: int = 20,
+) -> ProfileInterval:
+    """The profile-likelihood interval of r_c at `unc.ci` (see above), on the traces the model was fitted to; `unc`:
+    `self.uncertainty(arrays)` (its Wald end starts the search, its Hessian and sandwich give the path and c)."""
+    data, theta_hat = self._data(arrays), self._theta()
+    with torch.no_grad():
+        l_hat = float(marginal_loglik(data, theta_hat).sum())
+    cut = float(chi2.ppf(unc.ci, 1) / 2)
+    target = cut / unc.adjustment  # the unadjusted drop at which the adjusted one reaches the cut
+    free = self._free()
+    free[0] = False
+    path = torch.zeros_like(theta_hat)  # dθ/d log r_c along the linearised profile (zero where unknown)
+    if unc.profile_path is not None:
+        idx = [MarginalParams.LOG_NAMES.index(n) for n in unc.names[1:]]
+        path[idx] = torch.as_tensor(unc.profile_path, dtype=path.dtype)
+    x_hat, x_max = float(theta_hat[0]), math.log(max_ratio)
+    se = unc.se_log[0]
+    first = float(np.clip(norm.ppf(0.5 + unc.ci / 2) * se, 0.05, x_max)) if math.isfinite(se) else 0.3
+    points, bounds, best = [], [], l_hat
+    for sign in (-1.0, 1.0):
+        tried, start, bound = [], theta_hat, math.inf
+        x = x_hat + sign * first
+        for _ in range(max_points):
+            x = x_hat + sign * min(abs(x - x_hat), x_max)
+            theta0 = start + path * (x - float(start[0]))
+            theta0[0] = x
+            theta, _ = _lbfgs(data, theta0, free, max_iter)
+            with torch.no_grad():
+                ll = float(marginal_loglik(data, theta).sum())
+            best = max(best, ll)
+            drop = l_hat - ll
+            tried.append((x, drop))
+            points.append((math.exp(x), drop))
+            if abs(drop - target) <= rtol * target:
+                bound = x
+                break
+            if drop < target and abs(x - x_hat) >= x_max - 1e-9:
+                break  # open: still within the cut at ×max_ratio
+            start = theta if drop < target else start
+            x = _next_log_r(x_hat, tried, target, step_cap=4.0)
+        else:
+            if any(d >= target for _, d in tried):  # a bracket but no point within rtol: its interpolated crossing
+                bound = _next_log_r(x_hat, tried, target, step_cap=4.0)
+        bounds.append(math.exp(bound) if math.isfinite(bound) else (0.0 if sign < 0 else math.inf))
+    return ProfileInterval(
+        self.r_c_nm_, bounds[0], bounds[1], unc.ci, cut, unc.adjustment, tuple(sorted(points)), best - l_hat
+    )
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c06
 def marginal_identifiability(
@@ -717,8 +846,10 @@ def marginal_identifiability(
     expected_activations: float,
     max_ratio: float = 10.0,
     min_activations: float = 5.0,
+    profile: ProfileInterval | None = None,
 ) -> Identifiability:
-    "The verdict on r_c of a fitted `MarginalRadius` (see above); `Identifiability.reasons` lists every failed check."
+    """The verdict on r_c of a fitted `MarginalRadius` (see above); `Identifiability.reasons` lists every failed check.
+    `profile`: r_c's profile interval (`MarginalRadius.profile`), checked instead of its sandwich interval."""
     data, theta = est._data(arrays), est._theta()
     r_hat = est.r_c_nm_
     grid = np.geomspace(r_hat / 30, r_hat * 30, 25)
@@ -726,10 +857,16 @@ def marginal_identifiability(
         sl = [float(marginal_loglik(data, torch.cat([theta.new_tensor([math.log(r)]), theta[1:]])).sum()) for r in grid]
     guard = identifiability(grid, np.array(sl), r_hat, ci=unc.ci)
     reasons = [x for x in guard.reasons if "search bound" not in x]  # the slice's grid is centred on r̂: not a bound
-    lo, hi = unc.interval("r_c_nm")
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+    lo, hi = unc.interval("r_c_nm") if profile is None else (profile.lo_nm, profile.hi_nm)
+    for side in profile.open_sides if profile is not None else ():
+        far = (min if side == "low" else max)(r for r, _ in profile.points)
+        reasons.append(
+            f"open interval: the profile log-likelihood stays within the cut from r_c = {r_hat:.3g} nm to {far:.3g} nm "
+            f"({'no lower' if side == 'low' else 'no upper'} bound)"
+        )
+    if profile is None and not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         reasons.append("degenerate fit: the Hessian of the log-likelihood is not negative definite (no interval)")
-    elif hi / lo > max_ratio:
+    elif lo > 0 and math.isfinite(hi) and hi / lo > max_ratio:
         reasons.append(f"wide interval: r_c in [{lo:.3g}, {hi:.3g}] nm spans ×{hi / lo:.3g} (> ×{max_ratio:g})")
     d = arrays.distance_nm[arrays.mask]
     d_lo, d_hi = np.percentile(d, [0.5, 99.5])
@@ -762,7 +899,7 @@ def _refit(est: MarginalRadius, arrays: TraceArrays, sigma_loc_nm: float | None 
         i = MarginalParams.LOG_NAMES.index(name)
         theta0[i], free[i] = math.log(value), False
     theta, _ = _lbfgs(data, theta0, free, max_iter)
-    new.params_ = MarginalParams.from_log(theta)
+    new._set_params(MarginalParams.from_log(theta))
     return new
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c09
@@ -824,7 +961,8 @@ def fit_marginal(
     warnings: list[str] | None = None,
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
-    σ_loc estimated when `sigma_loc_nm` is None, the fit, its sandwich intervals widened by σ_loc's interval, the
+    σ_loc estimated when `sigma_loc_nm` is None, the fit, r_c's profile interval widened by σ_loc's (the other parameters'
+    sandwich intervals), the
     identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
     `states_out`)."""
@@ -847,22 +985,30 @@ def fit_marginal(
     except ValueError as e:
         raise DegenerateFitError(f"{tracks_path}: {e}") from None
     unc = est.uncertainty(arrays, ci)
+    prof = est.profile(arrays, unc)
+    if prof.max_exceeded_nats > 0.01:
+        warnings.append(
+            f"a refit with r_c held rose {prof.max_exceeded_nats:.3g} nats above the fit's maximum: the fit may not have "
+            "found the global maximum"
+        )
     post = est.posterior_states(arrays)
     activations = float(np.nansum(np.clip(np.diff(post.p_on, axis=1), 0, None)))  # expected OFF→ON, a lower bound
-    guard = marginal_identifiability(est, arrays, unc, activations)
+    guard = marginal_identifiability(est, arrays, unc, activations, profile=prof)
     if not guard.identifiable:
         raise DegenerateFitError(
             f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(guard.reasons)
         )
-    lo, hi = unc.interval("r_c_nm")
-    half = math.log(hi / est.r_c_nm_)  # the Wald half-width in log r_c at σ̂
+    lo, hi = prof.lo_nm, prof.hi_nm
     r_at_sigma = {}
-    if sigma is not None:  # σ_loc's own uncertainty: refit at its interval's ends, keep the union
+    if (
+        sigma is not None
+    ):  # σ_loc's own uncertainty: refit at its interval's ends, keep the union of the shifted intervals
         for s in (sigma.lo_nm, sigma.hi_nm):
             if math.isfinite(s) and s >= 0 and s != s_hat:
                 r = _refit(est, arrays, sigma_loc_nm=s).r_c_nm_
                 r_at_sigma[f"{s:.4g}"] = r
-                lo, hi = min(lo, r * math.exp(-half)), max(hi, r * math.exp(half))
+                shift = r / est.r_c_nm_
+                lo, hi = min(lo, prof.lo_nm * shift), max(hi, prof.hi_nm * shift)
     if states_out is not None:
         write_states(est, arrays, states_out, post)
     state = getattr(arrays, "state", None)
@@ -878,7 +1024,9 @@ def fit_marginal(
         "r_c_nm": est.r_c_nm_,
         "r_c_interval_nm": [f(lo), f(hi)],
         "ci": ci,
-        "interval_method": unc.method + (" ∪ refits at σ_loc's interval ends" if r_at_sigma else ""),
+        "interval_method": prof.method
+        + (" ∪ the same shifted to refits at σ_loc's interval ends" if r_at_sigma else ""),
+        "r_c_profile": prof.to_dict(),
         "r_c_nm_at_sigma_loc": r_at_sigma,
         "k_on_per_s": est.k_on_per_s_,
         "k_off_per_s": est.k_off_per_s_,
