@@ -95,6 +95,8 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
             lo, hi = res["r_c_interval_nm"]
             row.update(r_c=res["r_c_nm"], lo=lo, hi=hi, covered=bool(lo <= params.r_c_nm <= hi))
             row.update(sigma_loc=res["sigma_loc_nm"], k_on=res["k_on_per_s"])
+            sandwich = res["parameters"]["parameters"]["r_c_nm"]  # the Wald interval at σ̂, for comparison
+            row.update(sandwich_lo=sandwich["lo"], sandwich_hi=sandwich["hi"], interval=res["interval_method"])
         except DegenerateFitError as err:
             row.update(verdict=str(err))
         row["seconds"] = time.perf_counter() - t0

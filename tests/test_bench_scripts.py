@@ -65,3 +65,17 @@ def test_bench_sae_runs_both_sides_on_a_tiny_shape():
     assert out["ours_tokens_per_s"] > 0 and out["baseline_l1_tokens_per_s"] > 0
     assert out["ratio_ours_over_baseline"] == out["ours_tokens_per_s"] / out["baseline_l1_tokens_per_s"]
     assert "vs_sae_lens" not in out  # only with --saelens
+
+
+def test_marginal_score_test_runs_on_a_tiny_cell(tmp_path, monkeypatch):
+    """The score test's rows: the frame-level truth it scores at, a finite z per parameter, the truncation and the
+    conditioning it was asked for, appended to --jsonl (20 traces × 41 one-minute frames)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    score = _load("marginal_score_test")
+    jsonl = tmp_path / "score.jsonl"
+    argv = ["--n", "20", "--dt", "60", "--frames", "41", "--max-switches", "2", "-1", "--condition-frames", "10"]
+    rows = score.main([*argv, "--jsonl", str(jsonl)])
+    assert [r["max_switches"] for r in rows] == [2, None] and [r["n_states"] for r in rows] == [44, 128]
+    assert all(np.isfinite(list(r["z"].values())).all() and set(r["z"]) == set(score.NAMES) for r in rows)
+    assert rows[0]["truth"]["k_off_per_s"] > 0 and rows[0]["condition_frames"] == 10
+    assert len(jsonl.read_text().splitlines()) == 2

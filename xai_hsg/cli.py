@@ -261,7 +261,7 @@ def _fit_radius_marginal(args) -> int:
     gain = f", held-out gain {h['test_gain_nats_per_frame']:.4f} nats/frame over no distance" if h else ""
     states = f" and {args.states}" if args.states else ""
     print(
-        f"r_c = {_fmt_nm(res['r_c_nm'])} nm ({100 * res['ci']:.0f}% interval {_fmt_nm(lo)}-{_fmt_nm(hi)}), "
+        f"r_c = {_fmt_nm(res['r_c_nm'])} nm ({100 * res['ci']:.0f}% profile-likelihood interval {_fmt_nm(lo)}-{_fmt_nm(hi)}), "
         f"k_on = {res['k_on_per_s']:.3g}/s, k_off = {res['k_off_per_s']:.3g}/s, {sigma}, "
         f"{res['expected_activations']:.0f} expected activations{gain}; wrote {args.out}{states}"
     )
