@@ -76,6 +76,14 @@ def test_marginal_score_test_runs_on_a_tiny_cell(tmp_path, monkeypatch):
     argv = ["--n", "20", "--dt", "60", "--frames", "41", "--max-switches", "2", "-1", "--condition-frames", "10"]
     rows = score.main([*argv, "--jsonl", str(jsonl)])
     assert [r["max_switches"] for r in rows] == [2, None] and [r["n_states"] for r in rows] == [44, 128]
-    assert all(np.isfinite(list(r["z"].values())).all() and set(r["z"]) == set(score.NAMES) for r in rows)
+    assert all(
+        np.isfinite(list(r["z"].values())).all() and set(r["z"]) == {*score.NAMES, "r_c_nm_efficient"} for r in rows
+    )
     assert rows[0]["truth"]["k_off_per_s"] > 0 and rows[0]["condition_frames"] == 10
     assert len(jsonl.read_text().splitlines()) == 2
+    again = score.main([*argv[:8], *argv[9:], "--seed", "1", "--jsonl", str(jsonl)])[0]
+    combined = score.main(["--combine", "--jsonl", str(jsonl)])  # Stouffer over the seeds of each truncation
+    by_m = {c["max_switches"]: c for c in combined}
+    assert by_m[2]["seeds"] == [0, 1] and by_m[None]["seeds"] == [0]
+    want = (rows[0]["z"]["r_c_nm"] + again["z"]["r_c_nm"]) / np.sqrt(2)
+    assert np.isclose(by_m[2]["z"]["r_c_nm"], want) and by_m[None]["z"] == rows[1]["z"]
