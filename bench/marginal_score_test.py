@@ -14,7 +14,9 @@ score is mostly the part that k_on would absorb, and its raw z can sit near 0 wh
 by several nats toward the truth. The efficient score u_b = s_{b,r} − I_rn·I_nn⁻¹·s_{b,n} (I = Σ_b s_b s_bᵀ over every
 fitted parameter) is what is left once the others have absorbed what they can: the test the profile likelihood sees.
 
-Variants as in `marginal_bias_diagnosis.py` (`simulator`, `small-loadings`, `noiseless`, `model-consistent`). One JSON
+Variants as in `marginal_bias_diagnosis.py` (`simulator`, `small-loadings`, `noiseless`, `model-consistent`,
+`model-drawn`: the promoter path too drawn from the model's own chain, so that only the truncation separates data and
+model). One JSON
 line per (variant, truncation), appended to `--jsonl` when given; `--combine` prints the rows of `--jsonl` combined
 over seeds (Stouffer's Σz/√k per variant).
 
@@ -32,7 +34,7 @@ import time
 
 import numpy as np
 import torch
-from marginal_bias_diagnosis import cell_params, model_consistent_ms2
+from marginal_bias_diagnosis import cell_params, model_consistent_ms2, model_drawn
 
 from xai_hsg.marginal import MarginalConfig, MarginalData, MarginalParams, marginal_loglik
 from xai_hsg.radius import RadiusMLE
@@ -106,7 +108,9 @@ def combine(rows: list[dict]) -> list[dict]:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--variant", default="simulator", choices=("simulator", "small-loadings", "noiseless", "model-consistent")
+        "--variant",
+        default="simulator",
+        choices=("simulator", "small-loadings", "noiseless", "model-consistent", "model-drawn"),
     )
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
@@ -129,6 +133,8 @@ def main(argv=None) -> list[dict]:
     arrays = simulate(args.n, p, seed=args.seed).to_arrays()
     if args.variant == "model-consistent":
         arrays = dataclasses.replace(arrays, ms2=model_consistent_ms2(arrays.state.astype(float), p, args.seed))
+    elif args.variant == "model-drawn":
+        arrays = model_drawn(arrays, p, args.seed)
     truth = frame_level_truth(arrays, p)
     H = args.condition_frames
     head = None
