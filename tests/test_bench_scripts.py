@@ -87,3 +87,14 @@ def test_marginal_score_test_runs_on_a_tiny_cell(tmp_path, monkeypatch):
     assert by_m[2]["seeds"] == [0, 1] and by_m[None]["seeds"] == [0]
     want = (rows[0]["z"]["r_c_nm"] + again["z"]["r_c_nm"]) / np.sqrt(2)
     assert np.isclose(by_m[2]["z"]["r_c_nm"], want) and by_m[None]["z"] == rows[1]["z"]
+
+
+def test_marginal_contact_chain_runs_on_a_tiny_cell(monkeypatch):
+    """The persistent-contact prototype: a row with both fits' radii and a finite log-likelihood, ρ held where asked
+    (60 traces × 41 one-minute frames)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    chain = _load("marginal_contact_chain")
+    row = chain.main(["--n", "60", "--frames", "41", "--rho", "0.9"])
+    assert row["rho_fitted"] is False and np.isclose(row["rho"], 0.9)
+    assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("marginal", "contact_r_c", "contact_k_on"))
+    assert np.isfinite(row["contact_loglik"]) and row["contact_loglik"] < 0
