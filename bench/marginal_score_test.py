@@ -16,9 +16,8 @@ fitted parameter) is what is left once the others have absorbed what they can: t
 
 Variants as in `marginal_bias_diagnosis.py` (`simulator`, `small-loadings`, `noiseless`, `model-consistent`,
 `model-drawn`: the promoter path too drawn from the model's own chain, so that only the truncation separates data and
-model). One JSON
-line per (variant, truncation), appended to `--jsonl` when given; `--combine` prints the rows of `--jsonl` combined
-over seeds (Stouffer's Σz/√k per variant).
+model). One JSON line per (variant, truncation), appended to `--jsonl` when given; `--combine` prints the rows of
+`--jsonl` combined over seeds (Stouffer's Σz/√k per variant).
 
     python bench/marginal_score_test.py --variant simulator --dt 60 --frames 121 --max-switches 2 -1
     python bench/marginal_score_test.py --variant model-consistent --dt 30 --frames 241 --max-switches 2
@@ -81,7 +80,8 @@ def score_z(full: MarginalData, head: MarginalData | None, theta: torch.Tensor, 
     z = lambda v: float(v.sum() / math.sqrt((v**2).sum()))
     out = {name: z(S[:, names.index(name)]) for name in NAMES}
     info = S.T @ S
-    r, rest = 0, list(range(1, len(names)))
+    r = names.index("r_c_nm")
+    rest = [i for i in range(len(names)) if i != r]
     u = S[:, r] - S[:, rest] @ np.linalg.solve(info[np.ix_(rest, rest)], info[rest, r])
     out["r_c_nm_efficient"] = z(u)
     return out
