@@ -98,3 +98,17 @@ def test_marginal_contact_chain_runs_on_a_tiny_cell(monkeypatch):
     assert row["rho_fitted"] is False and np.isclose(row["rho"], 0.9)
     assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("marginal", "contact_r_c", "contact_k_on"))
     assert np.isfinite(row["contact_loglik"]) and row["contact_loglik"] < 0
+
+
+def test_marginal_smoothed_ends_runs_on_a_tiny_cell(monkeypatch):
+    """Both anchors' efficient z on the same traces, the anchor each actually used (smoothed with noise, observed
+    without), and both fits where asked (30 traces × 31 one-minute frames)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    smooth = _load("marginal_smoothed_ends")
+    row = smooth.main(["--n", "30", "--frames", "31", "--seed", "3", "--fit"])
+    assert (row["observed_anchor_used"], row["smoothed_anchor_used"]) == ("observed", "smoothed")
+    assert all(np.isfinite(row[f"{a}_z_efficient"]) and row[f"{a}_r_c_nm"] > 0 for a in smooth.ANCHORS)
+    exact = smooth.main(["--n", "30", "--frames", "31", "--seed", "3", "--sigma-loc", "0"])
+    assert (
+        exact["smoothed_anchor_used"] == "observed" and exact["smoothed_z_efficient"] == exact["observed_z_efficient"]
+    )

@@ -267,3 +267,43 @@ def test_bad_input(small):
     terms = interval_terms(small, 20.0)
     with pytest.raises(ValueError, match="past_ms2"):
         ContactHazardNet(dt_s=30.0, past_ms2=True)(terms)
+
+
+def test_smoothed_ends_are_the_kalman_smoother_of_an_ar1():
+    """On an AR(1) vector plus noise the smoothed ends' error is the smoother's own variance, below the noise and below
+    the noise; they agree with the exact Gaussian posterior mean of a short
+    trace; without noise the ends are the observations."""
+    from xai_hsg.contact import MotionCovariance
+    from xai_hsg.neural_radius import smoothed_ends
+
+    rng = np.random.default_rng(1)
+    S, phi, sigma, B, T = 30000.0, 0.7, 50.0, 300, 80
+    x = np.zeros((B, T, 3))
+    x[:, 0] = rng.normal(0, math.sqrt(S), (B, 3))
+    for t in range(1, T):
+        x[:, t] = phi * x[:, t - 1] + rng.normal(0, math.sqrt(S * (1 - phi**2)), (B, 3))
+    e = 2 * sigma**2
+    y = x + rng.normal(0, math.sqrt(e), x.shape)
+    cov = MotionCovariance(S, phi * S, e)
+    ends = smoothed_ends(y, np.ones((B, T), bool), cov)
+    mse = float(((ends.mean_nm - x)[:, 20:60] ** 2).mean())
+    assert abs(mse / ends.var_nm2 - 1) < 0.08 and ends.var_nm2 < 0.8 * e
+    # the posterior mean of one 6-frame trace by the joint Gaussian: K (K + eI)⁻¹ y per axis
+    K = S * phi ** np.abs(np.subtract.outer(np.arange(6), np.arange(6)))
+    short = smoothed_ends(y[:1, :6], np.ones((1, 6), bool), cov).mean_nm[0]
+    assert np.allclose(short, K @ np.linalg.solve(K + e * np.eye(6), y[0, :6]), atol=1e-6)
+    exact = smoothed_ends(x[:2], np.ones((2, T), bool), MotionCovariance(S, phi * S, 0.0))
+    assert np.array_equal(exact.mean_nm, x[:2]) and exact.var_nm2 == 0.0
+    with pytest.raises(ValueError, match="vector_nm"):
+        smoothed_ends(y[..., :2], np.ones((B, T), bool), cov)
+
+
+def test_interval_terms_anchor(small):
+    "Smoothed anchoring moves the gates under noise, falls back to the observed ends without vectors; bad names fail."
+    net = ContactHazardNet(dt_s=small.dt_s)
+    obs, smo = (interval_terms(small, 20.0, anchor=a) for a in ("observed", "smoothed"))
+    assert (obs.anchor, smo.anchor) == ("observed", "smoothed")
+    assert not torch.allclose(net.pair_gate(obs), net.pair_gate(smo))
+    assert interval_terms(small, 20.0, use_vectors=False, anchor="smoothed").anchor == "observed"
+    with pytest.raises(ValueError, match="anchor"):
+        interval_terms(small, 20.0, anchor="kalman")

@@ -12,7 +12,7 @@ import itertools
 import math
 import operator
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -260,9 +260,7 @@ class MarginalData(NamedTuple):
         "The traces `idx` (a 1-D index tensor or array)."
         idx = torch.as_tensor(np.asarray(idx))
         t = self.terms
-        terms = IntervalTerms(
-            t.cols[idx], t.vals[idx], t.mu_grid_nm, t.sigma_nm, t.obs[idx], t.pair_observed[idx], t.use_vectors, t.cov
-        )
+        terms = replace(t, cols=t.cols[idx], vals=t.vals[idx], obs=t.obs[idx], pair_observed=t.pair_observed[idx])
         return self._replace(terms=terms, y=self.y[idx], y_obs=self.y_obs[idx], features=self.features[idx])
 
 # %% ../nbs/03b_marginal.ipynb #b8362233
@@ -498,8 +496,13 @@ class MarginalRadius:
     `fit(arrays)`: a `TraceArrays` with distances (vectors used when present) and `ms2`; no state needed. Fitted
     attributes: `params_` (`MarginalParams`), `r_c_nm_`, `k_on_per_s_`, `k_off_per_s_`, `load_amp_per_s_`,
     `amplitude_`, `sigma_ms2_`, `nu_off_fraction_`, `start_`, `loglik_per_frame_`, `n_states_`, `n_evals_`,
-    `fit_seconds_`. `score(arrays)`: held-out log-likelihood per observed MS2 frame (nats, higher is better).
-    `posterior_states(arrays)`: per frame P(ON) and expected loadings. `summary()`: a `MarginalFit`."""
+    `fit_seconds_`, `anchor_`. `score(arrays)`: held-out log-likelihood per observed MS2 frame (nats, higher is better).
+    `posterior_states(arrays)`: per frame P(ON) and expected loadings. `summary()`: a `MarginalFit`.
+
+    `anchor`: "smoothed" (default) bridges each frame interval on the smoothed true E–P vectors
+    (`neural_radius.smoothed_ends`: every frame informs each end), "observed" on its two observed ends (the earlier
+    model, biased low under localization noise: see "What remains"). Distances without vectors, or σ_loc = 0, are
+    bridged on the observed ends; `anchor_` says which was used."""
 
     def __init__(
         self,
@@ -514,6 +517,7 @@ class MarginalRadius:
         start: MarginalParams | None = None,
         use_vectors: bool = True,
         tied_initial: bool = False,
+        anchor: str = "smoothed",
     ):
         if sigma_loc_nm < 0:
             raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
@@ -523,10 +527,14 @@ class MarginalRadius:
             t_rise_s, t_plateau_s, emission_order, window, max_switches, tied_initial=tied_initial
         )
         self.sigma_loc_nm, self.fit_nu_off, self.max_iter = sigma_loc_nm, fit_nu_off, max_iter
-        self.start, self.use_vectors = start, use_vectors
+        if anchor not in ("observed", "smoothed"):
+            raise ValueError(f"anchor must be 'observed' or 'smoothed', got {anchor!r}")
+        self.start, self.use_vectors, self.anchor = start, use_vectors, anchor
 
     def _data(self, arrays: TraceArrays) -> MarginalData:
-        return MarginalData.from_arrays(arrays, self.sigma_loc_nm, self.config, use_vectors=self.use_vectors)
+        return MarginalData.from_arrays(
+            arrays, self.sigma_loc_nm, self.config, use_vectors=self.use_vectors, anchor=self.anchor
+        )
 
     def _free(self) -> torch.Tensor:
         "Which of θ (`MarginalParams.LOG_NAMES`) the fit moves: all but ν_off/ν (unless `fit_nu_off`) and a tied initial law."
@@ -591,7 +599,7 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
         ll = marginal_loglik(data, theta).sum()
     self.loglik_per_frame_ = float(ll) / max(int(data.y_obs.sum()), 1)
     self.n_states_, self.window_, self.dt_s_ = data.states.n_states, data.states.window, data.dt_s
-    self.emission_order_ = data.emission_order
+    self.emission_order_, self.anchor_ = data.emission_order, data.terms.anchor
     self.n_traces_, self.n_frames_ = arrays.n_traces, arrays.n_frames
     self.fit_seconds_ = time.perf_counter() - t0
     return self
@@ -959,13 +967,14 @@ def fit_marginal(
     max_iter: int = 100,
     source: str | Path = "<arrays>",
     warnings: list[str] | None = None,
+    anchor: str = "smoothed",
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
     σ_loc estimated when `sigma_loc_nm` is None, the fit, r_c's profile interval widened by σ_loc's (the other parameters'
     sandwich intervals), the
     identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
-    `states_out`)."""
+    `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`)."""
     tracks_path = source
     warnings = list(warnings or [])
     if not 0 <= test_fraction < 1:
@@ -980,6 +989,7 @@ def fit_marginal(
             raise ValueError(f"{tracks_path}: cannot estimate sigma_loc ({e}); pass --sigma-loc") from None
     s_hat = sigma.sigma_loc_nm if sigma else float(sigma_loc_nm)
     kw = dict(t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, emission_order=emission_order, max_switches=max_switches)
+    kw["anchor"] = anchor
     try:
         est = MarginalRadius(sigma_loc_nm=s_hat, max_iter=max_iter, **kw).fit(arrays)
     except ValueError as e:
@@ -1028,6 +1038,7 @@ def fit_marginal(
         + (" ∪ the same shifted to refits at σ_loc's interval ends" if r_at_sigma else ""),
         "r_c_profile": prof.to_dict(),
         "r_c_nm_at_sigma_loc": r_at_sigma,
+        "bridge_anchor": est.anchor_,
         "k_on_per_s": est.k_on_per_s_,
         "k_off_per_s": est.k_off_per_s_,
         "sigma_loc_nm": s_hat,

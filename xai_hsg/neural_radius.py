@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
+from . import contact
 from .contact import MotionCovariance, PairEnds, bridge_terms, estimate_sigma_r, motion_covariance, rice3_cdf
 from .models import CausalConv1d, EPModel, SeedsGateModel, TrainConfig, to_tensors, train
 from .radius import RadiusMLE
@@ -28,10 +29,11 @@ from .tracks import TraceArrays
 from .training import History, LoopConfig, train_loop
 
 # %% auto #0
-__all__ = ['NEURAL_METHODS', 'IntervalTerms', 'interval_terms', 'ContactHazardNet', 'transition_masks', 'HazardData',
-           'hazard_loss', 'RadiusConfig', 'HazardConfig', 'UNetRadiusConfig', 'SeedsRadiusConfig', 'NeuralRadiusFit',
-           'fit_hazard_radius', 'fit_unet_radius', 'fit_seeds_radius', 'RadiusInterval', 'radius_interval',
-           'RegularisationSensitivity', 'regularisation_sensitivity']
+__all__ = ['NEURAL_METHODS', 'IntervalTerms', 'SmoothedEnds', 'smoothed_ends', 'widened_bridge_sd', 'interval_terms',
+           'ContactHazardNet', 'transition_masks', 'HazardData', 'hazard_loss', 'RadiusConfig', 'HazardConfig',
+           'UNetRadiusConfig', 'SeedsRadiusConfig', 'NeuralRadiusFit', 'fit_hazard_radius', 'fit_unet_radius',
+           'fit_seeds_radius', 'RadiusInterval', 'radius_interval', 'RegularisationSensitivity',
+           'regularisation_sensitivity']
 
 # %% ../nbs/03a_neural_radius.ipynb #19efa0bb
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class IntervalTerms:
     pair_observed: torch.Tensor  # [B, T−1] bool: at least one observed end
     use_vectors: bool  # bridged from the E–P vectors (else distances, angle integrated out)
     cov: MotionCovariance  # of the observed ends
+    anchor: str = (
+        "observed"  # where the bridges are anchored: the observed ends, or the smoothed ones (`interval_terms`)
+    )
 
     @property
     def n_nodes(self) -> int:
@@ -92,6 +97,59 @@ def _binned_gather(mu, si, w, sig, h_nm):
         vals[rows, Q:] = wc * (x - i0)
     return cols, vals, torch.arange(nb, dtype=torch.float32) * h
 
+# %% ../nbs/03a_neural_radius.ipynb #742817b9
+class SmoothedEnds(NamedTuple):
+    """The smoothed true E–P vectors E[x_t | all frames] `mean_nm` [B, T, 3] (NaN at unobserved frames) and, per axis,
+    their interior smoothed variance `var_nm2` and lag-one cross-covariance `cross_nm2` (nm²)."""
+
+    mean_nm: np.ndarray
+    var_nm2: float
+    cross_nm2: float
+
+
+def smoothed_ends(vector_nm: np.ndarray, observed: np.ndarray, cov: MotionCovariance) -> SmoothedEnds:
+    """Kalman filter and RTS smoother of the per-axis AR(1) x_t = φ·x_{t−1} + ε (φ = c₁/S, stationary variance S) observed
+    as y_t = x_t + noise of variance 2σ_loc² (`cov`), every trace and axis at once. `vector_nm` [B, T, 3], `observed`
+    [B, T] bool (unobserved frames get no update). The variances are medians over the middle half of the frames."""
+    vector_nm, observed = np.asarray(vector_nm, float), np.asarray(observed, bool)
+    if vector_nm.ndim != 3 or vector_nm.shape[-1] != 3 or observed.shape != vector_nm.shape[:2]:
+        raise ValueError(f"need vector_nm [B, T, 3] and observed [B, T], got {vector_nm.shape} and {observed.shape}")
+    exact = np.where(observed[..., None], vector_nm, np.nan)
+    S, e = cov.S_nm2, cov.noise_nm2
+    if e <= 0:  # no noise: the observed ends are the true ones
+        return SmoothedEnds(exact, 0.0, 0.0)
+    phi = cov.c1_nm2 / S
+    q = S * (1 - phi**2)
+    y = np.nan_to_num(exact)
+    B, T, _ = y.shape
+    m_f, p_f = np.empty((B, T, 3)), np.empty((B, T))
+    m, p = np.zeros((B, 3)), np.full(B, S)
+    for t in range(T):
+        if t:
+            m, p = phi * m, phi**2 * p + q
+        gain = np.where(observed[:, t], p / (p + e), 0.0)
+        m, p = m + gain[:, None] * (y[:, t] - m), (1 - gain) * p
+        m_f[:, t], p_f[:, t] = m, p
+    m_s, p_s, cross = m_f.copy(), p_f.copy(), np.zeros((B, max(T - 1, 1)))
+    for t in range(T - 2, -1, -1):
+        pred = phi**2 * p_f[:, t] + q
+        back = p_f[:, t] * phi / pred  # the smoother's gain
+        m_s[:, t] = m_f[:, t] + back[:, None] * (m_s[:, t + 1] - phi * m_f[:, t])
+        p_s[:, t] = p_f[:, t] + back**2 * (p_s[:, t + 1] - pred)
+        cross[:, t] = back * p_s[:, t + 1]
+    mid = slice(T // 4, max(T // 4 + 1, 3 * T // 4))
+    mean = np.where(observed[..., None], m_s, np.nan)
+    return SmoothedEnds(mean, float(np.median(p_s[:, mid])), float(np.median(cross[:, mid])))
+
+
+def widened_bridge_sd(exact: MotionCovariance, ends: SmoothedEnds, n_nodes: int, msd_exponent: float) -> np.ndarray:
+    """The node standard deviations of `bridge_terms` on the noise-free bridge of `exact` (both ends, first end, second
+    end: the order of its σ table) widened by the uncertainty of smoothed ends: + (a² + b²)·P + 2ab·P₀₁ (a²·P, b²·P)."""
+    br = contact.bridge_coefficients(exact, n_nodes, msd_exponent)
+    P, P01 = ends.var_nm2, ends.cross_nm2
+    both = br.v + (br.a**2 + br.b**2) * P + 2 * br.a * br.b * P01
+    return np.sqrt(np.concatenate([both, br.v0 + br.a0**2 * P, br.v1 + br.b1**2 * P]))
+
 # %% ../nbs/03a_neural_radius.ipynb #5c96ce31
 def interval_terms(
     arrays: TraceArrays,
@@ -102,15 +160,23 @@ def interval_terms(
     msd_exponent: float = 0.5,
     h_nm: float = 2.0,
     chunk_pairs: int = 1 << 16,
+    anchor: str = "observed",
 ) -> IntervalTerms:
     """`xai_hsg.contact.bridge_terms` for every frame pair (t−1, t) of `arrays`, ready for the network.
 
     ḡ = Σ_q w_q·F₃(r_c; μ_q, σ_q) over the Q bridge nodes of a pair (Q = `n_nodes` with vectors, `n_nodes`·`n_angle`
     without), binned in μ (`_binned_gather`). An end is observed where the distance is (`arrays.mask`) and, with
     vectors, the vector is finite; a pair with no observed end gets vals 0. Vectors are used when `use_vectors` and
-    `arrays.has_vectors`."""
+    `arrays.has_vectors`.
+
+    `anchor`: "observed" bridges each pair on its two observed ends (noise 2σ_loc² per axis at each); "smoothed" on the
+    smoothed true vectors of `smoothed_ends` (all frames of the trace inform each end) with the exact-end bridge widened
+    by their uncertainty. Smoothing needs vectors and σ_loc > 0; otherwise the terms are the observed ones (`anchor` of
+    the result says which)."""
     if sigma_loc_nm < 0:
         raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
+    if anchor not in ("observed", "smoothed"):
+        raise ValueError(f"anchor must be 'observed' or 'smoothed', got {anchor!r}")
     if not h_nm > 0:
         raise ValueError(f"h_nm must be > 0, got {h_nm}")
     if arrays.n_frames < 2:
@@ -127,17 +193,25 @@ def interval_terms(
     cov = motion_covariance(arrays.replace(mask=ok), sigma_loc_nm, vec)
     B, T = d.shape
     seen = ok[:, :-1] | ok[:, 1:]
-    chunks = _bridge_chunks(d, v, cov, seen.reshape(-1), n_nodes, n_angle, msd_exponent, chunk_pairs)
-    cols, vals, grid = _binned_gather(*chunks, h_nm)
+    smooth = anchor == "smoothed" and vec and cov.noise_nm2 > 0
+    bridge_cov = dataclasses.replace(cov, noise_nm2=0.0) if smooth else cov
+    if smooth:
+        ends = smoothed_ends(v, ok, cov)
+        v, d = ends.mean_nm, np.linalg.norm(ends.mean_nm, axis=-1)
+    mu, si, w, sig = _bridge_chunks(d, v, bridge_cov, seen.reshape(-1), n_nodes, n_angle, msd_exponent, chunk_pairs)
+    if smooth:
+        sig = widened_bridge_sd(bridge_cov, ends, n_nodes, msd_exponent)
+    cols, vals, grid = _binned_gather(mu, si, w, sig, h_nm)
     return IntervalTerms(
         cols=torch.from_numpy(cols).reshape(B, T - 1, -1),
         vals=torch.from_numpy(vals).reshape(B, T - 1, -1),
         mu_grid_nm=grid,
-        sigma_nm=torch.as_tensor(chunks[3], dtype=torch.float32),
+        sigma_nm=torch.as_tensor(sig, dtype=torch.float32),
         obs=torch.as_tensor(ok),
         pair_observed=torch.as_tensor(seen),
         use_vectors=vec,
         cov=cov,
+        anchor="smoothed" if smooth else "observed",
     )
 
 # %% ../nbs/03a_neural_radius.ipynb #a4c4e4eb
