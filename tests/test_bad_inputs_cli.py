@@ -104,6 +104,7 @@ def test_row6_fit_radius_out_folder_or_foreign_file_is_refused_before_the_fit(us
         (["--n-boot", "5"], "argument --n-boot: must be 0 (no interval) or >= 20"),
         (["--seed", "-1"], "argument --seed: must be >= 0"),
         (["--state-from", "oracle"], "argument --state-from: invalid choice"),
+        (["--bridge-anchor", "kalman"], "argument --bridge-anchor: invalid choice"),
     ],
 )
 def test_row6_bad_option_values_are_usage_errors(user, capsys, no_fit, option, message):

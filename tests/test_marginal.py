@@ -289,6 +289,7 @@ def test_fit_radius_without_state_cli(tmp_path):
     res = json.loads(out.read_text())
     lo, hi = res["r_c_interval_nm"]
     assert res["state_from"] == "none" and res["identifiability"]["identifiable"]
+    assert res["bridge_anchor"] == "smoothed"  # vectors and σ_loc > 0: the default anchoring applies
     assert lo < 150.0 < hi and hi / lo < 3
     assert "given" not in res["sigma_loc"] and res["sigma_loc"]["lo_nm"] <= res["sigma_loc_nm"]
     assert res["heldout"]["test_gain_nats_per_frame"] > 0  # distances help predict held-out MS2
@@ -323,6 +324,17 @@ def test_fit_radius_without_state_refuses_an_always_in_contact_radius(tmp_path, 
 
 
 @pytest.mark.slow
+def test_anchor_is_validated_and_reported():
+    "`MarginalRadius(anchor=...)` accepts the two anchorings only; the fit reports the one its data allowed."
+    with pytest.raises(ValueError, match="anchor"):
+        MarginalRadius(sigma_loc_nm=20.0, anchor="kalman")
+    arrays = sim60(20, seed=2)
+    assert MarginalRadius(sigma_loc_nm=20.0, max_iter=3).fit(arrays).anchor_ == "smoothed"
+    assert MarginalRadius(sigma_loc_nm=0.0, max_iter=3).fit(arrays).anchor_ == "observed"  # nothing to smooth
+    est = MarginalRadius(sigma_loc_nm=20.0, max_iter=3, anchor="observed").fit(arrays)
+    assert est.anchor_ == "observed"
+
+
 def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
     """`fit_marginal` on arrays: a shuffled `state` column changes nothing but the reported F1 of the posterior's ON
     frames against it (the state is read only to score the posterior, on simulations)."""

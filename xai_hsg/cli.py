@@ -249,6 +249,7 @@ def _fit_radius_marginal(args) -> int:
         dt_s=args.dt,
         sanity=not args.no_sanity,
         states_out=args.states,
+        anchor=args.bridge_anchor,
     )
     for warning in res.get("warnings") or ():
         print(f"xai-hsg fit-radius: warning: {warning}", file=sys.stderr)
@@ -426,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="marginal model: MS2 frames conditioned on this many previous frames "
         "(default: max(2, kernel length in frames / 3), 4 at 30-s frames)",
+    )
+    p.add_argument(
+        "--bridge-anchor",
+        default="smoothed",
+        choices=["smoothed", "observed"],
+        help="marginal model: bridge each frame interval on the Kalman-smoothed E-P vectors (default; all frames inform "
+        "each end) or on its two observed ends (the earlier model, biased low under localization noise)",
     )
     p.add_argument(
         "--n-boot",
