@@ -94,7 +94,7 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
             res = fit_radius_marginal(tracks, None, sigma_loc_nm=None, test_fraction=0.0)
             lo, hi = res["r_c_interval_nm"]
             row.update(r_c=res["r_c_nm"], lo=lo, hi=hi, covered=bool(lo <= params.r_c_nm <= hi))
-            row.update(sigma_loc=res["sigma_loc_nm"], k_on=res["k_on_per_s"])
+            row.update(sigma_loc=res["sigma_loc_nm"], k_on=res["k_on_per_s"], bridge_anchor=res["bridge_anchor"])
             sandwich = res["parameters"]["parameters"]["r_c_nm"]  # the Wald interval at σ̂, for comparison
             row.update(sandwich_lo=sandwich["lo"], sandwich_hi=sandwich["hi"], interval=res["interval_method"])
         except DegenerateFitError as err:
@@ -145,6 +145,7 @@ def main(argv=None) -> list[dict]:
     )
     ap.add_argument("--regimes", nargs="+", choices=list(GRID_REGIMES), default=list(GRID_REGIMES))
     ap.add_argument("--seeds", nargs="+", type=int, default=list(GRID_SEEDS), help="grid seeds to run")
+    ap.add_argument("--radii", nargs="+", type=float, default=list(GRID_R_C_NM), help="grid radii to run (nm)")
     ap.add_argument(
         "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
     )
@@ -161,7 +162,7 @@ def main(argv=None) -> list[dict]:
         todo += [
             ("grid", name, changes, seed)
             for name, changes, seed in grid_cells()
-            if seed in args.seeds and name.split(",")[0] in args.regimes
+            if seed in args.seeds and name.split(",")[0] in args.regimes and changes["r_c_nm"] in args.radii
         ]
     for group, name, changes, seed in reversed(todo) if args.reverse else todo:
         seen |= {(r["group"], r["cell"], r["seed"]) for r in _done(args.jsonl)}  # another process may share the file

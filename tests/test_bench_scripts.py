@@ -18,7 +18,7 @@ def _load(name: str):
 
 
 def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
-    "72 grid cells; --regimes / --seeds pick a subset; cells already in --jsonl are skipped; rows are appended."
+    "72 grid cells; --regimes / --seeds / --radii pick a subset; cells already in --jsonl are skipped; rows are appended."
     check = _load("check_marginal_radius")
     cells = check.grid_cells()
     assert len(cells) == 4 * 3 * 3 * 2 and len({(name, seed) for name, _, seed in cells}) == len(cells)
@@ -41,6 +41,9 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     assert len(jsonl.read_text().splitlines()) == 12
     summary = check.summarise([json.loads(line) for line in jsonl.read_text().splitlines()[1:]], "grid")
     assert summary["median_abs_rel_error"] == 0.0 and summary["coverage"] == 1.0
+    ran.clear()
+    check.main(["--cells", "grid", "--regimes", "default", "--seeds", "101", "--radii", "150", "250", "--threads", "1"])
+    assert sorted({name.split(", ")[1] for name, _ in ran}) == ["r_c 150", "r_c 250"] and len(ran) == 6
 
 
 def test_marginal_bias_diagnosis_model_consistent_ms2():
