@@ -307,3 +307,6 @@ def test_interval_terms_anchor(small):
     assert interval_terms(small, 20.0, use_vectors=False, anchor="smoothed").anchor == "observed"
     with pytest.raises(ValueError, match="anchor"):
         interval_terms(small, 20.0, anchor="kalman")
+    # σ_loc so large that every frame-to-frame change reads as noise (c₁ clipped to S): no singular bridge
+    huge = interval_terms(small, 1e4, anchor="smoothed")
+    assert huge.anchor == "smoothed" and torch.isfinite(net.pair_gate(huge)).all()

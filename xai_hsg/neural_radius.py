@@ -194,9 +194,12 @@ def interval_terms(
     B, T = d.shape
     seen = ok[:, :-1] | ok[:, 1:]
     smooth = anchor == "smoothed" and vec and cov.noise_nm2 > 0
-    bridge_cov = dataclasses.replace(cov, noise_nm2=0.0) if smooth else cov
+    bridge_cov = cov
     if smooth:
-        ends = smoothed_ends(v, ok, cov)
+        # c₁ = S (all frame-to-frame change read as noise) would make the noise-free bridge singular: keep φ < 1
+        motion = dataclasses.replace(cov, c1_nm2=min(cov.c1_nm2, (1 - 1e-6) * cov.S_nm2))
+        bridge_cov = dataclasses.replace(motion, noise_nm2=0.0)
+        ends = smoothed_ends(v, ok, motion)
         v, d = ends.mean_nm, np.linalg.norm(ends.mean_nm, axis=-1)
     mu, si, w, sig = _bridge_chunks(d, v, bridge_cov, seen.reshape(-1), n_nodes, n_angle, msd_exponent, chunk_pairs)
     if smooth:
