@@ -1,6 +1,7 @@
 """Where the marginal model's low radius at fast switching comes from: the same fit on variants of one simulated cell.
 
-The cell: fast switching (ON periods of 5 min), 30-s frames, 241 frames, r_c 150 nm, σ_loc 20 nm given. `MarginalRadius`
+The cell: fast switching (ON periods of 5 min), 30-s frames, 241 frames, r_c 150 nm, σ_loc 20 nm given (`--k-off`,
+`--r-c` and `--sigma-loc` change it: `--k-off 2.78e-4` is the simulator's default, ON periods of 1 h). `MarginalRadius`
 (the `fit-radius` engine, σ_loc given so that its estimate is out of the question) beside the truth-state `RadiusMLE`.
 Variants of the MS2 the fit reads (distances and the promoter path are the simulator's in every variant):
 
@@ -50,9 +51,9 @@ from xai_hsg.tracks import TraceArrays
 VARIANTS = ("simulator", "small-loadings", "noiseless", "model-consistent", "model-drawn")
 
 
-def cell_params(variant: str, r_c_nm: float) -> SimParams:
-    "The fast-switching cell, with the loadings and noise of `variant`."
-    p = dict(n_frames=241, dt_s=30.0, r_c_nm=r_c_nm, sigma_loc_nm=20.0, k_off_per_s=1 / 300)
+def cell_params(variant: str, r_c_nm: float, k_off_per_s: float = 1 / 300, sigma_loc_nm: float = 20.0) -> SimParams:
+    "The cell (fast switching by default), with the loadings and noise of `variant`."
+    p = dict(n_frames=241, dt_s=30.0, r_c_nm=r_c_nm, sigma_loc_nm=sigma_loc_nm, k_off_per_s=k_off_per_s)
     if variant != "simulator":
         p.update(nu_on_per_s=20 * 0.5 / 60, amplitude=0.5 / 20)
     if variant == "noiseless":
@@ -92,8 +93,17 @@ def model_drawn(arrays: TraceArrays, p: SimParams, seed: int) -> TraceArrays:
     return dataclasses.replace(arrays, state=state.astype(arrays.state.dtype), ms2=ms2)
 
 
-def run(variant: str, n: int, seed: int, max_switches: int, r_c_nm: float, profile: list[float]) -> dict:
-    p = cell_params(variant, r_c_nm)
+def run(
+    variant: str,
+    n: int,
+    seed: int,
+    max_switches: int,
+    r_c_nm: float,
+    profile: list[float],
+    k_off_per_s: float = 1 / 300,
+    sigma_loc_nm: float = 20.0,
+) -> dict:
+    p = cell_params(variant, r_c_nm, k_off_per_s, sigma_loc_nm)
     arrays = simulate(n, p, seed=seed).to_arrays()
     if variant == "model-consistent":
         arrays = dataclasses.replace(arrays, ms2=model_consistent_ms2(arrays.state.astype(float), p, seed))
@@ -103,6 +113,7 @@ def run(variant: str, n: int, seed: int, max_switches: int, r_c_nm: float, profi
     t0 = time.perf_counter()
     est = MarginalRadius(sigma_loc_nm=p.sigma_loc_nm, max_switches=max_switches).fit(arrays)
     row = dict(variant=variant, n_traces=n, seed=seed, max_switches=max_switches, r_c_true=r_c_nm, k_on_true=p.k_on)
+    row.update(k_off_true=p.k_off_per_s, sigma_loc_given=p.sigma_loc_nm, bridge_anchor=est.anchor_)
     row.update(truth_state_mle=truth, fit_seconds=time.perf_counter() - t0, **est.params_.to_dict())
     if profile:
         data = est._data(arrays)
@@ -120,6 +131,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--n", type=int, default=300, help="traces")
     ap.add_argument("--seed", type=int, default=101)
     ap.add_argument("--r-c", type=float, default=150.0, help="true contact radius, nm")
+    ap.add_argument("--k-off", type=float, default=1 / 300, help="ON->OFF rate, 1/s (1/3600: the simulator's default)")
+    ap.add_argument("--sigma-loc", type=float, default=20.0, help="true localization noise, nm (given to the fit)")
     ap.add_argument("--max-switches", type=int, default=2, help="compound-state truncation m")
     ap.add_argument("--profile", nargs="*", type=float, default=[], help="radii (nm) of the profile likelihood")
     ap.add_argument("--threads", type=int, default=1)
@@ -127,7 +140,7 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     rows = []
     for v in args.variants:
-        rows.append(run(v, args.n, args.seed, args.max_switches, args.r_c, args.profile))
+        rows.append(run(v, args.n, args.seed, args.max_switches, args.r_c, args.profile, args.k_off, args.sigma_loc))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
