@@ -120,14 +120,20 @@ def summarise(rows: list[dict], label: str) -> dict:
     return out
 
 
-def _done(path: str | None) -> list[dict]:
+def read_rows(path: str | None) -> list[dict]:
+    """The rows of a `--jsonl` file, one per (group, cell, seed): two processes sharing the file can both run the cell
+    they meet at, and the later row of such a pair is dropped. [] when there is no file."""
     if not path:
         return []
     try:
         with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            rows = [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
         return []
+    first = {}
+    for r in rows:
+        first.setdefault((r["group"], r["cell"], r["seed"]), r)
+    return list(first.values())
 
 
 def main(argv=None) -> list[dict]:
@@ -151,7 +157,7 @@ def main(argv=None) -> list[dict]:
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = _done(args.jsonl)
+    rows = read_rows(args.jsonl)
     seen = {(r["group"], r["cell"], r["seed"]) for r in rows}
     todo = []
     for group, cells in (("own", OWN), ("misspecified", MISSPECIFIED), ("limits", LIMITS)):
@@ -165,7 +171,9 @@ def main(argv=None) -> list[dict]:
             if seed in args.seeds and name.split(",")[0] in args.regimes and changes["r_c_nm"] in args.radii
         ]
     for group, name, changes, seed in reversed(todo) if args.reverse else todo:
-        seen |= {(r["group"], r["cell"], r["seed"]) for r in _done(args.jsonl)}  # another process may share the file
+        seen |= {
+            (r["group"], r["cell"], r["seed"]) for r in read_rows(args.jsonl)
+        }  # another process may share the file
         if (group, name, seed) in seen:
             continue
         rows.append({"group": group, **run_cell(name, changes, args.n, args.frames, seed)})
@@ -173,7 +181,7 @@ def main(argv=None) -> list[dict]:
         if args.jsonl:
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(rows[-1]) + "\n")
-    rows = _done(args.jsonl) or rows
+    rows = read_rows(args.jsonl) or rows
     for group in args.cells:
         print(json.dumps(summarise([r for r in rows if r["group"] == group], group)))
     if args.out:

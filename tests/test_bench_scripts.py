@@ -46,6 +46,18 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     assert sorted({name.split(", ")[1] for name, _ in ran}) == ["r_c 150", "r_c 250"] and len(ran) == 6
 
 
+def test_marginal_rows_are_read_once_per_cell(tmp_path):
+    "Two processes sharing --jsonl can both write the cell they meet at: the reader keeps its first row only."
+    check = _load("check_marginal_radius")
+    rows = [dict(group="grid", cell="fast, r_c 60, sigma_loc 0", seed=101, r_c=58.0)]
+    rows += [dict(group="grid", cell="fast, r_c 60, sigma_loc 0", seed=101, r_c=59.0)]
+    rows += [dict(group="grid", cell="fast, r_c 60, sigma_loc 0", seed=102, r_c=61.0)]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert [r["r_c"] for r in check.read_rows(jsonl)] == [58.0, 61.0]
+    assert check.read_rows(tmp_path / "absent.jsonl") == [] and check.read_rows(None) == []
+
+
 def test_marginal_bias_diagnosis_model_consistent_ms2():
     "The regenerated MS2 is 0 while OFF and, while ON, averages loading rate x amplitude x the kernel's area."
     diag = _load("marginal_bias_diagnosis")
