@@ -8,6 +8,7 @@ the threads given (1 by default: compare runs made under the same load).
 
   python bench/lm_recipe.py --name tiny-600 --preset tiny --lr 3e-3 --steps 600
   python bench/lm_recipe.py --name small-150 --preset small --lr 1.5e-3 --steps 150
+  python bench/lm_recipe.py --name random-start --preset small --steps 1500 --embedding-init random
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--planted", nargs="*", default=[], metavar="KEY=VALUE", help="PlantedConfig overrides, e.g. motifs_per_seq=8"
     )
+    ap.add_argument(
+        "--embedding-init",
+        default="nucleotide",
+        choices=["random", "nucleotide"],
+        help="nucleotide (the library's default): each 6-mer's embedding (tied to the output layer) starts with its six "
+        "bases one-hot (centred, x --nucleotide-scale; embed.nucleotide_embedding_init); random: transformers' start",
+    )
+    ap.add_argument("--nucleotide-scale", type=float, default=0.1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in a.planted)}
@@ -78,6 +87,8 @@ def main(argv=None) -> dict:
         device="cpu",
         num_threads=a.threads,
         progress=False,
+        embedding_init=a.embedding_init,
+        nucleotide_scale=a.nucleotide_scale,
     )
     train_s = time.time() - t0
     tok = res.tokenizer

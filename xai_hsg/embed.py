@@ -5,10 +5,10 @@ pretrained here when offline), and how the model's residual stream is written to
 
 # %% auto #0
 __all__ = ['NT_SPECIAL_TOKENS', 'NT_KMER', 'NT_VOCAB', 'NT_PRESETS', 'STORE_VERSION', 'NTTokenizer', 'nt_config',
-           'max_model_tokens', 'load_genomic_lm', 'save_genomic_lm', 'mask_tokens', 'MLMEvalSet', 'make_eval_set',
-           'evaluate_mlm', 'kmer_frequency_baseline', 'PretrainResult', 'pretrain_mlm', 'pretrained_default',
-           'model_fingerprint', 'forward_hidden_states', 'plan_shards', 'plan_batches', 'token_annotations',
-           'HiddenStateStore', 'extract_hidden_states']
+           'max_model_tokens', 'nucleotide_embedding_init', 'load_genomic_lm', 'save_genomic_lm', 'mask_tokens',
+           'MLMEvalSet', 'make_eval_set', 'evaluate_mlm', 'kmer_frequency_baseline', 'PretrainResult', 'pretrain_mlm',
+           'pretrained_default', 'model_fingerprint', 'forward_hidden_states', 'plan_shards', 'plan_batches',
+           'token_annotations', 'HiddenStateStore', 'extract_hidden_states']
 
 # %% ../nbs/05a_embed.ipynb #nb05-024
 import functools
@@ -217,6 +217,28 @@ def max_model_tokens(model) -> int:
     "Longest input (tokens incl. `<cls>`): the position table's size (ESM positions start at pad_id + 1)."
     cfg = model.config
     return int(getattr(cfg, "max_position_embeddings", 10**9)) - int(getattr(cfg, "pad_token_id", 1) or 0) - 1
+
+# %% ../nbs/05a_embed.ipynb #nb05-030d
+def nucleotide_embedding_init(model, tokenizer: NTTokenizer, scale: float = 0.1):
+    """Write each 6-mer's bases into its input embedding (tied to the output layer in NT's `EsmForMaskedLM`): the first
+    4·6 = 24 dimensions of token `k` become `scale` × (one-hot of its base at each of the 6 positions − 1/4), in the
+    tokenizer's base order (ATCG). Other tokens and dimensions are left as they are. In place; returns `model`."""
+    import torch
+
+    emb = model.get_input_embeddings().weight
+    n_dims = 4 * NT_KMER
+    if emb.shape[1] < n_dims:
+        raise ValueError(f"nucleotide_embedding_init needs a hidden size >= {n_dims}, got {emb.shape[1]}")
+    if emb.shape[0] <= int(tokenizer.kmer_ids.max()):
+        raise ValueError(f"the model's vocabulary ({emb.shape[0]}) is smaller than the tokenizer's")
+    bases = np.array([["ATCG".index(b) for b in tokenizer.vocab[i]] for i in tokenizer.kmer_ids])  # [4096, 6]
+    onehot = (bases[..., None] == np.arange(4)).astype(np.float32) - 0.25
+    with torch.no_grad():
+        rows = torch.as_tensor(tokenizer.kmer_ids, device=emb.device)
+        emb[rows, :n_dims] = torch.as_tensor(
+            scale * onehot.reshape(len(bases), n_dims), dtype=emb.dtype, device=emb.device
+        )
+    return model
 
 # %% ../nbs/05a_embed.ipynb #nb05-030b
 def load_genomic_lm(
@@ -584,6 +606,8 @@ def pretrain_mlm(
     num_threads: int | None = None,
     progress: bool = True,
     eval_groups: Sequence[str] | None = None,
+    embedding_init: str = "nucleotide",
+    nucleotide_scale: float = 0.1,
 ) -> PretrainResult:
     """Pretrain an NT-architecture `EsmForMaskedLM` with NT's masked-token objective on `train_seqs`.
 
@@ -593,10 +617,14 @@ def pretrain_mlm(
     `eval_groups`: one label per masked held-out token (in the order of `make_eval_set(tokenizer, eval_seqs,
     max_tokens=max_tokens, seed=seed + 1)`, e.g. the concept it overlaps) adds per-label `loss:<label>` and
     `accuracy:<label>` columns to the held-out rows of the history: the per-concept learning curves.
-    `num_threads`: torch CPU threads during training (None: `core.default_threads()`, chosen by load)."""
+    `num_threads`: torch CPU threads during training (None: `core.default_threads()`, chosen by load).
+    `embedding_init`: "nucleotide" (default) writes each 6-mer's bases into its embedding before training
+    (`nucleotide_embedding_init`, × `nucleotide_scale`); "random" keeps the transformers initialisation."""
     import torch
     from transformers import EsmForMaskedLM
 
+    if embedding_init not in ("nucleotide", "random"):
+        raise ValueError(f"embedding_init must be 'nucleotide' or 'random', got {embedding_init!r}")
     train_seqs, eval_seqs = _as_seq_list(train_seqs), _as_seq_list(eval_seqs)
     if not train_seqs:
         raise ValueError("pretrain_mlm: no training sequences")
@@ -613,7 +641,10 @@ def pretrain_mlm(
         core.seed_everything(seed)  # the model's initial weights
         g = torch.Generator().manual_seed(seed)  # masks
         rng = np.random.default_rng(seed)  # windows
-        model = EsmForMaskedLM(cfg).to(dev)
+        model = EsmForMaskedLM(cfg)
+        if embedding_init == "nucleotide":
+            nucleotide_embedding_init(model, tokenizer, nucleotide_scale)
+        model = model.to(dev)
         toks = [tokenizer.tokenize_with_spans(q)[0] for q in train_seqs]
         eval_set = make_eval_set(tokenizer, eval_seqs, max_tokens=max_tokens, seed=seed + 1) if eval_seqs else None
         groups = None
@@ -644,6 +675,7 @@ def pretrain_mlm(
             "n_train_sequences": len(train_seqs),
             "n_eval_sequences": len(eval_seqs or []),
             "cpu_threads": torch.get_num_threads(),
+            "embedding_init": embedding_init,
         }
         if eval_set:
             metrics["heldout"] = evaluate_mlm(model, tokenizer, eval_set)
