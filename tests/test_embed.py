@@ -196,6 +196,29 @@ def test_pretrain_mlm_runs_and_reports(tok):
     assert np.isclose(total, last["loss"], rtol=1e-5) and 0 <= last["accuracy:first"] <= 1
 
 
+def test_nucleotide_embedding_init_writes_each_kmers_bases(tok):
+    "The first 24 dimensions of every 6-mer decode back to its bases; nothing else moves; the output layer follows."
+    from transformers import EsmForMaskedLM
+
+    torch.manual_seed(0)
+    plain = EsmForMaskedLM(embed.nt_config("tiny")).get_input_embeddings().weight.detach().clone()
+    torch.manual_seed(0)
+    model = embed.nucleotide_embedding_init(EsmForMaskedLM(embed.nt_config("tiny")), tok, scale=0.2)
+    emb = model.get_input_embeddings().weight.detach()
+    block = emb[tok.kmer_ids, :24].reshape(-1, 6, 4)
+    decoded = ["".join("ATCG"[b] for b in row) for row in block.argmax(-1).tolist()]
+    assert decoded == [tok.vocab[i] for i in tok.kmer_ids]
+    assert torch.allclose(block.sum(-1), torch.zeros(())) and np.isclose(float(block.max()), 0.15)  # centred, scaled
+    assert torch.equal(emb[:, 24:], plain[:, 24:])  # the other dimensions keep their random start
+    others = np.setdiff1d(np.arange(len(tok)), tok.kmer_ids)  # special tokens and single bases
+    assert torch.equal(emb[others], plain[others])
+    assert torch.equal(model.get_output_embeddings().weight.detach(), emb)  # tied
+    with pytest.raises(ValueError, match="hidden size >= 24"):
+        embed.nucleotide_embedding_init(EsmForMaskedLM(embed.nt_config("tiny", hidden_size=16)), tok)
+    with pytest.raises(ValueError, match="embedding_init must be"):
+        embed.pretrain_mlm(["ACGT" * 30], config="tiny", steps=1, embedding_init="zeros")
+
+
 # -- hidden-state store -------------------------------------------------------------------------------------
 def _seqset(n=14, seed=0):
     rng = np.random.default_rng(seed)
