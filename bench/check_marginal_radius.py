@@ -171,9 +171,8 @@ def main(argv=None) -> list[dict]:
             if seed in args.seeds and name.split(",")[0] in args.regimes and changes["r_c_nm"] in args.radii
         ]
     for group, name, changes, seed in reversed(todo) if args.reverse else todo:
-        seen |= {
-            (r["group"], r["cell"], r["seed"]) for r in read_rows(args.jsonl)
-        }  # another process may share the file
+        # another process may share the file
+        seen |= {(r["group"], r["cell"], r["seed"]) for r in read_rows(args.jsonl)}
         if (group, name, seed) in seen:
             continue
         rows.append({"group": group, **run_cell(name, changes, args.n, args.frames, seed)})
