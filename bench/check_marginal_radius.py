@@ -13,6 +13,8 @@ Rows are appended to `--jsonl` as each cell finishes, and cells already there ar
 
     python bench/check_marginal_radius.py --cells own misspecified --out rows.json
     python bench/check_marginal_radius.py --cells grid --jsonl grid.jsonl
+    python bench/check_marginal_radius.py --cells grid --regimes default --radii 100 150 --sigma-locs 20 --n 1200 \
+        --threads 1 --jsonl bench/results/marginal_grid_1200.jsonl   # a part of the grid at 4x the traces
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--seeds", nargs="+", type=int, default=list(GRID_SEEDS), help="grid seeds to run")
     ap.add_argument("--radii", nargs="+", type=float, default=list(GRID_R_C_NM), help="grid radii to run (nm)")
     ap.add_argument(
+        "--sigma-locs", nargs="+", type=float, default=list(GRID_SIGMA_LOC_NM), help="grid σ_loc values to run (nm)"
+    )
+    ap.add_argument(
         "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
     )
     args = ap.parse_args(argv)
@@ -168,7 +173,10 @@ def main(argv=None) -> list[dict]:
         todo += [
             ("grid", name, changes, seed)
             for name, changes, seed in grid_cells()
-            if seed in args.seeds and name.split(",")[0] in args.regimes and changes["r_c_nm"] in args.radii
+            if seed in args.seeds
+            and name.split(",")[0] in args.regimes
+            and changes["r_c_nm"] in args.radii
+            and changes["sigma_loc_nm"] in args.sigma_locs
         ]
     for group, name, changes, seed in reversed(todo) if args.reverse else todo:
         # another process may share the file
