@@ -5,7 +5,7 @@ Each cell: simulate `--n` traces x `--frames` frames, write the tracks file, run
 σ_loc estimated (as the command does by default), and the truth-state MLE (`RadiusMLE`, σ_loc given) on the same data
 as the upper bound. One line of JSON per cell (printed as it finishes) and, with `--out`, all rows as a JSON list.
 Not identifiable verdicts are rows too. About 1-6 min per cell on 2 CPU cores at the defaults. `--cells limits`: r_c 5 nm
-and 3,000 nm (always in contact), which must come out not identifiable.
+and 3,000 nm (always in contact), which must come out not identifiable. `--cells frames`: 10-, 15-, 20- and 45-s frames.
 
 `--cells grid` is the acceptance grid of the marginal model: r_c ∈ {60, 100, 150, 250} nm × σ_loc ∈ {0, 20, 40} nm ×
 3 seeds × two regimes (fast switching, ON periods of 5 min; the simulator's default, ON periods of 1 h), 30-s frames.
@@ -46,7 +46,12 @@ MISSPECIFIED = {
     "short chain, 45-bead separation": dict(n_beads=100, separation_beads=45),
     "stiffer chain (4x spring rate)": dict(spring_rate_per_s=4 / 0.177),
     "slower diffusion (D / 4)": dict(diffusion_nm2_per_s=2810.0 / 4),
+    "looser chain (spring rate / 2)": dict(spring_rate_per_s=1 / 0.177 / 2),
+    "E and P 5 beads from the free ends (100 beads)": dict(n_beads=100, separation_beads=90),
 }
+# frame intervals other than the grid's 30 s (ON periods of 5 min, r_c 150 nm, σ_loc 20 nm, 241 frames): the MS2 kernel
+# spans L = 360 s / dt frames, so finer frames mean a larger compound state and a higher emission order
+FRAMES = {f"{dt:g}-s frames": dict(dt_s=float(dt), k_off_per_s=1 / 300) for dt in (10, 15, 20, 45)}
 
 # radii the data cannot determine (fast switching, 30-s frames, σ_loc 20 nm): the verdict must be "not identifiable".
 # k_on is held at the r_c = 150 nm cell's rate: Yang's scaling (30 nm / r_c)^3 gives 72/s at 5 nm, and the simulator's
@@ -56,7 +61,7 @@ LIMITS = {
     "r_c 3,000 nm (always in contact)": dict(dt_s=30.0, r_c_nm=3000.0, k_off_per_s=1 / 300, k_on_per_s=0.16 / 60),
 }
 
-SEEDS = {"own": 31, "misspecified": 41, "limits": 51}  # simulation seed of each group (--seed overrides)
+SEEDS = {"own": 31, "misspecified": 41, "limits": 51, "frames": 61}  # simulation seed of each group (--seed overrides)
 
 GRID_R_C_NM = (60.0, 100.0, 150.0, 250.0)
 GRID_SIGMA_LOC_NM = (0.0, 20.0, 40.0)
@@ -141,7 +146,10 @@ def read_rows(path: str | None) -> list[dict]:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--cells", nargs="+", choices=["own", "misspecified", "limits", "grid"], default=["own", "misspecified"]
+        "--cells",
+        nargs="+",
+        choices=["own", "misspecified", "limits", "frames", "grid"],
+        default=["own", "misspecified"],
     )
     ap.add_argument("--n", type=int, default=300, help="traces per cell")
     ap.add_argument("--frames", type=int, default=241)
@@ -165,7 +173,7 @@ def main(argv=None) -> list[dict]:
     rows = read_rows(args.jsonl)
     seen = {(r["group"], r["cell"], r["seed"]) for r in rows}
     todo = []
-    for group, cells in (("own", OWN), ("misspecified", MISSPECIFIED), ("limits", LIMITS)):
+    for group, cells in (("own", OWN), ("misspecified", MISSPECIFIED), ("limits", LIMITS), ("frames", FRAMES)):
         if group in args.cells:
             seed = SEEDS[group] if args.seed is None else args.seed
             todo += [(group, name, changes, seed) for name, changes in cells.items()]

@@ -127,3 +127,33 @@ def test_marginal_smoothed_ends_runs_on_a_tiny_cell(monkeypatch):
     assert (
         exact["smoothed_anchor_used"] == "observed" and exact["smoothed_z_efficient"] == exact["observed_z_efficient"]
     )
+
+
+def test_frame_interval_cells_are_picked_and_fast_switching(tmp_path, monkeypatch):
+    "--cells frames runs the four frame intervals (10, 15, 20, 45 s) with ON periods of 5 min, seed 61 by default."
+    check = _load("check_marginal_radius")
+    ran = []
+
+    def fake_cell(name, changes, n, frames, seed):
+        ran.append((name, changes, seed))
+        return dict(
+            cell=name, seed=seed, r_c_true=150.0, sigma_loc_true=20.0, truth_state_mle=150.0, r_c=150.0, covered=True
+        )
+
+    monkeypatch.setattr(check, "run_cell", fake_cell)
+    check.main(["--cells", "frames", "--threads", "1", "--jsonl", str(tmp_path / "frames.jsonl")])
+    assert [changes["dt_s"] for _, changes, _ in ran] == [10.0, 15.0, 20.0, 45.0]
+    assert all(changes["k_off_per_s"] == 1 / 300 and seed == 61 for _, changes, seed in ran)
+
+
+def test_probe_design_windows_stay_within_their_sequence():
+    "Row i of the windowed features = rows i-1, i, i+1 concatenated, zeros across a sequence boundary."
+    design = _load("probe_design")
+    features = np.arange(10, dtype=np.float32).reshape(5, 2)
+    groups = np.array(["a", "a", "a", "b", "b"])
+    out = design.windowed(features, groups, window=1)
+    assert out.shape == (5, 6)
+    np.testing.assert_array_equal(out[1], [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(out[2], [2, 3, 4, 5, 0, 0])  # row 3 is in sequence b
+    np.testing.assert_array_equal(out[3], [0, 0, 6, 7, 8, 9])
+    np.testing.assert_array_equal(out[0], [0, 0, 0, 1, 2, 3])

@@ -420,3 +420,24 @@ def test_profile_interval_ends_sit_at_the_cut_and_the_adjustment_widens_it():
         assert abs(drop * prof.adjustment / prof.cut - 1) < 0.25, (end, drop, prof)
     wider = est.profile(arrays, dataclasses.replace(unc, adjustment=prof.adjustment / 2))
     assert wider.lo_nm < prof.lo_nm and wider.hi_nm > prof.hi_nm
+
+
+def test_frames_too_short_for_the_compound_state_are_fitted_frames_apart():
+    """At 10-15 s frames the 6-min kernel needs more than `MAX_WINDOW` frames of memory: the config names the step
+    that fits, `states` refuses with that advice, and `fit_marginal` fits every k-th frame (`decimate`), saying so."""
+    from xai_hsg.marginal import MAX_WINDOW, decimate, fit_marginal
+
+    cfg = MarginalConfig()
+    assert [cfg.frame_step(dt) for dt in (5.0, 10.0, 15.0, 20.0, 30.0, 60.0)] == [4, 2, 2, 1, 1, 1]
+    assert cfg.size(10.0)[1] > MAX_WINDOW >= cfg.size(20.0)[1]
+    with pytest.raises(ValueError, match="decimate"):
+        cfg.states(15.0)
+    p = SimParams(n_frames=481, dt_s=15.0, r_c_nm=150.0, sigma_loc_nm=20.0, k_off_per_s=1 / 600, sigma_ms2=0.3)
+    arrays = simulate(100, p, seed=7, threads=1).to_arrays()  # 2 h: enough switches to bound r_c
+    kw = dict(sigma_loc_nm=20.0, test_fraction=0.0, max_iter=8)
+    res = fit_marginal(arrays, **kw)
+    assert res["frame_step"] == 2 and res["fitted_dt_s"] == 30.0 and res["dt_s"] == 15.0 and res["n_frames"] == 481
+    assert any("apart are fitted" in w for w in res["warnings"])
+    assert 75 < res["r_c_nm"] < 300, res["r_c_nm"]  # truth 150 nm; the fit itself is tested at full frame rates
+    coarse = decimate(arrays, 2)
+    assert coarse.n_frames == 241 and np.array_equal(coarse.ms2, arrays.ms2[:, ::2])

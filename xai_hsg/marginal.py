@@ -31,11 +31,12 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights', 'CompoundStates', 'compound_states',
-           'MarginalParams', 'MarginalConfig', 'MarginalData', 'interval_gate', 'emission_features', 'emission_moments',
-           'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start',
-           'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'ProfileInterval',
-           'marginal_identifiability', 'write_states', 'fit_marginal', 'fit_radius_marginal']
+__all__ = ['MAX_WINDOW', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights', 'CompoundStates',
+           'compound_states', 'MarginalParams', 'MarginalConfig', 'decimate', 'MarginalData', 'interval_gate',
+           'emission_features', 'emission_moments', 'emission_coefficients', 'marginal_loglik', 'posterior_compound',
+           'initial_params', 'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates',
+           'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability', 'write_states', 'fit_marginal',
+           'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -182,6 +183,9 @@ class MarginalParams:
         return asdict(self)
 
 # %% ../nbs/03b_marginal.ipynb #f5124762
+MAX_WINDOW = 24  # the longest compound window W (`compound_states` indexes all 2^W codes)
+
+
 @dataclass(frozen=True)
 class MarginalConfig:
     """What the likelihood does not fit: the MS2 kernel (s), the emission's order p (0: independent frames; p ≥ 1: each
@@ -212,22 +216,60 @@ class MarginalConfig:
         n_lags = kernel_frames(dt_s, self.t_rise_s, self.t_plateau_s)
         return min(max(2, math.ceil(n_lags / 3)), 8)
 
-    def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates]:
-        "The kernel tables at `dt_s` and the compound states (W ≥ L + p − 1: a transition's W + 1 bits hold p + 1 frames)."
+    def size(self, dt_s: float) -> tuple[int, int, int]:
+        """(p, W, number of compound states) at frame interval `dt_s`, without building anything (W ≥ L + p − 1: a
+        transition's W + 1 bits hold p + 1 frames)."""
         p = self.order_for(dt_s)
-        kw = kernel_weights(dt_s, self.t_rise_s, self.t_plateau_s, max_lag=max(p, 1))
-        need = max(kw.n_lags + p - 1, kw.n_lags, 1)
+        n_lags = kernel_frames(dt_s, self.t_rise_s, self.t_plateau_s)
+        need = max(n_lags + p - 1, n_lags, 1)
         W = self.window or need
         if W < need:
             raise ValueError(
-                f"window {W} is too short for the kernel ({kw.n_lags} frames of {dt_s} s) and emission order {p}: "
+                f"window {W} is too short for the kernel ({n_lags} frames of {dt_s} s) and emission order {p}: "
                 f"need W >= {need}"
             )
         m = W - 1 if self.max_switches is None else min(self.max_switches, W - 1)
-        n_states = 2 * sum(math.comb(W - 1, k) for k in range(m + 1))  # checked before any is built
-        if n_states > self.max_states:
-            raise ValueError(f"{n_states} compound states > max_states={self.max_states}: set max_switches")
+        return p, W, 2 * sum(math.comb(W - 1, k) for k in range(m + 1))
+
+    def frame_step(self, dt_s: float) -> int:
+        """The smallest k such that frames k·`dt_s` apart fit the compound state (W ≤ `MAX_WINDOW`, at most
+        `max_states` states): 1 at 20-s frames and longer with the default kernel, 2 at 10–15 s (`decimate`)."""
+        k = 1
+        while True:
+            _, W, n_states = self.size(k * dt_s)
+            if W <= MAX_WINDOW and n_states <= self.max_states:
+                return k
+            k += 1
+
+    def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates]:
+        "The kernel tables at `dt_s` and the compound states (`size`)."
+        p, W, n_states = self.size(dt_s)  # checked before any is built
+        if W > MAX_WINDOW or n_states > self.max_states:
+            k = self.frame_step(dt_s)
+            raise ValueError(
+                f"the MS2 kernel ({self.t_rise_s:g} + {self.t_plateau_s:g} s) spans {W - p + 1} frames of {dt_s:g} s: "
+                f"{W}-frame compound states ({n_states}; at most {MAX_WINDOW} frames and max_states={self.max_states}); "
+                f"fit frames {k} apart (`decimate(arrays, {k})`, as `fit_marginal` does)"
+            )
+        kw = kernel_weights(dt_s, self.t_rise_s, self.t_plateau_s, max_lag=max(p, 1))
         return kw, compound_states(W, self.max_switches)
+
+# %% ../nbs/03b_marginal.ipynb #38934196
+def decimate(arrays: TraceArrays, step: int) -> TraceArrays:
+    """Every `step`-th frame of `arrays` (frames 0, `step`, 2·`step`, …) as traces with frames `step`·Δt apart, for
+    frames so short that the MS2 kernel spans more of them than the compound state holds (`MarginalConfig.frame_step`).
+    Distances and MS2 of the frames in between are dropped (the contact bridges then span the longer interval); so are
+    the per-interval truth columns `loadings` and `on_fraction`, which do not subsample. Traces left without a frame
+    are dropped."""
+    if not (isinstance(step, (int, np.integer)) and step >= 1):
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    if step == 1:
+        return arrays
+    per_frame = ("distance_nm", "mask", "t_s", "present", "vector_nm", "ms2", "state", "ms2_clean", "distance_true_nm")
+    kept = {n: getattr(arrays, n)[:, ::step] for n in per_frame if getattr(arrays, n) is not None}
+    out = arrays.replace(dt_s=arrays.dt_s * step, loadings=None, on_fraction=None, **kept)
+    has_frames = out.present.any(axis=1)
+    return out if has_frames.all() else out.subset(np.flatnonzero(has_frames))
 
 # %% ../nbs/03b_marginal.ipynb #e265d914
 class MarginalData(NamedTuple):
@@ -970,7 +1012,8 @@ def fit_marginal(
     anchor: str = "smoothed",
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
-    σ_loc estimated when `sigma_loc_nm` is None, the fit, r_c's profile interval widened by σ_loc's (the other parameters'
+    σ_loc estimated when `sigma_loc_nm` is None (at the full frame rate), every k-th frame kept when the frames are too
+    short for the compound state (`decimate`, k = `MarginalConfig.frame_step`, a warning), the fit, r_c's profile interval widened by σ_loc's (the other parameters'
     sandwich intervals), the
     identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
@@ -989,6 +1032,14 @@ def fit_marginal(
             raise ValueError(f"{tracks_path}: cannot estimate sigma_loc ({e}); pass --sigma-loc") from None
     s_hat = sigma.sigma_loc_nm if sigma else float(sigma_loc_nm)
     kw = dict(t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, emission_order=emission_order, max_switches=max_switches)
+    dt_file, n_frames_file = arrays.dt_s, arrays.n_frames
+    step = MarginalConfig(**kw).frame_step(arrays.dt_s)  # σ_loc above is read at the full frame rate
+    if step > 1:
+        warnings.append(
+            f"{dt_file:g}-s frames: the MS2 kernel spans more frames than the compound state holds; frames {step} "
+            f"apart are fitted ({step * dt_file:g} s; the posterior states are on those frames)"
+        )
+        arrays = decimate(arrays, step)
     kw["anchor"] = anchor
     try:
         est = MarginalRadius(sigma_loc_nm=s_hat, max_iter=max_iter, **kw).fit(arrays)
@@ -1029,8 +1080,10 @@ def fit_marginal(
         "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
         "state_from": "none",
         "n_traces": arrays.n_traces,
-        "n_frames": arrays.n_frames,
-        "dt_s": arrays.dt_s,
+        "n_frames": n_frames_file,
+        "dt_s": dt_file,
+        "frame_step": step,  # every frame_step-th frame fitted (`decimate`), 1 = all
+        "fitted_dt_s": arrays.dt_s,
         "r_c_nm": est.r_c_nm_,
         "r_c_interval_nm": [f(lo), f(hi)],
         "ci": ci,
