@@ -441,3 +441,21 @@ def test_frames_too_short_for_the_compound_state_are_fitted_frames_apart():
     assert 75 < res["r_c_nm"] < 300, res["r_c_nm"]  # truth 150 nm; the fit itself is tested at full frame rates
     coarse = decimate(arrays, 2)
     assert coarse.n_frames == 241 and np.array_equal(coarse.ms2, arrays.ms2[:, ::2])
+
+
+def test_chunks_of_traces_give_the_fit_posterior_and_sandwich_of_one_pass(monkeypatch):
+    """`trace_chunks` bounds autograd's memory: with chunks of 7 traces the fit, the posterior states and the sandwich
+    intervals equal those of one pass over all 30 traces (float64 sums in another order)."""
+    import xai_hsg.marginal as marginal
+
+    arrays = sim60(30, seed=8)
+    kw = dict(sigma_loc_nm=20.0, max_iter=6)
+    one = MarginalRadius(**kw).fit(arrays)
+    post_one, unc_one = one.posterior_states(arrays).p_on, one.uncertainty(arrays).se_log
+    data = MarginalData.from_arrays(arrays, 20.0, MarginalConfig())
+    monkeypatch.setattr(marginal, "MAX_CHUNK_CELLS", 7 * arrays.n_frames * data.states.n_states)
+    assert [p.y.shape[0] for p in marginal.trace_chunks(data)] == [7, 7, 7, 7, 2]
+    chunked = MarginalRadius(**kw).fit(arrays)
+    assert chunked.r_c_nm_ == pytest.approx(one.r_c_nm_, rel=1e-7) and chunked.n_evals_ == one.n_evals_
+    np.testing.assert_allclose(chunked.posterior_states(arrays).p_on, post_one, atol=1e-6)
+    np.testing.assert_allclose(chunked.uncertainty(arrays).se_log, unc_one, rtol=1e-4, equal_nan=True)

@@ -31,12 +31,12 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['MAX_WINDOW', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights', 'CompoundStates',
-           'compound_states', 'MarginalParams', 'MarginalConfig', 'decimate', 'MarginalData', 'interval_gate',
-           'emission_features', 'emission_moments', 'emission_coefficients', 'marginal_loglik', 'posterior_compound',
-           'initial_params', 'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates',
-           'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability', 'write_states', 'fit_marginal',
-           'fit_radius_marginal']
+__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights',
+           'CompoundStates', 'compound_states', 'MarginalParams', 'MarginalConfig', 'decimate', 'MarginalData',
+           'trace_chunks', 'interval_gate', 'emission_features', 'emission_moments', 'emission_coefficients',
+           'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start', 'MarginalFit',
+           'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability',
+           'write_states', 'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -305,6 +305,22 @@ class MarginalData(NamedTuple):
         terms = replace(t, cols=t.cols[idx], vals=t.vals[idx], obs=t.obs[idx], pair_observed=t.pair_observed[idx])
         return self._replace(terms=terms, y=self.y[idx], y_obs=self.y_obs[idx], features=self.features[idx])
 
+# %% ../nbs/03b_marginal.ipynb #d8e8cc46
+MAX_CHUNK_CELLS = 2**24  # traces × frames × compound states per chunk of a gradient or posterior pass (~2 GB)
+
+
+def trace_chunks(data: MarginalData, max_cells: int | None = None) -> list[MarginalData]:
+    """`data` split into consecutive groups of traces of at most `max_cells` (default `MAX_CHUNK_CELLS`) traces × frames
+    × compound states each. Traces are independent, so a sum over traces, its gradient (one backward pass per chunk)
+    and per-trace posteriors are the same chunk by chunk, while autograd's memory is bounded by one chunk's: 2,000 traces
+    × 241 frames at 212 states held ~14 GB in one pass."""
+    max_cells = MAX_CHUNK_CELLS if max_cells is None else max_cells
+    B, T = data.y.shape
+    size = max(1, max_cells // max(T * data.states.n_states, 1))
+    if size >= B:
+        return [data]
+    return [data.subset(torch.arange(a, min(a + size, B))) for a in range(0, B, size)]
+
 # %% ../nbs/03b_marginal.ipynb #b8362233
 _GATE_NETS: dict = {}
 
@@ -453,12 +469,17 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
 
 # %% ../nbs/03b_marginal.ipynb #9e1d3818
 def posterior_compound(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "P(c_t = c | data) [B, T, N] (forward–backward by autograd through `marginal_loglik`) and log L per trace [B]."
-    phi = torch.zeros(*data.y.shape, data.states.n_states, dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        ll = marginal_loglik(data, theta.detach(), phi)
-        (post,) = torch.autograd.grad(ll.sum(), phi)
-    return post, ll.detach()
+    """P(c_t = c | data) [B, T, N] (forward–backward by autograd through `marginal_loglik`, chunk by chunk of traces:
+    `trace_chunks`) and log L per trace [B]."""
+    posts, lls = [], []
+    for part in trace_chunks(data):
+        phi = torch.zeros(*part.y.shape, part.states.n_states, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            ll = marginal_loglik(part, theta.detach(), phi)
+            (post,) = torch.autograd.grad(ll.sum(), phi)
+        posts.append(post)
+        lls.append(ll.detach())
+    return torch.cat(posts), torch.cat(lls)
 
 # %% ../nbs/03b_marginal.ipynb #ed0983de
 def initial_params(
@@ -593,7 +614,8 @@ class MarginalRadius:
 
 # %% ../nbs/03b_marginal.ipynb #e6fd4bdb
 def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, int]:
-    "Minimise −log L per observed MS2 frame over θ[free] with L-BFGS; returns θ and the number of evaluations."
+    """Minimise −log L per observed MS2 frame over θ[free] with L-BFGS (gradients chunk by chunk of traces,
+    `trace_chunks`); returns θ and the number of evaluations."""
     x = theta0[free].clone().requires_grad_()
     n_obs = max(int(data.y_obs.sum()), 1)
     opt = torch.optim.LBFGS(
@@ -607,14 +629,18 @@ def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_ite
     )
     n_evals = 0
 
+    parts = trace_chunks(data)
+
     def closure():
         nonlocal n_evals
         n_evals += 1
         opt.zero_grad()
-        theta = theta0.masked_scatter(free, x)
-        loss = -marginal_loglik(data, theta).sum() / n_obs
-        loss.backward()
-        return loss
+        total = 0.0
+        for part in parts:  # one backward pass per chunk of traces: the gradients add up in x.grad
+            loss = -marginal_loglik(part, theta0.masked_scatter(free, x)).sum() / n_obs
+            loss.backward()
+            total += float(loss)
+        return torch.tensor(total, dtype=torch.float64)
 
     opt.step(closure)
     return theta0.masked_scatter(free, x.detach()), n_evals
@@ -732,9 +758,11 @@ def _sandwich(
     idx = torch.nonzero(free).flatten().tolist()
     B = data.y.shape[0]
 
+    parts = trace_chunks(data)
+
     def grad_at(th):
         th = th.clone().requires_grad_()
-        (g,) = torch.autograd.grad(marginal_loglik(data, th).sum(), th)
+        g = sum(torch.autograd.grad(marginal_loglik(part, th).sum(), th)[0] for part in parts)
         return g[free]
 
     H, S = np.zeros((len(idx), len(idx))), np.zeros((B, len(idx)))
