@@ -335,6 +335,23 @@ def test_anchor_is_validated_and_reported():
     assert est.anchor_ == "observed"
 
 
+def test_a_bad_setting_is_an_error_not_a_verdict():
+    """`fit_marginal` reports what the data leave undetermined as `DegenerateFitError` ("not identifiable", exit 1 of
+    the CLI); a bad setting of the caller is a plain `ValueError` naming the setting, before any fit."""
+    from xai_hsg.marginal import fit_marginal
+    from xai_hsg.radius import DegenerateFitError
+
+    arrays = sim60(5, seed=2)
+    for kw, name in [
+        (dict(max_iter=0), "max_iter"),
+        (dict(anchor="kalman"), "anchor"),
+        (dict(sigma_loc_nm=-1.0), "sigma_loc"),
+    ]:
+        with pytest.raises(ValueError, match=name) as err:
+            fit_marginal(arrays, **{"sigma_loc_nm": 20.0, **kw})
+        assert not isinstance(err.value, DegenerateFitError), kw
+
+
 def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
     """`fit_marginal` on arrays: a shuffled `state` column changes nothing but the reported F1 of the posterior's ON
     frames against it (the state is read only to score the posterior, on simulations)."""
@@ -353,6 +370,10 @@ def test_fit_marginal_never_reads_the_state_and_scores_its_posterior():
     f1, f1_shuffled = res["posterior_state_f1"], res_shuffled["posterior_state_f1"]
     assert 0.5 < f1 <= 1 and f1 > f1_shuffled + 0.2, (f1, f1_shuffled)
     assert "posterior_state_f1" not in fit_marginal(arrays.replace(state=None), **kw)
+    assert res["bridge_anchor"] == "smoothed" and not res["warnings"]
+    distances_only = fit_marginal(arrays.replace(vector_nm=None), **kw)  # nothing to smooth: said, not silent
+    assert distances_only["bridge_anchor"] == "observed"
+    assert any("without E-P vectors" in w for w in distances_only["warnings"]), distances_only["warnings"]
 
 
 def test_emission_order_from_the_kernel_and_states_built_without_all_codes():

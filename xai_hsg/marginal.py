@@ -639,7 +639,7 @@ def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_ite
         for part in parts:  # one backward pass per chunk of traces: the gradients add up in x.grad
             loss = -marginal_loglik(part, theta0.masked_scatter(free, x)).sum() / n_obs
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         return torch.tensor(total, dtype=torch.float64)
 
     opt.step(closure)
@@ -1069,10 +1069,17 @@ def fit_marginal(
         )
         arrays = decimate(arrays, step)
     kw["anchor"] = anchor
+    est = MarginalRadius(sigma_loc_nm=s_hat, max_iter=max_iter, **kw)  # a bad setting is a ValueError, not a verdict
     try:
-        est = MarginalRadius(sigma_loc_nm=s_hat, max_iter=max_iter, **kw).fit(arrays)
-    except ValueError as e:
-        raise DegenerateFitError(f"{tracks_path}: {e}") from None
+        est.fit(arrays)
+    except ValueError as e:  # what the data leave undetermined (e.g. no usable start), named as a verdict
+        raise DegenerateFitError(f"{tracks_path}: the contact radius cannot be fitted to these data: {e}") from None
+    if anchor == "smoothed" and est.anchor_ == "observed" and not arrays.has_vectors and s_hat > 0:
+        warnings.append(
+            "distances without E-P vectors: the contact bridges are anchored on the observed distances, not on smoothed "
+            "vectors (with ON periods of minutes, observed ends read the radius low under localization noise on simulations; "
+            "notebook 03b)"
+        )
     unc = est.uncertainty(arrays, ci)
     prof = est.profile(arrays, unc)
     if prof.max_exceeded_nats > 0.01:
