@@ -82,6 +82,37 @@ def test_gaps_are_masked_not_dropped(df):
 
 
 @SETTINGS
+@given(df=long_tables(), seed=st.integers(0, 2**31 - 1))
+def test_jittered_timestamps_land_on_the_frames_of_the_exact_ones(df, seed):
+    """Microscope timestamps jitter: times up to 5% of the interval off the grid give the arrays of the exact times
+    (with the interval given; `GRID_TOLERANCE` is 10%, half of it for each of a frame and its trace's first frame)."""
+    layout = [k for k, v in LAYOUT_COLUMNS.items() if v[0] in df][0]
+    dt = df.attrs["dt_s"]
+    jittered = df.assign(t_s=df["t_s"] + np.random.default_rng(seed).uniform(-0.05, 0.05, len(df)) * dt)
+    exact = Tracks(validate_tracks(df), layout).to_arrays(dt_s=dt)
+    got = Tracks(validate_tracks(jittered), layout).to_arrays(dt_s=dt)
+    np.testing.assert_array_equal(got.present, exact.present)
+    np.testing.assert_array_equal(got.distance_nm, exact.distance_nm)
+
+
+def test_frame_interval_of_jittered_long_traces():
+    """With no interval given, the one read from jittered times does not drift along long traces (the smallest step
+    would: 2% short, frame 100 lands two frames early) and gaps do not move it."""
+    from xai_hsg.tracks import frame_interval
+
+    rng = np.random.default_rng(0)
+    frames = np.tile(np.arange(200), 30)
+    df = pd.DataFrame({"trace_id": np.repeat(np.arange(30), 200), "t_s": frames * 20.0, "distance_nm": 100.0})
+    df = df.assign(distance_nm=frames.astype(float), t_s=df["t_s"] + rng.normal(0, 0.2, len(df)))
+    df = df[(rng.random(len(df)) > 0.2) | (frames == 0)]  # a fifth of the frames missing (each trace starts at 0)
+    tracks = Tracks(validate_tracks(df), "distance")
+    assert abs(frame_interval(tracks) - 20.0) < 0.002
+    arr = tracks.to_arrays()
+    assert arr.n_frames == 200 and arr.present.sum() == len(df)
+    assert np.array_equal(arr.distance_nm[arr.present], np.broadcast_to(np.arange(200.0), (30, 200))[arr.present])
+
+
+@SETTINGS
 @given(df=long_tables(layout="loci"), suffix=st.sampled_from(["csv", "parquet"]))
 def test_brueckner_layout_round_trip(tmp_path, df, suffix):
     df = df.assign(t_s=np.round(df["t_s"] / 30.0) * 28.0)  # Brückner frames are 28 s apart

@@ -63,9 +63,9 @@ class PlausibilityError(TracksError):
 # %% auto #0
 __all__ = ['LAYOUT_COLUMNS', 'KEY_COLUMNS', 'SIGNAL_COLUMNS', 'TRUTH_COLUMNS', 'BRUECKNER_COLUMNS', 'BRUECKNER_DT_S',
            'BRUECKNER_EXTRA_COLUMNS', 'MIN_FRAME_STEP_S', 'MAX_FRAME_STEP_S', 'MIN_MEDIAN_DISTANCE_NM',
-           'MAX_MEDIAN_DISTANCE_NM', 'OPTIONAL_ARRAYS', 'BURSTINFER_DT_S', 'BURSTINFER_META_COLUMNS', 'TracksError',
-           'PlausibilityError', 'detect_layout', 'validate_tracks', 'Tracks', 'TraceArrays', 'read_tracks',
-           'check_plausible', 'write_tracks', 'WideTraces', 'read_burstinfer_wide']
+           'MAX_MEDIAN_DISTANCE_NM', 'OPTIONAL_ARRAYS', 'GRID_TOLERANCE', 'BURSTINFER_DT_S', 'BURSTINFER_META_COLUMNS',
+           'TracksError', 'PlausibilityError', 'detect_layout', 'validate_tracks', 'Tracks', 'TraceArrays',
+           'frame_interval', 'read_tracks', 'check_plausible', 'write_tracks', 'WideTraces', 'read_burstinfer_wide']
 
 # %% ../nbs/01a_tracks.ipynb #ddc101a0
 def _numeric(df, col, file):
@@ -386,25 +386,58 @@ def subset(self: TraceArrays, idx) -> TraceArrays:
     return dataclasses.replace(self, **{k: (None if v is None else v[idx]) for k, v in per_trace.items()})
 
 # %% ../nbs/01a_tracks.ipynb #ac3ed539
+GRID_TOLERANCE = 0.1  # a frame time may sit this fraction of the frame interval off the grid (timestamp jitter)
+
+
+def frame_interval(tracks: Tracks) -> float:
+    """The frame interval of `tracks` in s. A first guess is the median of the steps between consecutive frames of a
+    trace that are shorter than 1.5× the smallest (steps over gaps are multiples of it, and jittered timestamps make
+    the smallest too short); each frame's number from it, the interval is the least-squares slope of time on frame
+    number within traces (on a regular grid, its step; averages the jitter instead of adding it up along long traces).
+    1.0 when no trace has two frames."""
+    d = tracks.data
+    steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna().to_numpy()
+    steps = steps[steps > 0]
+    if not len(steps):
+        return 1.0
+    guess = float(np.median(steps[steps < 1.5 * steps.min()]))
+    by_trace = d.groupby("trace_id", sort=False)["t_s"]
+    since_start = (d["t_s"] - by_trace.transform("min")).to_numpy()
+    frame = np.rint(since_start / guess)
+    if np.allclose(frame * guess, since_start, rtol=0, atol=1e-6 * max(guess, 1.0)):
+        return guess  # a regular grid: its step as the file gives it, not a slope with rounding error
+    t_c = (d["t_s"] - by_trace.transform("mean")).to_numpy()
+    frame_c = frame - pd.Series(frame, index=d.index).groupby(d["trace_id"], sort=False).transform("mean").to_numpy()
+    return float((t_c * frame_c).sum() / (frame_c**2).sum())
+
+
 @patch(cls_method=True)
 def from_tracks(cls: TraceArrays, tracks: Tracks, dt_s: float | None = None) -> TraceArrays:
-    """Pad a `Tracks` table onto a regular grid of `dt_s` seconds (default: the smallest time step in the table).
-    Frames missing from the file become masked gaps (`present` False)."""
+    """Pad a `Tracks` table onto a regular grid of `dt_s` seconds (default: `frame_interval(tracks)`), each trace from
+    its first frame. A frame within `GRID_TOLERANCE`·`dt_s` of a grid point is that frame (timestamp jitter); one
+    farther off, or two frames of a trace on one grid point, is an error. Frames missing from the file become masked
+    gaps (`present` False)."""
     d = tracks.data
-    if dt_s is None:
-        steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna()
-        dt_s = float(steps.min()) if len(steps) else 1.0
+    dt_s = frame_interval(tracks) if dt_s is None else float(dt_s)
     ids = tracks.trace_ids
     tid = pd.Categorical(d["trace_id"], categories=ids).codes
+    t = d["t_s"].to_numpy()
     t0 = d.groupby("trace_id", sort=False)["t_s"].transform("min").to_numpy()
-    idx = np.rint((d["t_s"].to_numpy() - t0) / dt_s).astype(np.int64)
-    if not np.allclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)):
-        bad = int(
-            np.flatnonzero(~np.isclose(t0 + idx * dt_s, d["t_s"].to_numpy(), rtol=0, atol=1e-6 * max(dt_s, 1.0)))[0]
-        )
+    idx = np.rint((t - t0) / dt_s).astype(np.int64)
+    off = np.abs(t - t0 - idx * dt_s)
+    if (off > GRID_TOLERANCE * dt_s).any():
+        bad = int(np.argmax(off > GRID_TOLERANCE * dt_s))
         raise ValueError(
             f"{tracks.source}: times are not on a regular grid of {dt_s:g} s (trace {d['trace_id'].iloc[bad]!r} has a "
-            f"frame at t_s = {d['t_s'].iloc[bad]:g} s); give the frame interval in seconds (--dt)"
+            f"frame at t_s = {t[bad]:g} s, {off[bad]:.3g} s off the grid; at most {GRID_TOLERANCE:.0%} of the "
+            "interval is read as timestamp jitter); give the frame interval in seconds (--dt)"
+        )
+    twice = pd.DataFrame({"tid": tid, "idx": idx}).duplicated(keep=False).to_numpy()
+    if twice.any():
+        rows = np.flatnonzero(twice)[:2]
+        raise ValueError(
+            f"{tracks.source}: trace {d['trace_id'].iloc[rows[0]]!r} has two frames on one frame of the {dt_s:g}-s grid "
+            f"(t_s = {t[rows[0]]:g} and {t[rows[1]]:g} s); give the frame interval in seconds (--dt)"
         )
     B, T = len(ids), int(idx.max()) + 1 if len(idx) else 0
 
