@@ -157,3 +157,28 @@ def test_probe_design_windows_stay_within_their_sequence():
     np.testing.assert_array_equal(out[2], [2, 3, 4, 5, 0, 0])  # row 3 is in sequence b
     np.testing.assert_array_equal(out[3], [0, 0, 6, 7, 8, 9])
     np.testing.assert_array_equal(out[0], [0, 0, 0, 1, 2, 3])
+
+
+def test_fit_radius_input_variants_read_back_to_the_same_traces(tmp_path):
+    """Each file variant of `check_fit_radius_inputs` reads back (as `fit-radius` reads it) to the simulation's traces,
+    less what the variant removes; times in minutes are refused before any fit."""
+    from xai_hsg.simulate import SimParams, simulate
+    from xai_hsg.tracks import read_tracks
+
+    check = _load("check_fit_radius_inputs")
+    sim = simulate(6, SimParams(**{**check.PARAMS, "n_frames": 40}), seed=1)
+    tables = check.variants(sim.to_frame(truth=False), seed=1)
+    ref = sim.to_arrays()
+    for name, (table, extra) in tables.items():
+        if name == "times in minutes":
+            continue
+        path = tmp_path / "t.csv"
+        table.to_csv(path, index=False)
+        arr = read_tracks(path, dt_s=float(extra[1]) if extra else None).to_arrays()
+        assert arr.n_traces == 6 and arr.n_frames == 40 and abs(arr.dt_s - 30.0) < 0.01, name
+        seen = arr.mask
+        assert 0.6 < seen.mean() <= 1.0, name
+        np.testing.assert_allclose(arr.distance_nm[seen], ref.distance_nm[seen], rtol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(np.isfinite(arr.ms2) & arr.present, np.isfinite(arr.ms2), err_msg=name)
+    row = check.run_variant("times in minutes", *tables["times in minutes"])
+    assert row["exit_status"] == 1 and "minutes" in row["error"] and row["seconds"] < 30

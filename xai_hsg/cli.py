@@ -250,6 +250,7 @@ def _fit_radius_marginal(args) -> int:
         sanity=not args.no_sanity,
         states_out=args.states,
         anchor=args.bridge_anchor,
+        progress=True,
     )
     for warning in res.get("warnings") or ():
         print(f"xai-hsg fit-radius: warning: {warning}", file=sys.stderr)

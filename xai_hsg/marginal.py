@@ -31,12 +31,12 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights',
+__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'FIT_STAGES', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights',
            'CompoundStates', 'compound_states', 'MarginalParams', 'MarginalConfig', 'decimate', 'MarginalData',
            'trace_chunks', 'interval_gate', 'emission_features', 'emission_moments', 'emission_coefficients',
            'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start', 'MarginalFit',
            'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability',
-           'write_states', 'fit_marginal', 'fit_radius_marginal']
+           'write_states', 'StageProgress', 'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -1022,6 +1022,36 @@ def write_states(
     )
     return core.atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
 
+# %% ../nbs/03b_marginal.ipynb #5ta9e001
+FIT_STAGES = (
+    "estimating σ_loc",
+    "fitting",
+    "sandwich intervals",
+    "profile interval of r_c",
+    "posterior states",
+    "refits at σ_loc's interval ends",
+    "held-out score",
+)
+
+
+class StageProgress:
+    """A progress bar over named stages of one long computation (tqdm on stderr): `stage(name)` closes the stage
+    before and names the one that starts; stages a run skips are jumped over; `close()` fills the bar."""
+
+    def __init__(self, stages: tuple, desc: str, disable: bool = False):
+        from tqdm.auto import tqdm
+
+        self.stages = stages
+        self.bar = tqdm(total=len(stages), desc=desc, unit="stage", disable=disable, leave=False)
+
+    def stage(self, name: str) -> None:
+        self.bar.n = self.stages.index(name)
+        self.bar.set_postfix_str(name)  # refreshes the bar
+
+    def close(self) -> None:
+        self.bar.n = len(self.stages)
+        self.bar.close()
+
 # %% ../nbs/03b_marginal.ipynb #b71a0c11
 def fit_marginal(
     arrays: TraceArrays,
@@ -1038,6 +1068,7 @@ def fit_marginal(
     source: str | Path = "<arrays>",
     warnings: list[str] | None = None,
     anchor: str = "smoothed",
+    progress: bool = False,
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
     σ_loc estimated when `sigma_loc_nm` is None (at the full frame rate), every k-th frame kept when the frames are too
@@ -1045,102 +1076,119 @@ def fit_marginal(
     sandwich intervals), the
     identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
-    `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`)."""
+    `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`). `progress`: a bar on stderr
+    naming the stage (a fit takes minutes)."""
     tracks_path = source
-    warnings = list(warnings or [])
-    if not 0 <= test_fraction < 1:
-        raise ValueError("test_fraction must be in [0, 1)")
-    if arrays.ms2 is None:
-        raise ValueError(f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)")
-    sigma = None
-    if sigma_loc_nm is None:
+    bar = StageProgress(FIT_STAGES, "fit-radius", disable=not progress)
+    try:  # the bar is cleared however the fit ends (a verdict is an exception)
+        warnings = list(warnings or [])
+        if not 0 <= test_fraction < 1:
+            raise ValueError("test_fraction must be in [0, 1)")
+        if arrays.ms2 is None:
+            raise ValueError(
+                f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)"
+            )
+        sigma = None
+        if sigma_loc_nm is None:
+            bar.stage("estimating σ_loc")
+            try:
+                sigma = estimate_sigma_loc(arrays, max_lag_frames=min(8, arrays.n_frames - 1), seed=seed)
+            except ValueError as e:
+                raise ValueError(f"{tracks_path}: cannot estimate sigma_loc ({e}); pass --sigma-loc") from None
+        s_hat = sigma.sigma_loc_nm if sigma else float(sigma_loc_nm)
+        kw = dict(t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, emission_order=emission_order, max_switches=max_switches)
+        dt_file, n_frames_file = arrays.dt_s, arrays.n_frames
+        step = MarginalConfig(**kw).frame_step(arrays.dt_s)  # σ_loc above is read at the full frame rate
+        if step > 1:
+            warnings.append(
+                f"{dt_file:g}-s frames: the MS2 kernel spans more frames than the compound state holds; frames {step} "
+                f"apart are fitted ({step * dt_file:g} s; the posterior states are on those frames)"
+            )
+            arrays = decimate(arrays, step)
+        kw["anchor"] = anchor
+        est = MarginalRadius(
+            sigma_loc_nm=s_hat, max_iter=max_iter, **kw
+        )  # a bad setting is a ValueError, not a verdict
+        bar.stage("fitting")
         try:
-            sigma = estimate_sigma_loc(arrays, max_lag_frames=min(8, arrays.n_frames - 1), seed=seed)
-        except ValueError as e:
-            raise ValueError(f"{tracks_path}: cannot estimate sigma_loc ({e}); pass --sigma-loc") from None
-    s_hat = sigma.sigma_loc_nm if sigma else float(sigma_loc_nm)
-    kw = dict(t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, emission_order=emission_order, max_switches=max_switches)
-    dt_file, n_frames_file = arrays.dt_s, arrays.n_frames
-    step = MarginalConfig(**kw).frame_step(arrays.dt_s)  # σ_loc above is read at the full frame rate
-    if step > 1:
-        warnings.append(
-            f"{dt_file:g}-s frames: the MS2 kernel spans more frames than the compound state holds; frames {step} "
-            f"apart are fitted ({step * dt_file:g} s; the posterior states are on those frames)"
-        )
-        arrays = decimate(arrays, step)
-    kw["anchor"] = anchor
-    est = MarginalRadius(sigma_loc_nm=s_hat, max_iter=max_iter, **kw)  # a bad setting is a ValueError, not a verdict
-    try:
-        est.fit(arrays)
-    except ValueError as e:  # what the data leave undetermined (e.g. no usable start), named as a verdict
-        raise DegenerateFitError(f"{tracks_path}: the contact radius cannot be fitted to these data: {e}") from None
-    if anchor == "smoothed" and est.anchor_ == "observed" and not arrays.has_vectors and s_hat > 0:
-        warnings.append(
-            "distances without E-P vectors: the contact bridges are anchored on the observed distances, not on smoothed "
-            "vectors (with ON periods of minutes, observed ends read the radius low under localization noise on simulations; "
-            "notebook 03b)"
-        )
-    unc = est.uncertainty(arrays, ci)
-    prof = est.profile(arrays, unc)
-    if prof.max_exceeded_nats > 0.01:
-        warnings.append(
-            f"a refit with r_c held rose {prof.max_exceeded_nats:.3g} nats above the fit's maximum: the fit may not have "
-            "found the global maximum"
-        )
-    post = est.posterior_states(arrays)
-    activations = float(np.nansum(np.clip(np.diff(post.p_on, axis=1), 0, None)))  # expected OFF→ON, a lower bound
-    guard = marginal_identifiability(est, arrays, unc, activations, profile=prof)
-    if not guard.identifiable:
-        raise DegenerateFitError(
-            f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(guard.reasons)
-        )
-    lo, hi = prof.lo_nm, prof.hi_nm
-    r_at_sigma = {}
-    if (
-        sigma is not None
-    ):  # σ_loc's own uncertainty: refit at its interval's ends, keep the union of the shifted intervals
-        for s in (sigma.lo_nm, sigma.hi_nm):
-            if math.isfinite(s) and s >= 0 and s != s_hat:
-                r = _refit(est, arrays, sigma_loc_nm=s).r_c_nm_
-                r_at_sigma[f"{s:.4g}"] = r
-                shift = r / est.r_c_nm_
-                lo, hi = min(lo, prof.lo_nm * shift), max(hi, prof.hi_nm * shift)
-    if states_out is not None:
-        write_states(est, arrays, states_out, post)
-    state = getattr(arrays, "state", None)
-    heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
-    f = lambda x: float(x) if math.isfinite(x) else None
-    res = {
-        "tracks": str(source),
-        "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
-        "state_from": "none",
-        "n_traces": arrays.n_traces,
-        "n_frames": n_frames_file,
-        "dt_s": dt_file,
-        "frame_step": step,  # every frame_step-th frame fitted (`decimate`), 1 = all
-        "fitted_dt_s": arrays.dt_s,
-        "r_c_nm": est.r_c_nm_,
-        "r_c_interval_nm": [f(lo), f(hi)],
-        "ci": ci,
-        "interval_method": prof.method
-        + (" ∪ the same shifted to refits at σ_loc's interval ends" if r_at_sigma else ""),
-        "r_c_profile": prof.to_dict(),
-        "r_c_nm_at_sigma_loc": r_at_sigma,
-        "bridge_anchor": est.anchor_,
-        "k_on_per_s": est.k_on_per_s_,
-        "k_off_per_s": est.k_off_per_s_,
-        "sigma_loc_nm": s_hat,
-        "sigma_loc": sigma.to_dict() if sigma else {"given": s_hat},
-        "parameters": unc.to_dict(),
-        "fit": est.summary().to_dict(),
-        "expected_activations": activations,
-        "identifiability": guard.to_dict(),
-        "warnings": warnings,
-        "heldout": heldout,
-    }
-    if state is not None:  # a simulation: how well the posterior recovers the promoter state it summed out
-        res["posterior_state_f1"] = _state_f1(post.p_on, state)
-    return res
+            est.fit(arrays)
+        except ValueError as e:  # what the data leave undetermined (e.g. no usable start), named as a verdict
+            raise DegenerateFitError(f"{tracks_path}: the contact radius cannot be fitted to these data: {e}") from None
+        if anchor == "smoothed" and est.anchor_ == "observed" and not arrays.has_vectors and s_hat > 0:
+            warnings.append(
+                "distances without E-P vectors: the contact bridges are anchored on the observed distances, not on smoothed "
+                "vectors (with ON periods of minutes, observed ends read the radius low under localization noise on simulations; "
+                "notebook 03b)"
+            )
+        bar.stage("sandwich intervals")
+        unc = est.uncertainty(arrays, ci)
+        bar.stage("profile interval of r_c")
+        prof = est.profile(arrays, unc)
+        if prof.max_exceeded_nats > 0.01:
+            warnings.append(
+                f"a refit with r_c held rose {prof.max_exceeded_nats:.3g} nats above the fit's maximum: the fit may not have "
+                "found the global maximum"
+            )
+        bar.stage("posterior states")
+        post = est.posterior_states(arrays)
+        activations = float(np.nansum(np.clip(np.diff(post.p_on, axis=1), 0, None)))  # expected OFF→ON, a lower bound
+        guard = marginal_identifiability(est, arrays, unc, activations, profile=prof)
+        if not guard.identifiable:
+            raise DegenerateFitError(
+                f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(guard.reasons)
+            )
+        lo, hi = prof.lo_nm, prof.hi_nm
+        r_at_sigma = {}
+        if (
+            sigma is not None
+        ):  # σ_loc's own uncertainty: refit at its interval's ends, keep the union of the shifted intervals
+            bar.stage("refits at σ_loc's interval ends")
+            for s in (sigma.lo_nm, sigma.hi_nm):
+                if math.isfinite(s) and s >= 0 and s != s_hat:
+                    r = _refit(est, arrays, sigma_loc_nm=s).r_c_nm_
+                    r_at_sigma[f"{s:.4g}"] = r
+                    shift = r / est.r_c_nm_
+                    lo, hi = min(lo, prof.lo_nm * shift), max(hi, prof.hi_nm * shift)
+        if states_out is not None:
+            write_states(est, arrays, states_out, post)
+        state = getattr(arrays, "state", None)
+        if test_fraction > 0:
+            bar.stage("held-out score")
+        heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
+        f = lambda x: float(x) if math.isfinite(x) else None
+        res = {
+            "tracks": str(source),
+            "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
+            "state_from": "none",
+            "n_traces": arrays.n_traces,
+            "n_frames": n_frames_file,
+            "dt_s": dt_file,
+            "frame_step": step,  # every frame_step-th frame fitted (`decimate`), 1 = all
+            "fitted_dt_s": arrays.dt_s,
+            "r_c_nm": est.r_c_nm_,
+            "r_c_interval_nm": [f(lo), f(hi)],
+            "ci": ci,
+            "interval_method": prof.method
+            + (" ∪ the same shifted to refits at σ_loc's interval ends" if r_at_sigma else ""),
+            "r_c_profile": prof.to_dict(),
+            "r_c_nm_at_sigma_loc": r_at_sigma,
+            "bridge_anchor": est.anchor_,
+            "k_on_per_s": est.k_on_per_s_,
+            "k_off_per_s": est.k_off_per_s_,
+            "sigma_loc_nm": s_hat,
+            "sigma_loc": sigma.to_dict() if sigma else {"given": s_hat},
+            "parameters": unc.to_dict(),
+            "fit": est.summary().to_dict(),
+            "expected_activations": activations,
+            "identifiability": guard.to_dict(),
+            "warnings": warnings,
+            "heldout": heldout,
+        }
+        if state is not None:  # a simulation: how well the posterior recovers the promoter state it summed out
+            res["posterior_state_f1"] = _state_f1(post.p_on, state)
+        return res
+    finally:
+        bar.close()
 
 
 def _state_f1(p_on: np.ndarray, state: np.ndarray) -> float:
