@@ -393,8 +393,9 @@ def frame_interval(tracks: Tracks) -> float:
     """The frame interval of `tracks` in s. A first guess is the median of the steps between consecutive frames of a
     trace that are shorter than 1.5× the smallest (steps over gaps are multiples of it, and jittered timestamps make
     the smallest too short); each frame's number from it, the interval is the least-squares slope of time on frame
-    number within traces (on a regular grid, its step; averages the jitter instead of adding it up along long traces).
-    1.0 when no trace has two frames."""
+    number within traces (averages the jitter instead of adding it up along long traces); on a regular grid (every
+    frame within 1e-6 of it) the smallest step, as `SimResult.to_arrays` has it.
+    The slope is rounded to 12 significant digits. 1.0 when no trace has two frames."""
     d = tracks.data
     steps = d.groupby("trace_id", sort=False)["t_s"].diff().dropna().to_numpy()
     steps = steps[steps > 0]
@@ -405,10 +406,10 @@ def frame_interval(tracks: Tracks) -> float:
     since_start = (d["t_s"] - by_trace.transform("min")).to_numpy()
     frame = np.rint(since_start / guess)
     if np.allclose(frame * guess, since_start, rtol=0, atol=1e-6 * max(guess, 1.0)):
-        return guess  # a regular grid: its step as the file gives it, not a slope with rounding error
+        return float(steps.min())  # a regular grid: its smallest step, bitwise as before jitter was allowed
     t_c = (d["t_s"] - by_trace.transform("mean")).to_numpy()
     frame_c = frame - pd.Series(frame, index=d.index).groupby(d["trace_id"], sort=False).transform("mean").to_numpy()
-    return float((t_c * frame_c).sum() / (frame_c**2).sum())
+    return float(f"{(t_c * frame_c).sum() / (frame_c**2).sum():.12g}")
 
 
 @patch(cls_method=True)
