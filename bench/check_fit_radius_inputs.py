@@ -26,9 +26,8 @@ import torch
 
 from xai_hsg.cli import main as cli
 from xai_hsg.simulate import SimParams, simulate
-from xai_hsg.tracks import BRUECKNER_DT_S
+from xai_hsg.tracks import BRUECKNER_DT_S, write_tracks
 
-TRUTH = ["state", "on_fraction", "loadings", "ms2_clean", "distance_true_nm"]
 PARAMS = dict(n_frames=241, dt_s=30.0, r_c_nm=150.0, sigma_loc_nm=20.0, k_off_per_s=1 / 600)
 
 
@@ -40,41 +39,42 @@ def _gaps(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return out[(rng.random(len(out)) > 0.10) | (out["t_s"] == 0)]
 
 
-def variants(sim_table: pd.DataFrame, seed: int) -> dict[str, tuple[pd.DataFrame, list[str]]]:
-    "name -> (the file's table, extra `fit-radius` arguments)."
+def variants(vec: pd.DataFrame, seed: int) -> dict[str, tuple[pd.DataFrame, list[str], str | None]]:
+    """name -> (the file's table, extra `fit-radius` arguments, `write_tracks` layout); `vec` is the simulation's long
+    table without truth (`SimResult.to_frame(truth=False)`)."""
     rng = np.random.default_rng(seed)
-    vec = sim_table.drop(columns=[c for c in TRUTH if c in sim_table])  # a real file has no truth
     gaps = _gaps(vec, rng)
     codes, ids = pd.factorize(vec["trace_id"])
-    nucleus_nm = rng.uniform(0, 5000, size=(len(ids), 3))[codes]
-    brueckner = pd.DataFrame(
-        {"cell_id": vec["trace_id"], "time_point": np.rint(vec["t_s"] / PARAMS["dt_s"]).astype(int)}
+    enhancer_nm = rng.uniform(0, 5000, size=(len(ids), 3))[codes]  # somewhere in the nucleus; the promoter at + vector
+    loci = vec[["trace_id", "t_s", "ms2"]].assign(
+        **{f"{a}_e": enhancer_nm[:, i] for i, a in enumerate("xyz")},
+        **{f"{a}_p": enhancer_nm[:, i] + vec[f"d{a}_nm"].to_numpy() for i, a in enumerate("xyz")},
     )
-    for i, axis in enumerate("xyz"):  # the enhancer somewhere in the nucleus, the promoter at enhancer + vector
-        brueckner[f"{axis}_blue"] = nucleus_nm[:, i]
-        brueckner[f"{axis}_green"] = nucleus_nm[:, i] + vec[f"d{axis}_nm"].to_numpy()
-        brueckner[f"{axis}_Rij"] = vec[f"d{axis}_nm"].to_numpy()
-    brueckner["red"] = vec["ms2"]
+    distances = vec.assign(distance_nm=np.linalg.norm(vec[["dx_nm", "dy_nm", "dz_nm"]], axis=1))
     return {
-        "E-P vectors": (vec, []),
-        "distances only": (
-            vec.assign(distance_nm=np.linalg.norm(vec[["dx_nm", "dy_nm", "dz_nm"]], axis=1)).drop(
-                columns=["dx_nm", "dy_nm", "dz_nm"]
-            ),
+        "E-P vectors": (vec, [], None),
+        "distances only": (distances.drop(columns=["dx_nm", "dy_nm", "dz_nm"]), [], None),
+        "Brückner layout (two loci, frame numbers)": (loci, ["--dt", f"{PARAMS['dt_s']:g}"], "brueckner"),
+        "10% of frames and 15% of values missing": (gaps, [], None),
+        "jittered timestamps (sd 0.3 s) and gaps": (
+            gaps.assign(t_s=gaps["t_s"] + rng.normal(0, 0.3, len(gaps))),
             [],
+            None,
         ),
-        "Brückner layout (two loci, frame numbers)": (brueckner, ["--dt", f"{PARAMS['dt_s']:g}"]),
-        "10% of frames and 15% of values missing": (gaps, []),
-        "jittered timestamps (sd 0.3 s) and gaps": (gaps.assign(t_s=gaps["t_s"] + rng.normal(0, 0.3, len(gaps))), []),
-        "times in minutes": (vec.assign(t_s=vec["t_s"] / 60), []),
+        "times in minutes": (vec.assign(t_s=vec["t_s"] / 60), [], None),
     }
 
 
-def run_variant(name: str, table: pd.DataFrame, extra: list[str]) -> dict:
+def write_variant(table: pd.DataFrame, path: Path, layout: str | None) -> Path:
+    "The variant's file, as `write_tracks` writes tracks (the Brückner layout with frame numbers of 30 s)."
+    return write_tracks(table, path, layout=layout, dt_s=PARAMS["dt_s"])
+
+
+def run_variant(name: str, table: pd.DataFrame, extra: list[str], layout: str | None = None) -> dict:
     "Write `table`, run `fit-radius` on it; the row: exit status, the fit or the one-line error."
     with tempfile.TemporaryDirectory() as tmp:
         tracks, out = Path(tmp) / "tracks.csv", Path(tmp) / "fit.json"
-        table.to_csv(tracks, index=False)
+        write_variant(table, tracks, layout)
         err = io.StringIO()
         t0 = time.perf_counter()
         with contextlib.redirect_stderr(err):

@@ -169,11 +169,10 @@ def test_fit_radius_input_variants_read_back_to_the_same_traces(tmp_path):
     sim = simulate(6, SimParams(**{**check.PARAMS, "n_frames": 40}), seed=1)
     tables = check.variants(sim.to_frame(truth=False), seed=1)
     ref = sim.to_arrays()
-    for name, (table, extra) in tables.items():
+    for name, (table, extra, layout) in tables.items():
         if name == "times in minutes":
             continue
-        path = tmp_path / "t.csv"
-        table.to_csv(path, index=False)
+        path = check.write_variant(table, tmp_path / "t.csv", layout)
         arr = read_tracks(path, dt_s=float(extra[1]) if extra else None).to_arrays()
         assert arr.n_traces == 6 and arr.n_frames == 40 and abs(arr.dt_s - 30.0) < 0.01, name
         seen = arr.mask
