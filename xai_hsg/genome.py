@@ -25,11 +25,11 @@ from fastcore.basics import patch
 from . import core
 
 # %% auto #0
-__all__ = ['DNA_ALPHABET', 'SEQ_COLUMNS', 'FEATURE_COLUMNS', 'CODON_TRACKS', 'DEFAULT_JASPAR_MOTIFS', 'G4_PATTERN',
-           'G4_PATTERN_MINUS', 'PYRODIGAL_GENOMES', 'validate_sequence', 'reverse_complement', 'gc_fraction',
-           'SequenceSet', 'MarkovBackground', 'jaspar_motifs', 'find_g4', 'PlantedConfig', 'planted', 'read_fasta',
-           'pyrodigal_genome_path', 'annotate_prodigal', 'prokaryote', 'token_codon_frame', 'read_bed',
-           'read_gtf_features', 'bed_fasta']
+__all__ = ['DNA_ALPHABET', 'SEQ_COLUMNS', 'FEATURE_COLUMNS', 'CODON_TRACKS', 'CONCEPT_WORDS', 'DEFAULT_JASPAR_MOTIFS',
+           'G4_PATTERN', 'G4_PATTERN_MINUS', 'PYRODIGAL_GENOMES', 'validate_sequence', 'reverse_complement',
+           'gc_fraction', 'SequenceSet', 'concept_label', 'MarkovBackground', 'jaspar_motifs', 'find_g4',
+           'PlantedConfig', 'planted', 'read_fasta', 'pyrodigal_genome_path', 'annotate_prodigal', 'prokaryote',
+           'token_codon_frame', 'read_bed', 'read_gtf_features', 'bed_fasta']
 
 # %% ../nbs/05_embedding.ipynb #nb05-005
 DNA_ALPHABET = "ACGTN"
@@ -370,6 +370,36 @@ def fingerprint(self: SequenceSet) -> str:
         h.update(b"\n")
     h.update(self.features[FEATURE_COLUMNS].to_csv(index=False).encode())
     return h.hexdigest()[:16]
+
+# %% ../nbs/05_embedding.ipynb #nb05-008q
+CONCEPT_WORDS = {
+    "all": "all tokens",
+    "background": "background",
+    "cpg_island": "CpG island",
+    "g4": "G-quadruplex",
+    "g4_rich": "G4-rich",
+    "interspersed_repeat": "interspersed repeat",
+    "tandem_repeat": "tandem repeat",
+    "polya_signal": "poly(A) signal",
+    "tf_motif": "TF motif (any)",
+    "cds": "CDS",
+    "rbs": "RBS",
+}
+
+
+def concept_label(name: str) -> str:
+    """A concept's identifier as words for figures and tables: 'cpg_island' → 'CpG island', 'tf_CTCF' → 'CTCF motif',
+    'cds_frame_2' → 'coding, codon pos. 2', 'codon_pos_1' → 'codon position 1'; other names lose their underscores."""
+    name = str(name)
+    if name in CONCEPT_WORDS:
+        return CONCEPT_WORDS[name]
+    if m := re.fullmatch(r"cds_frame_(\d)", name):
+        return f"coding, codon pos. {m[1]}"
+    if m := re.fullmatch(r"codon_pos_(\d)", name):
+        return f"codon position {m[1]}"
+    if name.startswith("tf_"):
+        return f"{name[3:]} motif"
+    return name.replace("_", " ")
 
 # %% ../nbs/05_embedding.ipynb #nb05-008p
 @patch
