@@ -384,3 +384,35 @@ def test_state_records_of_two_runs_at_once_both_survive(tmp_path):
     second.record("05_embedding", "k5", 2.0)
     first.record("04_vae", "k4", 3.0)
     assert pipeline._State(path).keys() == {"03_radius": "k3", "05_embedding": "k5", "04_vae": "k4"}
+
+
+def test_a_folder_in_results_is_published_replaced_and_removed_whole(mini_repo, monkeypatch):
+    "A stage may publish a folder (a trained model) in results/: it moves in whole, a rerun replaces it, and a run that no longer writes it removes it."
+    stage = pipeline.parse_stage(mini_repo / "nbs" / "01_alpha.ipynb")
+    where = core.paths("smoke", mini_repo)
+
+    def run(files: dict):
+        def execute(stage, params, out_nb, root, shown_nb=None):
+            core.save_results(stage.name, {"answer": 1.0}, profile="smoke", root=root)
+            folder = core.output_folder("results", stage.name, "smoke", root) / "alpha_model"
+            for name, text in files.items():
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_text(text)
+            figures = core.output_folder("figures", None, "smoke", root)
+            figures.mkdir()
+            (figures / "fig-alpha.png").write_text("png")
+            out_nb.write_text("{}")
+
+        monkeypatch.setattr(pipeline, "_execute", execute)
+        plan = pipeline.plan_stages(core.load_profile("smoke", root=mini_repo), [stage], mini_repo)[0]
+        pipeline._run_stage(plan, where, mini_repo, pipeline._State(where.runs / "_state.json"))
+
+    model = where.results / "alpha_model"
+    run({"weights.bin": "old", "old_only.txt": "x"})
+    assert sorted(p.name for p in model.iterdir()) == ["old_only.txt", "weights.bin"]
+    run({"weights.bin": "new"})
+    assert sorted(p.name for p in model.iterdir()) == ["weights.bin"] and (model / "weights.bin").read_text() == "new"
+    run({})
+    assert not model.exists() and (where.results / "01_alpha.json").exists()
+    assert sorted(p.name for p in where.runs.iterdir()) == ["01_alpha.ipynb", "_state.json"]
+    assert not [p for p in where.results.iterdir() if p.name.startswith(".")]

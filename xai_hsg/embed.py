@@ -7,8 +7,8 @@ pretrained here when offline), and how the model's residual stream is written to
 __all__ = ['NT_SPECIAL_TOKENS', 'NT_KMER', 'NT_VOCAB', 'NT_PRESETS', 'STORE_VERSION', 'NTTokenizer', 'nt_config',
            'max_model_tokens', 'nucleotide_embedding_init', 'load_genomic_lm', 'save_genomic_lm', 'mask_tokens',
            'MLMEvalSet', 'make_eval_set', 'evaluate_mlm', 'kmer_frequency_baseline', 'PretrainResult', 'pretrain_mlm',
-           'pretrained_default', 'model_fingerprint', 'forward_hidden_states', 'plan_shards', 'plan_batches',
-           'token_annotations', 'HiddenStateStore', 'extract_hidden_states']
+           'pretrained_default', 'model_fingerprint', 'forward_hidden_states', 'publish_model', 'plan_shards',
+           'plan_batches', 'token_annotations', 'HiddenStateStore', 'extract_hidden_states']
 
 # %% ../nbs/05a_embed.ipynb #nb05-024
 import functools
@@ -727,13 +727,22 @@ def pretrained_default(
 STORE_VERSION = 2  # 2: sha256 of every shard file in the manifest
 
 
+# what saving and loading change in a config without changing the model
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "architectures", "dtype", "torch_dtype")
+
+
 def model_fingerprint(model) -> str:
-    "Hash of the config and of a checksum of every parameter (cheap: sums, not bytes)."
+    """Hash of the architecture and of a checksum of every parameter (cheap: sums, not bytes). The config enters
+    without its path, transformers version, `architectures` and dtype (and private `_` keys), so that the same weights
+    give the same fingerprint in memory, after `save_pretrained` and after `load_genomic_lm`."""
     import torch
 
+    config = {
+        k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS and not k.startswith("_")
+    }
     with torch.no_grad():
         sums = [round(float(p.detach().float().sum()), 4) for p in model.parameters()]
-    return core.stable_hash({"config": model.config.to_dict(), "sums": sums, "class": type(model).__name__})
+    return core.stable_hash({"config": config, "sums": sums, "class": type(model).__name__})
 
 
 class _StopForward(Exception):
@@ -781,6 +790,27 @@ def forward_hidden_states(model, input_ids, attention_mask, layers: Sequence[int
         for h in handles:
             h.remove()
     return out
+
+# %% ../nbs/05a_embed.ipynb #nb05-034b3
+def publish_model(model_dir: str | Path, dest: str | Path, about: str) -> str:
+    """Copy the saved model in `model_dir` (`save_pretrained` layout, with its tokenizer files) to a fresh folder
+    `dest` beside a README.md that says what it is (`about`), its `model_fingerprint` and how to load it; returns the
+    fingerprint. A paper run publishes its trained models this way in `results/<profile>/`, so the committed weights are
+    always the ones its numbers came from."""
+    model_dir, dest = Path(model_dir), Path(dest)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json; expected a folder written by save_pretrained")
+    model, _ = load_genomic_lm(model_dir, device="cpu")
+    fingerprint = model_fingerprint(model)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(model_dir, dest)
+    (dest / "README.md").write_text(
+        f"{about.strip()}\n\nFingerprint (`xai_hsg.embed.model_fingerprint`): `{fingerprint}`.\n\n"
+        f"Load it with `xai_hsg.embed.load_genomic_lm(folder)` (or transformers' `EsmForMaskedLM.from_pretrained`); "
+        "the tokenizer is NT's 6-mer vocabulary in `vocab.txt`.\n"
+    )
+    return fingerprint
 
 # %% ../nbs/05a_embed.ipynb #nb05-034c
 def plan_shards(lengths: Sequence[int], shard_tokens: int) -> list[list[int]]:

@@ -371,7 +371,7 @@ def fingerprint(self: SequenceSet) -> str:
     h.update(self.features[FEATURE_COLUMNS].to_csv(index=False).encode())
     return h.hexdigest()[:16]
 
-# %% ../nbs/05_embedding.ipynb #nb05-008q
+# %% ../nbs/05_embedding.ipynb #nb05-008n2
 CONCEPT_WORDS = {
     "all": "all tokens",
     "background": "background",

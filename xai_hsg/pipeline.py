@@ -436,13 +436,16 @@ def _previous_outputs(stage: Stage, where: core.Paths, last: dict) -> set[str]:
 
 
 def _staged_moves(stage: Stage, staging: Path, where: core.Paths) -> list[tuple[str, str]]:
-    "(path in `staging`, path from the root) of every staged file but the artifact folder (which moves as a whole)."
+    """(path in `staging`, path from the root) of every staged file but the artifact folder (which moves as a whole).
+    results/ may also hold folders (a published model, `results/<profile>/05_embedding_model/`): each moves whole."""
     moves = []
     for kind in ("results", "figures", "tables"):
         folder = staging / kind
         files = sorted(f for f in folder.iterdir() if not f.name.startswith(".")) if folder.is_dir() else []
-        if odd := [f.name for f in files if f.is_symlink() or not f.is_file()]:
-            raise PipelineError(f"{stage.path.name}: wrote {odd} into {kind}/, which holds files only")
+        ok = (lambda f: f.is_file() or f.is_dir()) if kind == "results" else (lambda f: f.is_file())
+        if odd := [f.name for f in files if f.is_symlink() or not ok(f)]:
+            holds = "files and folders" if kind == "results" else "files"
+            raise PipelineError(f"{stage.path.name}: wrote {odd} into {kind}/, which holds {holds} only")
         target = getattr(where, kind).relative_to(where.root)
         moves += [(f"{kind}/{f.name}", str(target / f.name)) for f in files]
     return [*moves, (stage.path.name, str((where.runs / stage.path.name).relative_to(where.root)))]
@@ -476,6 +479,23 @@ def _move(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
+def _move_over(source: Path, target: Path, replaced: Path) -> None:
+    """`_move`, and a folder over a folder: the old one first moves into the folder `replaced` (inside the commit
+    folder, removed with it), then the new one takes its name."""
+    if source.is_dir() and target.is_dir() and not target.is_symlink():
+        replaced.mkdir(parents=True, exist_ok=True)
+        os.rename(target, core._temp_sibling(replaced / target.name))
+    _move(source, target)
+
+
+def _remove(path: Path) -> None:
+    "Delete a stale output: a file, or a folder (a published model) with what it holds."
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _finish_commit(commit: Path, where: core.Paths, state: _State) -> None:
     """Carry out the commit in `commit` (see `_commit`); every step can be repeated, so an interrupted finish is
     completed by running it again: files move in, the artifact folder is swapped, stale files go, the key is recorded,
@@ -484,7 +504,7 @@ def _finish_commit(commit: Path, where: core.Paths, state: _State) -> None:
     name = manifest["stage"]
     for src, dst in manifest["moves"]:
         if (commit / src).exists():
-            _move(commit / src, where.root / dst)
+            _move_over(commit / src, where.root / dst, commit / "replaced")
     final, staged, previous = where.artifacts / name, commit / "artifacts", commit / "artifacts.previous"
     if staged.exists() or not manifest["artifacts"]:  # not swapped yet (or no new folder: the old one goes)
         if final.exists() or final.is_symlink():
@@ -492,7 +512,7 @@ def _finish_commit(commit: Path, where: core.Paths, state: _State) -> None:
         if manifest["artifacts"]:
             _move(staged, final)
     for dst in manifest["delete"]:
-        (where.root / dst).unlink(missing_ok=True)
+        _remove(where.root / dst)
     state.put(name, manifest["state"])
     trash = core._temp_sibling(where.runs / name)  # a temporary's name: removed as stale if this process dies
     os.rename(commit, trash)
