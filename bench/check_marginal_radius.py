@@ -15,6 +15,8 @@ Rows are appended to `--jsonl` as each cell finishes, and cells already there ar
     python bench/check_marginal_radius.py --cells grid --jsonl grid.jsonl
     python bench/check_marginal_radius.py --cells grid --regimes default --radii 100 150 --sigma-locs 20 --n 1200 \
         --threads 1 --jsonl bench/results/marginal_grid_1200.jsonl   # a part of the grid at 4x the traces
+    python bench/check_marginal_radius.py --cells grid --regimes default --sigma-loc-given --threads 1 \
+        --jsonl bench/results/marginal_grid_sigma_given.jsonl   # the ON-1-h grid with the true σ_loc given
 """
 
 from __future__ import annotations
@@ -82,13 +84,16 @@ def grid_cells() -> list[tuple[str, dict, int]]:
     return cells
 
 
-def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
-    "One simulated condition: the marginal fit (σ_loc estimated) and the truth-state MLE on the same traces."
+def run_cell(name: str, changes: dict, n: int, frames: int, seed: int, sigma_loc_given: bool = False) -> dict:
+    """One simulated condition: the marginal fit (σ_loc estimated, or the simulation's with `sigma_loc_given`) and the
+    truth-state MLE on the same traces."""
     base = dict(n_frames=frames, dt_s=60.0, r_c_nm=150.0, sigma_loc_nm=SIGMA_LOC_NM, k_off_per_s=1 / 600)
     params = SimParams(**{**base, **changes})
     sim = simulate(n, params, seed=seed)
     row = dict(cell=name, r_c_true=params.r_c_nm, dt_s=params.dt_s, n_traces=n, seed=seed, k_on_true=params.k_on)
     row.update(sigma_loc_true=params.sigma_loc_nm, k_off_true=params.k_off_per_s)
+    if sigma_loc_given:
+        row["sigma_loc_given"] = True
     try:
         row["truth_state_mle"] = RadiusMLE(sigma_loc_nm=params.sigma_loc_nm, n_boot=0).fit(sim.to_arrays()).r_c_nm_
     except ValueError as err:  # DegenerateFitError, or no activation at all
@@ -98,7 +103,8 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int) -> dict:
         tracks, _ = save_simulation(sim, tmp)
         t0 = time.perf_counter()
         try:
-            res = fit_radius_marginal(tracks, None, sigma_loc_nm=None, test_fraction=0.0)
+            sigma = params.sigma_loc_nm if sigma_loc_given else None
+            res = fit_radius_marginal(tracks, None, sigma_loc_nm=sigma, test_fraction=0.0)
             lo, hi = res["r_c_interval_nm"]
             row.update(r_c=res["r_c_nm"], lo=lo, hi=hi, covered=bool(lo <= params.r_c_nm <= hi))
             row.update(sigma_loc=res["sigma_loc_nm"], k_on=res["k_on_per_s"], bridge_anchor=res["bridge_anchor"])
@@ -166,6 +172,11 @@ def main(argv=None) -> list[dict]:
         "--sigma-locs", nargs="+", type=float, default=list(GRID_SIGMA_LOC_NM), help="grid σ_loc values to run (nm)"
     )
     ap.add_argument(
+        "--sigma-loc-given",
+        action="store_true",
+        help="give the fit the simulation's σ_loc instead of estimating it (how much of the error is σ_loc's; use its own --jsonl)",
+    )
+    ap.add_argument(
         "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
     )
     args = ap.parse_args(argv)
@@ -191,7 +202,9 @@ def main(argv=None) -> list[dict]:
         seen |= {(r["group"], r["cell"], r["seed"]) for r in read_rows(args.jsonl)}
         if (group, name, seed) in seen:
             continue
-        rows.append({"group": group, **run_cell(name, changes, args.n, args.frames, seed)})
+        rows.append(
+            {"group": group, **run_cell(name, changes, args.n, args.frames, seed, sigma_loc_given=args.sigma_loc_given)}
+        )
         print(json.dumps(rows[-1]), flush=True)
         if args.jsonl:
             with open(args.jsonl, "a") as f:

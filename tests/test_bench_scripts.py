@@ -22,10 +22,11 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     check = _load("check_marginal_radius")
     cells = check.grid_cells()
     assert len(cells) == 4 * 3 * 3 * 2 and len({(name, seed) for name, _, seed in cells}) == len(cells)
-    ran = []
+    ran, given = [], []
 
-    def fake_cell(name, changes, n, frames, seed):
+    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False):
         ran.append((name, seed))
+        given.append(sigma_loc_given)
         r_c, sigma = changes.get("r_c_nm", 150.0), changes.get("sigma_loc_nm", 20.0)
         return dict(
             cell=name, seed=seed, r_c_true=r_c, sigma_loc_true=sigma, truth_state_mle=r_c, r_c=r_c, covered=True
@@ -44,6 +45,10 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     ran.clear()
     check.main(["--cells", "grid", "--regimes", "default", "--seeds", "101", "--radii", "150", "250", "--threads", "1"])
     assert sorted({name.split(", ")[1] for name, _ in ran}) == ["r_c 150", "r_c 250"] and len(ran) == 6
+    assert not any(given)  # σ_loc estimated unless --sigma-loc-given
+    ran.clear()
+    check.main(["--cells", "grid", "--regimes", "default", "--seeds", "101", "--radii", "250", "--sigma-loc-given"])
+    assert len(ran) == 3 and given[-3:] == [True] * 3
 
 
 def test_marginal_rows_are_read_once_per_cell(tmp_path):
@@ -134,7 +139,7 @@ def test_frame_interval_cells_are_picked_and_fast_switching(tmp_path, monkeypatc
     check = _load("check_marginal_radius")
     ran = []
 
-    def fake_cell(name, changes, n, frames, seed):
+    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False):
         ran.append((name, changes, seed))
         return dict(
             cell=name, seed=seed, r_c_true=150.0, sigma_loc_true=20.0, truth_state_mle=150.0, r_c=150.0, covered=True
