@@ -84,9 +84,11 @@ def grid_cells() -> list[tuple[str, dict, int]]:
     return cells
 
 
-def run_cell(name: str, changes: dict, n: int, frames: int, seed: int, sigma_loc_given: bool = False) -> dict:
-    """One simulated condition: the marginal fit (σ_loc estimated, or the simulation's with `sigma_loc_given`) and the
-    truth-state MLE on the same traces."""
+def run_cell(
+    name: str, changes: dict, n: int, frames: int, seed: int, sigma_loc_given: bool = False, emission: str = "gaussian"
+) -> dict:
+    """One simulated condition: the marginal fit (σ_loc estimated, or the simulation's with `sigma_loc_given`; MS2
+    `emission` "gaussian" or "counts") and the truth-state MLE on the same traces."""
     base = dict(n_frames=frames, dt_s=60.0, r_c_nm=150.0, sigma_loc_nm=SIGMA_LOC_NM, k_off_per_s=1 / 600)
     params = SimParams(**{**base, **changes})
     sim = simulate(n, params, seed=seed)
@@ -94,6 +96,8 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int, sigma_loc
     row.update(sigma_loc_true=params.sigma_loc_nm, k_off_true=params.k_off_per_s)
     if sigma_loc_given:
         row["sigma_loc_given"] = True
+    if emission != "gaussian":
+        row["emission"] = emission
     try:
         row["truth_state_mle"] = RadiusMLE(sigma_loc_nm=params.sigma_loc_nm, n_boot=0).fit(sim.to_arrays()).r_c_nm_
     except ValueError as err:  # DegenerateFitError, or no activation at all
@@ -104,7 +108,7 @@ def run_cell(name: str, changes: dict, n: int, frames: int, seed: int, sigma_loc
         t0 = time.perf_counter()
         try:
             sigma = params.sigma_loc_nm if sigma_loc_given else None
-            res = fit_radius_marginal(tracks, None, sigma_loc_nm=sigma, test_fraction=0.0)
+            res = fit_radius_marginal(tracks, None, sigma_loc_nm=sigma, test_fraction=0.0, emission=emission)
             lo, hi = res["r_c_interval_nm"]
             row.update(r_c=res["r_c_nm"], lo=lo, hi=hi, covered=bool(lo <= params.r_c_nm <= hi))
             row.update(sigma_loc=res["sigma_loc_nm"], k_on=res["k_on_per_s"], bridge_anchor=res["bridge_anchor"])
@@ -177,6 +181,12 @@ def main(argv=None) -> list[dict]:
         help="give the fit the simulation's σ_loc instead of estimating it (how much of the error is σ_loc's; use its own --jsonl)",
     )
     ap.add_argument(
+        "--emission",
+        choices=["gaussian", "counts"],
+        default="gaussian",
+        help="the marginal model's MS2 emission (counts: loading counts in the state; use its own --jsonl)",
+    )
+    ap.add_argument(
         "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
     )
     args = ap.parse_args(argv)
@@ -203,7 +213,18 @@ def main(argv=None) -> list[dict]:
         if (group, name, seed) in seen:
             continue
         rows.append(
-            {"group": group, **run_cell(name, changes, args.n, args.frames, seed, sigma_loc_given=args.sigma_loc_given)}
+            {
+                "group": group,
+                **run_cell(
+                    name,
+                    changes,
+                    args.n,
+                    args.frames,
+                    seed,
+                    sigma_loc_given=args.sigma_loc_given,
+                    emission=args.emission,
+                ),
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
         if args.jsonl:

@@ -22,11 +22,12 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     check = _load("check_marginal_radius")
     cells = check.grid_cells()
     assert len(cells) == 4 * 3 * 3 * 2 and len({(name, seed) for name, _, seed in cells}) == len(cells)
-    ran, given = [], []
+    ran, given, emissions = [], [], []
 
-    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False):
+    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False, emission="gaussian"):
         ran.append((name, seed))
         given.append(sigma_loc_given)
+        emissions.append(emission)
         r_c, sigma = changes.get("r_c_nm", 150.0), changes.get("sigma_loc_nm", 20.0)
         return dict(
             cell=name, seed=seed, r_c_true=r_c, sigma_loc_true=sigma, truth_state_mle=r_c, r_c=r_c, covered=True
@@ -48,7 +49,10 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     assert not any(given)  # σ_loc estimated unless --sigma-loc-given
     ran.clear()
     check.main(["--cells", "grid", "--regimes", "default", "--seeds", "101", "--radii", "250", "--sigma-loc-given"])
-    assert len(ran) == 3 and given[-3:] == [True] * 3
+    assert len(ran) == 3 and given[-3:] == [True] * 3 and set(emissions) == {"gaussian"}
+    ran.clear()
+    check.main(["--cells", "grid", "--regimes", "fast", "--seeds", "103", "--radii", "60", "--emission", "counts"])
+    assert len(ran) == 3 and emissions[-3:] == ["counts"] * 3
 
 
 def test_marginal_rows_are_read_once_per_cell(tmp_path):

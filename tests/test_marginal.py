@@ -8,18 +8,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from xai_hsg.marginal import (
+    CountStates,
     MarginalConfig,
     MarginalData,
     MarginalParams,
     MarginalRadius,
+    _step_logp,
     compound_states,
+    count_states,
+    counts_loglik,
     interval_gate,
     kernel_weights,
     marginal_loglik,
@@ -232,36 +235,117 @@ def test_posterior_states_and_score():
 @pytest.fixture(scope="module")
 def fits60():
     """Marginal fits (no state, σ_loc given) of 300 traces × 121 one-minute frames: realistic Poisson loading noise
-    (ν = 0.5/min, A = 0.5) and negligible Poisson noise (50× the loadings at 1/50 the amplitude: same mean signal)."""
+    (ν = 0.5/min, A = 0.5) and negligible Poisson noise (50× the loadings at 1/50 the amplitude: same mean signal), each
+    with the Gaussian and with the count emission."""
     out = {}
     for name, changes in (("realistic", {}), ("negligible", dict(nu_on_per_s=25 / 60, amplitude=0.01))):
         arrays = sim60(300, seed=1, **changes)
-        t0 = time.perf_counter()
-        est = MarginalRadius(sigma_loc_nm=20.0, max_switches=None).fit(arrays)
         truth = RadiusMLE(sigma_loc_nm=20.0, n_boot=0).fit(arrays)
-        out[name] = (est, truth, time.perf_counter() - t0)
+        for emission in ("gaussian", "counts"):
+            est = MarginalRadius(sigma_loc_nm=20.0, max_switches=None, emission=emission).fit(arrays)
+            out[name if emission == "gaussian" else f"{name} counts"] = (est, truth)
     return out
 
 
 @pytest.mark.slow
 def test_fit_recovers_radius(fits60):
-    """Measured (2 shared CPU cores): realistic 178 nm (+18 %), negligible Poisson 157 nm (+5 %); truth-state MLE
-    151–152 nm; HMM state calls 333–382 nm. ≈ 30–45 L-BFGS evaluations, 60–70 s per fit."""
-    for name, tol in (("negligible", 0.10), ("realistic", 0.25)):
-        est, truth, _ = fits60[name]
+    """Measured (2026-12-06, 2 shared CPU cores): Gaussian emission realistic 165.7 nm (+10 %), negligible Poisson
+    158.7 nm (+6 %); count emission 156.2 and 156.8 nm; truth-state MLE 151.4 nm; HMM state calls 333–382 nm.
+    30–50 L-BFGS evaluations, 20–30 s per Gaussian fit and 90–140 s per count fit on a busy machine."""
+    for name, tol in (
+        ("negligible", 0.10),
+        ("realistic", 0.15),
+        ("realistic counts", 0.08),
+        ("negligible counts", 0.08),
+    ):
+        est, truth = fits60[name]
         assert abs(est.r_c_nm_ / 150.0 - 1) < tol, (name, est.r_c_nm_)
         assert abs(truth.r_c_nm_ / 150.0 - 1) < 0.1
         assert abs(est.sigma_ms2_ - 1.0) < 0.05
     summary = fits60["realistic"][0].summary().to_dict()
     assert summary["n_states"] == 128 and summary["params"]["r_c_nm"] == fits60["realistic"][0].r_c_nm_
+    counts = fits60["realistic counts"][0].summary().to_dict()
+    assert counts["emission"] == "counts" and counts["n_states"] == 2 * 3**6
+    # counts carry the loading amplitude apart from the rate: A = 0.56 for the simulation's 0.5
+    assert abs(fits60["realistic counts"][0].amplitude_ / 0.5 - 1) < 0.2
 
 
 @pytest.mark.slow
 def test_radius_barely_moves_with_poisson_noise(fits60):
-    """The conditional emission models the Poisson loading noise: the radius moves little between negligible and
-    realistic Poisson noise. Measured: 157 → 178 nm (13 %); the issue's prototype target is ≤ 3 % (not reached)."""
+    """The issue's test of the emission: realistic against negligible Poisson loading noise, the radius must not move.
+    Gaussian emission (moments matched): 165.7 → 158.7 nm, 4.4 %. Count emission: 156.2 → 156.8 nm, 0.4 % (the issue's
+    prototype: ≤ 3 %)."""
     r = {k: v[0].r_c_nm_ for k, v in fits60.items()}
-    assert abs(r["realistic"] / r["negligible"] - 1) < 0.2, r
+    assert abs(r["realistic"] / r["negligible"] - 1) < 0.1, r
+    assert abs(r["realistic counts"] / r["negligible counts"] - 1) < 0.03, r
+    # sparse loadings: the counts explain the MS2 better than the matched Gaussian (+0.0004 nats per frame measured);
+    # dense ones: no worse (the last count level then carries the conditional mean)
+    ll = {k: v[0].loglik_per_frame_ for k, v in fits60.items()}
+    assert ll["realistic counts"] > ll["realistic"] and ll["negligible counts"] > ll["negligible"] - 1e-4, ll
+
+
+def _counts_brute_force(data: MarginalData, theta: torch.Tensor) -> torch.Tensor:
+    """Σ over promoter paths s_(−L..T−1) and loading counts n_(−L+1..T−1) of p(path) p(counts | path) p(MS2 | counts),
+    the counts Poisson (levels 0 and ≥ 1 at max_count 1, the second emitting at its conditional mean)."""
+    L, kw = data.states.window, data.kernel
+    r_c, k_on, k_off, a, A, sigma, f, odds = theta.exp()
+    lam = [float(a / A * data.dt_s * f), float(a / A * data.dt_s)]
+    level_p = [[math.exp(-x), 1 - math.exp(-x)] for x in lam]  # P(n = 0), P(n ≥ 1)
+    tail_mean = lam[1] / (1 - math.exp(-lam[1]))  # E[n | n ≥ 1] while ON
+    logp, init, _ = _step_logp(theta, interval_gate(data, theta[0]), data.dt_s)
+    P, P0 = logp.exp().numpy(), init.exp().numpy()
+    pi = [1 / (1 + float(odds)), float(odds) / (1 + float(odds))]
+    B, T = data.y.shape
+    out = []
+    for b in range(B):
+        total = 0.0
+        for s in itertools.product((0, 1), repeat=L + T):
+            ps = pi[s[0]] * np.prod([P0[b, 2 * s[u] + s[u + 1]] for u in range(L)])
+            ps *= np.prod([P[b, t - 1, 2 * s[L + t - 1] + s[L + t]] for t in range(1, T)])
+            for n in itertools.product((0, 1), repeat=L + T - 1):
+                pn = np.prod([level_p[s[j + 1]][n[j]] for j in range(L + T - 1)])
+                py = 1.0
+                for t in range(T):
+                    if data.y_obs[b, t]:
+                        k = [n[L - 1 + t - l] * tail_mean for l in range(L)]
+                        m = float(A) * sum(k[l] * kw.kappa[l] for l in range(L))
+                        v = float(sigma) ** 2 + float(A) ** 2 * sum(
+                            k[l] * (kw.kappa2[l] - kw.kappa[l] ** 2) for l in range(L)
+                        )
+                        py *= math.exp(-0.5 * (float(data.y[b, t]) - m) ** 2 / v) / math.sqrt(2 * math.pi * v)
+                total += ps * pn * py
+        out.append(math.log(total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_counts_forward_equals_brute_force():
+    "Two frame intervals in the kernel (L = 2), counts 0 / ≥ 1, four frames, MS2 frames and distances missing."
+    arrays = tiny_arrays(B=3, T=4)
+    cfg = MarginalConfig(60.0, 60.0, emission="counts", max_count=1)
+    data = MarginalData.from_arrays(arrays, 20.0, cfg)
+    assert isinstance(data.states, CountStates) and data.states.n_states == 8
+    theta = MarginalParams(150.0, 0.01, 0.005, 0.02, 0.6, 0.8, 0.05, 0.5).to_log()
+    torch.testing.assert_close(counts_loglik(data, theta), _counts_brute_force(data, theta), rtol=1e-10, atol=0)
+    torch.testing.assert_close(marginal_loglik(data, theta), counts_loglik(data, theta))  # the dispatch
+
+
+def test_counts_gradient_and_config():
+    data = MarginalData.from_arrays(tiny_arrays(B=4, T=12), 20.0, MarginalConfig(emission="counts"))
+    assert data.states.window == 6 and data.states.n_states == 2 * 3**6
+    theta = PARAMS.to_log().requires_grad_()
+    counts_loglik(data, theta).sum().backward()
+    h = 1e-3  # ḡ is float32 (the bridge table)
+    f = lambda th: float(counts_loglik(data, th).sum())
+    fd = [(f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h) for e in torch.eye(8, dtype=torch.float64)]
+    np.testing.assert_allclose(theta.grad.numpy(), fd, rtol=1e-4, atol=1e-6)
+    assert MarginalConfig(emission="counts").frame_step(30.0) == 2  # 2·3^12 states would not fit: 60-s frames
+    assert MarginalConfig(emission="counts").order_for(60.0) == 0
+    with pytest.raises(ValueError, match="emission"):
+        MarginalConfig(emission="poisson")
+    with pytest.raises(ValueError, match="max_count"):
+        MarginalConfig(emission="counts", max_count=0)
+    cs = count_states(3, 2)
+    assert cs.n_states == 54 and (cs.counts[5] == [2, 1, 0]).all() and cs.on.sum() == 27
 
 
 def _sim_file(tmp_path, n, frames, seed, **changes):
@@ -297,6 +381,31 @@ def test_fit_radius_without_state_cli(tmp_path):
     table = pd.read_csv(states)
     assert list(table.columns) == ["trace_id", "t_s", "p_on", "expected_loadings"] and len(table) == 150 * 241
     assert table.p_on.between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_fit_radius_count_emission_cli(tmp_path):
+    """`--emission counts` on 30-s frames: the count states need frames 60 s apart (2·3^6 states), the fit says so,
+    reports its emission and writes the posterior states of the fitted frames."""
+    import json
+
+    import pandas as pd
+
+    from xai_hsg.cli import main
+    from xai_hsg.simulate import save_simulation
+
+    p = SimParams(n_frames=241, dt_s=30.0, r_c_nm=150.0, sigma_loc_nm=20.0, k_off_per_s=1 / 600)
+    tracks, _ = save_simulation(simulate(150, p, seed=8, threads=1), tmp_path / "sim")
+    out, states = tmp_path / "fit.json", tmp_path / "states.csv"
+    args = ["fit-radius", str(tracks), "--out", str(out), "--sigma-loc", "20", "--emission", "counts"]
+    assert main(args + ["--states", str(states)]) == 0
+    res = json.loads(out.read_text())
+    assert res["emission"] == "counts" and res["fit"]["emission"] == "counts" and res["fit"]["n_states"] == 1458
+    assert res["frame_step"] == 2 and res["fitted_dt_s"] == 60.0
+    lo, hi = res["r_c_interval_nm"]
+    assert lo < 150.0 < hi and hi / lo < 3, (lo, res["r_c_nm"], hi)
+    table = pd.read_csv(states)
+    assert len(table) == 150 * 121 and table.p_on.between(0, 1).all()
 
 
 @pytest.mark.slow

@@ -32,11 +32,12 @@ _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
 __all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'FIT_STAGES', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights',
-           'CompoundStates', 'compound_states', 'MarginalParams', 'MarginalConfig', 'decimate', 'MarginalData',
-           'trace_chunks', 'interval_gate', 'emission_features', 'emission_moments', 'emission_coefficients',
-           'marginal_loglik', 'posterior_compound', 'initial_params', 'scan_radius_start', 'MarginalFit',
-           'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability',
-           'write_states', 'StageProgress', 'fit_marginal', 'fit_radius_marginal']
+           'CompoundStates', 'compound_states', 'CountStates', 'count_states', 'MarginalParams', 'MarginalConfig',
+           'decimate', 'MarginalData', 'trace_chunks', 'interval_gate', 'emission_features', 'emission_moments',
+           'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'counts_loglik', 'initial_params',
+           'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty',
+           'ProfileInterval', 'marginal_identifiability', 'write_states', 'StageProgress', 'fit_marginal',
+           'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -106,6 +107,11 @@ class CompoundStates:
     def n_states(self) -> int:
         return len(self.codes)
 
+    @property
+    def on(self) -> np.ndarray:
+        "[N] 1.0 where the state's newest interval is ON (s_t = 1)."
+        return self.bits[:, 0]
+
 
 def compound_states(window: int, max_switches: int | None = None) -> CompoundStates:
     """All codes 0..2^W − 1 with at most `max_switches` bit changes (None: all), and their successors: c ≪ 1 | s
@@ -140,6 +146,38 @@ def compound_states(window: int, max_switches: int | None = None) -> CompoundSta
         assert (succ < len(codes)).all(), "a merged successor is not a kept state"
     counts = np.stack([((older == x) & (newer == y)).sum(1) for x in (0, 1) for y in (0, 1)], 1)
     return CompoundStates(window, max_switches, codes, bits.astype(float), succ, merged, counts.astype(float))
+
+# %% ../nbs/03b_marginal.ipynb #c0a7e002
+@dataclass(frozen=True)
+class CountStates:
+    "The compound states of the count emission (`count_states`): the promoter bit × the counts of the last L intervals."
+
+    window: int  # L: the kernel's length in frames
+    max_count: int  # the last count level holds n >= max_count
+    counts: np.ndarray  # [C^L, L] float64, counts[:, l] = n_{t−l} (C = max_count + 1)
+
+    @property
+    def n_levels(self) -> int:
+        return self.max_count + 1
+
+    @property
+    def n_states(self) -> int:
+        "2·C^L: the state index is s·C^L + Σ_l n_{t−l}·C^l."
+        return 2 * len(self.counts)
+
+    @property
+    def on(self) -> np.ndarray:
+        "[N] 1.0 where the promoter is ON now (s_t = 1)."
+        return np.repeat([0.0, 1.0], len(self.counts))
+
+
+def count_states(window: int, max_count: int = 2) -> CountStates:
+    "All count patterns of `window` intervals with levels 0..`max_count` (the newest interval the lowest digit)."
+    if window < 1 or max_count < 1:
+        raise ValueError(f"need window >= 1 and max_count >= 1, got {window}, {max_count}")
+    C = max_count + 1
+    codes = np.arange(C**window)
+    return CountStates(window, max_count, ((codes[:, None] // C ** np.arange(window)) % C).astype(float))
 
 # %% ../nbs/03b_marginal.ipynb #7adff8f1
 @dataclass(frozen=True)
@@ -188,9 +226,10 @@ MAX_WINDOW = 24  # the longest compound window W (`compound_states` indexes all 
 
 @dataclass(frozen=True)
 class MarginalConfig:
-    """What the likelihood does not fit: the MS2 kernel (s), the emission's order p (0: independent frames; p ≥ 1: each
-    frame conditioned on the p frames before it; None: from the kernel, `order_for`), the compound window W and its
-    truncation."""
+    """What the likelihood does not fit: the MS2 kernel (s), the emission (`"gaussian"`: moment-matched, each frame
+    conditioned on the p frames before it, p = the emission's order (0: independent frames; None: from the kernel,
+    `order_for`), with the compound window W and its truncation; `"counts"`: the loading counts in the compound state,
+    exact for sparse loadings, up to `max_count` per interval)."""
 
     t_rise_s: float = 120.0
     t_plateau_s: float = 240.0
@@ -199,6 +238,8 @@ class MarginalConfig:
     max_switches: int | None = 2  # truncation (None: all 2^W states)
     max_states: int = 4096
     tied_initial: bool = False  # True: the initial state from the contact chain's stationary law (r_c, k_on, k_off)
+    emission: str = "gaussian"  # "gaussian" | "counts"
+    max_count: int = 2  # counts: the last level holds n >= max_count
 
     def __post_init__(self):
         if not (self.t_rise_s > 0 and self.t_plateau_s >= 0):
@@ -208,9 +249,15 @@ class MarginalConfig:
             raise ValueError(f"emission_order must be an integer in [0, 8] or None, got {p!r}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 or None, got {self.window}")
+        if self.emission not in ("gaussian", "counts"):
+            raise ValueError(f"emission must be 'gaussian' or 'counts', got {self.emission!r}")
+        if not (isinstance(self.max_count, int) and self.max_count >= 1):
+            raise ValueError(f"max_count must be an integer >= 1, got {self.max_count!r}")
 
     def order_for(self, dt_s: float) -> int:
-        "The emission order p at frame interval `dt_s`: `emission_order`, or max(2, ⌈L/3⌉) (≤ 8) when it is None."
+        "The emission order p at frame interval `dt_s`: `emission_order`, or max(2, ⌈L/3⌉) (≤ 8) when it is None (0 for counts)."
+        if self.emission == "counts":
+            return 0
         if self.emission_order is not None:
             return self.emission_order
         n_lags = kernel_frames(dt_s, self.t_rise_s, self.t_plateau_s)
@@ -221,6 +268,8 @@ class MarginalConfig:
         transition's W + 1 bits hold p + 1 frames)."""
         p = self.order_for(dt_s)
         n_lags = kernel_frames(dt_s, self.t_rise_s, self.t_plateau_s)
+        if self.emission == "counts":  # (s_t, the counts of the L intervals the kernel spans)
+            return 0, n_lags, 2 * (self.max_count + 1) ** n_lags
         need = max(n_lags + p - 1, n_lags, 1)
         W = self.window or need
         if W < need:
@@ -241,7 +290,7 @@ class MarginalConfig:
                 return k
             k += 1
 
-    def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates]:
+    def states(self, dt_s: float) -> tuple[KernelWeights, CompoundStates | CountStates]:
         "The kernel tables at `dt_s` and the compound states (`size`)."
         p, W, n_states = self.size(dt_s)  # checked before any is built
         if W > MAX_WINDOW or n_states > self.max_states:
@@ -252,6 +301,8 @@ class MarginalConfig:
                 f"fit frames {k} apart (`decimate(arrays, {k})`, as `fit_marginal` does)"
             )
         kw = kernel_weights(dt_s, self.t_rise_s, self.t_plateau_s, max_lag=max(p, 1))
+        if self.emission == "counts":
+            return kw, count_states(W, self.max_count)
         return kw, compound_states(W, self.max_switches)
 
 # %% ../nbs/03b_marginal.ipynb #38934196
@@ -281,7 +332,7 @@ class MarginalData(NamedTuple):
     features: torch.Tensor  # [B, T − 1, F] the emission's data features of frames 1..T−1 (`emission_features`)
     dt_s: float
     kernel: KernelWeights
-    states: CompoundStates
+    states: CompoundStates | CountStates
     emission_order: int
     tied_initial: bool
 
@@ -440,7 +491,10 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
     """log p(MS2 | distances, θ) per trace [B], summed over the promoter paths by the forward algorithm (all of them,
     or with `max_switches` the kept compound states and merged steps: see "Truncation").
     `theta`: float64 [8] log parameters (`MarginalParams.LOG_NAMES`). `potentials` [B, T, N] (zeros) are added to α_t:
-    their gradient is the posterior of the compound states (`posterior_compound`)."""
+    their gradient is the posterior of the compound states (`posterior_compound`). With `CountStates` (emission
+    "counts") this is `counts_loglik`."""
+    if isinstance(data.states, CountStates):
+        return counts_loglik(data, theta, potentials)
     cs = data.states
     g = interval_gate(data, theta[0])
     logp, init, log_pi = _step_logp(theta, g, data.dt_s)
@@ -480,6 +534,65 @@ def posterior_compound(data: MarginalData, theta: torch.Tensor) -> tuple[torch.T
         posts.append(post)
         lls.append(ll.detach())
     return torch.cat(posts), torch.cat(lls)
+
+# %% ../nbs/03b_marginal.ipynb #c0a7e004
+def _count_level_logprobs(theta: torch.Tensor, data: MarginalData) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(count level | s) [2, C] (the last level: n ≥ max_count) and the mean count of each level while ON [C]
+    (the last level's conditional mean; OFF loadings, at rate f·ν, are rare enough to share it)."""
+    a, A, f = theta[3].exp(), theta[4].exp(), theta[6].exp()
+    C = data.states.n_levels
+    lam = (a / A * data.dt_s) * torch.stack([f, torch.ones_like(f)])  # [2] loadings expected per interval
+    n = torch.arange(C - 1, C + 60, dtype=torch.float64)  # the tail sum, far past any plausible count
+    logpmf = lambda k: k * torch.log(lam[:, None]) - lam[:, None] - torch.lgamma(k + 1)  # [2, len(k)]
+    tail = logpmf(n)
+    levels = torch.cat(
+        [logpmf(n[:1] * 0 + torch.arange(C - 1.0, dtype=torch.float64)), tail.logsumexp(1, keepdim=True)], 1
+    )
+    tail_mean = (torch.softmax(tail[1], 0) * n).sum()
+    return levels, torch.cat([torch.arange(C - 1.0, dtype=torch.float64), tail_mean[None]])
+
+
+def counts_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(MS2 | distances, θ) per trace [B] with the loading counts in the compound state (`CountStates`; see
+    "Sparse loadings"). Before frame 0 the chain runs L intervals from the initial law (no emission), so that frame
+    0's counts are drawn like every other frame's. `potentials` [B, T, 2·C^L] as in `marginal_loglik`."""
+    cs: CountStates = data.states
+    kw, L, C = data.kernel, cs.window, cs.n_levels
+    A, sigma = theta[4].exp(), theta[5].exp()
+    levels, level_mean = _count_level_logprobs(theta, data)
+    n = level_mean[torch.as_tensor(cs.counts, dtype=torch.long)]  # [C^L, L] counts, the tail at its mean
+    kappa, kappa2 = torch.as_tensor(kw.kappa), torch.as_tensor(kw.kappa2)
+    mean, var = A * n @ kappa, sigma**2 + A**2 * n @ (kappa2 - kappa**2)
+    g = interval_gate(data, theta[0])
+    logp, init, log_pi = _step_logp(theta, g, data.dt_s)
+    B, T = data.y.shape
+    if not data.tied_initial:
+        log_pi = torch.stack(
+            [torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])]
+        ).expand(B, 2)
+    phi = None if potentials is None else potentials.reshape(B, T, 2, C**L).unbind(1)
+
+    def step(alpha, log_step):  # drop the oldest count, move s (log_step [B, 4], index 2s + s'), draw the newest count
+        kept = alpha.reshape(B, 2, C, C ** (L - 1)).logsumexp(2)
+        moved = torch.logsumexp(kept[:, :, None, :] + log_step.reshape(B, 2, 2)[..., None], 1)
+        return (moved[..., None] + levels[None, :, None, :]).reshape(B, 2, C**L)
+
+    def alpha_floor(*shape):  # -1e300, not -inf: a logsumexp over states that are all impossible has a NaN gradient
+        return torch.full(shape, -1e300, dtype=torch.float64)
+
+    def emit(t):
+        e = _normal_logpdf(data.y[:, t, None], mean, var)  # [B, C^L]
+        return torch.where(data.y_obs[:, t, None], e, 0.0)[:, None, :]
+
+    alpha = torch.cat([log_pi[..., None], alpha_floor(B, 2, C**L - 1)], -1)  # no counts before the chain starts
+    for _ in range(L):
+        alpha = step(alpha, init)
+    alpha = alpha + emit(0) + (phi[0] if phi is not None else 0.0)
+    for t in range(1, T):
+        alpha = step(alpha, logp[:, t - 1]) + emit(t)
+        if phi is not None:
+            alpha = alpha + phi[t]
+    return alpha.reshape(B, -1).logsumexp(-1)
 
 # %% ../nbs/03b_marginal.ipynb #ed0983de
 def initial_params(
@@ -547,6 +660,7 @@ class MarginalFit:
     n_frames: int
     n_evals: int
     fit_seconds: float
+    emission: str = "gaussian"
 
     def to_dict(self) -> dict:
         return dict(asdict(self), params=self.params.to_dict(), start=self.start.to_dict())
@@ -565,7 +679,11 @@ class MarginalRadius:
     `anchor`: "smoothed" (default) bridges each frame interval on the smoothed true E–P vectors
     (`neural_radius.smoothed_ends`: every frame informs each end), "observed" on its two observed ends (the earlier
     model, biased low under localization noise: see "What remains"). Distances without vectors, or σ_loc = 0, are
-    bridged on the observed ends; `anchor_` says which was used."""
+    bridged on the observed ends; `anchor_` says which was used.
+
+    `emission`: "gaussian" (default; moment-matched, conditioned on the previous frames) or "counts" (the loading
+    counts in the compound state, up to `max_count` per interval: exact for sparse loadings; frames of 60 s or more
+    with the default kernel, `MarginalConfig.frame_step`)."""
 
     def __init__(
         self,
@@ -581,13 +699,22 @@ class MarginalRadius:
         use_vectors: bool = True,
         tied_initial: bool = False,
         anchor: str = "smoothed",
+        emission: str = "gaussian",
+        max_count: int = 2,
     ):
         if sigma_loc_nm < 0:
             raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
         self.config = MarginalConfig(
-            t_rise_s, t_plateau_s, emission_order, window, max_switches, tied_initial=tied_initial
+            t_rise_s,
+            t_plateau_s,
+            emission_order,
+            window,
+            max_switches,
+            tied_initial=tied_initial,
+            emission=emission,
+            max_count=max_count,
         )
         self.sigma_loc_nm, self.fit_nu_off, self.max_iter = sigma_loc_nm, fit_nu_off, max_iter
         if anchor not in ("observed", "smoothed"):
@@ -694,7 +821,7 @@ def posterior_states(self: MarginalRadius, arrays: TraceArrays) -> PosteriorStat
     "Forward–backward (`posterior_compound`): P(ON) per frame (the newest bit of the compound state) and loadings."
     data = self._data(arrays)
     post, _ = posterior_compound(data, self._theta())
-    p_on = (post @ torch.as_tensor(data.states.bits[:, 0])).numpy()
+    p_on = (post @ torch.as_tensor(data.states.on)).numpy()
     p = self.params_
     nu_dt = p.load_amp_per_s / p.amplitude * data.dt_s
     return PosteriorStates(p_on, nu_dt * (p.nu_off_fraction + (1 - p.nu_off_fraction) * p_on))
@@ -718,6 +845,7 @@ def summary(self: MarginalRadius) -> MarginalFit:
         n_frames=self.n_frames_,
         n_evals=self.n_evals_,
         fit_seconds=self.fit_seconds_,
+        emission=self.config.emission,
     )
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c02
@@ -1069,6 +1197,7 @@ def fit_marginal(
     warnings: list[str] | None = None,
     anchor: str = "smoothed",
     progress: bool = False,
+    emission: str = "gaussian",
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
     σ_loc estimated when `sigma_loc_nm` is None (at the full frame rate), every k-th frame kept when the frames are too
@@ -1077,7 +1206,7 @@ def fit_marginal(
     identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
     `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`). `progress`: a bar on stderr
-    naming the stage (a fit takes minutes)."""
+    naming the stage (a fit takes minutes). `emission`: "gaussian" or "counts" (`MarginalRadius`)."""
     tracks_path = source
     bar = StageProgress(FIT_STAGES, "fit-radius", disable=not progress)
     try:  # the bar is cleared however the fit ends (a verdict is an exception)
@@ -1096,7 +1225,13 @@ def fit_marginal(
             except ValueError as e:
                 raise ValueError(f"{tracks_path}: cannot estimate sigma_loc ({e}); pass --sigma-loc") from None
         s_hat = sigma.sigma_loc_nm if sigma else float(sigma_loc_nm)
-        kw = dict(t_rise_s=t_rise_s, t_plateau_s=t_plateau_s, emission_order=emission_order, max_switches=max_switches)
+        kw = dict(
+            t_rise_s=t_rise_s,
+            t_plateau_s=t_plateau_s,
+            emission_order=emission_order,
+            max_switches=max_switches,
+            emission=emission,
+        )
         dt_file, n_frames_file = arrays.dt_s, arrays.n_frames
         step = MarginalConfig(**kw).frame_step(arrays.dt_s)  # σ_loc above is read at the full frame rate
         if step > 1:
@@ -1159,6 +1294,7 @@ def fit_marginal(
         res = {
             "tracks": str(source),
             "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
+            "emission": emission,
             "state_from": "none",
             "n_traces": arrays.n_traces,
             "n_frames": n_frames_file,
