@@ -143,7 +143,7 @@ def test_frame_interval_cells_are_picked_and_fast_switching(tmp_path, monkeypatc
     check = _load("check_marginal_radius")
     ran = []
 
-    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False):
+    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False, emission="gaussian"):
         ran.append((name, changes, seed))
         return dict(
             cell=name, seed=seed, r_c_true=150.0, sigma_loc_true=20.0, truth_state_mle=150.0, r_c=150.0, covered=True
@@ -190,3 +190,11 @@ def test_fit_radius_input_variants_read_back_to_the_same_traces(tmp_path):
         np.testing.assert_array_equal(np.isfinite(arr.ms2) & arr.present, np.isfinite(arr.ms2), err_msg=name)
     row = check.run_variant("times in minutes", *tables["times in minutes"])
     assert row["exit_status"] == 1 and "minutes" in row["error"] and row["seconds"] < 30
+
+
+def test_marginal_emission_frames_names_its_cells(monkeypatch):
+    "The script fits a cell of the acceptance grid by name and seed, and refuses one that is not there."
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # it imports its sibling check_marginal_radius
+    frames = _load("marginal_emission_frames")
+    with np.testing.assert_raises_regex(SystemExit, "no grid cell"):
+        frames.run("default, r_c 999, sigma_loc 0", 101)

