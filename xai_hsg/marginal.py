@@ -460,6 +460,15 @@ def _step_logp(theta: torch.Tensor, g: torch.Tensor, dt_s: float) -> tuple[torch
     pi_on = p01 / (p01 + p10)
     return logp, init, torch.stack([torch.log1p(-pi_on), torch.log(pi_on)], -1)
 
+
+def _initial_log_pi(data: MarginalData, theta: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+    "log P(s) [B, 2] of the first window's oldest interval: `tied` (the contact chain's, `_step_logp`) or free (θ[7])."
+    if data.tied_initial:
+        return tied
+    # a free initial law: starting ON carries no weight on r_c
+    free = torch.stack([torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])])
+    return free.expand(len(tied), 2)
+
 # %% ../nbs/03b_marginal.ipynb #6736342f
 def _transition_tables(data: MarginalData, theta: torch.Tensor, logp: torch.Tensor):
     """What one forward step needs, per step e = 2c + s from kept state c with new bit s (2N of them): the coefficients
@@ -498,10 +507,7 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
     cs = data.states
     g = interval_gate(data, theta[0])
     logp, init, log_pi = _step_logp(theta, g, data.dt_s)
-    if not data.tied_initial:  # a free initial law: starting ON carries no weight on r_c
-        log_pi = torch.stack(
-            [torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])]
-        ).expand(len(g), 2)
+    log_pi = _initial_log_pi(data, theta, log_pi)
     bits = torch.as_tensor(cs.bits)
     alpha = log_pi[:, bits[:, -1].long()] + init @ torch.as_tensor(cs.step_counts).T  # [B, N]: the W bits before t = 1
     alpha = alpha + torch.where(data.y_obs[:, :1], _state_frame_logpdf(data, theta, data.y[:, :1]), 0.0)
@@ -545,11 +551,10 @@ def _count_level_logprobs(theta: torch.Tensor, data: MarginalData) -> tuple[torc
     n = torch.arange(C - 1, C + 60, dtype=torch.float64)  # the tail sum, far past any plausible count
     logpmf = lambda k: k * torch.log(lam[:, None]) - lam[:, None] - torch.lgamma(k + 1)  # [2, len(k)]
     tail = logpmf(n)
-    levels = torch.cat(
-        [logpmf(n[:1] * 0 + torch.arange(C - 1.0, dtype=torch.float64)), tail.logsumexp(1, keepdim=True)], 1
-    )
+    below = torch.arange(C - 1.0, dtype=torch.float64)  # the levels 0..max_count − 1, one count each
+    levels = torch.cat([logpmf(below), tail.logsumexp(1, keepdim=True)], 1)
     tail_mean = (torch.softmax(tail[1], 0) * n).sum()
-    return levels, torch.cat([torch.arange(C - 1.0, dtype=torch.float64), tail_mean[None]])
+    return levels, torch.cat([below, tail_mean[None]])
 
 
 def counts_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
@@ -565,11 +570,8 @@ def counts_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Ten
     mean, var = A * n @ kappa, sigma**2 + A**2 * n @ (kappa2 - kappa**2)
     g = interval_gate(data, theta[0])
     logp, init, log_pi = _step_logp(theta, g, data.dt_s)
+    log_pi = _initial_log_pi(data, theta, log_pi)
     B, T = data.y.shape
-    if not data.tied_initial:
-        log_pi = torch.stack(
-            [torch.nn.functional.logsigmoid(-theta[7]), torch.nn.functional.logsigmoid(theta[7])]
-        ).expand(B, 2)
     phi = None if potentials is None else potentials.reshape(B, T, 2, C**L).unbind(1)
 
     def step(alpha, log_step):  # drop the oldest count, move s (log_step [B, 4], index 2s + s'), draw the newest count
