@@ -88,6 +88,11 @@ def _kernel_args(args, given: dict | None = None) -> dict:
     return {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in KERNEL_DEFAULTS_S}
 
 
+def _ms2_baseline(text: str) -> float | str:
+    "`--ms2-baseline`: 'auto' or a finite number (MS2 units) to subtract."
+    return "auto" if text == "auto" else _number(float)(text)
+
+
 def _n_boot(text: str) -> int:
     "`--n-boot`: 0 (no interval) or at least `radius.MIN_BOOT` resamples."
     from .radius import MIN_BOOT
@@ -246,6 +251,7 @@ def _fit_radius_marginal(args) -> int:
         **_kernel_args(args),
         emission_order=args.emission_order,
         emission=args.emission,
+        ms2_baseline=args.ms2_baseline,
         seed=args.seed,
         dt_s=args.dt,
         sanity=not args.no_sanity,
@@ -437,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="marginal model: MS2 given the promoter path as a Gaussian matched to the Poisson loadings' moments "
         "(default) or with the loading counts in the compound state (exact for sparse loadings, ~0.5 per minute; "
         "fits frames >= 60 s apart with the default kernel)",
+    )
+    p.add_argument(
+        "--ms2-baseline",
+        type=_ms2_baseline,
+        default="auto",
+        help="marginal model: the MS2 level with no Pol II on the gene, subtracted before the fit: auto (default: read "
+        "from the frames called OFF over a whole kernel window, subtracted when above 0.1 of their noise) or a value "
+        "(0: the MS2 is background-subtracted as it is)",
     )
     p.add_argument(
         "--bridge-anchor",

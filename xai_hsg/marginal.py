@@ -36,8 +36,8 @@ __all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'FIT_STAGES', 'KernelWeights', 'trap
            'decimate', 'MarginalData', 'trace_chunks', 'interval_gate', 'emission_features', 'emission_moments',
            'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'counts_loglik', 'initial_params',
            'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty',
-           'ProfileInterval', 'marginal_identifiability', 'write_states', 'StageProgress', 'fit_marginal',
-           'fit_radius_marginal']
+           'ProfileInterval', 'marginal_identifiability', 'write_states', 'MS2Baseline', 'estimate_ms2_baseline',
+           'StageProgress', 'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -1152,6 +1152,58 @@ def write_states(
     )
     return core.atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
 
+# %% ../nbs/03b_marginal.ipynb #c0a7e102
+class MS2Baseline(NamedTuple):
+    """The MS2 OFF level read from the data (`estimate_ms2_baseline`): `level` (MS2 units) with its standard error `se`, the
+    standard deviation of MS2 on those frames `sd_off`, how many frames it rests on, and what is `subtracted` from the
+    MS2 before the fit (`level`, or 0 when it is within `min_shift_sd`·`sd_off` of zero, or a given value)."""
+
+    level: float
+    se: float
+    sd_off: float
+    n_frames: int
+    subtracted: float
+    method: str
+
+    def to_dict(self) -> dict:
+        "JSON-ready (NaN → None)."
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
+
+
+def estimate_ms2_baseline(
+    arrays: TraceArrays,
+    t_rise_s: float = 120.0,
+    t_plateau_s: float = 240.0,
+    lag_frames: int = 4,
+    min_shift_sd: float = 0.1,
+    given: float | None = None,
+) -> MS2Baseline:
+    """The MS2 baseline (OFF level) of `arrays` [B, T]: the mean MS2 over frames whose kernel window (the kernel's
+    length in frames before them, and the frame itself) holds no ON call of `radius.state_from_ms2_hmm`; subtracted
+    (`MS2Baseline.subtracted`) when |level| > `min_shift_sd`·sd_off. `given`: subtract that value instead (the
+    estimate is still reported). Raises ValueError when no frame qualifies (MS2 that never rests OFF)."""
+    if arrays.ms2 is None:
+        raise ValueError("no MS2 to read a baseline from")
+    ms2 = np.where(arrays.present, arrays.ms2, np.nan)
+    state, _ = state_from_ms2_hmm(ms2, lag_frames=min(lag_frames, max(arrays.n_frames - 2, 0)))
+    L = kernel_frames(arrays.dt_s, t_rise_s, t_plateau_s)
+    on = np.nan_to_num(state, nan=1.0) > 0  # frames without a call count as ON: they cannot vouch for a window
+    c = np.concatenate([np.zeros((arrays.n_traces, 1)), np.cumsum(on, 1)], 1)
+    t = np.arange(arrays.n_frames)
+    quiet = c[:, t + 1] - c[:, np.maximum(t - L, 0)] == 0  # no ON call in frames t − L .. t
+    quiet[:, :L] = False  # the window must lie inside the trace
+    v = ms2[quiet & np.isfinite(ms2)]
+    if len(v) < 10:
+        raise ValueError(
+            f"cannot read the MS2 baseline: {len(v)} frame(s) rest OFF over a whole {L}-frame kernel window; "
+            "pass --ms2-baseline VALUE"
+        )
+    level, sd = float(v.mean()), float(v.std())
+    if given is not None:
+        return MS2Baseline(level, sd / math.sqrt(len(v)), sd, len(v), float(given), "given")
+    shift = level if abs(level) > min_shift_sd * sd else 0.0
+    return MS2Baseline(level, sd / math.sqrt(len(v)), sd, len(v), shift, "auto")
+
 # %% ../nbs/03b_marginal.ipynb #5ta9e001
 FIT_STAGES = (
     "estimating σ_loc",
@@ -1200,6 +1252,7 @@ def fit_marginal(
     anchor: str = "smoothed",
     progress: bool = False,
     emission: str = "gaussian",
+    ms2_baseline: float | str = "auto",
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
     σ_loc estimated when `sigma_loc_nm` is None (at the full frame rate), every k-th frame kept when the frames are too
@@ -1208,7 +1261,8 @@ def fit_marginal(
     identifiability verdict, the held-out score. Raises `DegenerateFitError` (every reason, naming `source`) when the
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
     `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`). `progress`: a bar on stderr
-    naming the stage (a fit takes minutes). `emission`: "gaussian" or "counts" (`MarginalRadius`)."""
+    naming the stage (a fit takes minutes). `emission`: "gaussian" or "counts" (`MarginalRadius`). `ms2_baseline`:
+    "auto" (the OFF level read by `estimate_ms2_baseline`, subtracted when it is not negligible) or a value to subtract."""
     tracks_path = source
     bar = StageProgress(FIT_STAGES, "fit-radius", disable=not progress)
     try:  # the bar is cleared however the fit ends (a verdict is an exception)
@@ -1219,6 +1273,22 @@ def fit_marginal(
             raise ValueError(
                 f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)"
             )
+        if ms2_baseline != "auto" and not (isinstance(ms2_baseline, (int, float)) and math.isfinite(ms2_baseline)):
+            raise ValueError(f"ms2_baseline must be 'auto' or a finite number, got {ms2_baseline!r}")
+        try:
+            given = None if ms2_baseline == "auto" else float(ms2_baseline)
+            base = estimate_ms2_baseline(arrays, t_rise_s, t_plateau_s, given=given)
+        except ValueError as e:
+            if ms2_baseline == "auto":
+                raise ValueError(f"{tracks_path}: {e}") from None
+            base = MS2Baseline(math.nan, math.nan, math.nan, 0, float(ms2_baseline), "given")
+        if base.subtracted != 0.0:
+            arrays = arrays.replace(ms2=arrays.ms2 - base.subtracted)
+            if base.method == "auto":
+                warnings.append(
+                    f"MS2 carries a baseline of {base.level:.3g} (OFF frames, ± {base.se:.2g}); it was subtracted "
+                    "before the fit (--ms2-baseline 0 keeps the MS2 as it is)"
+                )
         sigma = None
         if sigma_loc_nm is None:
             bar.stage("estimating σ_loc")
@@ -1297,6 +1367,7 @@ def fit_marginal(
             "tracks": str(source),
             "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
             "emission": emission,
+            "ms2_baseline": base.to_dict(),
             "state_from": "none",
             "n_traces": arrays.n_traces,
             "n_frames": n_frames_file,
