@@ -85,10 +85,18 @@ def grid_cells() -> list[tuple[str, dict, int]]:
 
 
 def run_cell(
-    name: str, changes: dict, n: int, frames: int, seed: int, sigma_loc_given: bool = False, emission: str = "gaussian"
+    name: str,
+    changes: dict,
+    n: int,
+    frames: int,
+    seed: int,
+    sigma_loc_given: bool = False,
+    emission: str = "gaussian",
+    ms2_baseline: str | float = "fit",
 ) -> dict:
     """One simulated condition: the marginal fit (σ_loc estimated, or the simulation's with `sigma_loc_given`; MS2
-    `emission` "gaussian" or "counts") and the truth-state MLE on the same traces."""
+    `emission` "gaussian" or "counts"; `ms2_baseline` as `fit-radius --ms2-baseline`) and the truth-state MLE on the
+    same traces."""
     base = dict(n_frames=frames, dt_s=60.0, r_c_nm=150.0, sigma_loc_nm=SIGMA_LOC_NM, k_off_per_s=1 / 600)
     params = SimParams(**{**base, **changes})
     sim = simulate(n, params, seed=seed)
@@ -98,6 +106,8 @@ def run_cell(
         row["sigma_loc_given"] = True
     if emission != "gaussian":
         row["emission"] = emission
+    if ms2_baseline != "fit":
+        row["ms2_baseline_option"] = ms2_baseline
     try:
         row["truth_state_mle"] = RadiusMLE(sigma_loc_nm=params.sigma_loc_nm, n_boot=0).fit(sim.to_arrays()).r_c_nm_
     except ValueError as err:  # DegenerateFitError, or no activation at all
@@ -108,10 +118,13 @@ def run_cell(
         t0 = time.perf_counter()
         try:
             sigma = params.sigma_loc_nm if sigma_loc_given else None
-            res = fit_radius_marginal(tracks, None, sigma_loc_nm=sigma, test_fraction=0.0, emission=emission)
+            res = fit_radius_marginal(
+                tracks, None, sigma_loc_nm=sigma, test_fraction=0.0, emission=emission, ms2_baseline=ms2_baseline
+            )
             lo, hi = res["r_c_interval_nm"]
             row.update(r_c=res["r_c_nm"], lo=lo, hi=hi, covered=bool(lo <= params.r_c_nm <= hi))
             row.update(sigma_loc=res["sigma_loc_nm"], k_on=res["k_on_per_s"], bridge_anchor=res["bridge_anchor"])
+            row.update(ms2_baseline=res["ms2_baseline"]["estimate"], ms2_baseline_fitted=res["ms2_baseline"]["fitted"])
             sandwich = res["parameters"]["parameters"]["r_c_nm"]  # the Wald interval at σ̂, for comparison
             row.update(sandwich_lo=sandwich["lo"], sandwich_hi=sandwich["hi"], interval=res["interval_method"])
         except DegenerateFitError as err:
@@ -187,6 +200,13 @@ def main(argv=None) -> list[dict]:
         help="the marginal model's MS2 emission (counts: loading counts in the state; use its own --jsonl)",
     )
     ap.add_argument(
+        "--ms2-baseline",
+        default="fit",
+        type=lambda text: text if text in ("auto", "fit") else float(text),
+        help="the marginal fit's MS2 baseline: fit (the library's default), auto, or a value held (0: as before "
+        "2026-12-07; use its own --jsonl)",
+    )
+    ap.add_argument(
         "--reverse", action="store_true", help="run the cells last to first (a second process can share --jsonl)"
     )
     args = ap.parse_args(argv)
@@ -223,6 +243,7 @@ def main(argv=None) -> list[dict]:
                     seed,
                     sigma_loc_given=args.sigma_loc_given,
                     emission=args.emission,
+                    ms2_baseline=args.ms2_baseline,
                 ),
             }
         )

@@ -35,7 +35,7 @@ from xai_hsg.simulate import SimParams, simulate
 from xai_hsg.tracks import TraceArrays
 
 torch.set_num_threads(1)
-PARAMS = MarginalParams(150.0, 0.02, 0.01, 0.01, 0.7, 0.8, 0.05)
+PARAMS = MarginalParams(150.0, 0.02, 0.01, 0.01, 0.7, 0.8, 0.05, ms2_baseline=0.3)  # an MS2 offset: in every mean
 
 
 def tiny_arrays(B=3, T=6, dt=60.0, seed=1) -> TraceArrays:
@@ -53,7 +53,7 @@ def _joint(w: dict, frames: list, kw, p: MarginalParams, dt: float) -> tuple[np.
     "Mean and covariance of y at `frames` given the loading levels w[u], term by term (from the moment formulas)."
     lags = range(kw.n_lags)
     scale = p.load_amp_per_s * dt
-    mean = np.array([scale * sum(kw.kappa[l] * w[t - l] for l in lags) for t in frames])
+    mean = np.array([p.ms2_baseline + scale * sum(kw.kappa[l] * w[t - l] for l in lags) for t in frames])
     cov = np.zeros((len(frames), len(frames)))
     for i, ti in enumerate(frames):
         for j, tj in enumerate(frames):
@@ -187,7 +187,10 @@ def test_gradient_matches_finite_differences():
     marginal_loglik(data, theta).sum().backward()
     h = 1e-3  # ḡ is float32 (the bridge table): a smaller step measures its rounding
     f = lambda th: float(marginal_loglik(data, th).sum())
-    fd = [(f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h) for e in torch.eye(8, dtype=torch.float64)]
+    fd = [
+        (f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h)
+        for e in torch.eye(len(theta), dtype=torch.float64)
+    ]
     np.testing.assert_allclose(theta.grad.numpy(), fd, rtol=1e-4, atol=1e-6)
 
 
@@ -289,7 +292,8 @@ def _counts_brute_force(data: MarginalData, theta: torch.Tensor) -> torch.Tensor
     """Σ over promoter paths s_(−L..T−1) and loading counts n_(−L+1..T−1) of p(path) p(counts | path) p(MS2 | counts),
     the counts Poisson (levels 0 and ≥ 1 at max_count 1, the second emitting at its conditional mean)."""
     L, kw = data.states.window, data.kernel
-    r_c, k_on, k_off, a, A, sigma, f, odds = theta.exp()
+    r_c, k_on, k_off, a, A, sigma, f, odds = theta[:8].exp()
+    baseline = float(theta[8])
     lam = [float(a / A * data.dt_s * f), float(a / A * data.dt_s)]
     level_p = [[math.exp(-x), 1 - math.exp(-x)] for x in lam]  # P(n = 0), P(n ≥ 1)
     tail_mean = lam[1] / (1 - math.exp(-lam[1]))  # E[n | n ≥ 1] while ON
@@ -309,7 +313,7 @@ def _counts_brute_force(data: MarginalData, theta: torch.Tensor) -> torch.Tensor
                 for t in range(T):
                     if data.y_obs[b, t]:
                         k = [n[L - 1 + t - l] * tail_mean for l in range(L)]
-                        m = float(A) * sum(k[l] * kw.kappa[l] for l in range(L))
+                        m = baseline + float(A) * sum(k[l] * kw.kappa[l] for l in range(L))
                         v = float(sigma) ** 2 + float(A) ** 2 * sum(
                             k[l] * (kw.kappa2[l] - kw.kappa[l] ** 2) for l in range(L)
                         )
@@ -325,7 +329,7 @@ def test_counts_forward_equals_brute_force():
     cfg = MarginalConfig(60.0, 60.0, emission="counts", max_count=1)
     data = MarginalData.from_arrays(arrays, 20.0, cfg)
     assert isinstance(data.states, CountStates) and data.states.n_states == 8
-    theta = MarginalParams(150.0, 0.01, 0.005, 0.02, 0.6, 0.8, 0.05, 0.5).to_log()
+    theta = MarginalParams(150.0, 0.01, 0.005, 0.02, 0.6, 0.8, 0.05, 0.5, ms2_baseline=-0.2).to_log()
     torch.testing.assert_close(counts_loglik(data, theta), _counts_brute_force(data, theta), rtol=1e-10, atol=0)
     torch.testing.assert_close(marginal_loglik(data, theta), counts_loglik(data, theta))  # the dispatch
 
@@ -337,7 +341,10 @@ def test_counts_gradient_and_config():
     counts_loglik(data, theta).sum().backward()
     h = 1e-3  # ḡ is float32 (the bridge table)
     f = lambda th: float(counts_loglik(data, th).sum())
-    fd = [(f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h) for e in torch.eye(8, dtype=torch.float64)]
+    fd = [
+        (f(theta.detach() + h * e) - f(theta.detach() - h * e)) / (2 * h)
+        for e in torch.eye(len(theta), dtype=torch.float64)
+    ]
     np.testing.assert_allclose(theta.grad.numpy(), fd, rtol=1e-4, atol=1e-6)
     assert MarginalConfig(emission="counts").frame_step(30.0) == 2  # 2·3^12 states would not fit: 60-s frames
     assert MarginalConfig(emission="counts").order_for(60.0) == 0
@@ -618,10 +625,10 @@ def test_ms2_baseline_follows_an_offset_and_leaves_offset_free_traces_alone():
 
 @pytest.mark.slow
 def test_fit_radius_reads_and_subtracts_an_ms2_offset(tmp_path, capsys):
-    """MS2 with 2 noise-σ added to every frame: without the baseline the fit reported no transcription signal (r_c
-    1,400 nm); `fit-radius` subtracts the OFF level it reads, says so, and recovers the radius. Measured (300 traces ×
-    121 one-minute frames, seed 5, σ_loc given): 130.2 nm [89.9, 167.8], the same traces without the offset 136.0 nm
-    [97.3, 174.9]."""
+    """MS2 with 2 noise-σ added to every frame: with the baseline held at 0 the fit reported no transcription signal
+    (r_c 1,400 nm); `fit-radius` reads the OFF level, fits what is left, says so, and recovers the radius, the same as
+    without the offset. Measured (300 traces × 121 one-minute frames, seed 5, σ_loc given): baseline 2.011 [2.001,
+    2.022], r_c 133.9 nm [94.6, 173.2] with and without the offset (136.0 nm [97.3, 174.9] with it held at 0)."""
     import json
 
     from xai_hsg.cli import main
@@ -631,7 +638,10 @@ def test_fit_radius_reads_and_subtracts_an_ms2_offset(tmp_path, capsys):
     assert main(["fit-radius", str(tracks), "--out", str(out), "--sigma-loc", "20"]) == 0
     res = json.loads(out.read_text())
     base = res["ms2_baseline"]
-    assert base["method"] == "auto" and abs(base["subtracted"] - 2.0) < 0.1 and base["subtracted"] == base["level"]
+    assert base["method"] == "fit" and base["fitted"] and abs(base["subtracted"] - 2.0) < 0.1
+    # +0.011 above the offset, as on the same traces without it (0.011 [0.001, 0.022]): a small bias of the fitted
+    # baseline on this simulator (its interval misses the truth on both; cause not examined), not the offset
+    assert abs(base["estimate"] - 2.0) < 0.03 and base["hi"] - base["lo"] < 0.1
     assert any("baseline" in w for w in res["warnings"]) and "baseline" in capsys.readouterr().err
     lo, hi = res["r_c_interval_nm"]
     assert lo < 150.0 < hi and hi / lo < 3

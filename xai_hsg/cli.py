@@ -89,8 +89,8 @@ def _kernel_args(args, given: dict | None = None) -> dict:
 
 
 def _ms2_baseline(text: str) -> float | str:
-    "`--ms2-baseline`: 'auto' or a finite number (MS2 units) to subtract."
-    return "auto" if text == "auto" else _number(float)(text)
+    "`--ms2-baseline`: 'auto', 'fit' or a finite number (MS2 units) to subtract."
+    return text if text in ("auto", "fit") else _number(float)(text)
 
 
 def _n_boot(text: str) -> int:
@@ -447,10 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ms2-baseline",
         type=_ms2_baseline,
-        default="auto",
-        help="marginal model: the MS2 level with no Pol II on the gene, subtracted before the fit: auto (default: read "
-        "from the frames called OFF over a whole kernel window, subtracted when above 0.1 of their noise) or a value "
-        "(0: the MS2 is background-subtracted as it is)",
+        default="fit",
+        help="marginal model: the MS2 level with no Pol II on the gene. fit (default): read from the frames called OFF "
+        "over a whole kernel window, taken out, and what is left fitted with the model; auto: so only when the level "
+        "read exceeds 0.1 of their noise, else held at 0; a value: subtracted and held (0: the MS2 as it is)",
     )
     p.add_argument(
         "--bridge-anchor",

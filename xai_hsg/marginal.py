@@ -12,7 +12,7 @@ import itertools
 import math
 import operator
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,6 +192,7 @@ class MarginalParams:
     sigma_ms2: float  # Gaussian measurement noise of MS2
     nu_off_fraction: float = 1e-9  # ν_off/ν: loading while OFF relative to ON
     init_on_odds: float = 1.0  # P(ON)/P(OFF) of the first window's oldest interval (unless tied to contact)
+    ms2_baseline: float = 0.0  # MS2 with no Pol II on the gene (any sign)
 
     LOG_NAMES = (
         "r_c_nm",
@@ -203,19 +204,36 @@ class MarginalParams:
         "nu_off_fraction",
         "init_on_odds",
     )
+    RAW_NAMES = ("ms2_baseline",)  # θ holds these as they are, after the logs
+    THETA_NAMES = LOG_NAMES + RAW_NAMES
 
     def __post_init__(self):
-        bad = [f.name for f in fields(self) if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) > 0)]
+        bad = [n for n in self.LOG_NAMES if not (math.isfinite(getattr(self, n)) and getattr(self, n) > 0)]
         if bad:
             raise ValueError(f"MarginalParams: {bad} must be finite and > 0")
+        if not all(math.isfinite(getattr(self, n)) for n in self.RAW_NAMES):
+            raise ValueError(f"MarginalParams: {list(self.RAW_NAMES)} must be finite")
 
     def to_log(self) -> torch.Tensor:
-        "log of every parameter, float64 [8], in `LOG_NAMES` order."
-        return torch.tensor([math.log(getattr(self, n)) for n in self.LOG_NAMES], dtype=torch.float64)
+        "θ, float64 [9]: the log of every `LOG_NAMES` parameter, then the `RAW_NAMES` ones as they are."
+        logs = [math.log(getattr(self, n)) for n in self.LOG_NAMES]
+        return torch.tensor(logs + [getattr(self, n) for n in self.RAW_NAMES], dtype=torch.float64)
 
     @classmethod
     def from_log(cls, theta) -> MarginalParams:
-        return cls(**{n: float(math.exp(float(v))) for n, v in zip(cls.LOG_NAMES, theta)})
+        "The parameters of θ (`to_log`)."
+        values = [float(v) for v in theta]
+        if len(values) != len(cls.THETA_NAMES):
+            raise ValueError(f"θ has {len(values)} entries, expected {len(cls.THETA_NAMES)} ({cls.THETA_NAMES})")
+        n_log = len(cls.LOG_NAMES)
+        return cls(
+            **{n: math.exp(v) for n, v in zip(cls.LOG_NAMES, values)}, **dict(zip(cls.RAW_NAMES, values[n_log:]))
+        )
+
+    @classmethod
+    def theta_value(cls, name: str, value: float) -> float:
+        "A parameter's natural `value` as its entry in θ (the log, or itself for `RAW_NAMES`)."
+        return float(value) if name in cls.RAW_NAMES else math.log(value)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -424,7 +442,7 @@ def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Ten
     kw, p, L = data.kernel, data.emission_order, data.kernel.n_lags
     level = lambda x, j: w[..., j : j + L] @ torch.as_tensor(x)  # Σ_l x_l·w_{t−j−l}
     scale = a * data.dt_s
-    mean = torch.stack([scale * level(kw.kappa, j) for j in range(p + 1)], -1)
+    mean = torch.stack([scale * level(kw.kappa, j) for j in range(p + 1)], -1) + theta[8]  # + the MS2 baseline
     cov = [[None] * (p + 1) for _ in range(p + 1)]
     for i in range(p + 1):
         cov[i][i] = sigma**2 + A * scale * level(kw.kappa2, i)
@@ -491,7 +509,7 @@ def _state_frame_logpdf(data: MarginalData, theta: torch.Tensor, y0: torch.Tenso
     kw = data.kernel
     w = f + (1 - f) * torch.as_tensor(data.states.bits)[:, : kw.n_lags]
     scale = a * data.dt_s
-    mean = scale * (w @ torch.as_tensor(kw.kappa))
+    mean = scale * (w @ torch.as_tensor(kw.kappa)) + theta[8]
     var = sigma**2 + A * scale * (w @ torch.as_tensor(kw.kappa2))
     return _normal_logpdf(y0, mean, var)
 
@@ -499,7 +517,7 @@ def _state_frame_logpdf(data: MarginalData, theta: torch.Tensor, y0: torch.Tenso
 def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
     """log p(MS2 | distances, θ) per trace [B], summed over the promoter paths by the forward algorithm (all of them,
     or with `max_switches` the kept compound states and merged steps: see "Truncation").
-    `theta`: float64 [8] log parameters (`MarginalParams.LOG_NAMES`). `potentials` [B, T, N] (zeros) are added to α_t:
+    `theta`: float64 [9], `MarginalParams.to_log` (logs, then the MS2 baseline). `potentials` [B, T, N] (zeros) are added to α_t:
     their gradient is the posterior of the compound states (`posterior_compound`). With `CountStates` (emission
     "counts") this is `counts_loglik`."""
     if isinstance(data.states, CountStates):
@@ -567,7 +585,7 @@ def counts_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Ten
     levels, level_mean = _count_level_logprobs(theta, data)
     n = level_mean[torch.as_tensor(cs.counts, dtype=torch.long)]  # [C^L, L] counts, the tail at its mean
     kappa, kappa2 = torch.as_tensor(kw.kappa), torch.as_tensor(kw.kappa2)
-    mean, var = A * n @ kappa, sigma**2 + A**2 * n @ (kappa2 - kappa**2)
+    mean, var = theta[8] + A * n @ kappa, sigma**2 + A**2 * n @ (kappa2 - kappa**2)
     g = interval_gate(data, theta[0])
     logp, init, log_pi = _step_logp(theta, g, data.dt_s)
     log_pi = _initial_log_pi(data, theta, log_pi)
@@ -685,7 +703,10 @@ class MarginalRadius:
 
     `emission`: "gaussian" (default; moment-matched, conditioned on the previous frames) or "counts" (the loading
     counts in the compound state, up to `max_count` per interval: exact for sparse loadings; frames of 60 s or more
-    with the default kernel, `MarginalConfig.frame_step`)."""
+    with the default kernel, `MarginalConfig.frame_step`).
+
+    `fit_baseline`: also fit the MS2 baseline (the level with no Pol II on the gene; `ms2_baseline_`), from the
+    `start`'s value (0 by default); otherwise it is held there (see "The MS2 baseline")."""
 
     def __init__(
         self,
@@ -703,6 +724,7 @@ class MarginalRadius:
         anchor: str = "smoothed",
         emission: str = "gaussian",
         max_count: int = 2,
+        fit_baseline: bool = False,
     ):
         if sigma_loc_nm < 0:
             raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
@@ -719,6 +741,7 @@ class MarginalRadius:
             max_count=max_count,
         )
         self.sigma_loc_nm, self.fit_nu_off, self.max_iter = sigma_loc_nm, fit_nu_off, max_iter
+        self.fit_baseline = bool(fit_baseline)
         if anchor not in ("observed", "smoothed"):
             raise ValueError(f"anchor must be 'observed' or 'smoothed', got {anchor!r}")
         self.start, self.use_vectors, self.anchor = start, use_vectors, anchor
@@ -729,10 +752,12 @@ class MarginalRadius:
         )
 
     def _free(self) -> torch.Tensor:
-        "Which of θ (`MarginalParams.LOG_NAMES`) the fit moves: all but ν_off/ν (unless `fit_nu_off`) and a tied initial law."
-        names = MarginalParams.LOG_NAMES
+        """Which of θ (`MarginalParams.THETA_NAMES`) the fit moves: all but ν_off/ν (unless `fit_nu_off`), a tied
+        initial law and the MS2 baseline (unless `fit_baseline`)."""
+        names = MarginalParams.THETA_NAMES
         free = torch.ones(len(names), dtype=torch.bool)
         free[names.index("nu_off_fraction")] = self.fit_nu_off
+        free[names.index("ms2_baseline")] = self.fit_baseline
         free[names.index("init_on_odds")] = not self.config.tied_initial
         return free
 
@@ -853,8 +878,9 @@ def summary(self: MarginalRadius) -> MarginalFit:
 # %% ../nbs/03b_marginal.ipynb #b71a0c02
 @dataclass(frozen=True)
 class MarginalUncertainty:
-    """Sandwich standard errors of the free log parameters (`se_log`, NaN where the Hessian is not negative definite)
-    and the `ci` Wald intervals they give in natural units (`lo`, `hi`), each [P] in `names` order."""
+    """Sandwich standard errors of the free entries of θ (`se_log`: of the log for `MarginalParams.LOG_NAMES`, of the
+    value itself for the MS2 baseline; NaN where the Hessian is not negative definite) and the `ci` Wald intervals they
+    give in natural units (`lo`, `hi`), each [P] in `names` order."""
 
     names: tuple
     estimate: np.ndarray
@@ -871,10 +897,11 @@ class MarginalUncertainty:
         return float(self.lo[i]), float(self.hi[i])
 
     def to_dict(self) -> dict:
-        "JSON-ready: {name: {estimate, lo, hi, se_log}} (NaN → None), the level and the method."
+        "JSON-ready: {name: {estimate, lo, hi, se_log (se for the baseline)}} (NaN → None), the level and the method."
         f = lambda x: float(x) if math.isfinite(x) else None
+        se_key = lambda n: "se" if n in MarginalParams.RAW_NAMES else "se_log"
         rows = {
-            n: dict(estimate=f(e), lo=f(a), hi=f(b), se_log=f(s))
+            n: {"estimate": f(e), "lo": f(a), "hi": f(b), se_key(n): f(s)}
             for n, e, a, b, s in zip(self.names, self.estimate, self.lo, self.hi, self.se_log)
         }
         return dict(parameters=rows, ci=self.ci, method=self.method)
@@ -924,15 +951,17 @@ def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> M
     V, H = _sandwich(self._data(arrays), theta, free)
     ok = np.isfinite(V).all()
     se = np.sqrt(np.clip(np.diag(V), 0, None)) if ok else np.full(int(free.sum()), np.nan)
-    names = tuple(n for n, f in zip(MarginalParams.LOG_NAMES, free.tolist()) if f)
+    names = tuple(n for n, f in zip(MarginalParams.THETA_NAMES, free.tolist()) if f)
     log_hat = theta[free].numpy()
+    raw = np.array([n in MarginalParams.RAW_NAMES for n in names])  # intervals on the value itself, not its log
     z = float(norm.ppf(0.5 + ci / 2))
     adjustment, path = 1.0, None
     if ok:  # r_c is θ[0], always free: the model-based variance of log r_c against the sandwich's
         adjustment = float(min(1.0, -np.linalg.inv(H)[0, 0] / V[0, 0])) if V[0, 0] > 0 else 1.0
         path = -np.linalg.solve(H[1:, 1:], H[1:, 0])
-    lo, hi = np.exp(log_hat - z * se), np.exp(log_hat + z * se)
-    return MarginalUncertainty(names, np.exp(log_hat), se, lo, hi, ci, adjustment=adjustment, profile_path=path)
+    to_natural = lambda x: np.where(raw, x, np.exp(x))
+    lo, hi = to_natural(log_hat - z * se), to_natural(log_hat + z * se)
+    return MarginalUncertainty(names, to_natural(log_hat), se, lo, hi, ci, adjustment=adjustment, profile_path=path)
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c31
 @dataclass(frozen=True)
@@ -1011,7 +1040,7 @@ def profile(
     free[0] = False
     path = torch.zeros_like(theta_hat)  # dθ/d log r_c along the linearised profile (zero where unknown)
     if unc.profile_path is not None:
-        idx = [MarginalParams.LOG_NAMES.index(n) for n in unc.names[1:]]
+        idx = [MarginalParams.THETA_NAMES.index(n) for n in unc.names[1:]]
         path[idx] = torch.as_tensor(unc.profile_path, dtype=path.dtype)
     x_hat, x_max = float(theta_hat[0]), math.log(max_ratio)
     se = unc.se_log[0]
@@ -1104,8 +1133,8 @@ def _refit(est: MarginalRadius, arrays: TraceArrays, sigma_loc_nm: float | None 
     theta0 = est.params_.to_log()
     free = est._free()
     for name, value in fixed.items():
-        i = MarginalParams.LOG_NAMES.index(name)
-        theta0[i], free[i] = math.log(value), False
+        i = MarginalParams.THETA_NAMES.index(name)
+        theta0[i], free[i] = MarginalParams.theta_value(name, value), False
     theta, _ = _lbfgs(data, theta0, free, max_iter)
     new._set_params(MarginalParams.from_log(theta))
     return new
@@ -1204,6 +1233,39 @@ def estimate_ms2_baseline(
     shift = level if abs(level) > min_shift_sd * sd else 0.0
     return MS2Baseline(level, sd / math.sqrt(len(v)), sd, len(v), shift, "auto")
 
+
+def _baseline_for_fit(
+    arrays: TraceArrays, ms2_baseline: float | str, t_rise_s: float, t_plateau_s: float, source
+) -> tuple[MS2Baseline, bool]:
+    """What `fit_marginal` does with the MS2 baseline: (the `MS2Baseline` read from `arrays`, whose `subtracted` is taken
+    out of the MS2 first; whether the fit then also fits what is left). `ms2_baseline`: "auto", "fit" or a value."""
+    if isinstance(ms2_baseline, str):
+        if ms2_baseline not in ("auto", "fit"):
+            raise ValueError(f"ms2_baseline must be 'auto', 'fit' or a finite number, got {ms2_baseline!r}")
+    elif not (isinstance(ms2_baseline, (int, float)) and math.isfinite(ms2_baseline)):
+        raise ValueError(f"ms2_baseline must be 'auto', 'fit' or a finite number, got {ms2_baseline!r}")
+    given = None if isinstance(ms2_baseline, str) else float(ms2_baseline)
+    try:
+        shift_sd = 0.0 if ms2_baseline == "fit" else 0.1
+        base = estimate_ms2_baseline(arrays, t_rise_s, t_plateau_s, min_shift_sd=shift_sd, given=given)
+    except ValueError as e:
+        if given is None:
+            raise ValueError(f"{source}: {e}") from None
+        return MS2Baseline(math.nan, math.nan, math.nan, 0, given, "given"), False
+    if ms2_baseline == "fit":
+        base = base._replace(method="fit")
+    return base, base.method == "fit" or (base.method == "auto" and base.subtracted != 0.0)
+
+
+def _baseline_result(base: MS2Baseline, est: MarginalRadius, unc: MarginalUncertainty) -> dict:
+    "fit.json's `ms2_baseline`: the read level, what was subtracted, and the model's baseline (subtracted + fitted rest)."
+    out = dict(base.to_dict(), fitted=est.fit_baseline, estimate=base.subtracted + est.ms2_baseline_)
+    lo, hi = unc.interval("ms2_baseline") if "ms2_baseline" in unc.names else (est.ms2_baseline_, est.ms2_baseline_)
+    out.update(
+        lo=base.subtracted + lo if math.isfinite(lo) else None, hi=base.subtracted + hi if math.isfinite(hi) else None
+    )
+    return out
+
 # %% ../nbs/03b_marginal.ipynb #5ta9e001
 FIT_STAGES = (
     "estimating σ_loc",
@@ -1252,7 +1314,7 @@ def fit_marginal(
     anchor: str = "smoothed",
     progress: bool = False,
     emission: str = "gaussian",
-    ms2_baseline: float | str = "auto",
+    ms2_baseline: float | str = "fit",
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
     σ_loc estimated when `sigma_loc_nm` is None (at the full frame rate), every k-th frame kept when the frames are too
@@ -1262,7 +1324,8 @@ def fit_marginal(
     radius is not identifiable. Returns the result as a strict-JSON dict; `result["posterior"]` is not in it (see
     `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`). `progress`: a bar on stderr
     naming the stage (a fit takes minutes). `emission`: "gaussian" or "counts" (`MarginalRadius`). `ms2_baseline`:
-    "auto" (the OFF level read by `estimate_ms2_baseline`, subtracted when it is not negligible) or a value to subtract."""
+    "fit" (the OFF level read by `estimate_ms2_baseline` is subtracted and what is left is fitted with the model),
+    "auto" (so only where the level read exceeds 0.1 of the OFF noise, else held at 0) or a value to subtract (held)."""
     tracks_path = source
     bar = StageProgress(FIT_STAGES, "fit-radius", disable=not progress)
     try:  # the bar is cleared however the fit ends (a verdict is an exception)
@@ -1273,22 +1336,9 @@ def fit_marginal(
             raise ValueError(
                 f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)"
             )
-        if ms2_baseline != "auto" and not (isinstance(ms2_baseline, (int, float)) and math.isfinite(ms2_baseline)):
-            raise ValueError(f"ms2_baseline must be 'auto' or a finite number, got {ms2_baseline!r}")
-        try:
-            given = None if ms2_baseline == "auto" else float(ms2_baseline)
-            base = estimate_ms2_baseline(arrays, t_rise_s, t_plateau_s, given=given)
-        except ValueError as e:
-            if ms2_baseline == "auto":
-                raise ValueError(f"{tracks_path}: {e}") from None
-            base = MS2Baseline(math.nan, math.nan, math.nan, 0, float(ms2_baseline), "given")
+        base, fit_baseline = _baseline_for_fit(arrays, ms2_baseline, t_rise_s, t_plateau_s, tracks_path)
         if base.subtracted != 0.0:
             arrays = arrays.replace(ms2=arrays.ms2 - base.subtracted)
-            if base.method == "auto":
-                warnings.append(
-                    f"MS2 carries a baseline of {base.level:.3g} (OFF frames, ± {base.se:.2g}); it was subtracted "
-                    "before the fit (--ms2-baseline 0 keeps the MS2 as it is)"
-                )
         sigma = None
         if sigma_loc_nm is None:
             bar.stage("estimating σ_loc")
@@ -1314,7 +1364,7 @@ def fit_marginal(
             arrays = decimate(arrays, step)
         kw["anchor"] = anchor
         est = MarginalRadius(
-            sigma_loc_nm=s_hat, max_iter=max_iter, **kw
+            sigma_loc_nm=s_hat, max_iter=max_iter, fit_baseline=fit_baseline, **kw
         )  # a bad setting is a ValueError, not a verdict
         bar.stage("fitting")
         try:
@@ -1345,6 +1395,12 @@ def fit_marginal(
                 f"{tracks_path}: the contact radius is not identifiable from these data: " + "; ".join(guard.reasons)
             )
         lo, hi = prof.lo_nm, prof.hi_nm
+        baseline = _baseline_result(base, est, unc)
+        if abs(baseline["estimate"]) > 0.1 * base.sd_off:  # not background-subtracted: say what was taken out
+            warnings.append(
+                f"MS2 carries a baseline of {baseline['estimate']:.4g} [{baseline['lo']:.4g}, {baseline['hi']:.4g}] "
+                "(read from the OFF frames, fitted with the model): it was taken out (--ms2-baseline 0 holds it at 0)"
+            )
         r_at_sigma = {}
         if (
             sigma is not None
@@ -1367,7 +1423,7 @@ def fit_marginal(
             "tracks": str(source),
             "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
             "emission": emission,
-            "ms2_baseline": base.to_dict(),
+            "ms2_baseline": baseline,
             "state_from": "none",
             "n_traces": arrays.n_traces,
             "n_frames": n_frames_file,
