@@ -1196,7 +1196,7 @@ class MS2Baseline(NamedTuple):
 
     def to_dict(self) -> dict:
         "JSON-ready (NaN → None)."
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
+        return core.strict_json(self._asdict())
 
 
 def estimate_ms2_baseline(
@@ -1259,12 +1259,10 @@ def _baseline_for_fit(
 
 def _baseline_result(base: MS2Baseline, est: MarginalRadius, unc: MarginalUncertainty) -> dict:
     "fit.json's `ms2_baseline`: the read level, what was subtracted, and the model's baseline (subtracted + fitted rest)."
-    out = dict(base.to_dict(), fitted=est.fit_baseline, estimate=base.subtracted + est.ms2_baseline_)
     lo, hi = unc.interval("ms2_baseline") if "ms2_baseline" in unc.names else (est.ms2_baseline_, est.ms2_baseline_)
-    out.update(
-        lo=base.subtracted + lo if math.isfinite(lo) else None, hi=base.subtracted + hi if math.isfinite(hi) else None
-    )
-    return out
+    shift = base.subtracted
+    fitted = dict(fitted=est.fit_baseline, estimate=shift + est.ms2_baseline_, lo=shift + lo, hi=shift + hi)
+    return core.strict_json({**base._asdict(), **fitted})
 
 # %% ../nbs/03b_marginal.ipynb #5ta9e001
 FIT_STAGES = (
@@ -1396,10 +1394,11 @@ def fit_marginal(
             )
         lo, hi = prof.lo_nm, prof.hi_nm
         baseline = _baseline_result(base, est, unc)
-        if abs(baseline["estimate"]) > 0.1 * base.sd_off:  # not background-subtracted: say what was taken out
+        if fit_baseline and abs(baseline["estimate"]) > 0.1 * base.sd_off:  # not background-subtracted: say so
+            interval = "" if baseline["lo"] is None else f" [{baseline['lo']:.4g}, {baseline['hi']:.4g}]"
             warnings.append(
-                f"MS2 carries a baseline of {baseline['estimate']:.4g} [{baseline['lo']:.4g}, {baseline['hi']:.4g}] "
-                "(read from the OFF frames, fitted with the model): it was taken out (--ms2-baseline 0 holds it at 0)"
+                f"MS2 carries a baseline of {baseline['estimate']:.4g}{interval} (read from the OFF frames, fitted with "
+                "the model): it was taken out (--ms2-baseline 0 holds it at 0)"
             )
         r_at_sigma = {}
         if (
