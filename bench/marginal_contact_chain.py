@@ -53,7 +53,7 @@ def contact_loglik(data, theta: torch.Tensor, rho_logit: torch.Tensor) -> torch.
     alpha = log_pi[bits[:, -1].long()] + init @ torch.as_tensor(cs.step_counts).T
     alpha = alpha + torch.where(data.y_obs[:, :1], _state_frame_logpdf(data, theta, data.y[:, :1]), 0.0)
     coef, _, target = _transition_tables(data, theta, logp)
-    coef_emission = coef[: data.features.shape[-1]]
+    coef_emission = coef[0, : data.features.shape[-1]]
     N = cs.n_states
     step = (2 * bits[:, :1].long() + torch.arange(2)).reshape(-1)  # [2N]: 2·s_{t−1} + s_t
     kdt, odt = theta[1].exp() * data.dt_s, theta[2].exp() * data.dt_s

@@ -107,6 +107,8 @@ def test_row6_fit_radius_out_folder_or_foreign_file_is_refused_before_the_fit(us
         (["--bridge-anchor", "kalman"], "argument --bridge-anchor: invalid choice"),
         (["--ms2-baseline", "none"], "argument --ms2-baseline: expected a number, got 'none'"),
         (["--ms2-baseline", "inf"], "argument --ms2-baseline: expected a finite number"),
+        (["--bleaching", "fast"], "argument --bleaching: expected a number, got 'fast'"),
+        (["--bleaching", "nan"], "argument --bleaching: expected a finite number"),
     ],
 )
 def test_row6_bad_option_values_are_usage_errors(user, capsys, no_fit, option, message):

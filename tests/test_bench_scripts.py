@@ -22,10 +22,13 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     check = _load("check_marginal_radius")
     cells = check.grid_cells()
     assert len(cells) == 4 * 3 * 3 * 2 and len({(name, seed) for name, _, seed in cells}) == len(cells)
-    ran, given, emissions, baselines = [], [], [], []
+    ran, given, emissions, baselines, bleachings = [], [], [], [], []
 
-    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False, emission="gaussian", ms2_baseline="fit"):
+    def fake_cell(
+        name, changes, n, frames, seed, sigma_loc_given=False, emission="gaussian", ms2_baseline="fit", bleaching="auto"
+    ):
         ran.append((name, seed))
+        bleachings.append(bleaching)
         given.append(sigma_loc_given)
         emissions.append(emission)
         baselines.append(ms2_baseline)
@@ -55,7 +58,9 @@ def test_marginal_grid_cells_filters_and_resumes(tmp_path, monkeypatch):
     check.main(["--cells", "grid", "--regimes", "fast", "--seeds", "103", "--radii", "60", "--emission", "counts"])
     assert len(ran) == 3 and emissions[-3:] == ["counts"] * 3 and set(baselines) == {"fit"}
     check.main(["--cells", "grid", "--regimes", "fast", "--seeds", "103", "--radii", "100", "--ms2-baseline", "0"])
-    assert baselines[-3:] == [0.0] * 3
+    assert baselines[-3:] == [0.0] * 3 and set(bleachings) == {"auto"}
+    check.main(["--cells", "grid", "--regimes", "fast", "--seeds", "103", "--radii", "150", "--bleaching", "fit"])
+    assert bleachings[-3:] == ["fit"] * 3
 
 
 def test_marginal_rows_are_read_once_per_cell(tmp_path):
@@ -146,7 +151,7 @@ def test_frame_interval_cells_are_picked_and_fast_switching(tmp_path, monkeypatc
     check = _load("check_marginal_radius")
     ran = []
 
-    def fake_cell(name, changes, n, frames, seed, sigma_loc_given=False, emission="gaussian", ms2_baseline="fit"):
+    def fake_cell(name, changes, n, frames, seed, **options):
         ran.append((name, changes, seed))
         return dict(
             cell=name, seed=seed, r_c_true=150.0, sigma_loc_true=20.0, truth_state_mle=150.0, r_c=150.0, covered=True

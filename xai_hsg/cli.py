@@ -93,6 +93,11 @@ def _ms2_baseline(text: str) -> float | str:
     return text if text in ("auto", "fit") else _number(float)(text)
 
 
+def _bleaching(text: str) -> float | str:
+    "`--bleaching`: 'auto', 'fit' or a finite decay rate of the MS2 amplitude (1/h) to hold."
+    return text if text in ("auto", "fit") else _number(float)(text)
+
+
 def _n_boot(text: str) -> int:
     "`--n-boot`: 0 (no interval) or at least `radius.MIN_BOOT` resamples."
     from .radius import MIN_BOOT
@@ -252,6 +257,7 @@ def _fit_radius_marginal(args) -> int:
         emission_order=args.emission_order,
         emission=args.emission,
         ms2_baseline=args.ms2_baseline,
+        bleaching=args.bleaching,
         seed=args.seed,
         dt_s=args.dt,
         sanity=not args.no_sanity,
@@ -451,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="marginal model: the MS2 level with no Pol II on the gene. fit (default): read from the frames called OFF "
         "over a whole kernel window, taken out, and what is left fitted with the model; auto: so only when the level "
         "read exceeds 0.1 of their noise, else held at 0; a value: subtracted and held (0: the MS2 as it is)",
+    )
+    p.add_argument(
+        "--bleaching",
+        type=_bleaching,
+        default="auto",
+        help="marginal model: the decay rate of the MS2 amplitude over the frames, exp(-rate * t), per hour "
+        "(photobleaching). auto (default): held at 0 unless a score test finds the amplitude changing (|z| > 3), then "
+        "fitted; fit: always fitted; a value: held there (0: no decay)",
     )
     p.add_argument(
         "--bridge-anchor",

@@ -31,13 +31,13 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'FIT_STAGES', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames', 'kernel_weights',
-           'CompoundStates', 'compound_states', 'CountStates', 'count_states', 'MarginalParams', 'MarginalConfig',
-           'decimate', 'MarginalData', 'trace_chunks', 'interval_gate', 'emission_features', 'emission_moments',
-           'emission_coefficients', 'marginal_loglik', 'posterior_compound', 'counts_loglik', 'initial_params',
-           'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty',
-           'ProfileInterval', 'marginal_identifiability', 'write_states', 'MS2Baseline', 'estimate_ms2_baseline',
-           'StageProgress', 'fit_marginal', 'fit_radius_marginal']
+__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'BLEACH_Z', 'FIT_STAGES', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames',
+           'kernel_weights', 'CompoundStates', 'compound_states', 'CountStates', 'count_states', 'MarginalParams',
+           'MarginalConfig', 'decimate', 'MarginalData', 'trace_chunks', 'interval_gate', 'emission_features',
+           'frame_decay', 'emission_moments', 'emission_coefficients', 'marginal_loglik', 'posterior_compound',
+           'counts_loglik', 'initial_params', 'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates',
+           'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability', 'write_states', 'MS2Baseline',
+           'estimate_ms2_baseline', 'bleach_score_z', 'StageProgress', 'fit_marginal', 'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -193,6 +193,9 @@ class MarginalParams:
     nu_off_fraction: float = 1e-9  # ν_off/ν: loading while OFF relative to ON
     init_on_odds: float = 1.0  # P(ON)/P(OFF) of the first window's oldest interval (unless tied to contact)
     ms2_baseline: float = 0.0  # MS2 with no Pol II on the gene (any sign)
+    bleach_rate_per_h: float = (
+        0.0  # β: the MS2 amplitude decays as exp(−β·t), t from frame 0 (photobleaching; any sign)
+    )
 
     LOG_NAMES = (
         "r_c_nm",
@@ -204,7 +207,7 @@ class MarginalParams:
         "nu_off_fraction",
         "init_on_odds",
     )
-    RAW_NAMES = ("ms2_baseline",)  # θ holds these as they are, after the logs
+    RAW_NAMES = ("ms2_baseline", "bleach_rate_per_h")  # θ holds these as they are, after the logs
     THETA_NAMES = LOG_NAMES + RAW_NAMES
 
     def __post_init__(self):
@@ -215,7 +218,7 @@ class MarginalParams:
             raise ValueError(f"MarginalParams: {list(self.RAW_NAMES)} must be finite")
 
     def to_log(self) -> torch.Tensor:
-        "θ, float64 [9]: the log of every `LOG_NAMES` parameter, then the `RAW_NAMES` ones as they are."
+        "θ, float64 [10]: the log of every `LOG_NAMES` parameter, then the `RAW_NAMES` ones as they are."
         logs = [math.log(getattr(self, n)) for n in self.LOG_NAMES]
         return torch.tensor(logs + [getattr(self, n) for n in self.RAW_NAMES], dtype=torch.float64)
 
@@ -247,7 +250,8 @@ class MarginalConfig:
     """What the likelihood does not fit: the MS2 kernel (s), the emission (`"gaussian"`: moment-matched, each frame
     conditioned on the p frames before it, p = the emission's order (0: independent frames; None: from the kernel,
     `order_for`), with the compound window W and its truncation; `"counts"`: the loading counts in the compound state,
-    exact for sparse loadings, up to `max_count` per interval)."""
+    exact for sparse loadings, up to `max_count` per interval). `signal_decay`: the MS2 amplitude decays over the frames
+    (photobleaching, `MarginalParams.bleach_rate_per_h`); the emission then depends on the frame."""
 
     t_rise_s: float = 120.0
     t_plateau_s: float = 240.0
@@ -258,6 +262,7 @@ class MarginalConfig:
     tied_initial: bool = False  # True: the initial state from the contact chain's stationary law (r_c, k_on, k_off)
     emission: str = "gaussian"  # "gaussian" | "counts"
     max_count: int = 2  # counts: the last level holds n >= max_count
+    signal_decay: bool = False  # the emission reads the bleach rate β (θ's last entry); False: β must be 0
 
     def __post_init__(self):
         if not (self.t_rise_s > 0 and self.t_plateau_s >= 0):
@@ -353,6 +358,7 @@ class MarginalData(NamedTuple):
     states: CompoundStates | CountStates
     emission_order: int
     tied_initial: bool
+    decay: bool = False  # the emission reads the bleach rate (`MarginalConfig.signal_decay`)
 
     @classmethod
     def from_arrays(cls, arrays: TraceArrays, sigma_loc_nm: float, cfg: MarginalConfig, **terms_kw) -> MarginalData:
@@ -365,7 +371,7 @@ class MarginalData(NamedTuple):
         y, y_obs = torch.as_tensor(np.where(ok, ms2, 0.0), dtype=torch.float64), torch.as_tensor(ok)
         p = cfg.order_for(arrays.dt_s)
         feats = emission_features(y, y_obs, p)
-        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, p, cfg.tied_initial)
+        return cls(terms, y, y_obs, feats, float(arrays.dt_s), kw, cs, p, cfg.tied_initial, cfg.signal_decay)
 
     def subset(self, idx) -> MarginalData:
         "The traces `idx` (a 1-D index tensor or array)."
@@ -430,9 +436,23 @@ def _normal_logpdf(y, mean, var):
     return -0.5 * (_LOG2PI + torch.log(var) + (y - mean) ** 2 / var)
 
 # %% ../nbs/03b_marginal.ipynb #7c3d9e41
+def frame_decay(data: MarginalData, theta: torch.Tensor) -> torch.Tensor:
+    """The MS2 amplitude's factor exp(−β·t) of every frame [T] (β = θ's `bleach_rate_per_h`, t = frame index × Δt);
+    [1] (one) when `data.decay` is off, where β must be 0."""
+    if not data.decay:
+        if float(theta[9].detach()) != 0.0:
+            raise ValueError(
+                "θ carries a bleach rate, but the data were built without MarginalConfig(signal_decay=True)"
+            )
+        return theta.new_ones(1)
+    t_h = torch.arange(data.y.shape[1], dtype=theta.dtype) * (data.dt_s / 3600.0)
+    return torch.exp(-theta[9] * t_h)
+
+
 def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean [N, 2, p + 1] and covariance [N, 2, p + 1, p + 1] of the frames (y_t, y_{t−1}, …, y_{t−p}) on each step
-    from kept state c (at t − 1) with new bit s_t: the path s_t, then the W bits of c (s_{t−1} .. s_{t−W})."""
+    """Mean [T', N, 2, p + 1] and covariance [T', N, 2, p + 1, p + 1] of the frames (y_t, y_{t−1}, …, y_{t−p}) on each
+    step from kept state c (at t − 1) with new bit s_t: the path s_t, then the W bits of c (s_{t−1} .. s_{t−W}). Frame
+    t−j's Pol II signal is scaled by its `frame_decay` b_{t−j}: T' = T − 1 (t = 1..T−1) with `data.decay`, else 1."""
     a, A, sigma, f = theta[3:7].exp()
     bits = torch.as_tensor(data.states.bits)
     N, W = bits.shape
@@ -442,17 +462,26 @@ def emission_moments(data: MarginalData, theta: torch.Tensor) -> tuple[torch.Ten
     kw, p, L = data.kernel, data.emission_order, data.kernel.n_lags
     level = lambda x, j: w[..., j : j + L] @ torch.as_tensor(x)  # Σ_l x_l·w_{t−j−l}
     scale = a * data.dt_s
-    mean = torch.stack([scale * level(kw.kappa, j) for j in range(p + 1)], -1) + theta[8]  # + the MS2 baseline
-    cov = [[None] * (p + 1) for _ in range(p + 1)]
+    signal = torch.stack([scale * level(kw.kappa, j) for j in range(p + 1)], -1)  # [N, 2, p + 1]
+    cov = [[None] * (p + 1) for _ in range(p + 1)]  # of the Pol II signal (the loadings' Poisson noise)
     for i in range(p + 1):
-        cov[i][i] = sigma**2 + A * scale * level(kw.kappa2, i)
+        cov[i][i] = A * scale * level(kw.kappa2, i)
         for j in range(i + 1, p + 1):
             cov[i][j] = cov[j][i] = A * scale * level(kw.cross[j - i - 1], j)
-    return mean, torch.stack([torch.stack(row, -1) for row in cov], -2)
+    cov = torch.stack([torch.stack(row, -1) for row in cov], -2)
+    b = frame_decay(data, theta)
+    if data.decay:  # b_{t−j} for t = 1..T−1, j = 0..p (frames before 0 are never conditioned on)
+        b = b[(torch.arange(1, len(b))[:, None] - torch.arange(p + 1)).clamp_min(0)]
+    else:
+        b = b.expand(1, p + 1)
+    b = b[:, None, None, :]  # [T', 1, 1, p + 1]
+    mean = b * signal + theta[8]  # + the MS2 baseline
+    noise = sigma**2 * torch.eye(p + 1, dtype=theta.dtype)
+    return mean, b[..., :, None] * b[..., None, :] * cov + noise
 
 
 def emission_coefficients(data: MarginalData, theta: torch.Tensor) -> torch.Tensor:
-    "Per step (c, s_t), the coefficients of `emission_features` in log p(y_t | y_{t−1..t−q}, c, s_t): [F, N, 2]."
+    "Per step (c, s_t), the coefficients of `emission_features` in log p(y_t | y_{t−1..t−q}, c, s_t): [F, T', N, 2]."
     mean, S = emission_moments(data, theta)
     out = []
     for q in range(data.emission_order + 1):
@@ -490,7 +519,8 @@ def _initial_log_pi(data: MarginalData, theta: torch.Tensor, tied: torch.Tensor)
 # %% ../nbs/03b_marginal.ipynb #6736342f
 def _transition_tables(data: MarginalData, theta: torch.Tensor, logp: torch.Tensor):
     """What one forward step needs, per step e = 2c + s from kept state c with new bit s (2N of them): the coefficients
-    of the data features and of the four step log-probabilities [F + 4, 2N] (so that features·coefficients is
+    of the data features and of the four step log-probabilities [T', F + 4, 2N] (T' = T − 1 frames with
+    `data.decay`, else 1 for all; so that features·coefficients is
     log[P(s_t | s_{t−1})·p(y_t | y_{t−1..t−q}, c, s_t)]), the features with the step log-probabilities appended
     [B, T−1, F + 4], and the state each step lands on [2N]."""
     cs = data.states
@@ -498,7 +528,9 @@ def _transition_tables(data: MarginalData, theta: torch.Tensor, logp: torch.Tens
     bits = torch.as_tensor(cs.bits)
     step = (2 * bits[:, :1].long() + torch.arange(2)).reshape(-1)  # [2N] index 2·s_{t−1} + s_t
     one_hot = torch.nn.functional.one_hot(step, 4).T.to(theta.dtype)  # [4, 2N]
-    coef = torch.cat([emission_coefficients(data, theta).reshape(-1, 2 * N), one_hot])
+    emission = emission_coefficients(data, theta)  # [F, T', N, 2]
+    emission = emission.movedim(1, 0).reshape(emission.shape[1], -1, 2 * N)
+    coef = torch.cat([emission, one_hot.expand(len(emission), 4, 2 * N)], 1)
     feats = torch.cat([data.features, logp], -1)
     return coef, feats, torch.as_tensor(cs.succ).reshape(-1)
 
@@ -517,7 +549,7 @@ def _state_frame_logpdf(data: MarginalData, theta: torch.Tensor, y0: torch.Tenso
 def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
     """log p(MS2 | distances, θ) per trace [B], summed over the promoter paths by the forward algorithm (all of them,
     or with `max_switches` the kept compound states and merged steps: see "Truncation").
-    `theta`: float64 [9], `MarginalParams.to_log` (logs, then the MS2 baseline). `potentials` [B, T, N] (zeros) are added to α_t:
+    `theta`: float64 [10], `MarginalParams.to_log` (logs, then the MS2 baseline and the bleach rate). `potentials` [B, T, N] (zeros) are added to α_t:
     their gradient is the posterior of the compound states (`posterior_compound`). With `CountStates` (emission
     "counts") this is `counts_loglik`."""
     if isinstance(data.states, CountStates):
@@ -535,8 +567,9 @@ def marginal_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.T
     coef, feats, target = _transition_tables(data, theta, logp)
     B, N = alpha.shape
     source = torch.arange(N).repeat_interleave(2)  # step e = 2c + s leaves state c
+    coefs = coef.unbind(0)  # one per frame with a decaying signal, else one for all
     for t, x in enumerate(feats.unbind(1), 1):  # one step's transitions at a time: no [B, T, 2N] tensor
-        a = alpha.index_select(1, source) + x @ coef  # [B, 2N]
+        a = alpha.index_select(1, source) + x @ coefs[min(t, len(coefs)) - 1]  # [B, 2N]
         # log Σ over the steps landing on each state; the max (a constant for the gradient) keeps exp in range
         top = alpha.new_full((B, N), -math.inf).scatter_reduce(1, target.expand(B, -1), a, "amax").detach()
         top = torch.where(torch.isfinite(top), top, 0.0)
@@ -585,7 +618,8 @@ def counts_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Ten
     levels, level_mean = _count_level_logprobs(theta, data)
     n = level_mean[torch.as_tensor(cs.counts, dtype=torch.long)]  # [C^L, L] counts, the tail at its mean
     kappa, kappa2 = torch.as_tensor(kw.kappa), torch.as_tensor(kw.kappa2)
-    mean, var = theta[8] + A * n @ kappa, sigma**2 + A**2 * n @ (kappa2 - kappa**2)
+    signal, poisson = A * n @ kappa, A**2 * n @ (kappa2 - kappa**2)  # [C^L] Pol II signal and its variance at b = 1
+    b = frame_decay(data, theta)
     g = interval_gate(data, theta[0])
     logp, init, log_pi = _step_logp(theta, g, data.dt_s)
     log_pi = _initial_log_pi(data, theta, log_pi)
@@ -601,7 +635,8 @@ def counts_loglik(data: MarginalData, theta: torch.Tensor, potentials: torch.Ten
         return torch.full(shape, -1e300, dtype=torch.float64)
 
     def emit(t):
-        e = _normal_logpdf(data.y[:, t, None], mean, var)  # [B, C^L]
+        bt = b[min(t, len(b) - 1)]
+        e = _normal_logpdf(data.y[:, t, None], theta[8] + bt * signal, sigma**2 + bt**2 * poisson)  # [B, C^L]
         return torch.where(data.y_obs[:, t, None], e, 0.0)[:, None, :]
 
     alpha = torch.cat([log_pi[..., None], alpha_floor(B, 2, C**L - 1)], -1)  # no counts before the chain starts
@@ -686,6 +721,11 @@ class MarginalFit:
         return dict(asdict(self), params=self.params.to_dict(), start=self.start.to_dict())
 
 # %% ../nbs/03b_marginal.ipynb #1b90c035
+def _finite_number(x) -> bool:
+    "A real number (not a bool, not NaN or ±∞)."
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class MarginalRadius:
     """Contact radius from E–P distances and MS2 alone: maximum likelihood of the contact-gated compound-state HMM
     with the promoter state summed out (`marginal_loglik`), scikit-learn style.
@@ -706,7 +746,10 @@ class MarginalRadius:
     with the default kernel, `MarginalConfig.frame_step`).
 
     `fit_baseline`: also fit the MS2 baseline (the level with no Pol II on the gene; `ms2_baseline_`), from the
-    `start`'s value (0 by default); otherwise it is held there (see "The MS2 baseline")."""
+    `start`'s value (0 by default); otherwise it is held there (see "The MS2 baseline").
+
+    `bleach_rate_per_h`: the decay rate β of the MS2 amplitude, exp(−β·t) from frame 0 (photobleaching; see "A
+    decaying signal"): a number holds it there (0, the default: no decay), "fit" fits it (from 0)."""
 
     def __init__(
         self,
@@ -725,11 +768,15 @@ class MarginalRadius:
         emission: str = "gaussian",
         max_count: int = 2,
         fit_baseline: bool = False,
+        bleach_rate_per_h: float | str = 0.0,
     ):
         if sigma_loc_nm < 0:
             raise ValueError(f"sigma_loc_nm must be >= 0, got {sigma_loc_nm}")
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        if not (bleach_rate_per_h == "fit" or _finite_number(bleach_rate_per_h)):
+            raise ValueError(f"bleach_rate_per_h must be 'fit' or a finite number (1/h), got {bleach_rate_per_h!r}")
+        self.bleach_rate_per_h, self.fit_bleaching = bleach_rate_per_h, bleach_rate_per_h == "fit"
         self.config = MarginalConfig(
             t_rise_s,
             t_plateau_s,
@@ -739,6 +786,7 @@ class MarginalRadius:
             tied_initial=tied_initial,
             emission=emission,
             max_count=max_count,
+            signal_decay=self.fit_bleaching or float(bleach_rate_per_h) != 0.0,
         )
         self.sigma_loc_nm, self.fit_nu_off, self.max_iter = sigma_loc_nm, fit_nu_off, max_iter
         self.fit_baseline = bool(fit_baseline)
@@ -753,11 +801,12 @@ class MarginalRadius:
 
     def _free(self) -> torch.Tensor:
         """Which of θ (`MarginalParams.THETA_NAMES`) the fit moves: all but ν_off/ν (unless `fit_nu_off`), a tied
-        initial law and the MS2 baseline (unless `fit_baseline`)."""
+        initial law, the MS2 baseline (unless `fit_baseline`) and the bleach rate (unless it is "fit")."""
         names = MarginalParams.THETA_NAMES
         free = torch.ones(len(names), dtype=torch.bool)
         free[names.index("nu_off_fraction")] = self.fit_nu_off
         free[names.index("ms2_baseline")] = self.fit_baseline
+        free[names.index("bleach_rate_per_h")] = self.fit_bleaching
         free[names.index("init_on_odds")] = not self.config.tied_initial
         return free
 
@@ -813,7 +862,13 @@ def fit(self: MarginalRadius, arrays: TraceArrays) -> MarginalRadius:
     "Fit all free parameters to `arrays` (see the class docstring)."
     t0 = time.perf_counter()
     data = self._data(arrays)
-    self.start_ = self.start or scan_radius_start(data, arrays, initial_params(arrays, self.sigma_loc_nm, data.kernel))
+    start = self.start
+    if start is None:
+        start = initial_params(arrays, self.sigma_loc_nm, data.kernel)
+        if not self.fit_bleaching:  # a held rate (fitted: from 0)
+            start = replace(start, bleach_rate_per_h=float(self.bleach_rate_per_h))
+        start = scan_radius_start(data, arrays, start)
+    self.start_ = start
     free = self._free()
     theta, self.n_evals_ = _lbfgs(data, self.start_.to_log(), free, self.max_iter)
     self._set_params(MarginalParams.from_log(theta))
@@ -1264,10 +1319,49 @@ def _baseline_result(base: MS2Baseline, est: MarginalRadius, unc: MarginalUncert
     fitted = dict(fitted=est.fit_baseline, estimate=shift + est.ms2_baseline_, lo=shift + lo, hi=shift + hi)
     return core.strict_json({**base._asdict(), **fitted})
 
+# %% ../nbs/03b_marginal.ipynb #c0a7e112
+BLEACH_Z = 3.0  # |z| of the decay's score test above which bleaching="auto" fits the decay rate
+
+
+def bleach_score_z(est: MarginalRadius, arrays: TraceArrays, h: float = 1e-3) -> float:
+    """The score test of a decaying MS2 amplitude on a fit with the decay rate held at 0 (see above): z of the summed
+    per-trace derivatives in β (central differences of step `h` per hour) against their spread over traces."""
+    if est.fit_bleaching or est.bleach_rate_per_h != 0.0:
+        raise ValueError("the score test is of a fit with the decay rate held at 0")
+    cfg = replace(est.config, signal_decay=True)
+    data = MarginalData.from_arrays(arrays, est.sigma_loc_nm, cfg, use_vectors=est.use_vectors, anchor=est.anchor)
+    theta = est._theta()
+    step = torch.zeros_like(theta)
+    step[MarginalParams.THETA_NAMES.index("bleach_rate_per_h")] = h
+    with torch.no_grad():
+        ll = lambda th: torch.cat([marginal_loglik(part, th) for part in trace_chunks(data)])
+        s = ((ll(theta + step) - ll(theta - step)) / (2 * h)).numpy()
+    B = len(s)
+    spread = math.sqrt(B / max(B - 1, 1) * float((s**2).sum()))
+    return float(s.sum() / spread) if spread > 0 else 0.0
+
+
+def _bleaching_result(est: MarginalRadius, unc: MarginalUncertainty, score_z: float, mode: float | str) -> dict:
+    "fit.json's `bleaching`: how it was set, the score test at β = 0, and the rate (1/h) with its interval when fitted."
+    rate = est.bleach_rate_per_h_
+    lo, hi = unc.interval("bleach_rate_per_h") if "bleach_rate_per_h" in unc.names else (rate, rate)
+    return core.strict_json(
+        dict(
+            mode=mode if isinstance(mode, str) else "held",
+            score_z=score_z,
+            fitted=est.fit_bleaching,
+            rate_per_h=rate,
+            lo=lo,
+            hi=hi,
+            half_life_h=math.log(2) / rate if rate > 0 else math.nan,
+        )
+    )
+
 # %% ../nbs/03b_marginal.ipynb #5ta9e001
 FIT_STAGES = (
     "estimating σ_loc",
     "fitting",
+    "signal decay",
     "sandwich intervals",
     "profile interval of r_c",
     "posterior states",
@@ -1313,6 +1407,7 @@ def fit_marginal(
     progress: bool = False,
     emission: str = "gaussian",
     ms2_baseline: float | str = "fit",
+    bleaching: float | str = "auto",
 ) -> dict:
     """The whole marginal fit of `fit-radius` on `arrays` (distances, optional vectors, `ms2`; no state read):
     σ_loc estimated when `sigma_loc_nm` is None (at the full frame rate), every k-th frame kept when the frames are too
@@ -1323,7 +1418,10 @@ def fit_marginal(
     `states_out`). `anchor`: where the contact bridges are anchored (`MarginalRadius`). `progress`: a bar on stderr
     naming the stage (a fit takes minutes). `emission`: "gaussian" or "counts" (`MarginalRadius`). `ms2_baseline`:
     "fit" (the OFF level read by `estimate_ms2_baseline` is subtracted and what is left is fitted with the model),
-    "auto" (so only where the level read exceeds 0.1 of the OFF noise, else held at 0) or a value to subtract (held)."""
+    "auto" (so only where the level read exceeds 0.1 of the OFF noise, else held at 0) or a value to subtract (held).
+    `bleaching`: the decay rate of the MS2 amplitude (1/h, `MarginalRadius`): "auto" (held at 0 unless its score test
+    says the amplitude changes over the frames, |z| > `BLEACH_Z`; then fitted), "fit", or a value held (0: no decay,
+    the score test still reported)."""
     tracks_path = source
     bar = StageProgress(FIT_STAGES, "fit-radius", disable=not progress)
     try:  # the bar is cleared however the fit ends (a verdict is an exception)
@@ -1334,6 +1432,8 @@ def fit_marginal(
             raise ValueError(
                 f"{tracks_path}: no 'ms2' column: the marginal model reads MS2 (or use --state-from truth)"
             )
+        if not (bleaching in ("auto", "fit") or _finite_number(bleaching)):
+            raise ValueError(f"bleaching must be 'auto', 'fit' or a finite number (1/h), got {bleaching!r}")
         base, fit_baseline = _baseline_for_fit(arrays, ms2_baseline, t_rise_s, t_plateau_s, tracks_path)
         if base.subtracted != 0.0:
             arrays = arrays.replace(ms2=arrays.ms2 - base.subtracted)
@@ -1361,12 +1461,19 @@ def fit_marginal(
             )
             arrays = decimate(arrays, step)
         kw["anchor"] = anchor
+        kw.update(sigma_loc_nm=s_hat, max_iter=max_iter, fit_baseline=fit_baseline)
         est = MarginalRadius(
-            sigma_loc_nm=s_hat, max_iter=max_iter, fit_baseline=fit_baseline, **kw
+            bleach_rate_per_h=0.0 if bleaching == "auto" else bleaching, **kw
         )  # a bad setting is a ValueError, not a verdict
         bar.stage("fitting")
         try:
             est.fit(arrays)
+            score_z = math.nan
+            if not est.fit_bleaching and est.bleach_rate_per_h == 0.0:
+                bar.stage("signal decay")
+                score_z = bleach_score_z(est, arrays)
+                if bleaching == "auto" and abs(score_z) > BLEACH_Z:  # the amplitude changes: fit its rate (warm start)
+                    est = MarginalRadius(bleach_rate_per_h="fit", start=est.params_, **kw).fit(arrays)
         except ValueError as e:  # what the data leave undetermined (e.g. no usable start), named as a verdict
             raise DegenerateFitError(f"{tracks_path}: the contact radius cannot be fitted to these data: {e}") from None
         if anchor == "smoothed" and est.anchor_ == "observed" and not arrays.has_vectors and s_hat > 0:
@@ -1394,6 +1501,17 @@ def fit_marginal(
             )
         lo, hi = prof.lo_nm, prof.hi_nm
         baseline = _baseline_result(base, est, unc)
+        decay = _bleaching_result(est, unc, score_z, bleaching)
+        if decay["fitted"] and decay["lo"] is not None and (decay["lo"] > 0 or decay["hi"] < 0):
+            warnings.append(
+                f"the MS2 amplitude changes over the frames (photobleaching?): a decay rate of {decay['rate_per_h']:.3g} "
+                f"[{decay['lo']:.3g}, {decay['hi']:.3g}] per hour was fitted with the model (--bleaching 0 holds it at 0)"
+            )
+        elif not decay["fitted"] and abs(score_z) > BLEACH_Z:
+            warnings.append(
+                f"the MS2 amplitude seems to change over the frames (score test of a decay rate: z = {score_z:.3g}); "
+                "if the signal bleaches, rerun with --bleaching fit"
+            )
         if fit_baseline and abs(baseline["estimate"]) > 0.1 * base.sd_off:  # not background-subtracted: say so
             interval = "" if baseline["lo"] is None else f" [{baseline['lo']:.4g}, {baseline['hi']:.4g}]"
             warnings.append(
@@ -1423,6 +1541,7 @@ def fit_marginal(
             "method": "marginal: contact-gated compound-state HMM, promoter state summed out (MS2 and distances only)",
             "emission": emission,
             "ms2_baseline": baseline,
+            "bleaching": decay,
             "state_from": "none",
             "n_traces": arrays.n_traces,
             "n_frames": n_frames_file,
