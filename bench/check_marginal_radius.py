@@ -146,6 +146,11 @@ def run_cell(
     return row
 
 
+def auto_fit_or_number(text: str) -> str | float:
+    "`--ms2-baseline` / `--bleaching`: 'auto', 'fit' or a number held."
+    return text if text in ("auto", "fit") else float(text)
+
+
 def summarise(rows: list[dict], label: str) -> dict:
     "Median |relative error| and interval coverage of the fitted rows (cells with r_c ≥ 2σ_loc), truth-state MLE beside."
     keep = [r for r in rows if r["r_c_true"] >= 2 * r.get("sigma_loc_true", 0.0)]
@@ -215,14 +220,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument(
         "--ms2-baseline",
         default="fit",
-        type=lambda text: text if text in ("auto", "fit") else float(text),
+        type=auto_fit_or_number,
         help="the marginal fit's MS2 baseline: fit (the library's default), auto, or a value held (0: as before "
         "2026-12-07; use its own --jsonl)",
     )
     ap.add_argument(
         "--bleaching",
         default="auto",
-        type=lambda text: text if text in ("auto", "fit") else float(text),
+        type=auto_fit_or_number,
         help="the decay rate of the MS2 amplitude: auto (the library's default since 2026-12-07: fitted when its score "
         "test says so), fit, or a value held (0: as before; use its own --jsonl)",
     )

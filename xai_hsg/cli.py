@@ -88,13 +88,8 @@ def _kernel_args(args, given: dict | None = None) -> dict:
     return {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in KERNEL_DEFAULTS_S}
 
 
-def _ms2_baseline(text: str) -> float | str:
-    "`--ms2-baseline`: 'auto', 'fit' or a finite number (MS2 units) to subtract."
-    return text if text in ("auto", "fit") else _number(float)(text)
-
-
-def _bleaching(text: str) -> float | str:
-    "`--bleaching`: 'auto', 'fit' or a finite decay rate of the MS2 amplitude (1/h) to hold."
+def _auto_fit_or_number(text: str) -> float | str:
+    "`--ms2-baseline` (MS2 units to subtract) and `--bleaching` (a decay rate, 1/h, to hold): 'auto', 'fit' or a finite number."
     return text if text in ("auto", "fit") else _number(float)(text)
 
 
@@ -452,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ms2-baseline",
-        type=_ms2_baseline,
+        type=_auto_fit_or_number,
         default="fit",
         help="marginal model: the MS2 level with no Pol II on the gene. fit (default): read from the frames called OFF "
         "over a whole kernel window, taken out, and what is left fitted with the model; auto: so only when the level "
@@ -460,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bleaching",
-        type=_bleaching,
+        type=_auto_fit_or_number,
         default="auto",
         help="marginal model: the decay rate of the MS2 amplitude over the frames, exp(-rate * t), per hour "
         "(photobleaching). auto (default): held at 0 unless a score test finds the amplitude changing (|z| > 3), then "

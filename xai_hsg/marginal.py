@@ -1297,7 +1297,7 @@ def _baseline_for_fit(
     if isinstance(ms2_baseline, str):
         if ms2_baseline not in ("auto", "fit"):
             raise ValueError(f"ms2_baseline must be 'auto', 'fit' or a finite number, got {ms2_baseline!r}")
-    elif not (isinstance(ms2_baseline, (int, float)) and math.isfinite(ms2_baseline)):
+    elif not _finite_number(ms2_baseline):
         raise ValueError(f"ms2_baseline must be 'auto', 'fit' or a finite number, got {ms2_baseline!r}")
     given = None if isinstance(ms2_baseline, str) else float(ms2_baseline)
     try:
