@@ -82,6 +82,8 @@ def main(argv=None) -> None:
             f"[{m_lo:.1f}, {m_hi:.1f}] (truth {args.rc:g} nm; {fit_m['fit']['n_states']} compound states)"
         )
         print(f"  marginal, the fit alone:        {t_fit:8.1f} s   budget 600 s: {'met' if t_fit <= 600 else 'MISSED'}")
+        stages = ", ".join(f"{name} {s:.1f} s" for name, s in fit_m["stage_seconds"].items())
+        print(f"    stages of the command: {stages}")
         sw, prof = fit_m["parameters"]["parameters"]["r_c_nm"], fit_m["r_c_profile"]
         points = ", ".join(f"{r:.1f} nm: {d:.2f}" for r, d in prof["points"])
         print(

@@ -31,13 +31,14 @@ from .tracks import TraceArrays
 _LOG2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'BLEACH_Z', 'FIT_STAGES', 'KernelWeights', 'trapezoid_kernel', 'kernel_frames',
-           'kernel_weights', 'CompoundStates', 'compound_states', 'CountStates', 'count_states', 'MarginalParams',
-           'MarginalConfig', 'decimate', 'MarginalData', 'trace_chunks', 'interval_gate', 'emission_features',
-           'frame_decay', 'emission_moments', 'emission_coefficients', 'marginal_loglik', 'posterior_compound',
-           'counts_loglik', 'initial_params', 'scan_radius_start', 'MarginalFit', 'MarginalRadius', 'PosteriorStates',
-           'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability', 'write_states', 'MS2Baseline',
-           'estimate_ms2_baseline', 'bleach_score_z', 'StageProgress', 'fit_marginal', 'fit_radius_marginal']
+__all__ = ['MAX_WINDOW', 'MAX_CHUNK_CELLS', 'REFIT_TOL_NATS', 'BLEACH_Z', 'FIT_STAGES', 'KernelWeights', 'trapezoid_kernel',
+           'kernel_frames', 'kernel_weights', 'CompoundStates', 'compound_states', 'CountStates', 'count_states',
+           'MarginalParams', 'MarginalConfig', 'decimate', 'MarginalData', 'trace_chunks', 'interval_gate',
+           'emission_features', 'frame_decay', 'emission_moments', 'emission_coefficients', 'marginal_loglik',
+           'posterior_compound', 'counts_loglik', 'initial_params', 'scan_radius_start', 'MarginalFit',
+           'MarginalRadius', 'PosteriorStates', 'MarginalUncertainty', 'ProfileInterval', 'marginal_identifiability',
+           'write_states', 'MS2Baseline', 'estimate_ms2_baseline', 'bleach_score_z', 'StageProgress', 'fit_marginal',
+           'fit_radius_marginal']
 
 # %% ../nbs/03b_marginal.ipynb #8d2034df
 class KernelWeights(NamedTuple):
@@ -816,10 +817,22 @@ class MarginalRadius:
         return self.params_.to_log()
 
 # %% ../nbs/03b_marginal.ipynb #e6fd4bdb
-def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, int]:
+def _lbfgs(
+    data: MarginalData,
+    theta0: torch.Tensor,
+    free: torch.Tensor,
+    max_iter: int,
+    scale: torch.Tensor | None = None,
+    tol_nats: float | None = None,
+) -> tuple[torch.Tensor, int]:
     """Minimise −log L per observed MS2 frame over θ[free] with L-BFGS (gradients chunk by chunk of traces,
-    `trace_chunks`); returns θ and the number of evaluations."""
-    x = theta0[free].clone().requires_grad_()
+    `trace_chunks`); returns θ and the number of evaluations. `scale` [k, k] (k = free.sum()): search over x with
+    θ[free] = θ0[free] + scale·x instead (a preconditioner, `_preconditioner`: a refit near a known optimum then takes a
+    few steps instead of crawling along its ridges). `tol_nats`: stop once an iteration changes log L by less than this
+    many nats in all (default: run to `max_iter` or a vanishing gradient)."""
+    base = theta0[free].clone()
+    to_free = (lambda x: x) if scale is None else (lambda x: base + scale @ x)
+    x = (base.clone() if scale is None else torch.zeros_like(base)).requires_grad_()
     n_obs = max(int(data.y_obs.sum()), 1)
     opt = torch.optim.LBFGS(
         [x],
@@ -828,7 +841,7 @@ def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_ite
         history_size=20,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-7,
-        tolerance_change=1e-10,
+        tolerance_change=1e-10 if tol_nats is None else tol_nats / n_obs,
     )
     n_evals = 0
 
@@ -840,13 +853,13 @@ def _lbfgs(data: MarginalData, theta0: torch.Tensor, free: torch.Tensor, max_ite
         opt.zero_grad()
         total = 0.0
         for part in parts:  # one backward pass per chunk of traces: the gradients add up in x.grad
-            loss = -marginal_loglik(part, theta0.masked_scatter(free, x)).sum() / n_obs
+            loss = -marginal_loglik(part, theta0.masked_scatter(free, to_free(x))).sum() / n_obs
             loss.backward()
             total += float(loss.detach())
         return torch.tensor(total, dtype=torch.float64)
 
     opt.step(closure)
-    return theta0.masked_scatter(free, x.detach()), n_evals
+    return theta0.masked_scatter(free, to_free(x.detach())), n_evals
 
 # %% ../nbs/03b_marginal.ipynb #6b297f92
 @patch
@@ -946,6 +959,9 @@ class MarginalUncertainty:
     method: str = "sandwich (Huber-White, clustered by trace), Wald in log space"
     adjustment: float = 1.0  # c = min(1, [(−H)⁻¹]_rr / V_rr) of log r_c: scales the profile's drops (see "profile")
     profile_path: np.ndarray | None = None  # dθ/d log r_c of the other `names` along the profile, −H_nn⁻¹·H_nr
+    loss_hessian: np.ndarray | None = (
+        None  # [P, P] of −log L per observed MS2 frame (what `_lbfgs` minimises); None if not > 0
+    )
 
     def interval(self, name: str) -> tuple[float, float]:
         i = self.names.index(name)
@@ -1003,7 +1019,8 @@ def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> M
     # the initial law is a nuisance that can sit at a boundary (no trace starts ON: odds → 0), where the Hessian is
     # singular; it is held at its estimate here
     free[MarginalParams.LOG_NAMES.index("init_on_odds")] = False
-    V, H = _sandwich(self._data(arrays), theta, free)
+    data = self._data(arrays)
+    V, H = _sandwich(data, theta, free)
     ok = np.isfinite(V).all()
     se = np.sqrt(np.clip(np.diag(V), 0, None)) if ok else np.full(int(free.sum()), np.nan)
     names = tuple(n for n, f in zip(MarginalParams.THETA_NAMES, free.tolist()) if f)
@@ -1016,7 +1033,34 @@ def uncertainty(self: MarginalRadius, arrays: TraceArrays, ci: float = 0.9) -> M
         path = -np.linalg.solve(H[1:, 1:], H[1:, 0])
     to_natural = lambda x: np.where(raw, x, np.exp(x))
     lo, hi = to_natural(log_hat - z * se), to_natural(log_hat + z * se)
-    return MarginalUncertainty(names, to_natural(log_hat), se, lo, hi, ci, adjustment=adjustment, profile_path=path)
+    loss_hessian = -H / max(int(data.y_obs.sum()), 1) if ok else None
+    return MarginalUncertainty(
+        names, to_natural(log_hat), se, lo, hi, ci, adjustment=adjustment, profile_path=path, loss_hessian=loss_hessian
+    )
+
+# %% ../nbs/03b_marginal.ipynb #pc7e0002
+REFIT_TOL_NATS = 1e-3  # a preconditioned refit stops when an iteration changes log L by less than this (nats, in all)
+
+
+def _preconditioner(unc: MarginalUncertainty | None, free: torch.Tensor) -> torch.Tensor | None:
+    """The `scale` of `_lbfgs` over θ[free]: L⁻ᵀ of the Cholesky factor of `unc.loss_hessian` on the free entries it
+    covers, the geometric mean of that block's scales on the others (the initial law); None without a Hessian or when
+    the block is not positive definite."""
+    if unc is None or unc.loss_hessian is None:
+        return None
+    names = [n for n, f in zip(MarginalParams.THETA_NAMES, free.tolist()) if f]
+    known = [i for i, n in enumerate(names) if n in unc.names]
+    if not known:
+        return None
+    pos = [unc.names.index(names[i]) for i in known]
+    try:
+        L = np.linalg.cholesky(unc.loss_hessian[np.ix_(pos, pos)])
+    except np.linalg.LinAlgError:
+        return None
+    block = np.linalg.inv(L).T
+    scale = np.eye(len(names)) * math.exp(np.mean(np.log(np.abs(np.diag(block)))))
+    scale[np.ix_(known, known)] = block
+    return torch.as_tensor(scale)
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c31
 @dataclass(frozen=True)
@@ -1108,7 +1152,7 @@ def profile(
             x = x_hat + sign * min(abs(x - x_hat), x_max)
             theta0 = start + path * (x - float(start[0]))
             theta0[0] = x
-            theta, _ = _lbfgs(data, theta0, free, max_iter)
+            theta, _ = _lbfgs(data, theta0, free, max_iter, _preconditioner(unc, free), REFIT_TOL_NATS)
             with torch.no_grad():
                 ll = float(marginal_loglik(data, theta).sum())
             best = max(best, ll)
@@ -1176,36 +1220,52 @@ def marginal_identifiability(
     return Identifiability(not reasons, reasons, r_hat, lo, hi, unc.ci, guard.cut, guard.flat_ratio, False)
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c08
-def _refit(est: MarginalRadius, arrays: TraceArrays, sigma_loc_nm: float | None = None, max_iter: int = 30, **fixed):
-    "A copy of `est` refitted on `arrays` from its estimates (warm start), optionally at another σ_loc or with fixed log θ."
+def _refit(
+    est: MarginalRadius,
+    arrays: TraceArrays,
+    sigma_loc_nm: float | None = None,
+    max_iter: int = 30,
+    unc: MarginalUncertainty | None = None,
+    start: MarginalParams | None = None,
+    **fixed,
+):
+    """A copy of `est` refitted on `arrays` from its estimates (warm start; `start`: from these parameters instead),
+    optionally at another σ_loc or with fixed parameters (`fixed`: name=value). `unc`: `est`'s `MarginalUncertainty`,
+    whose Hessian preconditions the refit (`_preconditioner`), which then stops at `REFIT_TOL_NATS`."""
     new = MarginalRadius.__new__(MarginalRadius)
     new.__dict__.update(est.__dict__)
     new.sigma_loc_nm = est.sigma_loc_nm if sigma_loc_nm is None else sigma_loc_nm
-    new.start, new.max_iter = est.params_, max_iter
-    if not fixed:
-        return new.fit(arrays)
     data = new._data(arrays)
-    theta0 = est.params_.to_log()
+    theta0 = (est.params_ if start is None else start).to_log()
     free = est._free()
     for name, value in fixed.items():
         i = MarginalParams.THETA_NAMES.index(name)
         theta0[i], free[i] = MarginalParams.theta_value(name, value), False
-    theta, _ = _lbfgs(data, theta0, free, max_iter)
+    scale = _preconditioner(unc, free)
+    theta, new.n_evals_ = _lbfgs(data, theta0, free, max_iter, scale, None if scale is None else REFIT_TOL_NATS)
     new._set_params(MarginalParams.from_log(theta))
     return new
 
 # %% ../nbs/03b_marginal.ipynb #b71a0c09
-def _heldout(est: MarginalRadius, arrays: TraceArrays, test_fraction: float, seed: int) -> dict:
-    "Held-out log L per MS2 frame of the model and of the no-distance null (gate ≡ 1), both refitted on the rest."
+def _heldout(
+    est: MarginalRadius, arrays: TraceArrays, test_fraction: float, seed: int, unc: MarginalUncertainty | None = None
+) -> dict:
+    """Held-out log L per MS2 frame of the model and of the no-distance null (gate ≡ 1), both refitted on the rest
+    (`unc`: `est`'s, preconditions the refits). The null starts from k_on·mean ḡ, the rate its gate of 1 stands for."""
     rng = np.random.default_rng(seed)
     n_test = int(round(test_fraction * arrays.n_traces))
     if n_test < 1 or arrays.n_traces - n_test < 2:
         return {}
     perm = rng.permutation(arrays.n_traces)
     test, train = arrays.subset(perm[:n_test]), arrays.subset(perm[n_test:])
-    model = _refit(est, train)
+    model = _refit(est, train, unc=unc)
     far = 1e3 * float(np.nanmax(arrays.distance_nm))  # every distance inside r_c: ḡ ≡ 1, k_on alone
-    null = _refit(est, train, r_c_nm=far)
+    data = est._data(train)
+    with torch.no_grad():
+        g = interval_gate(data, est._theta()[0])
+    mean_gate = float(g.mean())  # pairs without an observed end carry their trace's mean
+    start = replace(est.params_, k_on_per_s=est.k_on_per_s_ * max(mean_gate, 1e-6))
+    null = _refit(est, train, unc=unc, start=start, r_c_nm=far)
     ll, ll0 = model.score(test), null.score(test)
     return dict(
         n_test_traces=n_test,
@@ -1372,19 +1432,36 @@ FIT_STAGES = (
 
 class StageProgress:
     """A progress bar over named stages of one long computation (tqdm on stderr): `stage(name)` closes the stage
-    before and names the one that starts; stages a run skips are jumped over; `close()` fills the bar."""
+    before and names the one that starts; stages a run skips are jumped over; `close()` fills the bar. `seconds()`:
+    the wall time spent in each stage so far (the running one included), for the result's record."""
 
     def __init__(self, stages: tuple, desc: str, disable: bool = False):
         from tqdm.auto import tqdm
 
         self.stages = stages
         self.bar = tqdm(total=len(stages), desc=desc, unit="stage", disable=disable, leave=False)
+        self._spent, self._current, self._since = {}, None, time.perf_counter()
+
+    def _lap(self) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            self._spent[self._current] = self._spent.get(self._current, 0.0) + now - self._since
+        self._since = now
 
     def stage(self, name: str) -> None:
+        self._lap()
+        self._current = name
         self.bar.n = self.stages.index(name)
         self.bar.set_postfix_str(name)  # refreshes the bar
 
+    def seconds(self) -> dict[str, float]:
+        "{stage: seconds} in the order of `stages`, for the stages entered so far."
+        self._lap()
+        return {s: self._spent[s] for s in self.stages if s in self._spent}
+
     def close(self) -> None:
+        self._lap()
+        self._current = None
         self.bar.n = len(self.stages)
         self.bar.close()
 
@@ -1525,7 +1602,7 @@ def fit_marginal(
             bar.stage("refits at σ_loc's interval ends")
             for s in (sigma.lo_nm, sigma.hi_nm):
                 if math.isfinite(s) and s >= 0 and s != s_hat:
-                    r = _refit(est, arrays, sigma_loc_nm=s).r_c_nm_
+                    r = _refit(est, arrays, sigma_loc_nm=s, unc=unc).r_c_nm_
                     r_at_sigma[f"{s:.4g}"] = r
                     shift = r / est.r_c_nm_
                     lo, hi = min(lo, prof.lo_nm * shift), max(hi, prof.hi_nm * shift)
@@ -1534,7 +1611,7 @@ def fit_marginal(
         state = getattr(arrays, "state", None)
         if test_fraction > 0:
             bar.stage("held-out score")
-        heldout = _heldout(est, arrays, test_fraction, seed) if test_fraction > 0 else {}
+        heldout = _heldout(est, arrays, test_fraction, seed, unc) if test_fraction > 0 else {}
         f = lambda x: float(x) if math.isfinite(x) else None
         res = {
             "tracks": str(source),
@@ -1566,6 +1643,7 @@ def fit_marginal(
             "identifiability": guard.to_dict(),
             "warnings": warnings,
             "heldout": heldout,
+            "stage_seconds": bar.seconds(),  # wall time of each stage of this fit
         }
         if state is not None:  # a simulation: how well the posterior recovers the promoter state it summed out
             res["posterior_state_f1"] = _state_f1(post.p_on, state)
