@@ -959,9 +959,8 @@ class MarginalUncertainty:
     method: str = "sandwich (Huber-White, clustered by trace), Wald in log space"
     adjustment: float = 1.0  # c = min(1, [(−H)⁻¹]_rr / V_rr) of log r_c: scales the profile's drops (see "profile")
     profile_path: np.ndarray | None = None  # dθ/d log r_c of the other `names` along the profile, −H_nn⁻¹·H_nr
-    loss_hessian: np.ndarray | None = (
-        None  # [P, P] of −log L per observed MS2 frame (what `_lbfgs` minimises); None if not > 0
-    )
+    # [P, P] of −log L per observed MS2 frame (what `_lbfgs` minimises); None where −H is not positive definite
+    loss_hessian: np.ndarray | None = None
 
     def interval(self, name: str) -> tuple[float, float]:
         i = self.names.index(name)
@@ -1145,6 +1144,7 @@ def profile(
     se = unc.se_log[0]
     first = float(np.clip(norm.ppf(0.5 + unc.ci / 2) * se, 0.05, x_max)) if math.isfinite(se) else 0.3
     points, bounds, best = [], [], l_hat
+    scale = _preconditioner(unc, free)  # the same free entries at every point of the profile
     for sign in (-1.0, 1.0):
         tried, start, bound = [], theta_hat, math.inf
         x = x_hat + sign * first
@@ -1152,7 +1152,7 @@ def profile(
             x = x_hat + sign * min(abs(x - x_hat), x_max)
             theta0 = start + path * (x - float(start[0]))
             theta0[0] = x
-            theta, _ = _lbfgs(data, theta0, free, max_iter, _preconditioner(unc, free), REFIT_TOL_NATS)
+            theta, _ = _lbfgs(data, theta0, free, max_iter, scale, REFIT_TOL_NATS)
             with torch.no_grad():
                 ll = float(marginal_loglik(data, theta).sum())
             best = max(best, ll)
@@ -1227,15 +1227,17 @@ def _refit(
     max_iter: int = 30,
     unc: MarginalUncertainty | None = None,
     start: MarginalParams | None = None,
+    data: MarginalData | None = None,
     **fixed,
 ):
     """A copy of `est` refitted on `arrays` from its estimates (warm start; `start`: from these parameters instead),
     optionally at another σ_loc or with fixed parameters (`fixed`: name=value). `unc`: `est`'s `MarginalUncertainty`,
-    whose Hessian preconditions the refit (`_preconditioner`), which then stops at `REFIT_TOL_NATS`."""
+    whose Hessian preconditions the refit (`_preconditioner`), which then stops at `REFIT_TOL_NATS`. `data`: `arrays`
+    as `MarginalData` at that σ_loc, when the caller has built it already."""
     new = MarginalRadius.__new__(MarginalRadius)
     new.__dict__.update(est.__dict__)
     new.sigma_loc_nm = est.sigma_loc_nm if sigma_loc_nm is None else sigma_loc_nm
-    data = new._data(arrays)
+    data = new._data(arrays) if data is None else data
     theta0 = (est.params_ if start is None else start).to_log()
     free = est._free()
     for name, value in fixed.items():
@@ -1258,14 +1260,14 @@ def _heldout(
         return {}
     perm = rng.permutation(arrays.n_traces)
     test, train = arrays.subset(perm[:n_test]), arrays.subset(perm[n_test:])
-    model = _refit(est, train, unc=unc)
+    data = est._data(train)  # built once for both refits and the null's start
+    model = _refit(est, train, unc=unc, data=data)
     far = 1e3 * float(np.nanmax(arrays.distance_nm))  # every distance inside r_c: ḡ ≡ 1, k_on alone
-    data = est._data(train)
     with torch.no_grad():
         g = interval_gate(data, est._theta()[0])
     mean_gate = float(g.mean())  # pairs without an observed end carry their trace's mean
     start = replace(est.params_, k_on_per_s=est.k_on_per_s_ * max(mean_gate, 1e-6))
-    null = _refit(est, train, unc=unc, start=start, r_c_nm=far)
+    null = _refit(est, train, unc=unc, start=start, data=data, r_c_nm=far)
     ll, ll0 = model.score(test), null.score(test)
     return dict(
         n_test_traces=n_test,
