@@ -9,6 +9,14 @@ the threads given (1 by default: compare runs made under the same load).
   python bench/lm_recipe.py --name tiny-600 --preset tiny --lr 3e-3 --steps 600
   python bench/lm_recipe.py --name small-150 --preset small --lr 1.5e-3 --steps 150
   python bench/lm_recipe.py --name random-start --preset small --steps 1500 --embedding-init random
+
+With `--probe-sequences N` the run also probes its model as notebook 05 does (`probe.probe_data` / `probe_table` on N
+held-out sequences, the random-weight and token-identity controls, the sequence scanners) and counts the concepts whose
+best probe reaches AUROC >= 0.9 and >= 0.05 above both controls; `--compare-model DIR` probes a saved model (e.g. the
+paper's `results/paper/05_embedding_model`) on the same sequences, so two recipes are judged on the same tokens.
+
+  python bench/lm_recipe.py --name small-8000 --preset small --lr 2e-3 --steps 8000 --n-sequences 20000 \
+      --n-heldout 1000 --planted motifs_per_seq=8 --probe-sequences 1000 --compare-model results/paper/05_embedding_model
 """
 
 from __future__ import annotations
@@ -43,6 +51,21 @@ def token_labels(held, tok, eval_set) -> list[str]:
     return out
 
 
+def probe_verdict(model, tok, held, seed: int = 0, threads: int = 1) -> dict:
+    "Notebook 05's probes of `model` on `held`: per concept the best layer's AUROC, controls, scanner; the count learned."
+    data = probe.probe_data(
+        {"trained": model, "random": probe.random_weight_model(model, seed=seed + 1)}, tok, held, num_threads=threads
+    )
+    best = probe.best_layers(probe.probe_table(data, min_positives=20, seed=seed))
+    scan = probe.scanner_scores(probe.PlantedOracle(held), tok, data.groups)
+    best["scanner"] = probe.reference_auroc(scan, data.labels, data.groups, seed=seed).reindex(best.index)
+    learned = best.index[(best["trained"] >= 0.9) & (best["margin"] >= 0.05)].tolist()
+    print(best.round(3).to_string())
+    print(f"{len(learned)} of {len(best)} concepts reach AUROC >= 0.9 and >= 0.05 above both controls: {learned}")
+    rows = {c: {k: float(v) for k, v in r.items() if np.isfinite(v)} for c, r in best.iterrows()}
+    return {"learned": learned, "n_learned": len(learned), "concepts": rows}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
@@ -67,6 +90,8 @@ def main(argv=None) -> dict:
         "bases one-hot (centred, x --nucleotide-scale; embed.nucleotide_embedding_init); random: transformers' start",
     )
     ap.add_argument("--nucleotide-scale", type=float, default=0.1)
+    ap.add_argument("--probe-sequences", type=int, default=0, help="held-out sequences to probe (0: no probes)")
+    ap.add_argument("--compare-model", default=None, help="a saved model folder probed on the same sequences")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in a.planted)}
@@ -107,6 +132,14 @@ def main(argv=None) -> dict:
         "curve": heldout[["step", "loss", "accuracy", "elapsed_s"]].to_dict("records"),
         "ce_by_label": table.round(4).to_dict("index"),
     }
+    if a.probe_sequences:
+        probed = held.subset(held.ids[: a.probe_sequences])
+        out["probes"] = probe_verdict(res.model.eval(), tok, probed, a.seed, a.threads)
+        if a.compare_model:
+            other, _ = embed.load_genomic_lm(a.compare_model, device="cpu")
+            print(f"compared with {a.compare_model}:")
+            out["compare_model"] = a.compare_model
+            out["compare_probes"] = probe_verdict(other, tok, probed, a.seed, a.threads)
     with open(a.jsonl, "a") as f:
         f.write(json.dumps(out, default=float) + "\n")
     cols = ["n", "model", "model_lo", "model_hi", "baseline", "bayes", "gain_share"]

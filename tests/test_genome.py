@@ -153,6 +153,15 @@ def test_markov_background_fit_recovers_chain():
         genome.MarkovBackground(np.ones((4, 4)), order=2)
 
 
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_markov_background_stationary_matches_long_samples(order):
+    "The stationary composition is what long samples hold, for every order (order 0 has no context to iterate)."
+    probs = np.random.default_rng(order).dirichlet(np.ones(4), size=4**order)
+    mb = genome.MarkovBackground(probs, order)
+    codes = mb.sample_codes(4, 50_000, np.random.default_rng(1))
+    assert np.allclose(np.bincount(codes.ravel(), minlength=4) / codes.size, mb.stationary(), atol=0.01)
+
+
 # -- prokaryote ---------------------------------------------------------------------------------------------
 def test_prokaryote_annotation_is_consistent():
     ss = genome.prokaryote("NCTC11397_100kb")

@@ -272,3 +272,68 @@ def test_probe_data_labels_and_controls_line_up():
     assert (frames.sum(axis=1) <= 1).all() and (g.labels["cds"] | ~frames.any(axis=1)).all()
     with pytest.raises(ValueError, match="no models"):
         probe.probe_data({}, tok, ps)
+
+
+# -- the sequence scanners (a reference for the probes) ---------------------------------------------------------
+def _motif_only_corpus(n: int, seed: int) -> SequenceSet:
+    "A planted corpus with only TF motifs in the background chain: the scanner's model of the generator."
+    return genome.planted(
+        n_sequences=n,
+        length_bp=600,
+        motifs_per_seq=8.0,
+        p_gene=0.0,
+        p_cpg_island=0.0,
+        p_polya=0.0,
+        repeats_per_seq=0.0,
+        tandem_per_seq=0.0,
+        set_fractions=(("control", 1.0),),
+        seed=seed,
+    )
+
+
+def test_motif_scanner_is_calibrated_on_the_generator():
+    """Where the corpus is what the scanner models (TF motifs in the background chain), its token posteriors are
+    calibrated: the mean posterior matches the share of tokens on a motif, overall and within posterior bins."""
+    ss = _motif_only_corpus(300, seed=11)
+    tok = embed.NTTokenizer()
+    oracle = probe.PlantedOracle(ss)
+    post, on = [], []
+    for sid in ss.ids:
+        seq = ss.sequence(sid)
+        _, s, e = tok.tokenize_with_spans(seq)
+        codes = genome._CODE[np.frombuffer(seq.encode(), np.uint8)].astype(np.int64)
+        sites = probe.planted_site_models(oracle, len(seq))["tf_motif"]
+        post.append(probe.token_site_posterior(codes, s, e, sites, oracle.background))
+        tf = [c for c in ss.concepts if c.startswith("tf_")]
+        on.append(embed.token_annotations(ss, sid, s, e, tf).any(1))
+    post, on = np.concatenate(post), np.concatenate(on)
+    assert abs(post.mean() - on.mean()) < 0.05 * on.mean(), (post.mean(), on.mean())
+    for lo, hi in [(0.0, 0.1), (0.1, 0.5), (0.5, 0.9), (0.9, 1.0)]:
+        k = (post >= lo) & (post < hi + (hi == 1.0))
+        assert k.sum() > 200 and abs(on[k].mean() - post[k].mean()) < 0.06, (lo, hi, on[k].mean(), post[k].mean())
+
+
+def test_scanner_scores_follow_the_probe_rows_and_split():
+    """`scanner_scores` lines up with `ProbeData`'s rows (sequence order, token order) and refuses a mismatch;
+    `reference_auroc` scores the probes' test sequences: a shuffled score gives ~0.5, the scanner far more."""
+    ss = genome.planted(n_sequences=80, length_bp=600, motifs_per_seq=8.0, seed=4)
+    tok = embed.NTTokenizer()
+    groups = np.concatenate([[sid] * len(tok.tokenize_with_spans(ss.sequence(sid))[1]) for sid in ss.ids])
+    labels = pd.concat(
+        [
+            pd.DataFrame(
+                embed.token_annotations(ss, sid, *tok.tokenize_with_spans(ss.sequence(sid))[1:], ss.concepts),
+                columns=ss.concepts,
+            )
+            for sid in ss.ids
+        ],
+        ignore_index=True,
+    )
+    labels.insert(0, "tf_motif", labels[[c for c in labels if c.startswith("tf_")]].any(axis=1))
+    scores = probe.scanner_scores(probe.PlantedOracle(ss), tok, groups)
+    assert len(scores) == len(labels) and {"tf_motif", "polya_signal", "splice_donor", "g4"} <= set(scores)
+    ref = probe.reference_auroc(scores, labels, groups, seed=1)
+    shuffled = probe.reference_auroc(scores.sample(frac=1, random_state=0).reset_index(drop=True), labels, groups)
+    assert ref["tf_motif"] > 0.85 and ref["g4"] > 0.95 and abs(shuffled["tf_motif"] - 0.5) < 0.08
+    with pytest.raises(ValueError, match="tokens"):
+        probe.scanner_scores(probe.PlantedOracle(ss), tok, groups[1:])

@@ -611,6 +611,8 @@ class MarkovBackground:
 
     def stationary(self) -> np.ndarray:
         "Base composition of long samples (power iteration on the context chain, then marginalised)."
+        if self.order == 0:
+            return self.probs[0].copy()  # no context: every base is drawn from the one row
         n = 4**self.order
         T = np.zeros((n, n))
         for ctx in range(n):

@@ -23,7 +23,9 @@ from .genome import MarkovBackground, SequenceSet
 # %% auto #0
 __all__ = ['Element', 'independent', 'gene_elements', 'g4_element', 'PlantedOracle', 'token_log_probs', 'bayes_token_losses',
            'ce_by_label', 'split_by_sequence', 'token_identity_features', 'fit_logistic', 'LinearProbe',
-           'CategoricalProbe', 'ProbeData', 'probe_table', 'best_layers', 'random_weight_model', 'probe_data']
+           'CategoricalProbe', 'ProbeData', 'probe_table', 'best_layers', 'random_weight_model', 'probe_data',
+           'SiteModel', 'site_posteriors', 'token_site_posterior', 'planted_site_models', 'scanner_scores',
+           'reference_auroc']
 
 # %% ../nbs/05b_probe.ipynb #nb05b-005
 _BASES = "ACGT"
@@ -795,3 +797,159 @@ def probe_data(
         for k in (1, 2, 3):
             labels[f"cds_frame_{k}"] = frame == k
     return ProbeData(features, labels, tokens["seq_id"].to_numpy(), tokens["token_id"].to_numpy(), len(tokenizer))
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039d
+@dataclass(frozen=True)
+class SiteModel:
+    """One kind of site a scanner looks for: `log_probs` float[w, 4] (A, C, G, T) of its bases read on the sequence's
+    + strand, and `log_prior`, the log prior probability that such a site starts at any one position."""
+
+    concept: str
+    log_probs: np.ndarray
+    log_prior: float
+
+    def __post_init__(self):
+        lp = np.asarray(self.log_probs, float)
+        if lp.ndim != 2 or lp.shape[1] != 4 or len(lp) == 0:
+            raise ValueError(f"SiteModel {self.concept!r}: log_probs must be float[w >= 1, 4], got {lp.shape}")
+        if not np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-6):
+            raise ValueError(f"SiteModel {self.concept!r}: each row of exp(log_probs) must sum to 1")
+        if not (np.isfinite(self.log_prior) and self.log_prior < 0):
+            raise ValueError(f"SiteModel {self.concept!r}: log_prior must be finite and < 0, got {self.log_prior}")
+        object.__setattr__(self, "log_probs", lp)
+
+    @property
+    def width(self) -> int:
+        return len(self.log_probs)
+
+    @classmethod
+    def both_strands(cls, concept: str, probs, sites_per_seq: float, n_starts: int) -> list[SiteModel]:
+        """The + and − strand models of a site whose bases `probs` float[w, 4] are drawn in its own orientation,
+        `sites_per_seq` of them expected per sequence, each strand equally likely, over `n_starts` start positions."""
+        probs = np.asarray(probs, float)
+        if sites_per_seq <= 0 or n_starts < 1:
+            raise ValueError(f"{concept}: need sites_per_seq > 0 and n_starts >= 1, got {sites_per_seq}, {n_starts}")
+        prior = float(np.log(sites_per_seq / (2 * n_starts)))
+        with np.errstate(divide="ignore"):
+            return [cls(concept, np.log(probs), prior), cls(concept, np.log(probs[::-1, ::-1]), prior)]
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039f
+def _background_log_probs(codes: np.ndarray, background: MarkovBackground) -> np.ndarray:
+    "float[L]: log P(base t | the chain's k previous bases); the first k bases at the stationary composition."
+    k = background.order
+    out = np.log(background.stationary())[codes]
+    if k and len(codes) > k:
+        ctx = np.zeros(len(codes) - k, np.int64)
+        for j in range(k):
+            ctx = ctx * 4 + codes[j : len(codes) - k + j]
+        out[k:] = np.log(background.probs[ctx, codes[k:]])
+    return out
+
+
+def site_posteriors(codes: np.ndarray, sites: Sequence[SiteModel], background: MarkovBackground) -> list[np.ndarray]:
+    """Per site model, float[L - w + 1]: the posterior probability that a site starts at each position of the base
+    codes `codes` (0..3 = A, C, G, T), each start an independent Bernoulli(prior) draw against the background chain."""
+    codes = np.asarray(codes, np.int64)
+    if codes.ndim != 1 or ((codes < 0) | (codes > 3)).any():
+        raise ValueError("site_posteriors: codes must be a 1-D array of base codes 0..3 (no N)")
+    cum_bg = np.concatenate([[0.0], np.cumsum(_background_log_probs(codes, background))])
+    out = []
+    for site in sites:
+        w = site.width
+        n = len(codes) - w + 1
+        if n < 1:
+            out.append(np.zeros(0))
+            continue
+        log_site = np.zeros(n)
+        for j in range(w):
+            log_site += site.log_probs[j, codes[j : j + n]]
+        log_odds = site.log_prior + log_site - (cum_bg[w : w + n] - cum_bg[:n])
+        out.append(np.exp(log_odds - np.logaddexp(np.log1p(-np.exp(site.log_prior)), log_odds)))
+    return out
+
+
+def token_site_posterior(
+    codes: np.ndarray, starts, ends, sites: Sequence[SiteModel], background: MarkovBackground
+) -> np.ndarray:
+    """float[tokens]: P(token [starts[i], ends[i]) overlaps a site of any of `sites` | the bases) = 1 − Π over the
+    starts that would cover the token of (1 − their posterior)."""
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    log_none = np.zeros(len(starts))
+    for site, post in zip(sites, site_posteriors(codes, sites, background)):
+        cum = np.concatenate([[0.0], np.cumsum(np.log1p(-np.minimum(post, 1 - 1e-12)))])
+        a = np.clip(starts - site.width + 1, 0, len(post))
+        log_none += cum[np.clip(ends, 0, len(post))] - cum[a]
+    return -np.expm1(log_none)
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039h
+_GENE_BP = 351  # genome._make_gene: exons of 20-50 codons each (mean 105 bp) around an intron of ~141 bp
+_POLYA_BP = 40  # genome._make_polya: hexamer, 10-24 bp, CA, 15 bp
+
+
+def planted_site_models(oracle: PlantedOracle, length_bp: int) -> dict[str, list[SiteModel]]:
+    """The scanner's site models of a planted corpus of `length_bp`-bp sequences, from its config: "tf_motif" (every
+    PFM, `motifs_per_seq` sites shared among them), "polya_signal" (the labelled hexamer, AATAAA 3:1 ATTAAA),
+    "splice_donor" (MAG|GTRAGT) and "splice_acceptor" (Y12NCAG|G). Elements the config never plants are left out;
+    the number of start positions of an element longer than its site uses the element's mean length."""
+    cfg = {**genome.PlantedConfig().__dict__, **(oracle.seqset.meta or {}).get("config", {})}
+    out: dict[str, list[SiteModel]] = {}
+    if oracle.motifs and cfg["motifs_per_seq"] > 0:
+        share = cfg["motifs_per_seq"] / len(oracle.motifs)
+        out["tf_motif"] = [
+            s
+            for m in oracle.motifs.values()
+            for s in SiteModel.both_strands("tf_motif", m["pfm"], share, length_bp - len(m["pfm"]) - 1)
+        ]
+    if cfg["p_polya"] > 0:
+        hexamer = np.array([[1, 0, 0, 0], [0.75, 0, 0, 0.25], [0, 0, 0, 1], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]])
+        out["polya_signal"] = SiteModel.both_strands("polya_signal", hexamer, cfg["p_polya"], length_bp - _POLYA_BP - 1)
+    if cfg["p_gene"] > 0:
+        n_starts = max(length_bp - _GENE_BP - 1, 1)
+        for concept, pattern in [("splice_donor", "MAGGTRAGT"), ("splice_acceptor", "YYYYYYYYYYYYNCAGG")]:
+            out[concept] = SiteModel.both_strands(concept, _iupac_probs(pattern), cfg["p_gene"], n_starts)
+    return out
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039i
+def scanner_scores(oracle: PlantedOracle, tokenizer: NTTokenizer, groups: Sequence) -> pd.DataFrame:
+    """The scanners' score of every token of the planted sequences `groups` names (one entry per token, tokens in
+    sequence order within each sequence, as in `ProbeData.groups`): one column per `planted_site_models` concept
+    (the posterior that the token lies on such a site) and "g4" (1 where the token overlaps a `genome.find_g4`
+    match). Raises where a sequence has another number of tokens than `groups` gives it."""
+    groups = np.asarray(groups)
+    seqset = oracle.seqset
+    _, first, counts = np.unique(groups, return_index=True, return_counts=True)
+    order = np.argsort(first)
+    columns: dict[str, list] = {}
+    for sid, n in zip(groups[first[order]], counts[order]):
+        seq = seqset.sequence(str(sid))
+        _, starts, ends = tokenizer.tokenize_with_spans(seq, str(sid))
+        if len(starts) != n:
+            raise ValueError(f"scanner_scores: {sid} has {len(starts)} tokens, groups gives it {n}")
+        codes = genome._CODE[np.frombuffer(seq.encode(), np.uint8)].astype(np.int64)
+        for concept, sites in planted_site_models(oracle, len(seq)).items():
+            columns.setdefault(concept, []).append(token_site_posterior(codes, starts, ends, sites, oracle.background))
+        g4 = np.zeros(len(seq) + 1, np.int64)
+        for a, b, _strand in genome.find_g4(seq):
+            g4[a] += 1
+            g4[b] -= 1
+        covered = np.concatenate([[0], np.cumsum(np.cumsum(g4)[:-1] > 0)])
+        columns.setdefault("g4", []).append((covered[ends] - covered[starts] > 0).astype(float))
+    return pd.DataFrame({c: np.concatenate(v) for c, v in columns.items()})
+
+
+def reference_auroc(
+    scores: pd.DataFrame, labels: pd.DataFrame, groups: Sequence, test_fraction: float = 0.3, seed: int = 0
+) -> pd.Series:
+    """AUROC of fixed per-token `scores` (no fitting) on the test sequences of `split_by_sequence` with the probes'
+    `test_fraction` and `seed`: per concept found in both frames and with both classes among the test tokens."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(scores) != len(labels) or len(groups) != len(labels):
+        raise ValueError(f"reference_auroc: {len(scores)} scores, {len(labels)} labels, {len(groups)} groups")
+    _, te = split_by_sequence(groups, test_fraction, seed)
+    out = {}
+    for c in scores.columns.intersection(labels.columns):
+        y = labels[c].to_numpy(bool)[te]
+        if y.any() and not y.all():
+            out[c] = float(roc_auc_score(y, scores[c].to_numpy()[te]))
+    return pd.Series(out, name="sequence scanner", dtype=float)
