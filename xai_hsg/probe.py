@@ -867,7 +867,7 @@ def site_posteriors(codes: np.ndarray, sites: Sequence[SiteModel], background: M
         out.append(np.exp(log_odds - np.logaddexp(np.log1p(-np.exp(site.log_prior)), log_odds)))
     return out
 
-
+# %% ../nbs/05b_probe.ipynb #nb05b-039f2
 def token_site_posterior(
     codes: np.ndarray, starts, ends, sites: Sequence[SiteModel], background: MarkovBackground
 ) -> np.ndarray:
@@ -936,7 +936,7 @@ def scanner_scores(oracle: PlantedOracle, tokenizer: NTTokenizer, groups: Sequen
         columns.setdefault("g4", []).append((covered[ends] - covered[starts] > 0).astype(float))
     return pd.DataFrame({c: np.concatenate(v) for c, v in columns.items()})
 
-
+# %% ../nbs/05b_probe.ipynb #nb05b-039i1
 def reference_auroc(
     scores: pd.DataFrame, labels: pd.DataFrame, groups: Sequence, test_fraction: float = 0.3, seed: int = 0
 ) -> pd.Series:
