@@ -920,13 +920,16 @@ def scanner_scores(oracle: PlantedOracle, tokenizer: NTTokenizer, groups: Sequen
     _, first, counts = np.unique(groups, return_index=True, return_counts=True)
     order = np.argsort(first)
     columns: dict[str, list] = {}
+    site_models: dict[int, dict] = {}  # one set per sequence length: the priors depend on it
     for sid, n in zip(groups[first[order]], counts[order]):
         seq = seqset.sequence(str(sid))
         _, starts, ends = tokenizer.tokenize_with_spans(seq, str(sid))
         if len(starts) != n:
             raise ValueError(f"scanner_scores: {sid} has {len(starts)} tokens, groups gives it {n}")
         codes = genome._CODE[np.frombuffer(seq.encode(), np.uint8)].astype(np.int64)
-        for concept, sites in planted_site_models(oracle, len(seq)).items():
+        if len(seq) not in site_models:
+            site_models[len(seq)] = planted_site_models(oracle, len(seq))
+        for concept, sites in site_models[len(seq)].items():
             columns.setdefault(concept, []).append(token_site_posterior(codes, starts, ends, sites, oracle.background))
         g4 = np.zeros(len(seq) + 1, np.int64)
         for a, b, _strand in genome.find_g4(seq):
