@@ -9,6 +9,9 @@ the threads given (1 by default: compare runs made under the same load).
   python bench/lm_recipe.py --name tiny-600 --preset tiny --lr 3e-3 --steps 600
   python bench/lm_recipe.py --name small-150 --preset small --lr 1.5e-3 --steps 150
   python bench/lm_recipe.py --name random-start --preset small --steps 1500 --embedding-init random
+  python bench/lm_recipe.py --name mask-30 --preset small --steps 4000 --mask-prob 0.3
+
+The held-out tokens are always masked at NT's 15%, whatever `--mask-prob` trains with.
 
 With `--probe-sequences N` the run also probes its model as notebook 05 does (`probe.probe_data` / `probe_table` on N
 held-out sequences, the random-weight and token-identity controls, the sequence scanners) and counts the concepts whose
@@ -66,7 +69,8 @@ def probe_verdict(model, tok, held, seed: int = 0, threads: int = 1) -> dict:
     return {"learned": learned, "n_learned": len(learned), "concepts": rows}
 
 
-def main(argv=None) -> dict:
+def main(argv=None, extra: dict | None = None) -> dict:
+    "One run; `extra` (e.g. a wrapper's own settings) is added to its row."
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--preset", default="tiny", choices=list(embed.NT_PRESETS))
@@ -74,6 +78,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--max-tokens", type=int, default=101)
+    ap.add_argument("--mask-prob", type=float, default=0.15, help="share of tokens selected for the loss (NT: 0.15)")
     ap.add_argument("--n-sequences", type=int, default=2000)
     ap.add_argument("--n-heldout", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
@@ -107,6 +112,7 @@ def main(argv=None) -> dict:
         batch_size=a.batch,
         max_tokens=a.max_tokens,
         lr=a.lr,
+        mask_prob=a.mask_prob,
         eval_every=max(a.steps // 4, 1),
         seed=a.seed,
         device="cpu",
@@ -126,6 +132,7 @@ def main(argv=None) -> dict:
     heldout = res.history[res.history["split"] == "heldout"]
     out = {
         **{k: v for k, v in vars(a).items() if k != "jsonl"},
+        **(extra or {}),
         "train_seconds": train_s,
         "n_parameters": res.metrics["n_parameters"],
         "heldout_accuracy": ev["accuracy"],
