@@ -206,3 +206,54 @@ def test_marginal_emission_frames_names_its_cells(monkeypatch):
     frames = _load("marginal_emission_frames")
     with np.testing.assert_raises_regex(SystemExit, "no grid cell"):
         frames.run("default, r_c 999, sigma_loc 0", 101)
+
+
+def test_lm_recipe_passes_its_mask_rate(monkeypatch):
+    "--mask-prob reaches pretrain_mlm (NT's 0.15 unless given)."
+    recipe = _load("lm_recipe")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain(*args, **kwargs):
+        seen.append(kwargs["mask_prob"])
+        raise Stop
+
+    monkeypatch.setattr(recipe.embed, "pretrain_mlm", fake_pretrain)
+    for argv in [], ["--mask-prob", "0.3"]:
+        try:
+            recipe.main(["--name", "t", "--n-sequences", "20", "--n-heldout", "4", *argv], extra={"k": 1})
+        except Stop:
+            pass
+    assert seen == [0.15, 0.3]
+
+
+def test_base_loss_adds_the_cross_entropy_of_each_masked_tokens_bases():
+    "The per-base head's loss is the mean CE over the six bases of each masked 6-mer; its gradient reaches the head."
+    import torch
+    from transformers import EsmForMaskedLM
+
+    from xai_hsg import embed
+
+    base_loss = _load("lm_recipe_base_loss")
+    tok = embed.NTTokenizer()
+    bases = base_loss.token_bases(tok)
+    k = tok.vocab.index("ATCGGA")
+    assert bases[k].tolist() == [0, 1, 2, 3, 3, 0] and (bases[tok.pad_id] == -100).all()
+    torch.manual_seed(0)
+    model = base_loss.start_with_base_head(EsmForMaskedLM(embed.nt_config("tiny", max_tokens=16)), tok)
+    ids = torch.as_tensor([[tok.cls_id, k, k + 1, k + 2, k + 3]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 2] = k + 1
+    inputs = ids.clone()
+    inputs[0, 2] = tok.mask_id
+    batch = (inputs, torch.ones_like(ids), labels)
+    weight = base_loss.BASE_LOSS_WEIGHT
+    total, _ = base_loss.mlm_and_base_loss(model, batch, "cpu")
+    mlm, _ = embed._mlm_loss(model, batch, "cpu")
+    h = model.esm(input_ids=inputs, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 2]
+    want = torch.nn.functional.cross_entropy(model.base_head(h).view(6, 4), bases[k + 1])
+    assert torch.allclose(total, mlm + weight * want, atol=1e-5)
+    total.backward()
+    assert model.base_head.weight.grad.abs().sum() > 0
