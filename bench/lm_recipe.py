@@ -54,6 +54,15 @@ def token_labels(held, tok, eval_set) -> list[str]:
     return out
 
 
+def corpus_split(n_sequences: int, n_heldout: int, seed: int = 0, **planted) -> tuple:
+    """(training split, `n_heldout` held-out sequences) of a planted corpus of 600-bp sequences, split as notebook 05
+    splits it (a fifth held out), so that with 05's corpus settings the held-out sequences are also 05's."""
+    corpus = genome.planted(n_sequences=n_sequences, length_bp=600, seed=seed, **planted)
+    train, held = corpus.split(0.2, seed=seed)
+    pick = np.random.default_rng(seed).choice(held.ids, min(n_heldout, len(held)), replace=False)
+    return train, held.subset(list(pick))
+
+
 def probe_verdict(model, tok, held, seed: int = 0, threads: int = 1) -> dict:
     "Notebook 05's probes of `model` on `held`: per concept the best layer's AUROC, controls, scanner; the count learned."
     data = probe.probe_data(
@@ -100,9 +109,7 @@ def main(argv=None, extra: dict | None = None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in a.planted)}
-    corpus = genome.planted(n_sequences=a.n_sequences, length_bp=600, seed=a.seed, **overrides)
-    train, held = corpus.split(0.2, seed=a.seed)
-    held = held.subset(list(np.random.default_rng(a.seed).choice(held.ids, min(a.n_heldout, len(held)), replace=False)))
+    train, held = corpus_split(a.n_sequences, a.n_heldout, a.seed, **overrides)
     t0 = time.time()
     res = embed.pretrain_mlm(
         train,

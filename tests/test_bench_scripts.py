@@ -257,3 +257,22 @@ def test_base_loss_adds_the_cross_entropy_of_each_masked_tokens_bases():
     assert torch.allclose(total, mlm + weight * want, atol=1e-5)
     total.backward()
     assert model.base_head.weight.grad.abs().sum() > 0
+
+
+def test_probe_label_overlap_counts_bases_in_probe_row_order():
+    "At 1 base the recomputed labels are probe_data's; more bases only remove positives; counts lie in 0..6."
+    from transformers import EsmForMaskedLM
+
+    from xai_hsg import embed, genome, probe
+
+    overlap = _load("probe_label_overlap")
+    held = genome.planted(n_sequences=6, length_bp=300, motifs_per_seq=8.0, seed=3)
+    tok = embed.NTTokenizer()
+    data = probe.probe_data({"trained": EsmForMaskedLM(embed.nt_config("tiny", max_tokens=64))}, tok, held, layers=[1])
+    tracks = {"tf_motif": [c for c in held.concepts if c.startswith("tf_")]}
+    tracks |= {c: [c] for c in data.labels.columns if c in held.concepts}
+    counts = overlap.bases_on_concepts(held, tok, np.unique(data.groups), tracks)
+    assert counts.to_numpy().min() >= 0 and counts.to_numpy().max() <= embed.NT_KMER
+    assert (overlap.relabel(data, counts, 1).labels == data.labels).all().all()
+    strict = overlap.relabel(data, counts, embed.NT_KMER).labels
+    assert not (strict & ~data.labels).any().any() and strict.sum().sum() < data.labels.sum().sum()
