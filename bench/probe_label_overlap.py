@@ -6,7 +6,8 @@ can reach (the TF-motif scanner that knows the generator's PWMs reaches 0.92 AUR
 saved model (by default the paper's) on lm_recipe's held-out sequences (also held out from notebook 05's training)
 with a token labelled positive when at least `--min-bases` of its bases lie on the concept (1 = notebook 05's labels),
 and counts the concepts whose best layer reaches AUROC >= 0.9 and >= 0.05 above both controls. Notebook 05 is not
-changed; the hidden states are extracted once and only the labels differ between thresholds.
+changed; the hidden states are extracted once and only the labels differ between thresholds (`probe.token_bases_on`,
+`probe.with_min_bases`).
 
   python bench/probe_label_overlap.py --min-bases 1 3 6 --json bench/results/probe_label_overlap.json
 """
@@ -14,44 +15,17 @@ changed; the hidden states are extracted once and only the labels differ between
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lm_recipe  # noqa: E402
 
 from xai_hsg import embed, probe  # noqa: E402
-
-
-def bases_on_concepts(seqset, tokenizer: embed.NTTokenizer, seq_ids, concepts: dict[str, list[str]]) -> pd.DataFrame:
-    """int[tokens, concepts]: how many bases of each token lie on each concept, rows in the order of `seq_ids` and
-    then of the tokens. `concepts` maps a column to the tracks it unites (e.g. "tf_motif": every tf_* track)."""
-    rows = []
-    for sid in seq_ids:
-        _, starts, ends = tokenizer.tokenize_with_spans(seqset.sequence(sid))
-        counts = {}
-        for name, tracks in concepts.items():
-            on = seqset.track_matrix(sid, tracks).any(axis=1).astype(np.int32)
-            cum = np.concatenate([[0], np.cumsum(on)])
-            counts[name] = cum[np.asarray(ends)] - cum[np.asarray(starts)]
-        rows.append(pd.DataFrame(counts))
-    return pd.concat(rows, ignore_index=True)
-
-
-def relabel(data: probe.ProbeData, counts: pd.DataFrame, min_bases: int) -> probe.ProbeData:
-    "`data` with each concept in `counts` relabelled: positive when at least `min_bases` of the token's bases are on it."
-    if len(counts) != len(data.labels):
-        raise ValueError(f"relabel: {len(counts)} token counts for {len(data.labels)} probe rows")
-    labels = data.labels.copy()
-    for c in counts.columns:
-        labels[c] = counts[c].to_numpy() >= min_bases
-    return dataclasses.replace(data, labels=labels)
 
 
 def verdict(data: probe.ProbeData, seed: int) -> dict:
@@ -82,15 +56,12 @@ def main(argv=None) -> dict:
     model, tok = embed.load_genomic_lm(a.model, device="cpu")
     models = {"trained": model, "random": probe.random_weight_model(model, seed=a.seed + 1)}
     data = probe.probe_data(models, tok, held, num_threads=a.threads)
-    tracks = {"tf_motif": [c for c in held.concepts if c.startswith("tf_")]}
-    tracks |= {c: [c] for c in data.labels.columns if c in held.concepts}
-    counts = bases_on_concepts(held, tok, pd.unique(data.groups), tracks)
-    if not (relabel(data, counts, 1).labels == data.labels).all().all():
-        raise AssertionError("at --min-bases 1 the recomputed labels must be notebook 05's")
+    columns = [c for c in data.labels.columns if c == "tf_motif" or c in held.concepts]
+    bases_on = probe.token_bases_on(held, tok, data.groups, columns)
     out = {"model": a.model, "n_heldout": len(held), "n_tokens": len(data.labels), "thresholds": {}}
     for k in a.min_bases:
         print(f"\na token is on a concept when >= {k} of its {embed.NT_KMER} bases are:")
-        out["thresholds"][str(k)] = verdict(relabel(data, counts, k), a.seed)
+        out["thresholds"][str(k)] = verdict(probe.with_min_bases(data, bases_on, k), a.seed)
     out["seconds"] = time.time() - t0
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, default=float) + "\n")

@@ -259,20 +259,17 @@ def test_base_loss_adds_the_cross_entropy_of_each_masked_tokens_bases():
     assert model.base_head.weight.grad.abs().sum() > 0
 
 
-def test_probe_label_overlap_counts_bases_in_probe_row_order():
-    "At 1 base the recomputed labels are probe_data's; more bases only remove positives; counts lie in 0..6."
+def test_probe_label_overlap_runs_on_a_tiny_model(tmp_path, monkeypatch):
+    "The script probes a saved model at each threshold and writes one verdict per threshold."
     from transformers import EsmForMaskedLM
 
-    from xai_hsg import embed, genome, probe
+    from xai_hsg import embed
 
     overlap = _load("probe_label_overlap")
-    held = genome.planted(n_sequences=6, length_bp=300, motifs_per_seq=8.0, seed=3)
-    tok = embed.NTTokenizer()
-    data = probe.probe_data({"trained": EsmForMaskedLM(embed.nt_config("tiny", max_tokens=64))}, tok, held, layers=[1])
-    tracks = {"tf_motif": [c for c in held.concepts if c.startswith("tf_")]}
-    tracks |= {c: [c] for c in data.labels.columns if c in held.concepts}
-    counts = overlap.bases_on_concepts(held, tok, np.unique(data.groups), tracks)
-    assert counts.to_numpy().min() >= 0 and counts.to_numpy().max() <= embed.NT_KMER
-    assert (overlap.relabel(data, counts, 1).labels == data.labels).all().all()
-    strict = overlap.relabel(data, counts, embed.NT_KMER).labels
-    assert not (strict & ~data.labels).any().any() and strict.sum().sum() < data.labels.sum().sum()
+    folder = tmp_path / "lm"
+    embed.save_genomic_lm(EsmForMaskedLM(embed.nt_config("tiny", max_tokens=128)), embed.NTTokenizer(), folder)
+    out = overlap.main(
+        ["--model", str(folder), "--n-sequences", "60", "--n-heldout", "12", "--min-bases", "1", "6", "--threads", "1"]
+    )
+    assert set(out["thresholds"]) == {"1", "6"} and out["n_heldout"] == 12
+    assert all(v["n_learned"] <= v["n_concepts"] for v in out["thresholds"].values())

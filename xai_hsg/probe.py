@@ -11,13 +11,13 @@ import functools
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from . import genome
-from .embed import MLMEvalSet, NTTokenizer
+from .embed import NT_KMER, MLMEvalSet, NTTokenizer
 from .genome import MarkovBackground, SequenceSet
 
 # %% auto #0
@@ -25,7 +25,7 @@ __all__ = ['Element', 'independent', 'gene_elements', 'g4_element', 'PlantedOrac
            'ce_by_label', 'split_by_sequence', 'token_identity_features', 'fit_logistic', 'LinearProbe',
            'CategoricalProbe', 'ProbeData', 'probe_table', 'best_layers', 'random_weight_model', 'probe_data',
            'SiteModel', 'site_posteriors', 'token_site_posterior', 'planted_site_models', 'scanner_scores',
-           'reference_auroc']
+           'reference_auroc', 'token_bases_on', 'with_min_bases']
 
 # %% ../nbs/05b_probe.ipynb #nb05b-005
 _BASES = "ACGT"
@@ -956,3 +956,43 @@ def reference_auroc(
         if y.any() and not y.all():
             out[c] = float(roc_auc_score(y, scores[c].to_numpy()[te]))
     return pd.Series(out, name="sequence scanner", dtype=float)
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039l
+def token_bases_on(
+    seqset: SequenceSet, tokenizer: NTTokenizer, groups: Sequence, columns: Sequence[str]
+) -> pd.DataFrame:
+    """int[tokens, columns]: how many of each token's bases lie on each concept of `columns` (`tf_motif`: on any TF
+    motif), in `ProbeData` row order (`groups`: the sequence of each row, its tokens contiguous and in order)."""
+    tf_tracks = [c for c in seqset.concepts if c.startswith("tf_")]
+    tracks = {c: tf_tracks if c == "tf_motif" else [c] for c in columns}
+    missing = [c for c, t in tracks.items() if not t or not set(t) <= set(seqset.concepts)]
+    if missing:
+        raise ValueError(f"token_bases_on: no annotation track for {missing}; the sequence set has {seqset.concepts}")
+    groups = np.asarray(groups)
+    blocks, seen = [], []
+    for sid in pd.unique(groups):
+        _, starts, ends = tokenizer.tokenize_with_spans(seqset.sequence(sid))
+        counts = {}
+        for c, t in tracks.items():
+            cum = np.concatenate([[0], np.cumsum(seqset.track_matrix(sid, t).any(axis=1))])
+            counts[c] = cum[np.asarray(ends)] - cum[np.asarray(starts)]
+        blocks.append(pd.DataFrame(counts, columns=list(columns)))
+        seen.append(np.full(len(starts), sid, dtype=object))
+    if not blocks or not np.array_equal(np.concatenate(seen), groups.astype(object)):
+        raise ValueError(
+            "token_bases_on: `groups` must list each sequence's tokens contiguously, all of them, in order"
+        )
+    return pd.concat(blocks, ignore_index=True)
+
+# %% ../nbs/05b_probe.ipynb #nb05b-039n
+def with_min_bases(data: ProbeData, bases_on: pd.DataFrame, min_bases: int) -> ProbeData:
+    """`data` with each concept of `bases_on` (`token_bases_on`) relabelled: a token is on it when at least
+    `min_bases` of its bases are (1 gives `probe_data`'s labels back). Features and other labels are kept."""
+    if not 1 <= min_bases <= NT_KMER:
+        raise ValueError(f"min_bases must lie in 1..{NT_KMER}, got {min_bases}")
+    if len(bases_on) != len(data.labels):
+        raise ValueError(f"with_min_bases: {len(bases_on)} rows of base counts for {len(data.labels)} probe rows")
+    labels = data.labels.copy()
+    for c in bases_on.columns:
+        labels[c] = bases_on[c].to_numpy() >= min_bases
+    return replace(data, labels=labels)
