@@ -63,19 +63,28 @@ def corpus_split(n_sequences: int, n_heldout: int, seed: int = 0, **planted) -> 
     return train, held.subset(list(pick))
 
 
-def probe_verdict(model, tok, held, seed: int = 0, threads: int = 1) -> dict:
-    "Notebook 05's probes of `model` on `held`: per concept the best layer's AUROC, controls, scanner; the count learned."
-    data = probe.probe_data(
-        {"trained": model, "random": probe.random_weight_model(model, seed=seed + 1)}, tok, held, num_threads=threads
-    )
-    best = probe.best_layers(probe.probe_table(data, min_positives=20, seed=seed))
-    scan = probe.scanner_scores(probe.PlantedOracle(held), tok, data.groups)
-    best["scanner"] = probe.reference_auroc(scan, data.labels, data.groups, seed=seed).reindex(best.index)
+def probe_rows(model, tok, held, seed: int = 0, threads: int = 1) -> probe.ProbeData:
+    "Notebook 05's probe inputs: the hidden states of `model` and of its random-weight twin on every token of `held`."
+    models = {"trained": model, "random": probe.random_weight_model(model, seed=seed + 1)}
+    return probe.probe_data(models, tok, held, num_threads=threads)
+
+
+def verdict(best) -> dict:
+    "The concepts of `probe.best_layers` whose best probe reaches AUROC >= 0.9 and >= 0.05 above both controls."
     learned = best.index[(best["trained"] >= 0.9) & (best["margin"] >= 0.05)].tolist()
     print(best.round(3).to_string())
     print(f"{len(learned)} of {len(best)} concepts reach AUROC >= 0.9 and >= 0.05 above both controls: {learned}")
     rows = {c: {k: float(v) for k, v in r.items() if np.isfinite(v)} for c, r in best.iterrows()}
-    return {"learned": learned, "n_learned": len(learned), "concepts": rows}
+    return {"learned": learned, "n_learned": len(learned), "n_concepts": len(best), "concepts": rows}
+
+
+def probe_verdict(model, tok, held, seed: int = 0, threads: int = 1) -> dict:
+    "Notebook 05's probes of `model` on `held`: per concept the best layer's AUROC, controls, scanner; the count learned."
+    data = probe_rows(model, tok, held, seed, threads)
+    best = probe.best_layers(probe.probe_table(data, min_positives=20, seed=seed))
+    scan = probe.scanner_scores(probe.PlantedOracle(held), tok, data.groups)
+    best["scanner"] = probe.reference_auroc(scan, data.labels, data.groups, seed=seed).reindex(best.index)
+    return verdict(best)
 
 
 def main(argv=None, extra: dict | None = None) -> dict:

@@ -20,22 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 import lm_recipe  # noqa: E402
 
 from xai_hsg import embed, probe  # noqa: E402
-
-
-def verdict(data: probe.ProbeData, seed: int) -> dict:
-    "Per concept the best layer's AUROC and controls; the concepts that meet the criterion."
-    best = probe.best_layers(probe.probe_table(data, min_positives=20, seed=seed))
-    learned = best.index[(best["trained"] >= 0.9) & (best["margin"] >= 0.05)].tolist()
-    print(best.round(3).to_string())
-    print(f"{len(learned)} of {len(best)} concepts meet the criterion: {learned}")
-    rows = {c: {k: float(v) for k, v in r.items() if np.isfinite(v)} for c, r in best.iterrows()}
-    return {"learned": learned, "n_learned": len(learned), "n_concepts": len(best), "concepts": rows}
 
 
 def main(argv=None) -> dict:
@@ -54,14 +42,16 @@ def main(argv=None) -> dict:
     t0 = time.time()
     _, held = lm_recipe.corpus_split(a.n_sequences, a.n_heldout, a.seed, motifs_per_seq=a.motifs_per_seq)
     model, tok = embed.load_genomic_lm(a.model, device="cpu")
-    models = {"trained": model, "random": probe.random_weight_model(model, seed=a.seed + 1)}
-    data = probe.probe_data(models, tok, held, num_threads=a.threads)
+    data = lm_recipe.probe_rows(model, tok, held, a.seed, a.threads)
     columns = [c for c in data.labels.columns if c == "tf_motif" or c in held.concepts]
     bases_on = probe.token_bases_on(held, tok, data.groups, columns)
     out = {"model": a.model, "n_heldout": len(held), "n_tokens": len(data.labels), "thresholds": {}}
     for k in a.min_bases:
         print(f"\na token is on a concept when >= {k} of its {embed.NT_KMER} bases are:")
-        out["thresholds"][str(k)] = verdict(probe.with_min_bases(data, bases_on, k), a.seed)
+        strict = probe.with_min_bases(data, bases_on, k)
+        out["thresholds"][str(k)] = lm_recipe.verdict(
+            probe.best_layers(probe.probe_table(strict, min_positives=20, seed=a.seed))
+        )
     out["seconds"] = time.time() - t0
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, default=float) + "\n")
